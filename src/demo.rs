@@ -1,0 +1,148 @@
+//! The end-to-end job on a reference task: collect K checkpoints, train a generator, generate
+//! N models, evaluate them against the originals and the soup, write results.json.
+use crate::diffusion::{sample_params, SamplerKind};
+use crate::error::{Error, Result};
+use crate::eval::{accuracies, evaluate_rows, Summary};
+use crate::params::ParamSet;
+use crate::train::{device_name, Generator, Progress, TrainConfig};
+use crate::zoo;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub task: String,
+    pub out_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub k: usize,
+    pub n: usize,
+    pub sampler: SamplerKind,
+    pub sample_seed: u64,
+    pub train: TrainConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SelectedOnTrain {
+    pub train: f64,
+    pub test: f64,
+    pub index: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub collect: f64,
+    pub train_autoencoder: f64,
+    pub train_diffusion: f64,
+    pub sample: f64,
+    pub evaluate: f64,
+}
+
+/// results.json (accuracies are fractions in [0, 1], test split unless named otherwise).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoResults {
+    pub task: String,
+    pub num_params: usize,
+    pub k: usize,
+    pub n_generated: usize,
+    pub device: String,
+    pub preset: String,
+    pub sampler: String,
+    pub backend: String,
+    pub originals: Summary,
+    pub soup: f64,
+    pub generated: Summary,
+    pub selected_on_train: SelectedOnTrain,
+    pub timings_s: Timings,
+    pub reconstruction_mse: f64,
+    pub seed: u64,
+}
+
+/// Progress of the whole job: (stage, done, total, loss); return false to cancel.
+pub type DemoProgress<'a> = dyn FnMut(&str, usize, usize, Option<f64>) -> bool + 'a;
+
+pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoResults> {
+    let task = zoo::task(&opts.task, opts.data_dir.as_deref())?;
+    let out = &opts.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    // 1. Collect the K originals (into a temporary directory, renamed when complete).
+    let t0 = Instant::now();
+    let ckpt_dir = out.join("checkpoints");
+    crate::fsutil::write_dir_atomic(&ckpt_dir, |tmp| {
+        task.collect(tmp, opts.k, opts.train.seed, &mut |i, n| progress("collect", i, n, None)).map(|_| ())
+    })?;
+    let collect_s = t0.elapsed().as_secs_f64();
+
+    // 2. Train the generator.
+    let set = ParamSet::load_dir(&ckpt_dir, &task.selection())?;
+    let g = Generator::train(&set, &opts.train, &mut |p: &Progress| progress(p.stage.name(), p.step, p.total, Some(p.loss)))?;
+    let gen_dir = out.join("generator");
+    crate::bundle::save(&g, &gen_dir)?;
+
+    // 3. Generate N models.
+    let t0 = Instant::now();
+    let params = sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, opts.sampler, opts.n, opts.sample_seed, &mut |i, n| {
+        progress("sample", i, n, None)
+    })?;
+    let sample_s = t0.elapsed().as_secs_f64();
+    let d = set.layout.param_count();
+    let rows = params.as_slice().expect("row-major").to_vec();
+    write_generated(&set, &rows, &out.join("generated"))?;
+
+    // 4. Evaluate.
+    let t0 = Instant::now();
+    progress("evaluate", 0, 4, None);
+    let orig = evaluate_rows(task.as_ref(), &set.layout, &set.data, false)?;
+    let soup = evaluate_rows(task.as_ref(), &set.layout, &set.mean_row(), false)?[0].accuracy;
+    progress("evaluate", 2, 4, None);
+    let gen_test = evaluate_rows(task.as_ref(), &set.layout, &rows, false)?;
+    let gen_train = evaluate_rows(task.as_ref(), &set.layout, &rows, true)?;
+    progress("evaluate", 4, 4, None);
+    let evaluate_s = t0.elapsed().as_secs_f64();
+    let best = (0..gen_train.len())
+        .max_by(|&a, &b| gen_train[a].accuracy.partial_cmp(&gen_train[b].accuracy).unwrap().then(b.cmp(&a)))
+        .unwrap_or(0);
+
+    let results = DemoResults {
+        task: opts.task.clone(),
+        num_params: d,
+        k: set.k(),
+        n_generated: opts.n,
+        device: device_name(g.device),
+        preset: g.config.preset.to_string(),
+        sampler: opts.sampler.label(),
+        backend: "tch".into(),
+        originals: Summary::of(&accuracies(&orig)),
+        soup,
+        generated: Summary::of(&accuracies(&gen_test)),
+        selected_on_train: SelectedOnTrain { train: gen_train[best].accuracy, test: gen_test[best].accuracy, index: best },
+        timings_s: Timings {
+            collect: collect_s,
+            train_autoencoder: g.history.ae_seconds,
+            train_diffusion: g.history.diffusion_seconds,
+            sample: sample_s,
+            evaluate: evaluate_s,
+        },
+        reconstruction_mse: g.history.final_reconstruction_mse,
+        seed: opts.train.seed,
+    };
+    let json = serde_json::to_vec_pretty(&results).expect("serializable");
+    crate::fsutil::write_atomic(&out.join("results.json"), &json)?;
+    Ok(results)
+}
+
+/// Write generated rows as `gen_XXXX.safetensors` with the original tensor names.
+pub fn write_generated(set: &ParamSet, rows: &[f32], dir: &Path) -> Result<Vec<PathBuf>> {
+    let d = set.layout.param_count();
+    let mut files = Vec::new();
+    crate::fsutil::write_dir_atomic(dir, |tmp| {
+        for (i, row) in rows.chunks_exact(d).enumerate() {
+            let name = format!("gen_{i:04}.safetensors");
+            set.layout.save_safetensors(row, &tmp.join(&name))?;
+            files.push(dir.join(name));
+        }
+        Ok(())
+    })?;
+    Ok(files)
+}

@@ -1,0 +1,410 @@
+//! Parameter data: K checkpoints of one network (or a subset of its tensors) as a K x D matrix
+//! plus the [`Layout`] that maps flat offsets back to named tensors.
+//!
+//! Normalization is per tensor: one scalar mean and std over that tensor's values in all K
+//! checkpoints (SPEC §1). Padding (to the autoencoder's stride multiple) is applied by the model
+//! stage; this module only knows the unpadded length D.
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Below this a tensor's std is treated as this value (a constant tensor must not divide by 0).
+pub const STD_FLOOR: f64 = 1e-8;
+
+/// One modelled tensor: its name, shape, place in the flat vector and normalization.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl TensorSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Ordered tensors that make up one flat parameter vector of length [`Layout::param_count`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Layout {
+    pub tensors: Vec<TensorSpec>,
+}
+
+impl Layout {
+    /// A layout from names and shapes in the given order (offsets follow; stats are neutral
+    /// until [`ParamSet`] computes them).
+    pub fn from_shapes<S: AsRef<str>>(entries: &[(S, Vec<usize>)]) -> Result<Self> {
+        if entries.is_empty() {
+            return Err(Error::invalid("layout", "no tensors: the selection is empty"));
+        }
+        let mut tensors = Vec::with_capacity(entries.len());
+        let mut offset = 0usize;
+        for (name, shape) in entries {
+            let name = name.as_ref();
+            if name.is_empty() {
+                return Err(Error::invalid("layout", "a tensor has an empty name"));
+            }
+            if tensors.iter().any(|t: &TensorSpec| t.name == name) {
+                return Err(Error::invalid("layout", format!("tensor '{name}' is listed twice")));
+            }
+            let numel: usize = shape.iter().product();
+            if numel == 0 {
+                return Err(Error::invalid("layout", format!("tensor '{name}' has no elements (shape {shape:?})")));
+            }
+            tensors.push(TensorSpec { name: name.to_string(), shape: shape.clone(), offset, mean: 0.0, std: 1.0 });
+            offset = offset
+                .checked_add(numel)
+                .ok_or_else(|| Error::invalid("layout", "parameter count overflows"))?;
+        }
+        Ok(Layout { tensors })
+    }
+
+    /// D: the number of scalars in one flat vector.
+    pub fn param_count(&self) -> usize {
+        self.tensors.last().map(|t| t.offset + t.numel()).unwrap_or(0)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorSpec> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Map host units to normalized units, tensor by tensor. `raw.len() == out.len() == D`.
+    pub fn normalize(&self, raw: &[f32], out: &mut [f32]) {
+        for t in &self.tensors {
+            let r = t.offset..t.offset + t.numel();
+            let (m, s) = (t.mean, t.std);
+            for (o, &x) in out[r.clone()].iter_mut().zip(&raw[r]) {
+                *o = (x - m) / s;
+            }
+        }
+    }
+
+    /// Exact inverse of [`Layout::normalize`] up to f32 rounding: normalized -> host units.
+    pub fn denormalize(&self, norm: &[f32], out: &mut [f32]) {
+        for t in &self.tensors {
+            let r = t.offset..t.offset + t.numel();
+            let (m, s) = (t.mean, t.std);
+            for (o, &x) in out[r.clone()].iter_mut().zip(&norm[r]) {
+                *o = x * s + m;
+            }
+        }
+    }
+
+    /// Borrow the tensors of one flat vector by name and shape.
+    pub fn split<'a>(&'a self, flat: &'a [f32]) -> impl Iterator<Item = (&'a TensorSpec, &'a [f32])> + 'a {
+        self.tensors.iter().map(move |t| (t, &flat[t.offset..t.offset + t.numel()]))
+    }
+
+    /// Serialize one flat vector as safetensors bytes with the original tensor names (f32).
+    pub fn to_safetensors(&self, flat: &[f32]) -> Result<Vec<u8>> {
+        if flat.len() != self.param_count() {
+            return Err(Error::invalid(
+                "parameters",
+                format!("vector has {} values, layout needs {}", flat.len(), self.param_count()),
+            ));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .split(flat)
+            .map(|(t, v)| {
+                let bytes: &[u8] = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) };
+                (t.name.clone(), safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytes).expect("shape matches"))
+            })
+            .collect();
+        safetensors::serialize(views, None).map_err(|e| Error::invalid("safetensors", e.to_string()))
+    }
+
+    /// Write one flat vector as a safetensors file (atomically).
+    pub fn save_safetensors(&self, flat: &[f32], path: &Path) -> Result<()> {
+        crate::fsutil::write_atomic(path, &self.to_safetensors(flat)?)
+    }
+}
+
+/// Which tensors of a checkpoint to model.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub enum Selection {
+    /// Every floating-point tensor (the default).
+    #[default]
+    AllFloat,
+    /// Exact names or glob patterns (`*`, `?`, `[..]`); each must match at least one tensor.
+    Patterns(Vec<String>),
+}
+
+impl Selection {
+    pub fn patterns<S: AsRef<str>>(p: &[S]) -> Self {
+        if p.is_empty() {
+            Selection::AllFloat
+        } else {
+            Selection::Patterns(p.iter().map(|s| s.as_ref().to_string()).collect())
+        }
+    }
+}
+
+/// K flat parameter vectors in host units (row-major K x D) and their layout.
+#[derive(Clone, Debug)]
+pub struct ParamSet {
+    pub layout: Layout,
+    pub data: Vec<f32>,
+    /// Where each row came from (file path or "memory[i]").
+    pub sources: Vec<String>,
+    /// Non-fatal findings (e.g. checkpoints that look permutation-misaligned).
+    pub warnings: Vec<String>,
+}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16)
+}
+
+/// Convert a little-endian tensor buffer to f32.
+fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
+    match dtype {
+        Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        Dtype::F64 => out.extend(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)),
+        Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        Dtype::BF16 => out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        _ => unreachable!("checked by is_float"),
+    }
+}
+
+impl ParamSet {
+    /// K = number of checkpoints.
+    pub fn k(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        let d = self.layout.param_count();
+        &self.data[i * d..(i + 1) * d]
+    }
+
+    /// Build from vectors already in memory (C API input B). Computes normalization stats and
+    /// validates K >= 2 and finiteness.
+    pub fn from_rows(layout: Layout, data: Vec<f32>, sources: Vec<String>) -> Result<Self> {
+        let d = layout.param_count();
+        if d == 0 {
+            return Err(Error::invalid("layout", "no parameters selected"));
+        }
+        if data.len() % d != 0 {
+            return Err(Error::invalid("data", format!("{} values is not a multiple of D = {d}", data.len())));
+        }
+        let k = data.len() / d;
+        if sources.len() != k {
+            return Err(Error::invalid("sources", format!("{} names for {k} checkpoints", sources.len())));
+        }
+        if k < 2 {
+            return Err(Error::invalid(
+                "checkpoints",
+                format!("K = {k}: at least 2 checkpoints are needed to learn a distribution"),
+            ));
+        }
+        for (i, row) in data.chunks_exact(d).enumerate() {
+            for t in &layout.tensors {
+                if let Some(j) = row[t.offset..t.offset + t.numel()].iter().position(|x| !x.is_finite()) {
+                    return Err(Error::Tensor {
+                        file: PathBuf::from(&sources[i]),
+                        tensor: t.name.clone(),
+                        message: format!("non-finite value {} at flat index {j}", row[t.offset + j]),
+                    });
+                }
+            }
+        }
+        let mut set = ParamSet { layout, data, sources, warnings: Vec::new() };
+        set.compute_stats();
+        set.check_alignment();
+        Ok(set)
+    }
+
+    /// Load K safetensors checkpoints and select tensors. Layout order is the order in which
+    /// the tensors are stored in the first file.
+    pub fn load(paths: &[PathBuf], selection: &Selection) -> Result<Self> {
+        if paths.len() < 2 {
+            return Err(Error::invalid(
+                "checkpoints",
+                format!("K = {}: at least 2 checkpoints are needed to learn a distribution", paths.len()),
+            ));
+        }
+        let mut layout: Option<Layout> = None;
+        let mut data = Vec::new();
+        for path in paths {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint {
+                file: path.clone(),
+                message: format!("not a readable safetensors file ({e})"),
+            })?;
+            let layout = match &layout {
+                Some(l) => l,
+                None => layout.insert(select_layout(path, &st, &bytes, selection)?),
+            };
+            for t in &layout.tensors {
+                let view = st.tensor(&t.name).map_err(|_| Error::Tensor {
+                    file: path.clone(),
+                    tensor: t.name.clone(),
+                    message: "missing (present in the first checkpoint)".into(),
+                })?;
+                if view.shape() != t.shape.as_slice() {
+                    return Err(Error::Tensor {
+                        file: path.clone(),
+                        tensor: t.name.clone(),
+                        message: format!("shape {:?} differs from {:?} in the first checkpoint", view.shape(), t.shape),
+                    });
+                }
+                if !is_float(view.dtype()) {
+                    return Err(Error::Tensor {
+                        file: path.clone(),
+                        tensor: t.name.clone(),
+                        message: format!("dtype {:?} is not floating point", view.dtype()),
+                    });
+                }
+                let start = data.len();
+                to_f32(view.dtype(), view.data(), &mut data);
+                if let Some(j) = data[start..].iter().position(|x| !x.is_finite()) {
+                    return Err(Error::Tensor {
+                        file: path.clone(),
+                        tensor: t.name.clone(),
+                        message: format!("non-finite value {} at element {j}", data[start + j]),
+                    });
+                }
+            }
+        }
+        let layout = layout.expect("K >= 2");
+        let sources = paths.iter().map(|p| p.display().to_string()).collect();
+        let mut set = ParamSet { layout, data, sources, warnings: Vec::new() };
+        set.compute_stats();
+        set.check_alignment();
+        Ok(set)
+    }
+
+    /// All `*.safetensors` files of a directory, sorted by name, then [`ParamSet::load`].
+    pub fn load_dir(dir: &Path, selection: &Selection) -> Result<Self> {
+        Self::load(&list_checkpoints(dir)?, selection)
+    }
+
+    fn compute_stats(&mut self) {
+        let d = self.layout.param_count();
+        let k = self.k();
+        for t in &mut self.layout.tensors {
+            let n = (t.numel() * k) as f64;
+            let mut sum = 0f64;
+            for row in self.data.chunks_exact(d) {
+                sum += row[t.offset..t.offset + t.numel()].iter().map(|&x| x as f64).sum::<f64>();
+            }
+            let mean = sum / n;
+            let mut var = 0f64;
+            for row in self.data.chunks_exact(d) {
+                var += row[t.offset..t.offset + t.numel()].iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>();
+            }
+            t.mean = mean as f32;
+            t.std = (var / n).sqrt().max(STD_FLOOR) as f32;
+        }
+    }
+
+    /// Checkpoints from one trajectory are nearly parallel; independently initialised runs are
+    /// permutation-misaligned (cosine near 0) and the autoencoder fails on them (SPEC §1).
+    fn check_alignment(&mut self) {
+        let d = self.layout.param_count();
+        let first = self.row(0).to_vec();
+        let n0 = first.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let mut worst = (1.0f64, 0usize);
+        for i in 1..self.k() {
+            let r = &self.data[i * d..(i + 1) * d];
+            let dot: f64 = r.iter().zip(&first).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let n = r.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            let cos = if n0 > 0.0 && n > 0.0 { dot / (n0 * n) } else { 1.0 };
+            if cos < worst.0 {
+                worst = (cos, i);
+            }
+        }
+        if worst.0 < 0.5 {
+            self.warnings.push(format!(
+                "checkpoints look permutation-misaligned: cosine similarity between {} and {} is {:.3}; \
+                 p-diff learns checkpoints of one training trajectory, independent runs usually fail",
+                self.sources[0], self.sources[worst.1], worst.0
+            ));
+        }
+    }
+
+    /// The K rows normalized (host units -> per-tensor standardized), row-major K x D.
+    pub fn normalized(&self) -> Vec<f32> {
+        let d = self.layout.param_count();
+        let mut out = vec![0f32; self.data.len()];
+        for (src, dst) in self.data.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            self.layout.normalize(src, dst);
+        }
+        out
+    }
+
+    /// Uniform average of the K rows ("model soup").
+    pub fn mean_row(&self) -> Vec<f32> {
+        let d = self.layout.param_count();
+        let mut acc = vec![0f64; d];
+        for row in self.data.chunks_exact(d) {
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a += x as f64;
+            }
+        }
+        acc.into_iter().map(|a| (a / self.k() as f64) as f32).collect()
+    }
+}
+
+/// `*.safetensors` files of a directory, sorted by file name.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().map(|e| e == "safetensors").unwrap_or(false))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+fn select_layout(path: &Path, st: &SafeTensors<'_>, bytes: &[u8], selection: &Selection) -> Result<Layout> {
+    // Storage order in the file (data offset), so layouts are stable across runs.
+    let mut all: Vec<(String, Dtype, Vec<usize>, usize)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let off = v.data().as_ptr() as usize - bytes.as_ptr() as usize;
+            (name, v.dtype(), v.shape().to_vec(), off)
+        })
+        .collect();
+    all.sort_by(|a, b| a.3.cmp(&b.3).then_with(|| a.0.cmp(&b.0)));
+    let chosen: Vec<&(String, Dtype, Vec<usize>, usize)> = match selection {
+        Selection::AllFloat => all.iter().filter(|t| is_float(t.1) && t.2.iter().product::<usize>() > 0).collect(),
+        Selection::Patterns(patterns) => {
+            let mut chosen = Vec::new();
+            for p in patterns {
+                let pat = glob::Pattern::new(p).map_err(|e| Error::invalid("selection", format!("bad pattern '{p}': {e}")))?;
+                let hits: Vec<_> = all.iter().filter(|t| t.0 == *p || pat.matches(&t.0)).collect();
+                if hits.is_empty() {
+                    return Err(Error::Tensor {
+                        file: path.to_path_buf(),
+                        tensor: p.clone(),
+                        message: "no tensor matches this selection".into(),
+                    });
+                }
+                for h in hits {
+                    if !is_float(h.1) {
+                        return Err(Error::Tensor {
+                            file: path.to_path_buf(),
+                            tensor: h.0.clone(),
+                            message: format!("dtype {:?} is not floating point and cannot be modelled", h.1),
+                        });
+                    }
+                    if !chosen.iter().any(|c: &&(String, Dtype, Vec<usize>, usize)| c.0 == h.0) {
+                        chosen.push(h);
+                    }
+                }
+            }
+            chosen.sort_by_key(|t| t.3);
+            chosen
+        }
+    };
+    if chosen.is_empty() {
+        return Err(Error::Checkpoint { file: path.to_path_buf(), message: "the selection is empty: no floating-point tensor".into() });
+    }
+    let entries: Vec<(String, Vec<usize>)> = chosen.iter().map(|t| (t.0.clone(), t.2.clone())).collect();
+    Layout::from_shapes(&entries)
+}

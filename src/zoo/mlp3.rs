@@ -1,0 +1,132 @@
+//! `mnist-mlp3`: MLP 784-16-16-10 with ReLU, PyTorch Linear convention (y = x W^T + b),
+//! 13,002 parameters, all of them modelled.
+use super::mnist::Mnist;
+use super::Task;
+use crate::error::{Error, Result};
+use crate::params::{Layout, Selection};
+use std::path::{Path, PathBuf};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+pub const TENSORS: [(&str, &[usize]); 6] = [
+    ("fc1.weight", &[16, 784]),
+    ("fc1.bias", &[16]),
+    ("fc2.weight", &[16, 16]),
+    ("fc2.bias", &[16]),
+    ("fc3.weight", &[10, 16]),
+    ("fc3.bias", &[10]),
+];
+
+/// Collection hyper-parameters (train from scratch, then the constant-LR trajectory).
+pub const PRETRAIN_STEPS: usize = 3000;
+pub const PRETRAIN_LR: f64 = 1e-2;
+pub const TRAJECTORY_LR: f64 = 1e-3;
+pub const BATCH: i64 = 128;
+
+pub struct Mlp3 {
+    data: Mnist,
+}
+
+impl Mlp3 {
+    pub fn new(data_dir: Option<&Path>) -> Result<Self> {
+        Ok(Mlp3 { data: Mnist::load(data_dir)? })
+    }
+
+    fn forward(ws: &[Tensor], x: &Tensor) -> Tensor {
+        x.linear(&ws[0], Some(&ws[1])).relu().linear(&ws[2], Some(&ws[3])).relu().linear(&ws[4], Some(&ws[5]))
+    }
+
+    /// The six tensors in forward order, looked up by name in `layout`.
+    fn tensors_from_flat(layout: &Layout, flat: &[f32]) -> Result<Vec<Tensor>> {
+        if flat.len() != layout.param_count() {
+            return Err(Error::invalid("parameters", format!("{} values, layout has {}", flat.len(), layout.param_count())));
+        }
+        TENSORS
+            .iter()
+            .map(|(name, shape)| {
+                let t = layout.get(name).ok_or_else(|| Error::invalid("layout", format!("mnist-mlp3 needs tensor '{name}'")))?;
+                if t.shape != *shape {
+                    return Err(Error::invalid("layout", format!("tensor '{name}' has shape {:?}, mnist-mlp3 needs {shape:?}", t.shape)));
+                }
+                let dims: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
+                Ok(Tensor::from_slice(&flat[t.offset..t.offset + t.numel()]).view(dims.as_slice()))
+            })
+            .collect()
+    }
+}
+
+impl Task for Mlp3 {
+    fn name(&self) -> &'static str {
+        "mnist-mlp3"
+    }
+
+    fn layout(&self) -> Layout {
+        let entries: Vec<(&str, Vec<usize>)> = TENSORS.iter().map(|(n, s)| (*n, s.to_vec())).collect();
+        Layout::from_shapes(&entries).expect("static layout")
+    }
+
+    fn selection(&self) -> Selection {
+        Selection::AllFloat
+    }
+
+    fn collect(&self, out_dir: &Path, k: usize, seed: u64, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>> {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let lin = |name: &str, i: i64, o: i64| {
+            let p = &root / name;
+            let bound = 1.0 / (i as f64).sqrt();
+            (p.var("weight", &[o, i], nn::Init::Uniform { lo: -bound, up: bound }), p.var("bias", &[o], nn::Init::Uniform { lo: -bound, up: bound }))
+        };
+        let (w1, b1) = lin("fc1", 784, 16);
+        let (w2, b2) = lin("fc2", 16, 16);
+        let (w3, b3) = lin("fc3", 16, 10);
+        let ws = [w1, b1, w2, b2, w3, b3];
+        let train = &self.data.train;
+        let n = train.len() as i64;
+        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, PRETRAIN_LR)?;
+        let total = PRETRAIN_STEPS + k;
+        let layout = self.layout();
+        std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+        let mut files = Vec::with_capacity(k);
+        for step in 0..total {
+            let lr = if step < PRETRAIN_STEPS {
+                // Cosine from PRETRAIN_LR down to the trajectory's constant LR.
+                let c = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / PRETRAIN_STEPS as f64).cos());
+                TRAJECTORY_LR + (PRETRAIN_LR - TRAJECTORY_LR) * c
+            } else {
+                TRAJECTORY_LR
+            };
+            opt.set_lr(lr);
+            let idx = Tensor::randint(n, [BATCH], (Kind::Int64, Device::Cpu));
+            let x = train.images.index_select(0, &idx);
+            let y = train.labels.index_select(0, &idx);
+            let loss = Self::forward(&ws, &x).cross_entropy_for_logits(&y);
+            opt.backward_step(&loss);
+            if step >= PRETRAIN_STEPS {
+                let i = step - PRETRAIN_STEPS;
+                let flat: Vec<f32> = ws
+                    .iter()
+                    .flat_map(|w| Vec::<f32>::try_from(&w.detach().contiguous().view([-1])).unwrap_or_default())
+                    .collect();
+                let path = out_dir.join(format!("ckpt_{i:04}.safetensors"));
+                layout.save_safetensors(&flat, &path)?;
+                files.push(path);
+            }
+            if !progress(step + 1, total) {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(files)
+    }
+
+    fn predict(&self, layout: &Layout, flat: &[f32], train: bool) -> Result<Vec<i64>> {
+        let ws = Self::tensors_from_flat(layout, flat)?;
+        let split = if train { &self.data.train } else { &self.data.test };
+        let pred = tch::no_grad(|| Self::forward(&ws, &split.images).argmax(1, false));
+        Ok(Vec::<i64>::try_from(&pred)?)
+    }
+
+    fn labels(&self, train: bool) -> &[i64] {
+        if train { &self.data.train.labels_vec } else { &self.data.test.labels_vec }
+    }
+}

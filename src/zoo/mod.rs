@@ -1,0 +1,33 @@
+//! Reference tasks shipped with the library (SPEC §7): data, the networks whose parameters are
+//! modelled, checkpoint collection and the evaluation of a flat parameter vector.
+pub mod mlp3;
+pub mod mnist;
+
+use crate::error::Result;
+use crate::params::{Layout, Selection};
+use std::path::PathBuf;
+
+/// What a reference task offers to collection, training and evaluation.
+pub trait Task {
+    fn name(&self) -> &'static str;
+    /// The layout of the modelled tensors (names, shapes).
+    fn layout(&self) -> Layout;
+    /// Which tensors of a checkpoint file are modelled.
+    fn selection(&self) -> Selection;
+    /// Train from scratch, then keep training at a constant learning rate, saving one
+    /// checkpoint per iteration (`k` of them) into `out_dir`. Returns the files written.
+    fn collect(&self, out_dir: &std::path::Path, k: usize, seed: u64, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>>;
+    /// Class predictions of the model whose modelled tensors are `flat` (host units, placed
+    /// by `layout`, looked up by name) on the TRAIN (`train = true`) or TEST split.
+    fn predict(&self, layout: &Layout, flat: &[f32], train: bool) -> Result<Vec<i64>>;
+    /// Labels of a split.
+    fn labels(&self, train: bool) -> &[i64];
+}
+
+/// Look up a reference task by name.
+pub fn task(name: &str, data_dir: Option<&std::path::Path>) -> Result<Box<dyn Task>> {
+    match name {
+        "mnist-mlp3" => Ok(Box::new(mlp3::Mlp3::new(data_dir)?)),
+        _ => Err(crate::Error::invalid("task", format!("'{name}' (known: mnist-mlp3)"))),
+    }
+}
