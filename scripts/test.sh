@@ -4,3 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --release -- --test-threads=2
+# A host with nothing of libpdiff: the exported bundle through onnx + onnxruntime (project venv).
+cargo build --release --bin pdiff
+.venv/bin/python -m pytest -q tests/python

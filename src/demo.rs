@@ -20,6 +20,9 @@ pub struct DemoOptions {
     pub sampler: SamplerKind,
     pub sample_seed: u64,
     pub train: TrainConfig,
+    /// Generate through the exported bundle with ONNX Runtime (the product path), or with
+    /// the in-memory tch networks (`None`).
+    pub runtime: Option<crate::runtime::RuntimeOptions>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,10 +84,18 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     crate::bundle::save(&g, &gen_dir)?;
 
     // 3. Generate N models.
+    let mut on_step = |i, n| progress("sample", i, n, None);
     let t0 = Instant::now();
-    let params = sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, opts.sampler, opts.n, opts.sample_seed, &mut |i, n| {
-        progress("sample", i, n, None)
-    })?;
+    let (params, backend) = match &opts.runtime {
+        Some(rt) => {
+            let sampler = crate::runtime::Sampler::open(&gen_dir, rt)?;
+            (sampler.sample(opts.n, opts.sample_seed, opts.sampler, &mut on_step)?, sampler.backend_name().to_string())
+        }
+        None => (
+            sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, opts.sampler, opts.n, opts.sample_seed, &mut on_step)?,
+            "tch".to_string(),
+        ),
+    };
     let sample_s = t0.elapsed().as_secs_f64();
     let d = set.layout.param_count();
     let rows = params.as_slice().expect("row-major").to_vec();
@@ -112,7 +123,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         device: device_name(g.device),
         preset: g.config.preset.to_string(),
         sampler: opts.sampler.label(),
-        backend: "tch".into(),
+        backend,
         originals: Summary::of(&accuracies(&orig)),
         soup,
         generated: Summary::of(&accuracies(&gen_test)),

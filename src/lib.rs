@@ -22,5 +22,6 @@ pub mod zoo;
 pub mod eval;
 pub mod runtime;
 pub mod demo;
+pub mod bench;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ use pdiff::diffusion::SamplerKind;
 use pdiff::model::Preset;
 use pdiff::params::{ParamSet, Selection};
 use pdiff::train::{DeviceChoice, Generator, TrainConfig};
+use pdiff::runtime::{Provider, RuntimeOptions, Sampler};
 use pdiff::{bundle, demo, eval, zoo, Result};
 use std::path::PathBuf;
 
@@ -45,7 +46,14 @@ enum Command {
         #[command(flatten)]
         train: TrainArgs,
     },
-    /// Sample N parameter sets from a bundle into safetensors files.
+    /// Re-export a generator (bundle or generator directory) as a fresh, verified bundle.
+    Export {
+        #[arg(long)]
+        generator: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sample N parameter sets from a bundle into safetensors files (ONNX Runtime by default).
     Sample {
         #[arg(long)]
         bundle: PathBuf,
@@ -55,7 +63,25 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         sampler: SamplerArgs,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
         #[arg(long)]
+        out: PathBuf,
+    },
+    /// Benchmark sampling: tch vs ONNX Runtime, DDPM-1000 vs DDIM-50 (time, latency, memory, accuracy).
+    Bench {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Reference task to measure the accuracy of the sampled models on.
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(short = 'n', long, default_value_t = 100)]
+        n: usize,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[arg(long, default_value = "bench.json")]
         out: PathBuf,
     },
     /// Evaluate checkpoints (and generated models) on a reference task.
@@ -86,8 +112,43 @@ enum Command {
         #[command(flatten)]
         sampler: SamplerArgs,
         #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
         train: TrainArgs,
     },
+}
+
+#[derive(Args, Clone)]
+struct RuntimeArgs {
+    /// onnxruntime (serve the exported bundle, the product path) or tch (in-process libtorch).
+    #[arg(long, default_value = "onnxruntime")]
+    backend: String,
+    /// ONNX Runtime execution provider: auto (CUDA when available), cpu, cuda (required).
+    #[arg(long, default_value = "auto")]
+    provider: String,
+    /// ONNX Runtime intra-op threads (0: its default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Path of libonnxruntime.so (default: $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, the project venv).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// `Some(options)` for ONNX Runtime, `None` for tch.
+    fn options(&self) -> Result<Option<RuntimeOptions>> {
+        let opts = RuntimeOptions {
+            library: self.ort_lib.clone(),
+            provider: self.provider.parse::<Provider>()?,
+            intra_threads: Some(self.threads),
+            device_id: 0,
+        };
+        match self.backend.as_str() {
+            "onnxruntime" | "ort" => Ok(Some(opts)),
+            "tch" => Ok(None),
+            other => Err(pdiff::Error::invalid("backend", format!("'{other}' (expected onnxruntime or tch)"))),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -232,13 +293,49 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
-        Command::Sample { bundle: dir, n, seed, sampler, out } => {
-            let g = bundle::load_generator(&dir, DeviceChoice::Cpu)?;
-            let params = pdiff::diffusion::sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, sampler.kind()?, n, seed, &mut |i, t| bars.update("sample", i, t, None))?;
+        Command::Export { generator, out } => {
+            let g = bundle::load_generator(&generator, DeviceChoice::Cpu)?;
+            let m = bundle::save(&g, &out)?;
+            bundle::load_manifest(&out)?;
+            println!("bundle {}: D = {}, d = {}, files {:?}", out.display(), m.param_count, m.latent_dim, m.files.values().collect::<Vec<_>>());
+        }
+        Command::Sample { bundle: dir, n, seed, sampler, runtime, out } => {
+            let kind = sampler.kind()?;
+            let mut on_step = |i, t| bars.update("sample", i, t, None);
+            let (files, backend) = match runtime.options()? {
+                Some(opts) => {
+                    let s = Sampler::open(&dir, &opts)?;
+                    (s.sample_to_dir(n, seed, kind, &out, &mut on_step)?, s.backend_name().to_string())
+                }
+                None => {
+                    let g = bundle::load_generator(&dir, DeviceChoice::Auto)?;
+                    let p = pdiff::diffusion::sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, n, seed, &mut on_step)?;
+                    (pdiff::runtime::write_models(&g.layout, p.as_slice().unwrap(), &out)?, "tch".to_string())
+                }
+            };
             bars.finish();
-            let set = ParamSet { layout: g.layout.clone(), data: Vec::new(), sources: Vec::new(), warnings: Vec::new() };
-            let files = demo::write_generated(&set, params.as_slice().unwrap(), &out)?;
-            println!("wrote {} models to {}", files.len(), out.display());
+            println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
+        }
+        Command::Bench { bundle: dir, task, data, n, runtime, out } => {
+            let opts = runtime.options()?.unwrap_or_default();
+            let task = task.map(|t| zoo::task(&t, data.as_deref())).transpose()?;
+            let report = pdiff::bench::run(&dir, n, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
+            pdiff::fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&report).unwrap())?;
+            println!("machine: {}", report.machine);
+            println!("{:<18} {:<9} {:>5} {:>9} {:>10} {:>10} {:>9}", "backend", "sampler", "n", "seconds", "models/s", "peak MiB", "test acc");
+            for r in &report.rows {
+                println!(
+                    "{:<18} {:<9} {:>5} {:>9.3} {:>10.1} {:>10} {:>9}",
+                    r.backend, r.sampler, r.n, r.seconds, r.models_per_second,
+                    r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into()),
+                    r.test_accuracy.map(|s| format!("{:.4}", s.median)).unwrap_or_else(|| "-".into())
+                );
+            }
+            for (b, s) in &report.single_sample_latency_s {
+                println!("single-sample latency (DDIM-50) {b}: {:.1} ms", s * 1e3);
+            }
+            println!("speed-up DDIM-50 on ONNX Runtime vs DDPM-1000 on tch: {:.1}x", report.speedup_ddim_ort_vs_ddpm_tch);
+            println!("written: {}", out.display());
         }
         Command::Eval { task, checkpoints, generated, data } => {
             let task = zoo::task(&task, data.as_deref())?;
@@ -251,7 +348,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("generated (N = {}): {}", gen.k(), fmt_summary(&s));
             }
         }
-        Command::Demo { task, out, k, n, data, sample_seed, sampler, train } => {
+        Command::Demo { task, out, k, n, data, sample_seed, sampler, runtime, train } => {
             let opts = demo::DemoOptions {
                 task,
                 out_dir: out.clone(),
@@ -261,6 +358,7 @@ fn run(cli: Cli) -> Result<()> {
                 sampler: sampler.kind()?,
                 sample_seed,
                 train: train.config()?,
+                runtime: runtime.options()?,
             };
             let r = demo::run(&opts, &mut |s, i, t, l| bars.update(s, i, t, l))?;
             bars.finish();
