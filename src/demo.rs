@@ -2,7 +2,7 @@
 //! N models, evaluate them against the originals and the soup, write results.json.
 use crate::diffusion::{sample_params, SamplerKind};
 use crate::error::{Error, Result};
-use crate::eval::{accuracies, evaluate_rows, Summary};
+use crate::eval::{evaluate_all, Comparison, NoiseBaseline, SelectedOnTrain, Similarity, Summary};
 use crate::params::ParamSet;
 use crate::train::{device_name, Generator, Progress, TrainConfig};
 use crate::zoo;
@@ -23,13 +23,6 @@ pub struct DemoOptions {
     /// Generate through the exported bundle with ONNX Runtime (the product path), or with
     /// the in-memory tch networks (`None`).
     pub runtime: Option<crate::runtime::RuntimeOptions>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SelectedOnTrain {
-    pub train: f64,
-    pub test: f64,
-    pub index: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -56,6 +49,12 @@ pub struct DemoResults {
     pub soup: f64,
     pub generated: Summary,
     pub selected_on_train: SelectedOnTrain,
+    /// Each original perturbed with Gaussian noise (sigma relative to each tensor's std).
+    pub noise_baselines: Vec<NoiseBaseline>,
+    /// IoU of the sets of misclassified test images (memorization).
+    pub similarity: Similarity,
+    /// Generated median against each baseline: better / equal / worse.
+    pub comparisons: Vec<Comparison>,
     pub timings_s: Timings,
     pub reconstruction_mse: f64,
     pub seed: u64,
@@ -101,19 +100,12 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let rows = params.as_slice().expect("row-major").to_vec();
     write_generated(&set, &rows, &out.join("generated"))?;
 
-    // 4. Evaluate.
+    // 4. Evaluate (originals, soup, generated, noise baselines, memorization) and report.
     let t0 = Instant::now();
-    progress("evaluate", 0, 4, None);
-    let orig = evaluate_rows(task.as_ref(), &set.layout, &set.data, false)?;
-    let soup = evaluate_rows(task.as_ref(), &set.layout, &set.mean_row(), false)?[0].accuracy;
-    progress("evaluate", 2, 4, None);
-    let gen_test = evaluate_rows(task.as_ref(), &set.layout, &rows, false)?;
-    let gen_train = evaluate_rows(task.as_ref(), &set.layout, &rows, true)?;
-    progress("evaluate", 4, 4, None);
+    let ev = evaluate_all(task.as_ref(), &set, &rows, opts.train.seed, &mut |i, n| {
+        progress("evaluate", i, n, None);
+    })?;
     let evaluate_s = t0.elapsed().as_secs_f64();
-    let best = (0..gen_train.len())
-        .max_by(|&a, &b| gen_train[a].accuracy.partial_cmp(&gen_train[b].accuracy).unwrap().then(b.cmp(&a)))
-        .unwrap_or(0);
 
     let results = DemoResults {
         task: opts.task.clone(),
@@ -124,10 +116,13 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         preset: g.config.preset.to_string(),
         sampler: opts.sampler.label(),
         backend,
-        originals: Summary::of(&accuracies(&orig)),
-        soup,
-        generated: Summary::of(&accuracies(&gen_test)),
-        selected_on_train: SelectedOnTrain { train: gen_train[best].accuracy, test: gen_test[best].accuracy, index: best },
+        originals: ev.originals,
+        soup: ev.soup,
+        generated: ev.generated,
+        selected_on_train: ev.selected_on_train.clone(),
+        noise_baselines: ev.noise_baselines.clone(),
+        similarity: ev.similarity.clone(),
+        comparisons: ev.comparisons.clone(),
         timings_s: Timings {
             collect: collect_s,
             train_autoencoder: g.history.ae_seconds,
@@ -138,6 +133,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         reconstruction_mse: g.history.final_reconstruction_mse,
         seed: opts.train.seed,
     };
+    crate::report::write(out, &results, &ev, Some(&g.history))?;
     let json = serde_json::to_vec_pretty(&results).expect("serializable");
     crate::fsutil::write_atomic(&out.join("results.json"), &json)?;
     Ok(results)

@@ -57,3 +57,202 @@ pub fn evaluate_rows(task: &dyn Task, layout: &Layout, rows: &[f32], train: bool
 pub fn accuracies(evals: &[ModelEval]) -> Vec<f64> {
     evals.iter().map(|e| e.accuracy).collect()
 }
+
+/// Intersection over union of two sorted index sets (1 when both are empty).
+pub fn iou(a: &[u32], b: &[u32]) -> f64 {
+    let (mut i, mut j, mut inter) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                inter += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - inter;
+    if union == 0 { 1.0 } else { inter as f64 / union as f64 }
+}
+
+/// Mean IoU over all unordered pairs within one group.
+pub fn mean_pairwise_iou(group: &[ModelEval]) -> f64 {
+    let mut sum = 0.0;
+    let mut n = 0usize;
+    for i in 0..group.len() {
+        for j in i + 1..group.len() {
+            sum += iou(&group[i].wrong, &group[j].wrong);
+            n += 1;
+        }
+    }
+    if n == 0 { f64::NAN } else { sum / n as f64 }
+}
+
+/// Mean IoU over all pairs across two groups.
+pub fn mean_cross_iou(a: &[ModelEval], b: &[ModelEval]) -> f64 {
+    let sum: f64 = a.iter().flat_map(|x| b.iter().map(move |y| iou(&x.wrong, &y.wrong))).sum();
+    sum / (a.len() * b.len()).max(1) as f64
+}
+
+/// For each model of `models`, its largest IoU to any model of `reference` (skipping the
+/// model itself when `same_group`).
+pub fn max_iou_to(models: &[ModelEval], reference: &[ModelEval], same_group: bool) -> Vec<f64> {
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            reference
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| !same_group || *j != i)
+                .map(|(_, r)| iou(&m.wrong, &r.wrong))
+                .fold(0.0, f64::max)
+        })
+        .collect()
+}
+
+/// Each original perturbed by Gaussian noise of `sigma_rel` times each tensor's std.
+pub fn noise_baseline(set: &crate::params::ParamSet, sigma_rel: f64, seed: u64) -> Vec<f32> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let d = set.layout.param_count();
+    let mut out = set.data.clone();
+    for row in out.chunks_exact_mut(d) {
+        for t in &set.layout.tensors {
+            let normal = Normal::new(0.0f32, (sigma_rel * t.std as f64) as f32).expect("finite std");
+            for v in &mut row[t.offset..t.offset + t.numel()] {
+                *v += normal.sample(&mut rng);
+            }
+        }
+    }
+    out
+}
+
+/// A noise baseline's results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NoiseBaseline {
+    /// Noise std relative to each tensor's std.
+    pub sigma_rel: f64,
+    pub accuracy: Summary,
+    pub max_iou_to_originals: Summary,
+}
+
+/// Similarity of the sets of misclassified test images (memorization analysis).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Similarity {
+    pub original_original_mean_iou: f64,
+    pub generated_generated_mean_iou: f64,
+    pub original_generated_mean_iou: f64,
+    /// Per original: max IoU to any other original (the scale of "same trajectory").
+    pub original_max_iou_to_other_originals: Summary,
+    /// Per generated model: max IoU to any original.
+    pub generated_max_iou_to_originals: Summary,
+}
+
+/// One line of the plain comparison of generated models against a baseline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    pub baseline: String,
+    pub baseline_accuracy: f64,
+    pub generated_median: f64,
+    pub difference: f64,
+    /// "better", "equal" (within one test example) or "worse".
+    pub verdict: String,
+}
+
+pub const NOISE_SIGMAS: [f64; 3] = [0.001, 0.05, 0.15];
+
+/// Everything measured about originals, generated models and baselines on one task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub originals: Summary,
+    pub soup: f64,
+    pub generated: Summary,
+    pub selected_on_train: SelectedOnTrain,
+    pub noise_baselines: Vec<NoiseBaseline>,
+    pub similarity: Similarity,
+    pub comparisons: Vec<Comparison>,
+    /// Per-model points for plots: (group, test accuracy, max IoU to originals).
+    #[serde(skip)]
+    pub points: Vec<(String, f64, f64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SelectedOnTrain {
+    pub train: f64,
+    pub test: f64,
+    pub index: usize,
+}
+
+/// The evaluation protocol (SPEC §7 and the honest-baselines issue): originals, soup,
+/// generated, generated selected on TRAIN, noise baselines, memorization IoU.
+pub fn evaluate_all(
+    task: &dyn Task,
+    set: &crate::params::ParamSet,
+    generated: &[f32],
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Evaluation> {
+    let layout = &set.layout;
+    let total = 4 + NOISE_SIGMAS.len();
+    progress(0, total);
+    let orig = evaluate_rows(task, layout, &set.data, false)?;
+    progress(1, total);
+    let soup = evaluate_rows(task, layout, &set.mean_row(), false)?[0].accuracy;
+    let gen_test = evaluate_rows(task, layout, generated, false)?;
+    progress(2, total);
+    let gen_train = evaluate_rows(task, layout, generated, true)?;
+    progress(3, total);
+    let best = (0..gen_train.len())
+        .max_by(|&a, &b| gen_train[a].accuracy.partial_cmp(&gen_train[b].accuracy).unwrap().then(b.cmp(&a)))
+        .unwrap_or(0);
+    let orig_self = max_iou_to(&orig, &orig, true);
+    let gen_max = max_iou_to(&gen_test, &orig, false);
+    let mut points: Vec<(String, f64, f64)> = Vec::new();
+    points.extend(orig.iter().zip(&orig_self).map(|(e, m)| ("originals".to_string(), e.accuracy, *m)));
+    points.extend(gen_test.iter().zip(&gen_max).map(|(e, m)| ("generated".to_string(), e.accuracy, *m)));
+    let mut noise_baselines = Vec::new();
+    for (i, &sigma) in NOISE_SIGMAS.iter().enumerate() {
+        let rows = noise_baseline(set, sigma, seed.wrapping_add(i as u64 + 1));
+        let ev = evaluate_rows(task, layout, &rows, false)?;
+        let m = max_iou_to(&ev, &orig, false);
+        points.extend(ev.iter().zip(&m).map(|(e, mi)| (format!("noise {sigma}"), e.accuracy, *mi)));
+        noise_baselines.push(NoiseBaseline { sigma_rel: sigma, accuracy: Summary::of(&accuracies(&ev)), max_iou_to_originals: Summary::of(&m) });
+        progress(4 + i, total);
+    }
+    let originals = Summary::of(&accuracies(&orig));
+    let generated_s = Summary::of(&accuracies(&gen_test));
+    let one_example = 1.0 / task.labels(false).len().max(1) as f64;
+    let compare = |name: String, acc: f64| {
+        let diff = generated_s.median - acc;
+        let verdict = if diff.abs() < one_example { "equal" } else if diff > 0.0 { "better" } else { "worse" };
+        Comparison { baseline: name, baseline_accuracy: acc, generated_median: generated_s.median, difference: diff, verdict: verdict.into() }
+    };
+    let mut comparisons = vec![
+        compare("originals (median)".into(), originals.median),
+        compare("originals (best)".into(), originals.best),
+        compare("soup".into(), soup),
+    ];
+    for nb in &noise_baselines {
+        comparisons.push(compare(format!("noise {} (median)", nb.sigma_rel), nb.accuracy.median));
+    }
+    progress(total, total);
+    Ok(Evaluation {
+        originals,
+        soup,
+        generated: generated_s,
+        selected_on_train: SelectedOnTrain { train: gen_train[best].accuracy, test: gen_test[best].accuracy, index: best },
+        noise_baselines,
+        similarity: Similarity {
+            original_original_mean_iou: mean_pairwise_iou(&orig),
+            generated_generated_mean_iou: mean_pairwise_iou(&gen_test),
+            original_generated_mean_iou: mean_cross_iou(&orig, &gen_test),
+            original_max_iou_to_other_originals: Summary::of(&orig_self),
+            generated_max_iou_to_originals: Summary::of(&gen_max),
+        },
+        comparisons,
+        points,
+    })
+}

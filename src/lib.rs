@@ -21,6 +21,7 @@ pub mod bundle;
 pub mod zoo;
 pub mod eval;
 pub mod runtime;
+pub mod report;
 pub mod demo;
 pub mod bench;
 

@@ -340,6 +340,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { task, checkpoints, generated, data } => {
             let task = zoo::task(&task, data.as_deref())?;
             let set = ParamSet::load_dir(&checkpoints, &task.selection())?;
+            task.load_base(std::path::Path::new(&set.sources[0]))?;
             let orig = eval::Summary::of(&eval::accuracies(&eval::evaluate_rows(task.as_ref(), &set.layout, &set.data, false)?));
             println!("originals (K = {}): {}", set.k(), fmt_summary(&orig));
             if let Some(gdir) = generated {

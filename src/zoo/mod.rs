@@ -1,5 +1,6 @@
 //! Reference tasks shipped with the library (SPEC §7): data, the networks whose parameters are
 //! modelled, checkpoint collection and the evaluation of a flat parameter vector.
+pub mod cnn_bn;
 pub mod mlp3;
 pub mod mnist;
 
@@ -20,6 +21,11 @@ pub trait Task {
     /// Class predictions of the model whose modelled tensors are `flat` (host units, placed
     /// by `layout`, looked up by name) on the TRAIN (`train = true`) or TEST split.
     fn predict(&self, layout: &Layout, flat: &[f32], train: bool) -> Result<Vec<i64>>;
+    /// Bind the fixed (not modelled) part of the network from one checkpoint file; tasks that
+    /// model the whole network ignore it.
+    fn load_base(&self, _checkpoint: &std::path::Path) -> Result<()> {
+        Ok(())
+    }
     /// Labels of a split.
     fn labels(&self, train: bool) -> &[i64];
 }
@@ -28,6 +34,7 @@ pub trait Task {
 pub fn task(name: &str, data_dir: Option<&std::path::Path>) -> Result<Box<dyn Task>> {
     match name {
         "mnist-mlp3" => Ok(Box::new(mlp3::Mlp3::new(data_dir)?)),
-        _ => Err(crate::Error::invalid("task", format!("'{name}' (known: mnist-mlp3)"))),
+        "mnist-cnn-bn" => Ok(Box::new(cnn_bn::CnnBn::new(data_dir)?)),
+        _ => Err(crate::Error::invalid("task", format!("'{name}' (known: mnist-mlp3, mnist-cnn-bn)"))),
     }
 }

@@ -1,0 +1,238 @@
+//! report.md and its PNG plots (plotters): accuracy distributions, accuracy versus max IoU to
+//! the originals (new versus copied), and the training loss curves. The verdict lines are
+//! derived from the numbers, never written by hand.
+use crate::demo::DemoResults;
+use crate::error::{Error, Result};
+use crate::eval::Evaluation;
+use crate::train::TrainHistory;
+use plotters::prelude::*;
+use std::fmt::Write as _;
+use std::path::Path;
+
+const FONT_CANDIDATES: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Register a TrueType font for plot labels once; false when none is found ($PDIFF_FONT or
+/// DejaVu Sans from the fonts-dejavu-core package).
+fn ensure_font() -> bool {
+    static REGISTERED: once_cell::sync::OnceCell<bool> = once_cell::sync::OnceCell::new();
+    *REGISTERED.get_or_init(|| {
+        let mut paths: Vec<String> = std::env::var("PDIFF_FONT").into_iter().collect();
+        paths.extend(FONT_CANDIDATES.iter().map(|s| s.to_string()));
+        for p in paths {
+            if let Ok(bytes) = std::fs::read(&p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+fn plot_err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> Error + '_ {
+    move |e| Error::invalid("plot", format!("{}: {e}", path.display()))
+}
+
+const GROUP_COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
+
+fn groups(points: &[(String, f64, f64)]) -> Vec<String> {
+    let mut g: Vec<String> = Vec::new();
+    for (name, _, _) in points {
+        if !g.contains(name) {
+            g.push(name.clone());
+        }
+    }
+    g
+}
+
+fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    (lo - pad)..(hi + pad)
+}
+
+/// Strip plot of test accuracy per group (originals, generated, noise baselines).
+fn plot_accuracy(path: &Path, ev: &Evaluation, title: &str) -> Result<()> {
+    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err(path))?;
+    let names = groups(&ev.points);
+    let y = padded_range(ev.points.iter().map(|p| p.1).chain(std::iter::once(ev.soup)));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..(names.len() as f64 - 0.5), y)
+        .map_err(plot_err(path))?;
+    let labels = names.clone();
+    chart
+        .configure_mesh()
+        .x_labels(names.len())
+        .x_label_formatter(&|x| labels.get(x.round() as usize).cloned().unwrap_or_default())
+        .y_desc("test accuracy")
+        .draw()
+        .map_err(plot_err(path))?;
+    for (gi, name) in names.iter().enumerate() {
+        let color = GROUP_COLORS[gi % GROUP_COLORS.len()];
+        let pts: Vec<(f64, f64)> = ev
+            .points
+            .iter()
+            .filter(|p| &p.0 == name)
+            .enumerate()
+            // Deterministic jitter so overlapping points stay visible.
+            .map(|(i, p)| (gi as f64 + ((i * 37 % 100) as f64 / 100.0 - 0.5) * 0.5, p.1))
+            .collect();
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.mix(0.6).filled()))).map_err(plot_err(path))?;
+    }
+    let n = names.len() as f64;
+    chart
+        .draw_series(LineSeries::new(vec![(-0.5, ev.soup), (n - 0.5, ev.soup)], BLACK.stroke_width(1)))
+        .map_err(plot_err(path))?
+        .label(format!("soup {:.4}", ev.soup))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err(path))?;
+    root.present().map_err(plot_err(path))
+}
+
+/// Accuracy versus max IoU of the misclassified set to any original: one point per model.
+fn plot_similarity(path: &Path, ev: &Evaluation, title: &str) -> Result<()> {
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err(path))?;
+    let x = padded_range(ev.points.iter().map(|p| p.2));
+    let y = padded_range(ev.points.iter().map(|p| p.1));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)
+        .map_err(plot_err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("max IoU of misclassified test images to any original (1 = same mistakes)")
+        .y_desc("test accuracy")
+        .draw()
+        .map_err(plot_err(path))?;
+    // Baselines first, so originals and generated models are drawn on top.
+    for (gi, name) in groups(&ev.points).iter().enumerate().rev() {
+        let color = GROUP_COLORS[gi % GROUP_COLORS.len()];
+        chart
+            .draw_series(ev.points.iter().filter(|p| &p.0 == name).map(|p| Circle::new((p.2, p.1), 3, color.mix(0.6).filled())))
+            .map_err(plot_err(path))?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err(path))?;
+    root.present().map_err(plot_err(path))
+}
+
+/// Loss curves of autoencoder and diffusion training (log scale).
+fn plot_losses(path: &Path, h: &TrainHistory) -> Result<()> {
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err(path))?;
+    let (left, right) = root.split_horizontally(500);
+    for (area, name, losses) in [(left, "autoencoder loss (MSE)", &h.ae_loss), (right, "diffusion loss (MSE)", &h.diffusion_loss)] {
+        if losses.is_empty() {
+            continue;
+        }
+        let lo = losses.iter().cloned().fold(f32::MAX, f32::min).max(1e-12) as f64;
+        let hi = losses.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(name, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..losses.len() as f64, (lo * 0.8..hi * 1.2).log_scale())
+            .map_err(plot_err(path))?;
+        chart.configure_mesh().x_desc("step").draw().map_err(plot_err(path))?;
+        chart
+            .draw_series(LineSeries::new(losses.iter().enumerate().map(|(i, &l)| (i as f64, (l as f64).max(1e-12))), &BLUE))
+            .map_err(plot_err(path))?;
+    }
+    root.present().map_err(plot_err(path))
+}
+
+/// Write report.md (+ accuracy.png, similarity.png, losses.png) into `dir`.
+pub fn write(dir: &Path, r: &DemoResults, ev: &Evaluation, history: Option<&TrainHistory>) -> Result<()> {
+    let mut md = String::new();
+    let _ = writeln!(md, "# p-diff report: {}\n", r.task);
+    let _ = writeln!(
+        md,
+        "D = {} parameters, K = {} originals, N = {} generated; preset `{}`, trained on {}, sampled with {} on {}.\n",
+        r.num_params, r.k, r.n_generated, r.preset, r.device, r.sampler, r.backend
+    );
+    let _ = writeln!(md, "## Test accuracy\n\n| models | best | mean | median | min | std |\n|---|---|---|---|---|---|");
+    let row = |md: &mut String, name: &str, s: &crate::eval::Summary| {
+        let _ = writeln!(md, "| {name} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |", s.best, s.mean, s.median, s.min, s.std);
+    };
+    row(&mut md, "originals", &r.originals);
+    row(&mut md, "generated", &r.generated);
+    for nb in &r.noise_baselines {
+        row(&mut md, &format!("originals + noise {} x tensor std", nb.sigma_rel), &nb.accuracy);
+    }
+    let _ = writeln!(md, "| soup (uniform average of the originals) | {:.4} | | | | |", r.soup);
+    let _ = writeln!(
+        md,
+        "| generated, best on TRAIN ({:.4}), on TEST | {:.4} | | | | |\n",
+        r.selected_on_train.train, r.selected_on_train.test
+    );
+    let _ = writeln!(md, "## Generated against the baselines\n");
+    let _ = writeln!(md, "Generated median test accuracy {:.4}. \"equal\" means within one test example.\n", r.generated.median);
+    let _ = writeln!(md, "| baseline | its accuracy | difference | generated are |\n|---|---|---|---|");
+    for c in &r.comparisons {
+        let _ = writeln!(md, "| {} | {:.4} | {:+.4} | **{}** |", c.baseline, c.baseline_accuracy, c.difference, c.verdict);
+    }
+    let s = &r.similarity;
+    let _ = writeln!(md, "\n## Memorization: IoU of misclassified test images\n");
+    let _ = writeln!(
+        md,
+        "| pairs | mean IoU |\n|---|---|\n| original - original | {:.4} |\n| generated - generated | {:.4} |\n| original - generated | {:.4} |\n",
+        s.original_original_mean_iou, s.generated_generated_mean_iou, s.original_generated_mean_iou
+    );
+    let _ = writeln!(md, "| per model: max IoU to any original | median | min | max |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| original (to the other originals) | {:.4} | {:.4} | {:.4} |",
+        s.original_max_iou_to_other_originals.median, s.original_max_iou_to_other_originals.min, s.original_max_iou_to_other_originals.best
+    );
+    let _ = writeln!(
+        md,
+        "| generated | {:.4} | {:.4} | {:.4} |",
+        s.generated_max_iou_to_originals.median, s.generated_max_iou_to_originals.min, s.generated_max_iou_to_originals.best
+    );
+    for nb in &r.noise_baselines {
+        let m = &nb.max_iou_to_originals;
+        let _ = writeln!(md, "| original + noise {} | {:.4} | {:.4} | {:.4} |", nb.sigma_rel, m.median, m.min, m.best);
+    }
+    let novelty = if s.generated_max_iou_to_originals.median >= s.original_max_iou_to_other_originals.median {
+        "the generated models make the same mistakes as some original at least as closely as the originals do among themselves: by this measure they are copies or averages of the training checkpoints, not new solutions"
+    } else {
+        "the generated models' mistakes overlap less with any original than the originals' do with each other: by this measure they differ from every training checkpoint"
+    };
+    let _ = writeln!(md, "\nReading: {novelty}.\n");
+    let plots = ensure_font();
+    if plots {
+        let title = format!("{}: test accuracy", r.task);
+        plot_accuracy(&dir.join("accuracy.png"), ev, &title)?;
+        plot_similarity(&dir.join("similarity.png"), ev, &format!("{}: accuracy vs similarity to the originals", r.task))?;
+        let _ = writeln!(md, "![accuracy](accuracy.png)\n\n![similarity](similarity.png)\n");
+        if let Some(h) = history {
+            plot_losses(&dir.join("losses.png"), h)?;
+            let _ = writeln!(md, "![losses](losses.png)\n");
+        }
+    } else {
+        let _ = writeln!(md, "(Plots skipped: no TrueType font found; install fonts-dejavu-core or set PDIFF_FONT.)\n");
+    }
+    let t = &r.timings_s;
+    let _ = writeln!(
+        md,
+        "## Timings (s)\n\ncollect {:.1}, autoencoder {:.1}, diffusion {:.1}, sample {:.2}, evaluate {:.1}.",
+        t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate
+    );
+    crate::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
+}
