@@ -24,5 +24,6 @@ pub mod runtime;
 pub mod report;
 pub mod demo;
 pub mod bench;
+pub mod ablation;
 
 pub use error::{Error, Result};

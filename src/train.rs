@@ -196,6 +196,41 @@ pub struct Generator {
 /// Latent std floor: a latent dimension that never varies is not divided by ~0.
 pub const LATENT_STD_FLOOR: f32 = 1e-6;
 
+/// Rough upper estimate of the host memory a training run needs (bytes): the K padded inputs,
+/// the autoencoder's parameters with gradients and two AdamW moments, and a batch's activations
+/// (forward + backward) through every layer.
+pub fn estimate_training_bytes(d: usize, k: usize, config: &TrainConfig) -> u128 {
+    let (ae_default, _) = config.preset.architecture(d);
+    let ae = config.autoencoder.clone().unwrap_or(ae_default);
+    let padded = ae.padded_len(d) as u128;
+    let batch = config.batch_size.min(k.max(1)) as u128;
+    let flat = ae.encoder.last().map(|c| c.channels).unwrap_or(1) as u128 * padded / ae.encoder.iter().map(|c| c.stride as u128).product::<u128>().max(1);
+    let mut params = 2 * flat * ae.latent_dim.max(1) as u128 + padded;
+    let mut activations = padded;
+    let (mut len, mut ch) = (padded, 1u128);
+    for c in &ae.encoder {
+        params += ch * c.channels as u128 * c.kernel as u128;
+        len /= c.stride.max(1) as u128;
+        ch = c.channels as u128;
+        activations += len * ch;
+    }
+    for (c, &out) in ae.encoder.iter().rev().zip(&ae.decoder_channels) {
+        params += ch * out as u128 * c.kernel as u128;
+        len *= c.stride.max(1) as u128;
+        ch = out as u128;
+        activations += len * ch;
+    }
+    let floats = k as u128 * padded + 4 * params + 4 * batch * activations;
+    floats * 4
+}
+
+/// MemAvailable of /proc/meminfo, if readable.
+pub fn available_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn cosine_lr(base: f64, step: usize, total: usize) -> f64 {
     base * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
 }
@@ -226,16 +261,6 @@ impl Generator {
             return Err(Error::invalid("autoencoder.latent_dim", "must be >= 1"));
         }
         let padded_len = ae_config.padded_len(d);
-        // Refuse sizes that cannot fit before allocating anything (estimate of the largest
-        // buffers: the two bottleneck Linear layers and Adam's two moments).
-        let flat = ae_config.encoder.last().unwrap().channels as u128 * ae_config.bottleneck_len(padded_len) as u128;
-        let bytes = flat * ae_config.latent_dim as u128 * 2 * 4 * 4;
-        if bytes > 64u128 << 30 {
-            return Err(Error::invalid(
-                "parameters",
-                format!("D = {d} needs about {} GiB for the autoencoder's linear layers alone; select fewer tensors", bytes >> 30),
-            ));
-        }
         tch::manual_seed(config.seed as i64);
         let ae_vs = nn::VarStore::new(device);
         let ae = Autoencoder::new(&ae_vs.root(), &ae_config, padded_len);
@@ -262,6 +287,23 @@ impl Generator {
 
     /// Train autoencoder then diffusion on `set`. `progress` is called every step.
     pub fn train(set: &ParamSet, config: &TrainConfig, progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Self> {
+        config.validate()?;
+        // Refuse sizes that cannot fit before allocating anything.
+        let need = estimate_training_bytes(set.layout.param_count(), set.k(), config);
+        if let Some(avail) = available_memory_bytes() {
+            if need > avail as u128 {
+                return Err(Error::invalid(
+                    "parameters",
+                    format!(
+                        "D = {}, K = {} needs about {:.1} GiB to train but {:.1} GiB of memory is available; select fewer tensors or a smaller latent",
+                        set.layout.param_count(),
+                        set.k(),
+                        need as f64 / (1u64 << 30) as f64,
+                        avail as f64 / (1u64 << 30) as f64
+                    ),
+                ));
+            }
+        }
         let device = config.device.resolve()?;
         let mut g = Generator::build(set.layout.clone(), config.clone(), device)?;
         g.sources = set.sources.clone();

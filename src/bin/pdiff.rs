@@ -10,7 +10,7 @@ use pdiff::{bundle, demo, eval, zoo, Result};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "pdiff", version, about = "Neural network parameter diffusion (p-diff): train, export and sample weight generators")]
+#[command(name = "pdiff", version, args_override_self = true, about = "Neural network parameter diffusion (p-diff): train, export and sample weight generators")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,6 +94,22 @@ enum Command {
         generated: Option<PathBuf>,
         #[arg(long)]
         data: Option<PathBuf>,
+    },
+    /// Ablations on a reference task: K (2, 10, 50, 200) and noise augmentation variants.
+    Ablation {
+        #[arg(long, default_value = "mnist-mlp3")]
+        task: String,
+        /// Directory with at least 200 checkpoints of the task (default: collect into OUT/checkpoints).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        #[arg(long, default_value = "ablation-out")]
+        out: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(short = 'n', long, default_value_t = 100)]
+        n: usize,
+        #[command(flatten)]
+        train: TrainArgs,
     },
     /// The whole job on a reference task: collect -> train -> generate -> evaluate.
     Demo {
@@ -225,6 +241,9 @@ impl Bars {
         Bars { stage: String::new(), bar: None }
     }
     fn update(&mut self, stage: &str, done: usize, total: usize, loss: Option<f64>) -> bool {
+        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         if stage != self.stage {
             if let Some(b) = self.bar.take() {
                 b.finish();
@@ -248,7 +267,7 @@ impl Bars {
                 }
             }
         }
-        true
+        !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
     }
     fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
@@ -257,11 +276,21 @@ impl Bars {
     }
 }
 
+/// Set by Ctrl-C: every progress report then asks the library to stop, which removes its
+/// temporary outputs on the way out, so an interrupted command leaves nothing half-written.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn main() {
     let cli = Cli::parse();
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130); // second Ctrl-C: stop now
+        }
+        eprintln!("\ninterrupted: stopping and cleaning up (Ctrl-C again to force)");
+    });
     if let Err(e) = run(cli) {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        std::process::exit(if matches!(e, pdiff::Error::Cancelled) { 130 } else { 1 });
     }
 }
 
@@ -348,6 +377,28 @@ fn run(cli: Cli) -> Result<()> {
                 let s = eval::Summary::of(&eval::accuracies(&eval::evaluate_rows(task.as_ref(), &gen.layout, &gen.data, false)?));
                 println!("generated (N = {}): {}", gen.k(), fmt_summary(&s));
             }
+        }
+        Command::Ablation { task, checkpoints, out, data, n, train } => {
+            let config = train.config()?;
+            let task = zoo::task(&task, data.as_deref())?;
+            let ckpts = match checkpoints {
+                Some(c) => c,
+                None => {
+                    let dir = out.join("checkpoints");
+                    pdiff::fsutil::write_dir_atomic(&dir, |tmp| {
+                        task.collect(tmp, 200, config.seed, &mut |i, n| bars.update("collect", i, n, None)).map(|_| ())
+                    })?;
+                    dir
+                }
+            };
+            let rows = pdiff::ablation::run(task.as_ref(), &ckpts, &config, n, &mut |i, t| {
+                bars.update("ablation", i, t, None);
+            })?;
+            bars.finish();
+            let md = pdiff::ablation::markdown(task.name(), &rows);
+            pdiff::fsutil::write_atomic(&out.join("ablation.json"), &serde_json::to_vec_pretty(&rows).unwrap())?;
+            pdiff::fsutil::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
+            println!("{md}");
         }
         Command::Demo { task, out, k, n, data, sample_seed, sampler, runtime, train } => {
             let opts = demo::DemoOptions {

@@ -72,6 +72,25 @@ impl Layout {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// Check that this layout holds exactly the tensors a host expects (same names and shapes,
+    /// in any order); the error names the first tensor that differs.
+    pub fn check_matches<S: AsRef<str>>(&self, expected: &[(S, Vec<usize>)]) -> Result<()> {
+        for (name, shape) in expected {
+            let name = name.as_ref();
+            match self.get(name) {
+                None => return Err(Error::invalid("layout", format!("the bundle has no tensor '{name}' that the host's model needs"))),
+                Some(t) if &t.shape != shape => {
+                    return Err(Error::invalid("layout", format!("tensor '{name}': bundle shape {:?}, host model {:?}", t.shape, shape)))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = self.tensors.iter().find(|t| !expected.iter().any(|(n, _)| n.as_ref() == t.name)) {
+            return Err(Error::invalid("layout", format!("the bundle models tensor '{}' that the host's model does not have", extra.name)));
+        }
+        Ok(())
+    }
+
     /// Map host units to normalized units, tensor by tensor. `raw.len() == out.len() == D`.
     pub fn normalize(&self, raw: &[f32], out: &mut [f32]) {
         for t in &self.tensors {

@@ -1,0 +1,467 @@
+//! Reliability: every bad input of the README's Reliability table, through the `pdiff` CLI.
+//! Each case asserts the exit status (1: a clear error, never a panic or abort), the words of
+//! the error, and that no output was created or an existing output was left unchanged.
+use pdiff::params::Layout;
+use safetensors::Dtype;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pdiff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdiff")).args(args).output().expect("run pdiff")
+}
+
+fn layout() -> Layout {
+    Layout::from_shapes(&[("fc.weight", vec![4, 6]), ("fc.bias", vec![4])]).unwrap()
+}
+
+/// K small, well-formed checkpoints (one trajectory: base + small perturbation).
+fn good_checkpoints(dir: &Path, k: usize) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let l = layout();
+    (0..k)
+        .map(|i| {
+            let v: Vec<f32> = (0..l.param_count()).map(|j| (j as f32 * 0.37).sin() + 0.01 * ((i * 7 + j) as f32).cos()).collect();
+            let p = dir.join(format!("c{i:03}.safetensors"));
+            l.save_safetensors(&v, &p).unwrap();
+            p
+        })
+        .collect()
+}
+
+fn raw_tensor_file(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Run `pdiff train` on `ckpts` into a fresh output dir; return (output, out dir).
+fn train(ckpts: &Path, extra: &[&str]) -> (Output, PathBuf) {
+    let out = ckpts.parent().unwrap().join("bundle-out");
+    let mut args = vec!["train", "--checkpoints", ckpts.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ae-steps", "3", "--diffusion-steps", "3", "--device", "cpu"];
+    args.extend_from_slice(extra);
+    (pdiff(&args), out)
+}
+
+fn assert_error(o: &Output, words: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "expected a clean error (exit 1), got {:?}; stderr: {err}", o.status);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for w in words {
+        assert!(err.contains(w), "error should mention {w:?}: {err}");
+    }
+}
+
+/// No output and no temporary leftovers next to it.
+fn assert_nothing_written(out: &Path) {
+    assert!(!out.exists(), "{} must not exist", out.display());
+    let parent = out.parent().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(parent).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+fn case(f: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    f(dir.path());
+}
+
+#[test]
+fn truncated_checkpoint() {
+    case(|d| {
+        let c = d.join("ckpt");
+        let files = good_checkpoints(&c, 3);
+        let bytes = std::fs::read(&files[1]).unwrap();
+        std::fs::write(&files[1], &bytes[..bytes.len() / 2]).unwrap();
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["c001.safetensors", "not a readable safetensors file"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn not_a_safetensors_file() {
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 2);
+        std::fs::write(c.join("c002.safetensors"), b"PK\x03\x04 this is a zip, not safetensors").unwrap();
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["c002.safetensors", "not a readable safetensors file"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn corrupt_header() {
+    case(|d| {
+        let c = d.join("ckpt");
+        let files = good_checkpoints(&c, 2);
+        let mut bytes = std::fs::read(&files[0]).unwrap();
+        bytes[8] = b'x'; // the header's opening brace: the JSON no longer parses
+        std::fs::write(&files[0], &bytes).unwrap();
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["c000.safetensors"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn integer_tensor_selected() {
+    case(|d| {
+        let c = d.join("ckpt");
+        std::fs::create_dir_all(&c).unwrap();
+        for i in 0..2 {
+            raw_tensor_file(&c.join(format!("c{i}.safetensors")), &[
+                ("w", Dtype::F32, vec![3], f32_bytes(&[1.0, 2.0, i as f32])),
+                ("steps", Dtype::I64, vec![1], 5i64.to_le_bytes().to_vec()),
+            ]);
+        }
+        let (o, out) = train(&c, &["--select", "steps"]);
+        assert_error(&o, &["steps", "not floating point"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn no_floating_tensor_at_all() {
+    case(|d| {
+        let c = d.join("ckpt");
+        std::fs::create_dir_all(&c).unwrap();
+        for i in 0..2 {
+            raw_tensor_file(&c.join(format!("c{i}.safetensors")), &[("steps", Dtype::I64, vec![1], (i as i64).to_le_bytes().to_vec())]);
+        }
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["selection is empty"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn half_precision_is_converted_not_refused() {
+    case(|d| {
+        let c = d.join("ckpt");
+        std::fs::create_dir_all(&c).unwrap();
+        for i in 0..3 {
+            let v: Vec<u8> = (0..8).flat_map(|j| half::f16::from_f32(0.5 + 0.01 * (i * j) as f32).to_le_bytes()).collect();
+            raw_tensor_file(&c.join(format!("c{i}.safetensors")), &[("w", Dtype::F16, vec![8], v)]);
+        }
+        let set = pdiff::params::ParamSet::load_dir(&c, &pdiff::params::Selection::AllFloat).unwrap();
+        assert_eq!(set.layout.param_count(), 8);
+        assert_eq!(set.row(2)[3], half::f16::from_f32(0.5 + 0.01 * 6.0).to_f32());
+    });
+}
+
+#[test]
+fn shapes_differ_between_checkpoints() {
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 2);
+        let other = Layout::from_shapes(&[("fc.weight", vec![4, 5]), ("fc.bias", vec![4])]).unwrap();
+        other.save_safetensors(&vec![0.1; other.param_count()], &c.join("c002.safetensors")).unwrap();
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["c002.safetensors", "fc.weight", "[4, 5]", "[4, 6]"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn missing_tensor_in_one_checkpoint() {
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 2);
+        let only_w = Layout::from_shapes(&[("fc.weight", vec![4, 6])]).unwrap();
+        only_w.save_safetensors(&vec![0.1; 24], &c.join("c002.safetensors")).unwrap();
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["c002.safetensors", "fc.bias", "missing"]);
+        assert_nothing_written(&out);
+    });
+}
+
+fn with_value(d: &Path, value: f32, words: &[&str]) {
+    let c = d.join("ckpt");
+    good_checkpoints(&c, 2);
+    let l = layout();
+    let mut v = vec![0.2f32; l.param_count()];
+    v[25] = value; // inside fc.bias
+    l.save_safetensors(&v, &c.join("c002.safetensors")).unwrap();
+    let (o, out) = train(&c, &[]);
+    assert_error(&o, words);
+    assert_nothing_written(&out);
+}
+
+#[test]
+fn nan_value() {
+    case(|d| with_value(d, f32::NAN, &["c002.safetensors", "fc.bias", "non-finite value NaN"]));
+}
+
+#[test]
+fn inf_value() {
+    case(|d| with_value(d, f32::INFINITY, &["c002.safetensors", "fc.bias", "non-finite value inf"]));
+}
+
+#[test]
+fn selection_matches_nothing() {
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 2);
+        let (o, out) = train(&c, &["--select", "conv*.weight"]);
+        assert_error(&o, &["conv*.weight", "no tensor matches"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn one_checkpoint() {
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 1);
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["K = 1", "at least 2"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn empty_directory() {
+    case(|d| {
+        let c = d.join("ckpt");
+        std::fs::create_dir_all(&c).unwrap();
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["K = 0"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn missing_directory() {
+    case(|d| {
+        let c = d.join("nowhere");
+        let (o, out) = train(&c, &[]);
+        assert_error(&o, &["nowhere"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn absurd_size_is_refused_up_front() {
+    // A layout of 2^36 parameters: refused with an estimate before anything is allocated.
+    let l = Layout::from_shapes(&[("huge", vec![1 << 18, 1 << 18])]).unwrap();
+    let need = pdiff::train::estimate_training_bytes(l.param_count(), 200, &pdiff::train::TrainConfig::new(pdiff::model::Preset::Compact));
+    let avail = pdiff::train::available_memory_bytes().expect("linux meminfo");
+    assert!(need > avail as u128, "estimate {need} should exceed available {avail}");
+}
+
+#[test]
+fn bad_option_values() {
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 2);
+        for (extra, words) in [
+            (vec!["--preset", "huge"], vec!["preset", "huge"]),
+            (vec!["--batch-size", "0"], vec!["batch_size"]),
+            (vec!["--ae-lr=-1"], vec!["ae_lr"]),
+            (vec!["--ema", "1.5"], vec!["ema"]),
+            (vec!["--device", "tpu"], vec!["device", "tpu"]),
+        ] {
+            let (o, out) = train(&c, &extra);
+            assert_error(&o, &words);
+            assert_nothing_written(&out);
+        }
+    });
+}
+
+#[test]
+fn cuda_required_for_training_without_gpu() {
+    if tch::Cuda::is_available() {
+        return;
+    }
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 2);
+        let out = d.join("bundle-out");
+        let o = pdiff(&["train", "--checkpoints", c.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cuda"]);
+        assert_error(&o, &["device unavailable", "CUDA"]);
+        assert_nothing_written(&out);
+    });
+}
+
+#[test]
+fn diverging_training_stops_and_keeps_the_last_good_bundle() {
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 4);
+        // A good bundle first.
+        let (o, out) = train(&c, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let before = std::fs::read(out.join("pdiff.json")).unwrap();
+        // Then a run whose learning rate makes the loss non-finite, into the same place.
+        let (o, _) = train(&c, &["--ae-lr", "1e30", "--ae-steps", "50"]);
+        assert_error(&o, &["diverged", "autoencoder step"]);
+        assert_eq!(std::fs::read(out.join("pdiff.json")).unwrap(), before, "the last good bundle must be unchanged");
+    });
+}
+
+#[test]
+fn interrupted_training_leaves_nothing() {
+    case(|d| {
+        let c = d.join("ckpt");
+        good_checkpoints(&c, 4);
+        let out = d.join("bundle-out");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pdiff"))
+            .args(["train", "--checkpoints", c.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ae-steps", "1000000", "--device", "cpu"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("cancelled"));
+        assert_nothing_written(&out);
+    });
+}
+
+/// A trained bundle to damage in the bundle cases.
+fn bundle(d: &Path) -> PathBuf {
+    let c = d.join("ckpt");
+    good_checkpoints(&c, 4);
+    let (o, out) = train(&c, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn sample(b: &Path, extra: &[&str]) -> (Output, PathBuf) {
+    let out = b.parent().unwrap().join("samples");
+    let mut args = vec!["sample", "--bundle", b.to_str().unwrap(), "-n", "2", "--steps", "5", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (pdiff(&args), out)
+}
+
+#[test]
+fn bundle_damage_is_named() {
+    case(|d| {
+        let b = bundle(d);
+        let pristine = d.join("pristine");
+        std::fs::create_dir_all(&pristine).unwrap();
+        for e in std::fs::read_dir(&b).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), pristine.join(e.file_name())).unwrap();
+        }
+        let restore = || {
+            for e in std::fs::read_dir(&pristine).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), b.join(e.file_name())).unwrap();
+            }
+        };
+        let edit_manifest = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("pdiff.json")).unwrap()).unwrap();
+            f(&mut m);
+            std::fs::write(b.join("pdiff.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        };
+        // missing file
+        std::fs::remove_file(b.join("decoder.onnx")).unwrap();
+        let (o, out) = sample(&b, &[]);
+        assert_error(&o, &["decoder.onnx"]);
+        assert_nothing_written(&out);
+        restore();
+        // corrupt / tampered file
+        let mut w = std::fs::read(b.join("denoiser.onnx")).unwrap();
+        let n = w.len();
+        w[n - 10] ^= 1;
+        std::fs::write(b.join("denoiser.onnx"), w).unwrap();
+        let (o, out) = sample(&b, &[]);
+        assert_error(&o, &["denoiser.onnx", "sha256 mismatch"]);
+        assert_nothing_written(&out);
+        restore();
+        // manifest from a future format version
+        edit_manifest(&|m| m["format_version"] = 7.into());
+        let (o, out) = sample(&b, &[]);
+        assert_error(&o, &["format_version 7", "not supported"]);
+        assert_nothing_written(&out);
+        restore();
+        // manifest without a version / not JSON
+        edit_manifest(&|m| {
+            m.as_object_mut().unwrap().remove("format_version");
+        });
+        let (o, _) = sample(&b, &[]);
+        assert_error(&o, &["format_version is missing"]);
+        std::fs::write(b.join("pdiff.json"), b"{ not json").unwrap();
+        let (o, _) = sample(&b, &[]);
+        assert_error(&o, &["pdiff.json is not valid JSON"]);
+        restore();
+        // manifest whose layout does not cover param_count
+        edit_manifest(&|m| m["param_count"] = 999.into());
+        let (o, _) = sample(&b, &[]);
+        assert_error(&o, &["param_count is 999"]);
+        restore();
+        // bundle directory missing
+        let (o, out) = sample(&d.join("no-bundle"), &[]);
+        assert_error(&o, &["no-bundle"]);
+        assert_nothing_written(&out);
+        // the pristine bundle still works
+        let (o, out) = sample(&b, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.join("gen_0001.safetensors").exists());
+    });
+}
+
+#[test]
+fn bundle_layout_must_match_the_host_model() {
+    case(|d| {
+        let b = bundle(d);
+        let m = pdiff::bundle::load_manifest(&b).unwrap();
+        let layout = m.layout();
+        layout.check_matches(&[("fc.weight", vec![4, 6]), ("fc.bias", vec![4])]).unwrap();
+        let e = layout.check_matches(&[("fc.weight", vec![6, 4]), ("fc.bias", vec![4])]).unwrap_err();
+        assert!(e.to_string().contains("fc.weight") && e.to_string().contains("[6, 4]"), "{e}");
+        let e = layout.check_matches(&[("fc.weight", vec![4, 6])]).unwrap_err();
+        assert!(e.to_string().contains("fc.bias"), "{e}");
+        let e = layout.check_matches(&[("fc.weight", vec![4, 6]), ("fc.bias", vec![4]), ("head.bias", vec![2])]).unwrap_err();
+        assert!(e.to_string().contains("head.bias"), "{e}");
+    });
+}
+
+#[test]
+fn onnx_runtime_library_problems() {
+    case(|d| {
+        let b = bundle(d);
+        let (o, out) = sample(&b, &["--ort-lib", "/nonexistent/libonnxruntime.so.1.31.1"]);
+        assert_error(&o, &["ONNX Runtime library not found", "/nonexistent"]);
+        assert_nothing_written(&out);
+        // A file that is not a loadable ONNX Runtime (here: not even a shared library).
+        let fake = d.join("libonnxruntime.so.1.99.0");
+        std::fs::write(&fake, b"not an ELF file").unwrap();
+        let (o, out) = sample(&b, &["--ort-lib", fake.to_str().unwrap()]);
+        assert_error(&o, &["cannot load", "libonnxruntime.so.1.99.0"]);
+        assert_nothing_written(&out);
+        // CUDA execution provider required on a runtime without it.
+        if !pdiff::runtime::cuda_available(&Default::default()).unwrap_or(false) {
+            let (o, out) = sample(&b, &["--provider", "cuda"]);
+            assert_error(&o, &["CUDA execution provider required"]);
+            assert_nothing_written(&out);
+        }
+        // Sampler options out of range.
+        let (o, _) = sample(&b, &["--sampler", "euler"]);
+        assert_error(&o, &["sampler", "euler"]);
+        let (o, _) = sample(&b, &["--steps", "0"]);
+        assert_error(&o, &["at least 1 step"]);
+    });
+}
+
+#[test]
+fn existing_output_is_replaced_only_on_success() {
+    case(|d| {
+        let b = bundle(d);
+        let (o, out) = sample(&b, &[]);
+        assert_eq!(o.status.code(), Some(0));
+        let before = std::fs::read(out.join("gen_0000.safetensors")).unwrap();
+        // A failing sample into the same output directory leaves it as it was.
+        let (o, _) = sample(&b, &["--steps", "0"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(std::fs::read(out.join("gen_0000.safetensors")).unwrap(), before);
+    });
+}
