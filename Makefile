@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 PREFIX ?= /usr/local
 
-.PHONY: setup build demo test install clean
+.PHONY: setup build demo test fuzz install clean
 
 setup:
 	bash scripts/setup.sh
@@ -17,6 +17,9 @@ demo: build
 
 test: setup
 	bash scripts/test.sh
+
+fuzz: setup
+	bash scripts/fuzz.sh 600
 
 clean:
 	rm -rf target demo-out

@@ -33,6 +33,41 @@ pub struct BenchReport {
     pub single_sample_latency_s: Vec<(String, f64)>,
     /// DDPM-1000 on tch time / DDIM-50 on ONNX Runtime time, for N models.
     pub speedup_ddim_ort_vs_ddpm_tch: f64,
+    /// Training of a generator on the given checkpoints (when asked for).
+    pub training: Option<TrainingBench>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainingBench {
+    pub k: usize,
+    pub param_count: usize,
+    pub preset: String,
+    pub ae_steps: usize,
+    pub diffusion_steps: usize,
+    pub ae_seconds: f64,
+    pub diffusion_seconds: f64,
+    pub ae_ms_per_step: f64,
+    pub diffusion_ms_per_step: f64,
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Train a generator on `set` with `config` and measure time and peak memory.
+pub fn train(set: &crate::params::ParamSet, config: &crate::train::TrainConfig) -> Result<TrainingBench> {
+    reset_peak_rss();
+    let g = crate::train::Generator::train(set, config, &mut |_| true)?;
+    let h = &g.history;
+    Ok(TrainingBench {
+        k: set.k(),
+        param_count: set.layout.param_count(),
+        preset: config.preset.to_string(),
+        ae_steps: config.ae_steps,
+        diffusion_steps: config.diffusion_steps,
+        ae_seconds: h.ae_seconds,
+        diffusion_seconds: h.diffusion_seconds,
+        ae_ms_per_step: 1e3 * h.ae_seconds / config.ae_steps.max(1) as f64,
+        diffusion_ms_per_step: 1e3 * h.diffusion_seconds / config.diffusion_steps.max(1) as f64,
+        peak_rss_mib: peak_rss_mib(),
+    })
 }
 
 /// Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); false if unsupported.
@@ -122,5 +157,6 @@ pub fn run(bundle: &Path, n: usize, rt: &RuntimeOptions, task: Option<&dyn Task>
         rows,
         single_sample_latency_s: latency,
         speedup_ddim_ort_vs_ddpm_tch: ddpm_tch / ddim_ort,
+        training: None,
     })
 }

@@ -127,6 +127,25 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest> {
         return Err(Error::bundle(dir, "not a directory"));
     }
     let text = std::fs::read(&path).map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
+    let m = parse_manifest(dir, &text)?;
+    for (role, name) in &m.files {
+        let expected = m.sha256.get(name).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: no sha256 for {name}")))?;
+        if name.contains('/') || name.contains('\\') || name == ".." {
+            return Err(Error::bundle(dir, format!("{MANIFEST}: file name {name:?} of {role} must be a plain name inside the bundle")));
+        }
+        let p = dir.join(name);
+        let bytes = std::fs::read(&p).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
+        let got = sha256_hex(&bytes);
+        if &got != expected {
+            return Err(Error::bundle(dir, format!("{name}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
+        }
+    }
+    Ok(m)
+}
+
+/// Parse and validate manifest JSON (no file access): version, fields, internal consistency.
+/// `dir` only names the bundle in errors.
+pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
     let value: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| Error::bundle(dir, format!("{MANIFEST} is not valid JSON: {e}")))?;
     match value.get("format_version").and_then(|v| v.as_u64()) {
@@ -140,16 +159,32 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest> {
         None => return Err(Error::bundle(dir, format!("{MANIFEST}: field format_version is missing or not an integer"))),
     }
     let m: Manifest = serde_json::from_value(value).map_err(|e| Error::bundle(dir, format!("{MANIFEST}: {e}")))?;
-    for (role, name) in &m.files {
-        let expected = m.sha256.get(name).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: no sha256 for {name}")))?;
-        let p = dir.join(name);
-        let bytes = std::fs::read(&p).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
-        let got = sha256_hex(&bytes);
-        if &got != expected {
-            return Err(Error::bundle(dir, format!("{name}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
+    // Validate the layout as a host would use it: offsets contiguous, shapes non-empty, no
+    // overflow (a crafted manifest must not make a host index out of bounds).
+    let mut next = 0usize;
+    for t in &m.layout {
+        let numel = t.shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s)).filter(|&n| n > 0);
+        let numel = numel.ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: tensor '{}' has an invalid shape {:?}", t.name, t.shape)))?;
+        if t.offset != next {
+            return Err(Error::bundle(dir, format!("{MANIFEST}: tensor '{}' has offset {}, expected {next}", t.name, t.offset)));
         }
+        if !(t.std.is_finite() && t.std > 0.0 && t.mean.is_finite()) {
+            return Err(Error::bundle(dir, format!("{MANIFEST}: tensor '{}' has invalid normalization (mean {}, std {})", t.name, t.mean, t.std)));
+        }
+        next = next.checked_add(numel).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: layout size overflows")))?;
     }
     let layout = m.layout();
+    if m.layout.is_empty() {
+        return Err(Error::bundle(dir, format!("{MANIFEST}: layout is empty")));
+    }
+    for role in ["decoder", "denoiser"] {
+        if !m.files.contains_key(role) {
+            return Err(Error::bundle(dir, format!("{MANIFEST}: files.{role} is missing")));
+        }
+    }
+    if m.schedule.validate().is_err() || m.prediction != "epsilon" {
+        return Err(Error::bundle(dir, format!("{MANIFEST}: unsupported schedule or prediction")));
+    }
     if layout.param_count() != m.param_count {
         return Err(Error::bundle(dir, format!("{MANIFEST}: layout covers {} values but param_count is {}", layout.param_count(), m.param_count)));
     }

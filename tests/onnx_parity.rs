@@ -21,6 +21,8 @@ fn synthetic_set(k: usize) -> ParamSet {
 }
 
 fn train(preset: Preset) -> Generator {
+    // One libtorch thread per test: the tests run in parallel on a 2-core machine.
+    tch::set_num_threads(1);
     let mut c = TrainConfig::new(preset);
     c.ae_steps = 10;
     c.diffusion_steps = 10;
@@ -45,7 +47,7 @@ fn check_preset(preset: Preset) {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
     pdiff::bundle::save(&g, &bundle).unwrap();
-    let sampler = Sampler::open(&bundle, &RuntimeOptions { provider: Provider::Cpu, ..Default::default() }).unwrap();
+    let sampler = Sampler::open(&bundle, &RuntimeOptions { provider: Provider::Cpu, intra_threads: Some(1), ..Default::default() }).unwrap();
     assert_eq!(sampler.backend_name(), "onnxruntime-cpu");
     let d = g.latent_dim();
 
@@ -89,7 +91,7 @@ fn runtime_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("b");
     pdiff::bundle::save(&g, &bundle).unwrap();
-    let cpu = RuntimeOptions { provider: Provider::Cpu, ..Default::default() };
+    let cpu = RuntimeOptions { provider: Provider::Cpu, intra_threads: Some(1), ..Default::default() };
 
     // CUDA explicitly required on a runtime without it: an error, never a silent fallback.
     if !pdiff::runtime::cuda_available(&cpu).unwrap() {
@@ -140,7 +142,7 @@ fn sampler_is_shareable_across_threads() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("b");
     pdiff::bundle::save(&g, &bundle).unwrap();
-    let s = std::sync::Arc::new(Sampler::open(&bundle, &RuntimeOptions { provider: Provider::Cpu, ..Default::default() }).unwrap());
+    let s = std::sync::Arc::new(Sampler::open(&bundle, &RuntimeOptions { provider: Provider::Cpu, intra_threads: Some(1), ..Default::default() }).unwrap());
     let kind = SamplerKind::Ddim { steps: 10 };
     let sequential: Vec<Array2<f32>> = (0..8).map(|seed| s.sample(2, seed, kind, &mut |_, _| true).unwrap()).collect();
     let handles: Vec<_> = (0..8u64)

@@ -209,7 +209,7 @@ fn selection_matches_nothing() {
         let c = d.join("ckpt");
         good_checkpoints(&c, 2);
         let (o, out) = train(&c, &["--select", "conv*.weight"]);
-        assert_error(&o, &["conv*.weight", "no tensor matches"]);
+        assert_error(&o, &["conv*.weight", "no floating-point tensor matches"]);
         assert_nothing_written(&out);
     });
 }

@@ -81,6 +81,11 @@ enum Command {
         n: usize,
         #[command(flatten)]
         runtime: RuntimeArgs,
+        /// Also measure training (time per step, peak memory) on these checkpoints.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        #[command(flatten)]
+        train: TrainArgs,
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
     },
@@ -345,10 +350,22 @@ fn run(cli: Cli) -> Result<()> {
             bars.finish();
             println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
         }
-        Command::Bench { bundle: dir, task, data, n, runtime, out } => {
+        Command::Bench { bundle: dir, task, data, n, runtime, checkpoints, train, out } => {
             let opts = runtime.options()?.unwrap_or_default();
             let task = task.map(|t| zoo::task(&t, data.as_deref())).transpose()?;
-            let report = pdiff::bench::run(&dir, n, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
+            let mut report = pdiff::bench::run(&dir, n, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
+            if let Some(c) = checkpoints {
+                eprintln!("bench: training");
+                let sel = task.as_ref().map(|t| t.selection()).unwrap_or_default();
+                let set = ParamSet::load_dir(&c, &sel)?;
+                let t = pdiff::bench::train(&set, &train.config()?)?;
+                println!(
+                    "training (K = {}, D = {}, {}): autoencoder {:.1} ms/step, diffusion {:.1} ms/step, peak RSS {} MiB",
+                    t.k, t.param_count, t.preset, t.ae_ms_per_step, t.diffusion_ms_per_step,
+                    t.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
+                );
+                report.training = Some(t);
+            }
             pdiff::fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&report).unwrap())?;
             println!("machine: {}", report.machine);
             println!("{:<18} {:<9} {:>5} {:>9} {:>10} {:>10} {:>9}", "backend", "sampler", "n", "seconds", "models/s", "peak MiB", "test acc");

@@ -239,6 +239,16 @@ impl ParamSet {
     /// Load K safetensors checkpoints and select tensors. Layout order is the order in which
     /// the tensors are stored in the first file.
     pub fn load(paths: &[PathBuf], selection: &Selection) -> Result<Self> {
+        Self::load_with(paths, selection, |p| std::fs::read(p).map_err(|e| Error::io(p, e)))
+    }
+
+    /// [`ParamSet::load`] over checkpoint files already in memory: (name used in errors, bytes).
+    pub fn from_safetensors_bytes(files: &[(PathBuf, Vec<u8>)], selection: &Selection) -> Result<Self> {
+        let names: Vec<PathBuf> = files.iter().map(|f| f.0.clone()).collect();
+        Self::load_with(&names, selection, |p| Ok(files.iter().find(|f| f.0 == p).expect("listed").1.clone()))
+    }
+
+    fn load_with(paths: &[PathBuf], selection: &Selection, read: impl Fn(&Path) -> Result<Vec<u8>>) -> Result<Self> {
         if paths.len() < 2 {
             return Err(Error::invalid(
                 "checkpoints",
@@ -248,7 +258,7 @@ impl ParamSet {
         let mut layout: Option<Layout> = None;
         let mut data = Vec::new();
         for path in paths {
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let bytes = read(path)?;
             let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint {
                 file: path.clone(),
                 message: format!("not a readable safetensors file ({e})"),
@@ -396,12 +406,19 @@ fn select_layout(path: &Path, st: &SafeTensors<'_>, bytes: &[u8], selection: &Se
             let mut chosen = Vec::new();
             for p in patterns {
                 let pat = glob::Pattern::new(p).map_err(|e| Error::invalid("selection", format!("bad pattern '{p}': {e}")))?;
-                let hits: Vec<_> = all.iter().filter(|t| t.0 == *p || pat.matches(&t.0)).collect();
+                // An exact name that is not floating point is an error; a glob pattern skips
+                // non-float tensors (e.g. `bn.*` and PyTorch's int64 num_batches_tracked).
+                let is_glob = p.contains(['*', '?', '[']);
+                let hits: Vec<_> = all
+                    .iter()
+                    .filter(|t| t.0 == *p || pat.matches(&t.0))
+                    .filter(|t| !is_glob || t.0 == *p || is_float(t.1))
+                    .collect();
                 if hits.is_empty() {
                     return Err(Error::Tensor {
                         file: path.to_path_buf(),
                         tensor: p.clone(),
-                        message: "no tensor matches this selection".into(),
+                        message: "no floating-point tensor matches this selection".into(),
                     });
                 }
                 for h in hits {

@@ -136,6 +136,13 @@ fn open_session(bytes: &[u8], opts: &RuntimeOptions, use_cuda: bool, name: &str)
     builder.commit_from_memory(bytes).map_err(rt(name))
 }
 
+/// Load ONNX bytes into a CPU session and drop it: the graph-loading path of [`Sampler::open`]
+/// on its own (used by the fuzzer: malformed graphs must be errors, never crashes).
+pub fn load_graph(bytes: &[u8], opts: &RuntimeOptions) -> Result<()> {
+    init(opts.library.as_deref())?;
+    open_session(bytes, opts, false, "graph").map(drop)
+}
+
 /// An exported generator served by ONNX Runtime.
 pub struct Sampler {
     manifest: Manifest,
@@ -211,6 +218,19 @@ impl Sampler {
         let a = self.sample(n, seed, kind, on_step)?;
         out[..need].copy_from_slice(a.as_slice().expect("standard layout"));
         Ok(())
+    }
+
+    /// Generate `n` models as named tensors: for each model, (name, shape, values) in layout
+    /// order, ready to place into the host's own network.
+    pub fn sample_named(&self, n: usize, seed: u64, kind: SamplerKind, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<Vec<(String, Vec<usize>, Vec<f32>)>>> {
+        let a = self.sample(n, seed, kind, on_step)?;
+        Ok(a.rows()
+            .into_iter()
+            .map(|row| {
+                let row = row.as_slice().expect("standard layout");
+                self.layout.split(row).map(|(t, v)| (t.name.clone(), t.shape.clone(), v.to_vec())).collect()
+            })
+            .collect())
     }
 
     /// Generate and write `gen_XXXX.safetensors` files with the original tensor names.
