@@ -64,4 +64,20 @@ PDIFF_TORCH_CUDA = "$([ "$(cat "$VENV/.pdiff-variant")" = full ] && echo 1 || ec
 PDIFF_MNIST_DIR = "$ROOT/data/mnist/digits"
 TOML
 mv .cargo/config.toml.tmp .cargo/config.toml
+# Tools of the C ABI checks in scripts/test.sh: cbindgen (header freshness) and valgrind.
+if ! cbindgen --version 2>/dev/null | grep -qx "cbindgen 0.29.4"; then
+  echo "[setup] installing cbindgen 0.29.4"
+  cargo install cbindgen --version 0.29.4 --locked
+fi
+if ! command -v valgrind >/dev/null; then
+  echo "[setup] installing valgrind"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq valgrind
+fi
+# A TrueType font for the report's plots (plotters renders labels with it).
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${PDIFF_FONT:-}" ]; then
+  echo "[setup] installing fonts-dejavu-core"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq fonts-dejavu-core
+fi
 echo "[setup] done: LIBTORCH=$TORCH_DIR ORT=$ORT_LIB"

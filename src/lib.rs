@@ -25,5 +25,6 @@ pub mod report;
 pub mod demo;
 pub mod bench;
 pub mod ablation;
+pub mod ffi;
 
 pub use error::{Error, Result};

@@ -79,6 +79,11 @@ pub struct TrainConfig {
     pub input_noise: f64,
     /// Gaussian noise added to the latent while training the autoencoder.
     pub latent_noise: f64,
+    /// Scale the latent noise by the batch's per-dimension latent std (instead of absolute
+    /// units), so the decoder must stay robust to perturbations of the size of the latents'
+    /// actual spread.
+    #[serde(default)]
+    pub latent_noise_relative: bool,
     /// Exponential moving average of the denoiser's weights (decay), if any.
     pub ema: Option<f64>,
     pub schedule: Schedule,
@@ -105,6 +110,7 @@ impl TrainConfig {
             weight_decay: 2e-6,
             input_noise: 0.001,
             latent_noise: 0.1,
+            latent_noise_relative: false,
             ema: None,
             schedule: Schedule::default(),
             seed: 0,
@@ -326,7 +332,12 @@ impl Generator {
             let x = data.index_select(0, &idx);
             let noisy = &x + Tensor::randn_like(&x) * config.input_noise;
             let z = g.ae.encode(&noisy);
-            let z = &z + Tensor::randn_like(&z) * config.latent_noise;
+            let sigma = if config.latent_noise_relative {
+                z.std_dim(0, false, true).detach() * config.latent_noise
+            } else {
+                Tensor::from(config.latent_noise as f32).to_device(device)
+            };
+            let z = &z + Tensor::randn_like(&z) * sigma;
             let recon = g.ae.decode(&z);
             let loss = recon.narrow(1, 0, d as i64).mse_loss(&x.narrow(1, 0, d as i64), tch::Reduction::Mean);
             opt.backward_step(&loss);

@@ -191,6 +191,9 @@ struct TrainArgs {
     input_noise: Option<f64>,
     #[arg(long)]
     latent_noise: Option<f64>,
+    /// Latent noise relative to the batch's latent std instead of absolute.
+    #[arg(long)]
+    latent_noise_relative: bool,
     /// EMA decay of the denoiser's weights (e.g. 0.999); off by default.
     #[arg(long)]
     ema: Option<f64>,
@@ -211,6 +214,7 @@ impl TrainArgs {
         if let Some(v) = self.diffusion_lr { c.diffusion_lr = v; }
         if let Some(v) = self.input_noise { c.input_noise = v; }
         if let Some(v) = self.latent_noise { c.latent_noise = v; }
+        if self.latent_noise_relative { c.latent_noise_relative = true; }
         c.ema = self.ema;
         c.seed = self.seed;
         c.device = self.device.parse::<DeviceChoice>()?;

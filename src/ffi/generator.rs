@@ -1,0 +1,209 @@
+//! `pdiff_generator`: training (autoencoder + latent DDPM, tch) and export as a bundle.
+use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure};
+use super::{pdiff_dataset, pdiff_status};
+use crate::model::Preset;
+use crate::train::{DeviceChoice, Generator, TrainConfig};
+use std::ffi::{c_char, c_int, c_void};
+
+/// Architecture and default hyper-parameters of a generator (`pdiff_train_options.preset`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pdiff_preset {
+    /// Small networks tuned for CPUs (the default).
+    PDIFF_PRESET_COMPACT = 0,
+    /// The reference widths of the paper's code: for GPUs.
+    PDIFF_PRESET_PAPER = 1,
+}
+
+/// Where training runs (`pdiff_train_options.device`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pdiff_device {
+    /// CUDA when libtorch sees a GPU, else CPU (the default).
+    PDIFF_DEVICE_AUTO = 0,
+    /// CPU.
+    PDIFF_DEVICE_CPU = 1,
+    /// CUDA device `device_index`; `PDIFF_ERR_DEVICE_UNAVAILABLE` when there is none (never a
+    /// silent fallback).
+    PDIFF_DEVICE_CUDA = 2,
+}
+
+/// Progress callback of training, called on the training thread after every step.
+/// `stage` is "autoencoder" or "diffusion" (a static string), `step` runs from 1 to `total`,
+/// `loss` is the step's training loss. Return 0 to continue, nonzero to cancel: the training
+/// call then returns `PDIFF_ERR_CANCELLED`. `user_data` is `pdiff_train_options.user_data`.
+pub type pdiff_progress_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, stage: *const c_char, step: usize, total: usize, loss: f64) -> c_int>;
+
+/// Options of `pdiff_generator_train`. Initialize with `pdiff_train_options_default`, then
+/// change fields. Numeric fields left at 0 take the preset's value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct pdiff_train_options {
+    /// `sizeof(pdiff_train_options)`; set by `pdiff_train_options_default`.
+    pub struct_size: usize,
+    /// A `pdiff_preset` value.
+    pub preset: i32,
+    /// Autoencoder training steps (0: the preset's, 1000 for compact).
+    pub ae_steps: usize,
+    /// Diffusion training steps (0: the preset's, 3000 for compact).
+    pub diffusion_steps: usize,
+    /// Mini-batch size, capped at K (0: the preset's, 50).
+    pub batch_size: usize,
+    /// Autoencoder learning rate (0: the preset's).
+    pub ae_lr: f64,
+    /// Denoiser learning rate (0: the preset's).
+    pub diffusion_lr: f64,
+    /// Seed of initialization and mini-batch sampling.
+    pub seed: u64,
+    /// A `pdiff_device` value.
+    pub device: i32,
+    /// CUDA device index when `device` is `PDIFF_DEVICE_CUDA`.
+    pub device_index: u32,
+    /// Optional progress callback (NULL: none).
+    pub progress: pdiff_progress_fn,
+    /// Passed unchanged to `progress`; never dereferenced by the library.
+    pub user_data: *mut c_void,
+}
+
+impl Default for pdiff_train_options {
+    fn default() -> Self {
+        pdiff_train_options {
+            struct_size: std::mem::size_of::<pdiff_train_options>(),
+            preset: pdiff_preset::PDIFF_PRESET_COMPACT as i32,
+            ae_steps: 0,
+            diffusion_steps: 0,
+            batch_size: 0,
+            ae_lr: 0.0,
+            diffusion_lr: 0.0,
+            seed: 0,
+            device: pdiff_device::PDIFF_DEVICE_AUTO as i32,
+            device_index: 0,
+            progress: None,
+            user_data: std::ptr::null_mut(),
+        }
+    }
+}
+
+impl pdiff_train_options {
+    fn to_config(&self) -> Result<TrainConfig, Failure> {
+        let preset = match self.preset {
+            0 => Preset::Compact,
+            1 => Preset::Paper,
+            p => return Err(Failure::invalid(format!("preset {p} (expected PDIFF_PRESET_COMPACT or PDIFF_PRESET_PAPER)"))),
+        };
+        let mut c = TrainConfig::new(preset);
+        if self.ae_steps != 0 {
+            c.ae_steps = self.ae_steps;
+        }
+        if self.diffusion_steps != 0 {
+            c.diffusion_steps = self.diffusion_steps;
+        }
+        if self.batch_size != 0 {
+            c.batch_size = self.batch_size;
+        }
+        if self.ae_lr != 0.0 {
+            c.ae_lr = self.ae_lr;
+        }
+        if self.diffusion_lr != 0.0 {
+            c.diffusion_lr = self.diffusion_lr;
+        }
+        c.seed = self.seed;
+        c.device = match self.device {
+            0 => DeviceChoice::Auto,
+            1 => DeviceChoice::Cpu,
+            2 => DeviceChoice::Cuda(self.device_index as usize),
+            d => return Err(Failure::invalid(format!("device {d} (expected PDIFF_DEVICE_AUTO, _CPU or _CUDA)"))),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Fill `*options` with the defaults (compact preset, automatic device, seed 0, no callback)
+/// and set its `struct_size`. Returns `PDIFF_ERR_NULL_POINTER` when `options` is NULL.
+///
+/// Ownership: `options` is caller-owned memory, written during the call only.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_train_options_default(options: *mut pdiff_train_options) -> pdiff_status {
+    call("pdiff_train_options_default", || {
+        nonnull!(options, "options");
+        unsafe { options.write(pdiff_train_options::default()) };
+        Ok(())
+    })
+}
+
+/// A trained generator (autoencoder + denoiser, libtorch). Opaque. Create with
+/// `pdiff_generator_train`, export with `pdiff_generator_export`, release with
+/// `pdiff_generator_free`. Not safe for concurrent use from several threads.
+pub struct pdiff_generator {
+    pub(crate) g: Generator,
+}
+
+/// Train a generator on `dataset`: the autoencoder, then the latent diffusion model. Blocks
+/// the calling thread; `options->progress` is called on it after every step.
+///
+/// `options` may be NULL (all defaults). Returns `PDIFF_ERR_STRUCT_SIZE` when
+/// `options->struct_size` is not `sizeof(pdiff_train_options)`, `PDIFF_ERR_CANCELLED` when the
+/// callback asked to stop, `PDIFF_ERR_DIVERGED` on a non-finite loss.
+///
+/// Ownership: `dataset` and `options` are borrowed for the duration of the call; the dataset
+/// may be freed afterwards. On `PDIFF_OK`, `*out` receives a new generator owned by the
+/// caller, to be released with `pdiff_generator_free`; on error `*out` is left untouched.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_generator_train(
+    dataset: *const pdiff_dataset,
+    options: *const pdiff_train_options,
+    out: *mut *mut pdiff_generator,
+) -> pdiff_status {
+    call("pdiff_generator_train", || {
+        nonnull!(out, "out");
+        let ds = try_ref!(dataset, "dataset");
+        let opts = unsafe { options_arg(options, "options", pdiff_train_options::default) }?;
+        let config = opts.to_config()?;
+        let mut progress = |p: &crate::train::Progress| -> bool {
+            match opts.progress {
+                Some(cb) => unsafe { cb(opts.user_data, static_cstr(p.stage.name()), p.step, p.total, p.loss) == 0 },
+                None => true,
+            }
+        };
+        let g = Generator::train(&ds.set, &config, &mut progress)?;
+        put_handle(out, pdiff_generator { g });
+        Ok(())
+    })
+}
+
+/// Export `generator` as a bundle directory at `bundle_dir` (pdiff.json + decoder.onnx +
+/// denoiser.onnx + weights), written atomically: an existing directory is replaced only once
+/// the new bundle is complete. Open it with `pdiff_sampler_open`.
+///
+/// Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_generator_export(generator: *const pdiff_generator, bundle_dir: *const c_char) -> pdiff_status {
+    call("pdiff_generator_export", || {
+        let g = try_ref!(generator, "generator");
+        let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
+        crate::bundle::save(&g.g, &dir)?;
+        Ok(())
+    })
+}
+
+/// Number of scalars D in one parameter vector generated by `generator` (0 when NULL).
+///
+/// Ownership: `generator` is borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_generator_param_count(generator: *const pdiff_generator) -> usize {
+    boundary("pdiff_generator_param_count", || Ok(try_ref!(generator, "generator").g.layout.param_count()))
+}
+
+/// Release a generator. NULL is a no-op. Bundles exported from it stay valid.
+///
+/// Ownership: takes back ownership of `generator`; it must not be used afterwards, nor freed
+/// twice.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_generator_free(generator: *mut pdiff_generator) {
+    boundary("pdiff_generator_free", || {
+        unsafe { free_handle(generator) };
+        Ok(())
+    })
+}

@@ -1,0 +1,399 @@
+//! `pdiff_sampler`: serving an exported bundle with ONNX Runtime; generation into caller
+//! buffers, best-of-N with a host scoring callback, or to safetensors files.
+use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult};
+use super::pdiff_status;
+use crate::diffusion::SamplerKind;
+use crate::runtime::{Provider, RuntimeOptions, Sampler};
+use std::ffi::{c_char, c_void, CString};
+use std::sync::Arc;
+
+/// ONNX Runtime execution provider (`pdiff_sampler_options.provider`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pdiff_provider {
+    /// CUDA when this ONNX Runtime has it and it registers, else CPU (the default); see
+    /// `pdiff_sampler_backend` for the choice made.
+    PDIFF_PROVIDER_AUTO = 0,
+    /// CPU.
+    PDIFF_PROVIDER_CPU = 1,
+    /// CUDA, or `PDIFF_ERR_DEVICE_UNAVAILABLE` (never a silent fallback).
+    PDIFF_PROVIDER_CUDA = 2,
+}
+
+/// Options of `pdiff_sampler_open`. Initialize with `pdiff_sampler_options_default`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct pdiff_sampler_options {
+    /// `sizeof(pdiff_sampler_options)`; set by `pdiff_sampler_options_default`.
+    pub struct_size: usize,
+    /// A `pdiff_provider` value.
+    pub provider: i32,
+    /// CUDA device index for `PDIFF_PROVIDER_CUDA` / `_AUTO`.
+    pub device_id: i32,
+    /// Intra-op threads per ONNX Runtime session (0: ONNX Runtime's default).
+    pub intra_threads: usize,
+    /// Path of libonnxruntime.so, or NULL for the default ($PDIFF_ORT_LIB, $ORT_DYLIB_PATH,
+    /// then the project's venv). ONNX Runtime is loaded once per process: the first successful
+    /// open decides which library is used. Borrowed during `pdiff_sampler_open` only.
+    pub runtime_library: *const c_char,
+}
+
+impl Default for pdiff_sampler_options {
+    fn default() -> Self {
+        pdiff_sampler_options {
+            struct_size: std::mem::size_of::<pdiff_sampler_options>(),
+            provider: pdiff_provider::PDIFF_PROVIDER_AUTO as i32,
+            device_id: 0,
+            intra_threads: 0,
+            runtime_library: std::ptr::null(),
+        }
+    }
+}
+
+/// Reverse process used to generate (`pdiff_sample_options.sampler`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pdiff_sampler_kind {
+    /// Ancestral DDPM over all T steps, as in the paper (slow).
+    PDIFF_SAMPLER_DDPM = 0,
+    /// Deterministic DDIM (eta = 0) over `ddim_steps` steps (the default).
+    PDIFF_SAMPLER_DDIM = 1,
+}
+
+/// Options of one generation call. Initialize with `pdiff_sample_options_default`.
+/// The same options (seed included) and n give bit-identical output on the same machine,
+/// whichever thread calls.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct pdiff_sample_options {
+    /// `sizeof(pdiff_sample_options)`; set by `pdiff_sample_options_default`.
+    pub struct_size: usize,
+    /// A `pdiff_sampler_kind` value.
+    pub sampler: i32,
+    /// DDIM steps (>= 1; default 50). Ignored by DDPM.
+    pub ddim_steps: usize,
+    /// Seed of the initial noise (and of DDPM's noise).
+    pub seed: u64,
+}
+
+impl Default for pdiff_sample_options {
+    fn default() -> Self {
+        pdiff_sample_options {
+            struct_size: std::mem::size_of::<pdiff_sample_options>(),
+            sampler: pdiff_sampler_kind::PDIFF_SAMPLER_DDIM as i32,
+            ddim_steps: 50,
+            seed: 0,
+        }
+    }
+}
+
+impl pdiff_sample_options {
+    fn kind(&self) -> FfiResult<SamplerKind> {
+        match self.sampler {
+            0 => Ok(SamplerKind::Ddpm),
+            1 => Ok(SamplerKind::parse("ddim", self.ddim_steps)?),
+            s => Err(Failure::invalid(format!("sampler {s} (expected PDIFF_SAMPLER_DDPM or PDIFF_SAMPLER_DDIM)"))),
+        }
+    }
+}
+
+/// Fill `*options` with the defaults (automatic provider, ONNX Runtime's thread count, the
+/// default runtime library) and set its `struct_size`.
+///
+/// Ownership: `options` is caller-owned memory, written during the call only.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_options_default(options: *mut pdiff_sampler_options) -> pdiff_status {
+    call("pdiff_sampler_options_default", || {
+        nonnull!(options, "options");
+        unsafe { options.write(pdiff_sampler_options::default()) };
+        Ok(())
+    })
+}
+
+/// Fill `*options` with the defaults (DDIM, 50 steps, seed 0) and set its `struct_size`.
+///
+/// Ownership: `options` is caller-owned memory, written during the call only.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sample_options_default(options: *mut pdiff_sample_options) -> pdiff_status {
+    call("pdiff_sample_options_default", || {
+        nonnull!(options, "options");
+        unsafe { options.write(pdiff_sample_options::default()) };
+        Ok(())
+    })
+}
+
+/// An exported generator served by ONNX Runtime. Opaque. Create with `pdiff_sampler_open`,
+/// release with `pdiff_sampler_free`. Thread-safe: every function taking a
+/// `const pdiff_sampler*` may be called concurrently from several threads.
+pub struct pdiff_sampler {
+    inner: Arc<Sampler>,
+    names: Vec<CString>,
+    shapes: Vec<Vec<usize>>,
+}
+
+/// Open the bundle directory `bundle_dir` (written by `pdiff_generator_export` or
+/// `pdiff export`): verify its manifest and file hashes, load ONNX Runtime and both graphs.
+/// `options` may be NULL (all defaults). A missing or corrupt bundle gives `PDIFF_ERR_BUNDLE`.
+///
+/// Ownership: `bundle_dir` and `options` (with `runtime_library`) are borrowed for the duration
+/// of the call; the sampler keeps no reference to them nor to the directory's files. On
+/// `PDIFF_OK`, `*out` receives a new sampler owned by the caller, to be released with
+/// `pdiff_sampler_free`; on error `*out` is left untouched.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_open(
+    bundle_dir: *const c_char,
+    options: *const pdiff_sampler_options,
+    out: *mut *mut pdiff_sampler,
+) -> pdiff_status {
+    call("pdiff_sampler_open", || {
+        nonnull!(out, "out");
+        let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
+        let opts = unsafe { options_arg(options, "options", pdiff_sampler_options::default) }?;
+        let provider = match opts.provider {
+            0 => Provider::Auto,
+            1 => Provider::Cpu,
+            2 => Provider::Cuda,
+            p => return Err(Failure::invalid(format!("provider {p} (expected PDIFF_PROVIDER_AUTO, _CPU or _CUDA)"))),
+        };
+        let library = if opts.runtime_library.is_null() {
+            None
+        } else {
+            Some(unsafe { path_arg(opts.runtime_library, "options.runtime_library") }?)
+        };
+        let rt = RuntimeOptions {
+            library,
+            provider,
+            intra_threads: (opts.intra_threads > 0).then_some(opts.intra_threads),
+            device_id: opts.device_id,
+        };
+        let sampler = Sampler::open(&dir, &rt)?;
+        let layout = sampler.layout();
+        let names = layout
+            .tensors
+            .iter()
+            .map(|t| CString::new(t.name.as_str()).map_err(|_| Failure::new(pdiff_status::PDIFF_ERR_BUNDLE, format!("tensor name {:?} contains NUL", t.name))))
+            .collect::<FfiResult<Vec<_>>>()?;
+        let shapes = layout.tensors.iter().map(|t| t.shape.clone()).collect();
+        put_handle(out, pdiff_sampler { inner: Arc::new(sampler), names, shapes });
+        Ok(())
+    })
+}
+
+/// The execution provider actually in use: "onnxruntime-cpu" or "onnxruntime-cuda"; NULL when
+/// `sampler` is NULL.
+///
+/// Ownership: a static string, valid for the life of the process. Do not free it.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_backend(sampler: *const pdiff_sampler) -> *const c_char {
+    boundary("pdiff_sampler_backend", || Ok(static_cstr(try_ref!(sampler, "sampler").inner.backend_name())))
+}
+
+/// Number of scalars D in one generated parameter vector (0 when `sampler` is NULL).
+///
+/// Ownership: `sampler` is borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_param_count(sampler: *const pdiff_sampler) -> usize {
+    boundary("pdiff_sampler_param_count", || Ok(try_ref!(sampler, "sampler").inner.layout().param_count()))
+}
+
+/// Number of named tensors in one generated parameter vector (0 when `sampler` is NULL).
+///
+/// Ownership: `sampler` is borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_tensor_count(sampler: *const pdiff_sampler) -> usize {
+    boundary("pdiff_sampler_tensor_count", || Ok(try_ref!(sampler, "sampler").names.len()))
+}
+
+/// Describe tensor `index` (< `pdiff_sampler_tensor_count`) of the generated vectors: its
+/// name, number of dimensions, shape and offset (in floats) inside one flat vector of D floats.
+/// Each output pointer may be NULL when not wanted. `PDIFF_ERR_INVALID_ARGUMENT` when `index` is
+/// out of range.
+///
+/// Ownership: `*name` (NUL-terminated) and `*shape` (`*ndim` entries; NULL for a scalar) are
+/// borrowed from the sampler and stay valid until `pdiff_sampler_free(sampler)`. Do not free
+/// them.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_tensor_info(
+    sampler: *const pdiff_sampler,
+    index: usize,
+    name: *mut *const c_char,
+    ndim: *mut usize,
+    shape: *mut *const usize,
+    offset: *mut usize,
+) -> pdiff_status {
+    call("pdiff_sampler_tensor_info", || {
+        let s = try_ref!(sampler, "sampler");
+        let t = s
+            .inner
+            .layout()
+            .tensors
+            .get(index)
+            .ok_or_else(|| Failure::invalid(format!("index {index} >= tensor count {}", s.names.len())))?;
+        let dims = &s.shapes[index];
+        unsafe {
+            if !name.is_null() {
+                *name = s.names[index].as_ptr();
+            }
+            if !ndim.is_null() {
+                *ndim = dims.len();
+            }
+            if !shape.is_null() {
+                *shape = if dims.is_empty() { std::ptr::null() } else { dims.as_ptr() };
+            }
+            if !offset.is_null() {
+                *offset = t.offset;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn needed(s: &pdiff_sampler, n: usize) -> FfiResult<usize> {
+    if n == 0 {
+        return Err(Failure::invalid("n is 0: ask for at least one sample"));
+    }
+    let d = s.inner.layout().param_count();
+    n.checked_mul(d).ok_or_else(|| Failure::invalid(format!("n = {n} times D = {d} overflows")))
+}
+
+fn out_buffer<'a>(out: *mut f32, out_len: usize, need: usize, what: &str) -> FfiResult<&'a mut [f32]> {
+    nonnull!(out, "out");
+    if out_len < need {
+        return Err(Failure::new(
+            pdiff_status::PDIFF_ERR_BUFFER_TOO_SMALL,
+            format!("{what}: out_len is {out_len} floats, {need} are needed"),
+        ));
+    }
+    Ok(unsafe { std::slice::from_raw_parts_mut(out, need) })
+}
+
+/// Generate `n` parameter vectors into `out`, row-major: vector i is `out[i*D .. (i+1)*D]`, in
+/// the host's units and in the layout of `pdiff_sampler_tensor_info`. `options` may be NULL
+/// (defaults). `PDIFF_ERR_BUFFER_TOO_SMALL` when `out_len < n * D` (nothing is written).
+///
+/// Thread-safe: several threads may sample from one sampler at once.
+///
+/// Ownership: `sampler` and `options` are borrowed for the call; `out` is caller-owned memory
+/// of `out_len` floats, of which the first `n * D` are written.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_sample(
+    sampler: *const pdiff_sampler,
+    options: *const pdiff_sample_options,
+    n: usize,
+    out: *mut f32,
+    out_len: usize,
+) -> pdiff_status {
+    call("pdiff_sampler_sample", || {
+        let s = try_ref!(sampler, "sampler");
+        let opts = unsafe { options_arg(options, "options", pdiff_sample_options::default) }?;
+        let kind = opts.kind()?;
+        let need = needed(s, n)?;
+        let buf = out_buffer(out, out_len, need, "pdiff_sampler_sample")?;
+        s.inner.sample_into(n, opts.seed, kind, buf, &mut |_, _| true)?;
+        Ok(())
+    })
+}
+
+/// Host scoring callback of `pdiff_sampler_best_of_n`: a score for one generated parameter
+/// vector `params[0..len]` (len = D; higher is better, e.g. an accuracy on training data).
+/// A NaN score ranks below every other score. `params` is valid only during the call.
+pub type pdiff_score_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, params: *const f32, len: usize) -> f64>;
+
+/// Generate `n` candidates (as `pdiff_sampler_sample` with the same options would), score each
+/// with `score` (called n times, in order, on the calling thread), and copy the best one (the
+/// first of the highest score) into `out[0..D]`. The paper picks the best of 100.
+/// `*best_index` (0-based) and `*best_score` receive its index and score; either may be NULL.
+/// `PDIFF_ERR_BUFFER_TOO_SMALL` when `out_len < D`; `PDIFF_ERR_INVALID_ARGUMENT` when every
+/// score is NaN.
+///
+/// Ownership: `sampler` and `options` are borrowed for the call; `user_data` is passed
+/// unchanged to `score` and never dereferenced; the `params` pointer given to `score` is owned
+/// by the library and valid only during that callback; `out` is caller-owned memory of
+/// `out_len` floats, of which the first D are written.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_best_of_n(
+    sampler: *const pdiff_sampler,
+    options: *const pdiff_sample_options,
+    n: usize,
+    score: pdiff_score_fn,
+    user_data: *mut c_void,
+    out: *mut f32,
+    out_len: usize,
+    best_index: *mut usize,
+    best_score: *mut f64,
+) -> pdiff_status {
+    call("pdiff_sampler_best_of_n", || {
+        let s = try_ref!(sampler, "sampler");
+        let score = score.ok_or_else(|| Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, "score is NULL"))?;
+        let opts = unsafe { options_arg(options, "options", pdiff_sample_options::default) }?;
+        let kind = opts.kind()?;
+        needed(s, n)?;
+        let d = s.inner.layout().param_count();
+        let buf = out_buffer(out, out_len, d, "pdiff_sampler_best_of_n")?;
+        let all = s.inner.sample(n, opts.seed, kind, &mut |_, _| true)?;
+        let all = all.as_slice().expect("standard layout");
+        let mut best: Option<(usize, f64)> = None;
+        for (i, row) in all.chunks_exact(d).enumerate() {
+            let v = unsafe { score(user_data, row.as_ptr(), d) };
+            if v.is_nan() {
+                continue;
+            }
+            if best.is_none_or(|(_, b)| v > b) {
+                best = Some((i, v));
+            }
+        }
+        let (i, v) = best.ok_or_else(|| Failure::invalid(format!("every one of the {n} scores is NaN")))?;
+        buf.copy_from_slice(&all[i * d..(i + 1) * d]);
+        unsafe {
+            if !best_index.is_null() {
+                *best_index = i;
+            }
+            if !best_score.is_null() {
+                *best_score = v;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Generate `n` parameter vectors and write them as `dir/gen_0000.safetensors`, ... (f32, the
+/// original tensor names, ready to load). The directory is written atomically (an existing one
+/// is replaced once all files are written). `options` may be NULL (defaults).
+///
+/// Ownership: `sampler`, `options` and `dir` are borrowed for the duration of the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_sample_to_dir(
+    sampler: *const pdiff_sampler,
+    options: *const pdiff_sample_options,
+    n: usize,
+    dir: *const c_char,
+) -> pdiff_status {
+    call("pdiff_sampler_sample_to_dir", || {
+        let s = try_ref!(sampler, "sampler");
+        let opts = unsafe { options_arg(options, "options", pdiff_sample_options::default) }?;
+        let kind = opts.kind()?;
+        let dir = unsafe { path_arg(dir, "dir") }?;
+        needed(s, n)?;
+        s.inner.sample_to_dir(n, opts.seed, kind, &dir, &mut |_, _| true)?;
+        Ok(())
+    })
+}
+
+/// Release a sampler. NULL is a no-op. Must not race with calls still using it.
+///
+/// Ownership: takes back ownership of `sampler`; it, and every name/shape pointer borrowed from
+/// it, must not be used afterwards, nor freed twice.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_free(sampler: *mut pdiff_sampler) {
+    boundary("pdiff_sampler_free", || {
+        unsafe { free_handle(sampler) };
+        Ok(())
+    })
+}
+
+/// The handle is shared between host threads: keep it Send + Sync (checked at compile time).
+#[allow(dead_code)]
+fn assert_sampler_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<pdiff_sampler>();
+}

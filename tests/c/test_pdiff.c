@@ -1,0 +1,430 @@
+/*
+ * C test of libpdiff's stable ABI (include/pdiff.h), as a host program would use it.
+ *
+ *   gcc -Wall -Werror -Iinclude tests/c/test_pdiff.c -Ltarget/release -lpdiff \
+ *       -Wl,-rpath,$PWD/target/release -pthread -o target/test_pdiff
+ *   target/test_pdiff                  # everything: dataset, training, export, sampling, threads
+ *   target/test_pdiff --export DIR     # the same, and keep the trained bundle at DIR
+ *   target/test_pdiff --bundle DIR     # no training: dataset checks, then the sampler part on an
+ *                                      # existing bundle (fast enough for valgrind)
+ *
+ * Prints "N passed, 0 failed" and exits nonzero on any failure.
+ */
+#include "pdiff.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int passed = 0, failed = 0;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (cond) {                                                        \
+            passed++;                                                      \
+        } else {                                                           \
+            failed++;                                                      \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fprintf(stderr, " (last error: %s)\n", pdiff_last_error());    \
+        }                                                                  \
+    } while (0)
+
+/* A call expected to fail with `want`, leaving a non-empty last error. */
+#define CHECK_FAILS(call, want)                                                              \
+    do {                                                                                     \
+        pdiff_status st_ = (call);                                                           \
+        CHECK(st_ == (want), "%s returned %d, expected %d", #call, (int)st_, (int)(want));   \
+        CHECK(pdiff_last_error() != NULL && pdiff_last_error()[0] != '\0',                   \
+              "no last error after %s", #call);                                              \
+    } while (0)
+
+#define CHECK_OK(call)                                                                     \
+    do {                                                                                   \
+        pdiff_status st_ = (call);                                                         \
+        CHECK(st_ == PDIFF_OK, "%s returned %d", #call, (int)st_);                         \
+    } while (0)
+
+enum { K = 6, ROWS = 4, COLS = 8, D = ROWS * COLS + ROWS };
+
+static int all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Deterministic pseudo-random value in [-1, 1). */
+static float lcg(unsigned *state) {
+    *state = *state * 1664525u + 1013904223u;
+    return (float)((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* ---- progress callbacks ---- */
+typedef struct {
+    int calls, ae_calls, diffusion_calls;
+    size_t last_step, last_total;
+    int bad;
+} progress_state;
+
+static int count_progress(void *user_data, const char *stage, size_t step, size_t total, double loss) {
+    progress_state *p = (progress_state *)user_data;
+    p->calls++;
+    if (strcmp(stage, "autoencoder") == 0) p->ae_calls++;
+    else if (strcmp(stage, "diffusion") == 0) p->diffusion_calls++;
+    else p->bad++;
+    if (step < 1 || step > total || !(loss == loss)) p->bad++;
+    p->last_step = step;
+    p->last_total = total;
+    return 0;
+}
+
+static int cancel_progress(void *user_data, const char *stage, size_t step, size_t total, double loss) {
+    (void)stage; (void)step; (void)total; (void)loss;
+    int *calls = (int *)user_data;
+    (*calls)++;
+    return 1; /* stop at once */
+}
+
+/* ---- best-of-n scoring: -sum of squares ---- */
+static double neg_sum_sq(const float *p, size_t len) {
+    double s = 0.0;
+    for (size_t i = 0; i < len; i++) s += (double)p[i] * (double)p[i];
+    return -s;
+}
+
+typedef struct {
+    int calls;
+    size_t len;
+} score_state;
+
+static double score_cb(void *user_data, const float *params, size_t len) {
+    score_state *s = (score_state *)user_data;
+    s->calls++;
+    s->len = len;
+    return neg_sum_sq(params, len);
+}
+
+/* ---- threads: 8 samplers of one handle, distinct seeds ---- */
+enum { THREADS = 8, PER_THREAD = 2 };
+typedef struct {
+    const pdiff_sampler *sampler;
+    uint64_t seed;
+    float out[PER_THREAD * D];
+    pdiff_status status;
+} thread_job;
+
+static void *thread_main(void *arg) {
+    thread_job *job = (thread_job *)arg;
+    pdiff_sample_options so;
+    pdiff_sample_options_default(&so);
+    so.ddim_steps = 10;
+    so.seed = job->seed;
+    job->status = pdiff_sampler_sample(job->sampler, &so, PER_THREAD, job->out, PER_THREAD * D);
+    return NULL;
+}
+
+/* ---- part 1: dataset, training, export ---- */
+static void fill_dataset(float *data) {
+    unsigned st = 12345u;
+    float base[D], pert[D];
+    for (int j = 0; j < D; j++) base[j] = 0.5f * lcg(&st);
+    for (int j = 0; j < D; j++) pert[j] = lcg(&st);
+    for (int i = 0; i < K; i++)
+        for (int j = 0; j < D; j++) data[i * D + j] = base[j] + 0.02f * (float)(i + 1) * pert[j];
+}
+
+/* With train = 0 (valgrind runs): everything but the real training and export. */
+static int dataset_and_training(const char *bundle, int train) {
+    static const size_t w_shape[2] = {ROWS, COLS};
+    static const size_t b_shape[1] = {ROWS};
+    const pdiff_tensor_decl layout[2] = {{"w", 2, w_shape}, {"b", 1, b_shape}};
+    static float data[K * D];
+    fill_dataset(data);
+
+    pdiff_dataset *ds = NULL;
+    /* misuse first */
+    CHECK_FAILS(pdiff_dataset_from_memory(layout, 2, data, K, NULL), PDIFF_ERR_NULL_POINTER);
+    CHECK(strstr(pdiff_last_error(), "out") != NULL, "message names the argument: %s", pdiff_last_error());
+    CHECK_FAILS(pdiff_dataset_from_memory(NULL, 2, data, K, &ds), PDIFF_ERR_NULL_POINTER);
+    CHECK_FAILS(pdiff_dataset_from_memory(layout, 2, NULL, K, &ds), PDIFF_ERR_NULL_POINTER);
+    CHECK_FAILS(pdiff_dataset_from_memory(layout, 0, data, K, &ds), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK_FAILS(pdiff_dataset_from_memory(layout, 2, data, 1, &ds), PDIFF_ERR_INVALID_ARGUMENT); /* K = 1 */
+    CHECK(ds == NULL, "out untouched on error");
+    {
+        const pdiff_tensor_decl dup[2] = {{"w", 2, w_shape}, {"w", 1, b_shape}};
+        CHECK_FAILS(pdiff_dataset_from_memory(dup, 2, data, K, &ds), PDIFF_ERR_INVALID_ARGUMENT);
+        const pdiff_tensor_decl noshape[1] = {{"w", 2, NULL}};
+        CHECK_FAILS(pdiff_dataset_from_memory(noshape, 1, data, K, &ds), PDIFF_ERR_NULL_POINTER);
+        float bad[K * D];
+        memcpy(bad, data, sizeof bad);
+        bad[3 * D + 5] = NAN;
+        CHECK_FAILS(pdiff_dataset_from_memory(layout, 2, bad, K, &ds), PDIFF_ERR_CHECKPOINT);
+    }
+    CHECK_FAILS(pdiff_dataset_load_dir("/nonexistent/pdiff-ckpts", NULL, 0, &ds), PDIFF_ERR_IO);
+    CHECK_FAILS(pdiff_dataset_load_dir(NULL, NULL, 0, &ds), PDIFF_ERR_NULL_POINTER);
+    CHECK_FAILS(pdiff_dataset_load_dir("/tmp", NULL, 3, &ds), PDIFF_ERR_NULL_POINTER);
+    CHECK(pdiff_dataset_k(NULL) == 0, "k(NULL)");
+
+    CHECK_OK(pdiff_dataset_from_memory(layout, 2, data, K, &ds));
+    if (!ds) return 0;
+    CHECK(pdiff_dataset_k(ds) == K, "k = %zu", pdiff_dataset_k(ds));
+    CHECK(pdiff_dataset_param_count(ds) == D, "D = %zu", pdiff_dataset_param_count(ds));
+    CHECK(pdiff_dataset_warning_count(ds) == 0, "warnings: %zu", pdiff_dataset_warning_count(ds));
+    CHECK(pdiff_dataset_warning(ds, 0) == NULL, "warning out of range is NULL");
+
+    /* options */
+    pdiff_train_options opts;
+    CHECK_FAILS(pdiff_train_options_default(NULL), PDIFF_ERR_NULL_POINTER);
+    CHECK_OK(pdiff_train_options_default(&opts));
+    CHECK(opts.struct_size == sizeof opts, "struct_size %zu", opts.struct_size);
+    CHECK(opts.preset == PDIFF_PRESET_COMPACT && opts.device == PDIFF_DEVICE_AUTO && opts.progress == NULL, "defaults");
+    opts.ae_steps = 20;
+    opts.diffusion_steps = 20;
+    opts.batch_size = 4;
+    opts.seed = 3;
+    opts.device = PDIFF_DEVICE_CPU;
+
+    pdiff_generator *gen = NULL;
+    pdiff_train_options wrong = opts;
+    wrong.struct_size = sizeof wrong - 8;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_STRUCT_SIZE);
+    wrong.struct_size = 0;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_STRUCT_SIZE);
+    wrong = opts;
+    wrong.preset = 7;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK_FAILS(pdiff_generator_train(NULL, &opts, &gen), PDIFF_ERR_NULL_POINTER);
+    CHECK_FAILS(pdiff_generator_train(ds, &opts, NULL), PDIFF_ERR_NULL_POINTER);
+
+    int cancel_calls = 0;
+    wrong = opts;
+    wrong.progress = cancel_progress;
+    wrong.user_data = &cancel_calls;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_CANCELLED);
+    CHECK(cancel_calls == 1, "cancelled after the first step, %d calls", cancel_calls);
+    CHECK(gen == NULL, "no generator after cancel");
+
+    if (!train) {
+        pdiff_dataset_free(ds);
+        return 1;
+    }
+    progress_state prog = {0};
+    opts.progress = count_progress;
+    opts.user_data = &prog;
+    CHECK_OK(pdiff_generator_train(ds, &opts, &gen));
+    CHECK(prog.calls == 40 && prog.ae_calls == 20 && prog.diffusion_calls == 20 && prog.bad == 0,
+          "progress calls %d (ae %d, diffusion %d, bad %d)", prog.calls, prog.ae_calls, prog.diffusion_calls, prog.bad);
+    CHECK(prog.last_step == 20 && prog.last_total == 20, "last step %zu/%zu", prog.last_step, prog.last_total);
+    pdiff_dataset_free(ds); /* the generator does not depend on it */
+    if (!gen) return 0;
+    CHECK(pdiff_generator_param_count(gen) == D, "generator D");
+
+    CHECK_FAILS(pdiff_generator_export(NULL, bundle), PDIFF_ERR_NULL_POINTER);
+    CHECK_FAILS(pdiff_generator_export(gen, NULL), PDIFF_ERR_NULL_POINTER);
+    CHECK_OK(pdiff_generator_export(gen, bundle));
+    pdiff_generator_free(gen);
+    return 1;
+}
+
+/* ---- part 2: sampler ---- */
+static void sampler_tests(const char *bundle, const char *tmp, int with_threads, int with_ddpm) {
+    pdiff_sampler *s = NULL;
+    pdiff_sampler_options sopts;
+    CHECK_OK(pdiff_sampler_options_default(&sopts));
+    CHECK(sopts.struct_size == sizeof sopts && sopts.runtime_library == NULL, "sampler defaults");
+    sopts.provider = PDIFF_PROVIDER_CPU;
+    sopts.intra_threads = 1;
+
+    char missing[512];
+    snprintf(missing, sizeof missing, "%s/no-such-bundle", tmp);
+    pdiff_status st = pdiff_sampler_open(missing, &sopts, &s);
+    CHECK(st == PDIFF_ERR_BUNDLE || st == PDIFF_ERR_IO, "unknown bundle: %d", (int)st);
+    CHECK(pdiff_last_error()[0] != '\0', "message for unknown bundle");
+    CHECK(s == NULL, "no sampler");
+    CHECK_FAILS(pdiff_sampler_open(NULL, &sopts, &s), PDIFF_ERR_NULL_POINTER);
+    CHECK_FAILS(pdiff_sampler_open(bundle, &sopts, NULL), PDIFF_ERR_NULL_POINTER);
+    pdiff_sampler_options bad = sopts;
+    bad.struct_size = 1;
+    CHECK_FAILS(pdiff_sampler_open(bundle, &bad, &s), PDIFF_ERR_STRUCT_SIZE);
+    bad = sopts;
+    bad.provider = 42;
+    CHECK_FAILS(pdiff_sampler_open(bundle, &bad, &s), PDIFF_ERR_INVALID_ARGUMENT);
+
+    CHECK_OK(pdiff_sampler_open(bundle, &sopts, &s));
+    if (!s) return;
+    CHECK(strcmp(pdiff_sampler_backend(s), "onnxruntime-cpu") == 0, "backend %s", pdiff_sampler_backend(s));
+    CHECK(pdiff_sampler_backend(NULL) == NULL, "backend(NULL)");
+    CHECK(pdiff_sampler_param_count(s) == D, "D = %zu", pdiff_sampler_param_count(s));
+    CHECK(pdiff_sampler_tensor_count(s) == 2, "tensors = %zu", pdiff_sampler_tensor_count(s));
+
+    const char *name = NULL;
+    size_t ndim = 0, offset = 99;
+    const size_t *shape = NULL;
+    CHECK_OK(pdiff_sampler_tensor_info(s, 0, &name, &ndim, &shape, &offset));
+    CHECK(name && strcmp(name, "w") == 0 && ndim == 2 && shape && shape[0] == ROWS && shape[1] == COLS && offset == 0,
+          "tensor 0: %s ndim %zu offset %zu", name ? name : "(null)", ndim, offset);
+    CHECK_OK(pdiff_sampler_tensor_info(s, 1, &name, &ndim, &shape, &offset));
+    CHECK(name && strcmp(name, "b") == 0 && ndim == 1 && shape && shape[0] == ROWS && offset == ROWS * COLS,
+          "tensor 1: %s ndim %zu offset %zu", name ? name : "(null)", ndim, offset);
+    CHECK_OK(pdiff_sampler_tensor_info(s, 1, NULL, NULL, NULL, NULL));
+    CHECK_FAILS(pdiff_sampler_tensor_info(s, 2, &name, &ndim, &shape, &offset), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK_FAILS(pdiff_sampler_tensor_info(NULL, 0, &name, &ndim, &shape, &offset), PDIFF_ERR_NULL_POINTER);
+
+    /* sampling: determinism, seeds */
+    pdiff_sample_options so;
+    CHECK_FAILS(pdiff_sample_options_default(NULL), PDIFF_ERR_NULL_POINTER);
+    CHECK_OK(pdiff_sample_options_default(&so));
+    CHECK(so.struct_size == sizeof so && so.sampler == PDIFF_SAMPLER_DDIM && so.ddim_steps > 0, "sample defaults");
+    so.ddim_steps = 10;
+    so.seed = 7;
+    float a[3 * D], b[3 * D], c[3 * D];
+    CHECK_OK(pdiff_sampler_sample(s, &so, 3, a, 3 * D));
+    CHECK(all_finite(a, 3 * D), "finite samples");
+    CHECK_OK(pdiff_sampler_sample(s, &so, 3, b, 3 * D));
+    CHECK(memcmp(a, b, sizeof a) == 0, "same seed, same samples");
+    so.seed = 8;
+    CHECK_OK(pdiff_sampler_sample(s, &so, 3, c, 3 * D));
+    CHECK(memcmp(a, c, sizeof a) != 0, "different seed, different samples");
+    CHECK(memcmp(a, a + D, D * sizeof(float)) != 0, "samples of one call differ");
+    so.seed = 7;
+
+    /* misuse */
+    CHECK_FAILS(pdiff_sampler_sample(s, &so, 3, b, 3 * D - 1), PDIFF_ERR_BUFFER_TOO_SMALL);
+    CHECK_FAILS(pdiff_sampler_sample(s, &so, 3, NULL, 3 * D), PDIFF_ERR_NULL_POINTER);
+    CHECK_FAILS(pdiff_sampler_sample(NULL, &so, 3, b, 3 * D), PDIFF_ERR_NULL_POINTER);
+    CHECK_FAILS(pdiff_sampler_sample(s, &so, 0, b, 3 * D), PDIFF_ERR_INVALID_ARGUMENT);
+    pdiff_sample_options sbad = so;
+    sbad.struct_size = sizeof sbad + 8;
+    CHECK_FAILS(pdiff_sampler_sample(s, &sbad, 3, b, 3 * D), PDIFF_ERR_STRUCT_SIZE);
+    sbad = so;
+    sbad.ddim_steps = 0;
+    CHECK_FAILS(pdiff_sampler_sample(s, &sbad, 3, b, 3 * D), PDIFF_ERR_INVALID_ARGUMENT);
+    sbad = so;
+    sbad.sampler = -1;
+    CHECK_FAILS(pdiff_sampler_sample(s, &sbad, 3, b, 3 * D), PDIFF_ERR_INVALID_ARGUMENT);
+
+    if (with_ddpm) {
+        pdiff_sample_options ddpm = so;
+        ddpm.sampler = PDIFF_SAMPLER_DDPM;
+        float d1[D];
+        CHECK_OK(pdiff_sampler_sample(s, &ddpm, 1, d1, D));
+        CHECK(all_finite(d1, D), "finite DDPM sample");
+    }
+
+    /* best of n */
+    {
+        enum { N = 5 };
+        float best[D], all[N * D];
+        size_t best_index = 99;
+        double best_score = 0.0;
+        score_state sc = {0};
+        so.seed = 11;
+        CHECK_OK(pdiff_sampler_best_of_n(s, &so, N, score_cb, &sc, best, D, &best_index, &best_score));
+        CHECK(sc.calls == N && sc.len == D, "score called %d times with len %zu", sc.calls, sc.len);
+        CHECK_OK(pdiff_sampler_sample(s, &so, N, all, N * D));
+        size_t argmax = 0;
+        for (size_t i = 1; i < N; i++)
+            if (neg_sum_sq(all + i * D, D) > neg_sum_sq(all + argmax * D, D)) argmax = i;
+        CHECK(best_index == argmax, "best index %zu, recomputed %zu", best_index, argmax);
+        CHECK(best_score == neg_sum_sq(all + argmax * D, D), "best score %g", best_score);
+        CHECK(memcmp(best, all + argmax * D, sizeof best) == 0, "best vector is the argmax sample");
+        for (size_t i = 0; i < N; i++)
+            CHECK(neg_sum_sq(all + i * D, D) <= best_score, "sample %zu scores above the best", i);
+        CHECK_OK(pdiff_sampler_best_of_n(s, &so, N, score_cb, &sc, best, D, NULL, NULL));
+        CHECK_FAILS(pdiff_sampler_best_of_n(s, &so, N, NULL, &sc, best, D, &best_index, &best_score),
+                    PDIFF_ERR_NULL_POINTER);
+        CHECK_FAILS(pdiff_sampler_best_of_n(s, &so, N, score_cb, &sc, best, D - 1, &best_index, &best_score),
+                    PDIFF_ERR_BUFFER_TOO_SMALL);
+        CHECK_FAILS(pdiff_sampler_best_of_n(NULL, &so, N, score_cb, &sc, best, D, &best_index, &best_score),
+                    PDIFF_ERR_NULL_POINTER);
+        so.seed = 7;
+    }
+
+    /* to a directory of safetensors files */
+    {
+        char dir[512], file[600];
+        snprintf(dir, sizeof dir, "%s/generated", tmp);
+        CHECK_OK(pdiff_sampler_sample_to_dir(s, &so, 2, dir));
+        snprintf(file, sizeof file, "%s/gen_0000.safetensors", dir);
+        CHECK(access(file, R_OK) == 0, "%s exists", file);
+        snprintf(file, sizeof file, "%s/gen_0001.safetensors", dir);
+        CHECK(access(file, R_OK) == 0, "%s exists", file);
+        CHECK_FAILS(pdiff_sampler_sample_to_dir(s, &so, 2, NULL), PDIFF_ERR_NULL_POINTER);
+    }
+
+    /* threads: one sampler, 8 threads, distinct seeds == sequential results */
+    if (with_threads) {
+        static thread_job jobs[THREADS];
+        static float expect[THREADS][PER_THREAD * D];
+        pdiff_sample_options seq;
+        pdiff_sample_options_default(&seq);
+        seq.ddim_steps = 10;
+        for (int i = 0; i < THREADS; i++) {
+            seq.seed = 1000 + (uint64_t)i;
+            CHECK_OK(pdiff_sampler_sample(s, &seq, PER_THREAD, expect[i], PER_THREAD * D));
+        }
+        pthread_t tid[THREADS];
+        for (int i = 0; i < THREADS; i++) {
+            jobs[i].sampler = s;
+            jobs[i].seed = 1000 + (uint64_t)i;
+            jobs[i].status = PDIFF_ERR_PANIC;
+            CHECK(pthread_create(&tid[i], NULL, thread_main, &jobs[i]) == 0, "pthread_create %d", i);
+        }
+        for (int i = 0; i < THREADS; i++) pthread_join(tid[i], NULL);
+        for (int i = 0; i < THREADS; i++) {
+            CHECK(jobs[i].status == PDIFF_OK, "thread %d status %d", i, (int)jobs[i].status);
+            CHECK(memcmp(jobs[i].out, expect[i], sizeof expect[i]) == 0, "thread %d equals sequential", i);
+        }
+        CHECK(memcmp(expect[0], expect[1], sizeof expect[0]) != 0, "distinct seeds differ");
+    }
+
+    pdiff_sampler_free(s);
+}
+
+int main(int argc, char **argv) {
+    const char *given_bundle = NULL, *export_to = NULL;
+    int with_threads = 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--bundle") == 0 && i + 1 < argc) given_bundle = argv[++i];
+        else if (strcmp(argv[i], "--export") == 0 && i + 1 < argc) export_to = argv[++i];
+        else if (strcmp(argv[i], "--no-threads") == 0) with_threads = 0;
+        else {
+            fprintf(stderr, "usage: %s [--bundle DIR | --export DIR] [--no-threads]\n", argv[0]);
+            return 2;
+        }
+    }
+
+    CHECK(pdiff_abi_version() == PDIFF_ABI_VERSION, "abi %u vs header %u", pdiff_abi_version(), PDIFF_ABI_VERSION);
+    CHECK(pdiff_version() != NULL && pdiff_version()[0] != '\0', "version");
+    CHECK(pdiff_last_error() != NULL, "last error never NULL");
+
+    /* free functions accept NULL */
+    pdiff_dataset_free(NULL);
+    pdiff_generator_free(NULL);
+    pdiff_sampler_free(NULL);
+    passed++;
+
+    char tmp[] = "/tmp/pdiff-c-test-XXXXXX";
+    if (!mkdtemp(tmp)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    char bundle[512];
+    snprintf(bundle, sizeof bundle, "%s/bundle", tmp);
+    if (given_bundle) snprintf(bundle, sizeof bundle, "%s", given_bundle);
+    else if (export_to) snprintf(bundle, sizeof bundle, "%s", export_to);
+    int have_bundle = dataset_and_training(bundle, given_bundle == NULL);
+
+    if (have_bundle) sampler_tests(bundle, tmp, with_threads, given_bundle == NULL);
+    else CHECK(0, "no bundle: sampler tests skipped");
+
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tmp);
+
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
