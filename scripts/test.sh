@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --release -- --test-threads=2
+# Fuzzing (cargo-fuzz / libFuzzer) of the checkpoint loader, the manifest parser and the ONNX
+# loading path, bounded in time, seeded by fuzz/corpus; any crash fails the suite.
+bash scripts/fuzz.sh "${PDIFF_FUZZ_SECONDS:-45}"
 # A host with nothing of libpdiff: the exported bundle through onnx + onnxruntime (project venv).
 cargo build --release --bin pdiff
 .venv/bin/python -m pytest -q tests/python
