@@ -30,6 +30,8 @@ pub struct Normalization {
 pub struct LatentStats {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Bound on |standardized latent| per dimension, applied (inside decoder.onnx) before decoding.
+    pub clip: Vec<f32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,7 +82,7 @@ pub fn save(g: &Generator, dir: &Path) -> Result<Manifest> {
         latent_dim: g.latent_dim(),
         layout: g.layout.tensors.clone(),
         normalization: Normalization { kind: "per_tensor_standardize".into(), std_floor: STD_FLOOR },
-        latent: LatentStats { mean: g.latent_mean.clone(), std: g.latent_std.clone() },
+        latent: LatentStats { mean: g.latent_mean.clone(), std: g.latent_std.clone(), clip: g.latent_clip.clone() },
         schedule: g.config.schedule.clone(),
         prediction: "epsilon".into(),
         preset: g.config.preset,
@@ -188,7 +190,7 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
     if layout.param_count() != m.param_count {
         return Err(Error::bundle(dir, format!("{MANIFEST}: layout covers {} values but param_count is {}", layout.param_count(), m.param_count)));
     }
-    if m.latent.mean.len() != m.latent_dim || m.latent.std.len() != m.latent_dim {
+    if m.latent.mean.len() != m.latent_dim || m.latent.std.len() != m.latent_dim || m.latent.clip.len() != m.latent_dim {
         return Err(Error::bundle(dir, format!("{MANIFEST}: latent stats do not have latent_dim = {} entries", m.latent_dim)));
     }
     Ok(m)
@@ -208,6 +210,7 @@ pub fn load_generator(dir: &Path, device: crate::train::DeviceChoice) -> Result<
     load(&mut g.den_vs, DENOISER_WEIGHTS)?;
     g.latent_mean = m.latent.mean;
     g.latent_std = m.latent.std;
+    g.latent_clip = m.latent.clip;
     g.history = m.history;
     g.sources = m.sources;
     g.padded_len = m.padded_len;

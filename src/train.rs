@@ -95,7 +95,7 @@ impl TrainConfig {
     pub fn new(preset: Preset) -> Self {
         // The compact denoiser is a small MLP: it trains fast and wants a larger LR.
         let (ae_steps, diffusion_steps, diffusion_lr) = match preset {
-            Preset::Compact => (1000, 3000, 3e-3),
+            Preset::Compact => (1000, 8000, 3e-3),
             Preset::Paper => (30_000, 30_000, 1e-3),
         };
         TrainConfig {
@@ -190,6 +190,11 @@ pub struct Generator {
     pub padded_len: usize,
     pub latent_mean: Vec<f32>,
     pub latent_std: Vec<f32>,
+    /// Per-dimension bound on |standardized latent| applied before decoding: LATENT_CLIP_MARGIN
+    /// times the largest magnitude among the K training latents. A sample the reverse process
+    /// throws far off the data (rare, seen with small K) then decodes to a plausible model
+    /// instead of garbage.
+    pub latent_clip: Vec<f32>,
     pub history: TrainHistory,
     pub sources: Vec<String>,
     pub device: Device,
@@ -201,6 +206,8 @@ pub struct Generator {
 
 /// Latent std floor: a latent dimension that never varies is not divided by ~0.
 pub const LATENT_STD_FLOOR: f32 = 1e-6;
+/// Generated standardized latents are clipped to this multiple of the training latents' range.
+pub const LATENT_CLIP_MARGIN: f64 = 1.5;
 
 /// Rough upper estimate of the host memory a training run needs (bytes): the K padded inputs,
 /// the autoencoder's parameters with gradients and two AdamW moments, and a batch's activations
@@ -281,6 +288,7 @@ impl Generator {
             padded_len,
             latent_mean: vec![0.0; ld],
             latent_std: vec![1.0; ld],
+            latent_clip: vec![f32::MAX; ld],
             history: TrainHistory::default(),
             sources: Vec::new(),
             device,
@@ -360,6 +368,8 @@ impl Generator {
         g.latent_mean = Vec::<f32>::try_from(&mean.to_device(Device::Cpu))?;
         g.latent_std = Vec::<f32>::try_from(&std.to_device(Device::Cpu))?;
         let z0 = ((&latents - mean.unsqueeze(0)) / std.unsqueeze(0)).detach();
+        let max_abs = z0.abs().amax(0, false) * LATENT_CLIP_MARGIN;
+        g.latent_clip = Vec::<f32>::try_from(&max_abs.to_device(Device::Cpu))?;
 
         // Diffusion.
         let start = Instant::now();
@@ -500,7 +510,8 @@ impl DecoderBackend for TchDecoder<'_> {
         }
         let mean = Tensor::from_slice(&g.latent_mean).to_device(g.device).unsqueeze(0);
         let std = Tensor::from_slice(&g.latent_std).to_device(g.device).unsqueeze(0);
-        let zt = array_to_tensor(z, g.device) * std + mean;
+        let clip = Tensor::from_slice(&g.latent_clip).to_device(g.device).unsqueeze(0);
+        let zt = array_to_tensor(z, g.device).minimum(&clip).maximum(&(-&clip)) * std + mean;
         let d = g.layout.param_count();
         let out = tch::no_grad(|| g.ae.decode(&zt).narrow(1, 0, d as i64));
         let mut a = tensor_to_array(&out)?;

@@ -233,13 +233,29 @@ impl Autoencoder {
 
     /// Data-dependent init: start the per-position output bias at the mean of the training
     /// inputs, so the layers learn deviations from the typical checkpoint from the first step.
+    /// The output layer starts at zero as well, so the untrained decoder reproduces exactly
+    /// that mean and training can only improve on it (as zero-initialised residual branches).
     pub fn init_position_bias(&mut self, mean: &Tensor) {
-        tch::no_grad(|| self.dec_position_bias.copy_(mean));
+        tch::no_grad(|| {
+            self.dec_position_bias.copy_(mean);
+            let (ws, bs) = match (&mut self.dec_final, self.dec_convs.last_mut()) {
+                (Some(out), _) => (&mut out.ws, out.bs.as_mut()),
+                (None, Some((conv, _))) => (&mut conv.ws, conv.bs.as_mut()),
+                (None, None) => return,
+            };
+            let _ = ws.zero_();
+            if let Some(b) = bs {
+                let _ = b.zero_();
+            }
+        });
     }
 
     /// [B, Dpad] -> [B, d]
     pub fn encode(&self, x: &Tensor) -> Tensor {
-        let mut h = x.unsqueeze(1);
+        // The encoder sees the deviation from the typical checkpoint (the decoder's position
+        // bias): checkpoints of one trajectory differ by ~1% of a tensor's spread, a signal the
+        // first GroupNorm brings to unit scale instead of drowning it in the shared pattern.
+        let mut h = (x - self.dec_position_bias.detach()).unsqueeze(1);
         for ((conv, norm), spec) in self.enc_convs.iter().zip(&self.config.encoder) {
             h = conv1d_fast(&h, conv, spec).apply(norm).leaky_relu();
         }

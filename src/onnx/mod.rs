@@ -97,7 +97,13 @@ pub fn export_decoder(g: &Generator) -> Result<Vec<u8>> {
     let z = b.input("z", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
     let std = b.f32("latent_std", &[d_lat], &g.latent_std);
     let mean = b.f32("latent_mean", &[d_lat], &g.latent_mean);
-    let h = b.op("Mul", &[&z, &std]);
+    // Clip to the training latents' range (per dimension), then de-standardize.
+    let hi = b.f32("latent_clip_hi", &[d_lat], &g.latent_clip);
+    let lo: Vec<f32> = g.latent_clip.iter().map(|c| -c).collect();
+    let lo = b.f32("latent_clip_lo", &[d_lat], &lo);
+    let h = b.op("Min", &[&z, &hi]);
+    let h = b.op("Max", &[&h, &lo]);
+    let h = b.op("Mul", &[&h, &std]);
     let h = b.op("Add", &[&h, &mean]);
     let h = linear(&mut b, &w, "dec.fc", &h)?;
     let c = cfg.encoder.last().unwrap().channels;
