@@ -74,6 +74,17 @@ if ! command -v valgrind >/dev/null; then
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq valgrind
 fi
+# Tools of the bindings' checks: g++ (C++ wrapper) and pkg-config (the installed pdiff.pc).
+if ! command -v pkg-config >/dev/null; then
+  echo "[setup] installing pkg-config"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq pkg-config
+fi
+if ! command -v g++ >/dev/null; then
+  echo "[setup] installing g++"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq g++
+fi
 # A TrueType font for the report's plots (plotters renders labels with it).
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${PDIFF_FONT:-}" ]; then
   echo "[setup] installing fonts-dejavu-core"

@@ -1,0 +1,446 @@
+// pdiff.hpp: header-only C++17 RAII wrapper over the stable C ABI of libpdiff (pdiff.h).
+// SPDX-License-Identifier: Apache-2.0
+//
+//   #include <pdiff.hpp>          // includes pdiff.h; link with -lpdiff
+//
+//   auto ds  = pdiff::Dataset::from_memory({{"w", {4, 8}}, {"b", {4}}}, data);   // K x D floats
+//   auto to  = pdiff::train_options();  to.seed = 3;
+//   auto gen = pdiff::Generator::train(ds, to, [](const std::string&, size_t, size_t, double) {
+//       return true;                                                            // false: cancel
+//   });
+//   gen.export_bundle("bundle");
+//   pdiff::Sampler s("bundle");
+//   std::vector<float> p = s.sample(100, pdiff::ddim(/*seed*/ 7, /*steps*/ 50)); // 100 x D
+//
+// Conventions:
+//  - Dataset, Generator and Sampler own one handle each: move-only, released by their
+//    destructor (the NULL-safe pdiff_*_free). A moved-from object is empty (`!obj`); using it
+//    throws pdiff::Error(PDIFF_ERR_NULL_POINTER).
+//  - Every failing call throws pdiff::Error, carrying the pdiff_status and pdiff_last_error().
+//  - Options are the C structs, initialised by the *_default functions (train_options(),
+//    sampler_options(), sample_options()); change their fields before passing them.
+//  - Exceptions thrown by a progress or score callback never cross the C boundary: they are
+//    caught, the library call is stopped (progress) or the remaining candidates get NaN
+//    (score), and the exception is rethrown once the C call has returned.
+//  - Sampler's const member functions may be called concurrently from several threads.
+#ifndef PDIFF_HPP
+#define PDIFF_HPP
+
+#include "pdiff.h"
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pdiff {
+
+// ---- errors ----
+
+/// Name of a status, e.g. "PDIFF_ERR_BUNDLE".
+inline const char* status_name(pdiff_status status) noexcept {
+    switch (status) {
+        case PDIFF_OK: return "PDIFF_OK";
+        case PDIFF_ERR_INVALID_ARGUMENT: return "PDIFF_ERR_INVALID_ARGUMENT";
+        case PDIFF_ERR_NULL_POINTER: return "PDIFF_ERR_NULL_POINTER";
+        case PDIFF_ERR_BUFFER_TOO_SMALL: return "PDIFF_ERR_BUFFER_TOO_SMALL";
+        case PDIFF_ERR_IO: return "PDIFF_ERR_IO";
+        case PDIFF_ERR_CHECKPOINT: return "PDIFF_ERR_CHECKPOINT";
+        case PDIFF_ERR_BUNDLE: return "PDIFF_ERR_BUNDLE";
+        case PDIFF_ERR_RUNTIME: return "PDIFF_ERR_RUNTIME";
+        case PDIFF_ERR_DEVICE_UNAVAILABLE: return "PDIFF_ERR_DEVICE_UNAVAILABLE";
+        case PDIFF_ERR_DIVERGED: return "PDIFF_ERR_DIVERGED";
+        case PDIFF_ERR_CANCELLED: return "PDIFF_ERR_CANCELLED";
+        case PDIFF_ERR_TORCH: return "PDIFF_ERR_TORCH";
+        case PDIFF_ERR_PANIC: return "PDIFF_ERR_PANIC";
+        case PDIFF_ERR_STRUCT_SIZE: return "PDIFF_ERR_STRUCT_SIZE";
+    }
+    return "PDIFF_ERR_UNKNOWN";
+}
+
+/// A failed pdiff call: `status()` is the pdiff_status, `what()` / `message()` the library's
+/// message (pdiff_last_error() at the time of the failure).
+class Error : public std::runtime_error {
+public:
+    Error(pdiff_status status, const std::string& message)
+        : std::runtime_error(message), status_(status) {}
+    pdiff_status status() const noexcept { return status_; }
+    std::string message() const { return what(); }
+
+private:
+    pdiff_status status_;
+};
+
+namespace detail {
+/// Throw pdiff::Error for a failed status, copying the thread's last error message.
+inline void check(pdiff_status status) {
+    if (status != PDIFF_OK) throw Error(status, pdiff_last_error());
+}
+
+template <class T>
+void require(const T* handle, const char* what) {
+    if (handle == nullptr)
+        throw Error(PDIFF_ERR_NULL_POINTER, std::string(what) + " is empty (moved from?)");
+}
+
+inline size_t checked_mul(size_t a, size_t b) {
+    if (b != 0 && a > std::numeric_limits<size_t>::max() / b)
+        throw Error(PDIFF_ERR_INVALID_ARGUMENT, "size overflow: " + std::to_string(a) + " x " + std::to_string(b));
+    return a * b;
+}
+
+struct DatasetFree { void operator()(pdiff_dataset* p) const noexcept { pdiff_dataset_free(p); } };
+struct GeneratorFree { void operator()(pdiff_generator* p) const noexcept { pdiff_generator_free(p); } };
+struct SamplerFree { void operator()(pdiff_sampler* p) const noexcept { pdiff_sampler_free(p); } };
+}  // namespace detail
+
+// ---- versions ----
+
+/// The library version, e.g. "0.1.0".
+inline std::string version() { return pdiff_version(); }
+
+/// The ABI version of the loaded library (compare with PDIFF_ABI_VERSION).
+inline uint32_t abi_version() noexcept { return pdiff_abi_version(); }
+
+/// Throws pdiff::Error(PDIFF_ERR_INVALID_ARGUMENT) when the loaded library implements another
+/// ABI than the header this program was compiled with.
+inline void check_abi() {
+    if (pdiff_abi_version() != PDIFF_ABI_VERSION)
+        throw Error(PDIFF_ERR_INVALID_ARGUMENT,
+                    "libpdiff implements ABI " + std::to_string(pdiff_abi_version()) + ", pdiff.h declares " +
+                        std::to_string(PDIFF_ABI_VERSION));
+}
+
+// ---- options: the C structs with the library's defaults ----
+
+inline pdiff_train_options train_options() {
+    pdiff_train_options o{};
+    detail::check(pdiff_train_options_default(&o));
+    return o;
+}
+
+inline pdiff_sampler_options sampler_options() {
+    pdiff_sampler_options o{};
+    detail::check(pdiff_sampler_options_default(&o));
+    return o;
+}
+
+/// Sampler options with an explicit execution provider (e.g. PDIFF_PROVIDER_CPU).
+inline pdiff_sampler_options sampler_options(pdiff_provider provider) {
+    pdiff_sampler_options o = sampler_options();
+    o.provider = provider;
+    return o;
+}
+
+inline pdiff_sample_options sample_options() {
+    pdiff_sample_options o{};
+    detail::check(pdiff_sample_options_default(&o));
+    return o;
+}
+
+/// DDIM sampling with `seed`; `steps` = 0 keeps the library's default (50).
+inline pdiff_sample_options ddim(uint64_t seed, size_t steps = 0) {
+    pdiff_sample_options o = sample_options();
+    o.sampler = PDIFF_SAMPLER_DDIM;
+    o.seed = seed;
+    if (steps != 0) o.ddim_steps = steps;
+    return o;
+}
+
+/// Ancestral DDPM sampling (all T steps) with `seed`.
+inline pdiff_sample_options ddpm(uint64_t seed) {
+    pdiff_sample_options o = sample_options();
+    o.sampler = PDIFF_SAMPLER_DDPM;
+    o.seed = seed;
+    return o;
+}
+
+// ---- layouts ----
+
+/// Declaration of one tensor of a parameter vector pushed from memory.
+struct TensorDecl {
+    std::string name;
+    std::vector<size_t> shape;  // empty: a scalar
+};
+
+/// One tensor of a generated parameter vector: name, shape and offset (in floats) in it.
+struct TensorInfo {
+    std::string name;
+    std::vector<size_t> shape;
+    size_t offset = 0;
+    /// Number of elements (1 for a scalar).
+    size_t size() const {
+        size_t n = 1;
+        for (size_t d : shape) n = detail::checked_mul(n, d);
+        return n;
+    }
+};
+
+// ---- Dataset ----
+
+/// K checkpoints of one network and their layout (pdiff_dataset). Move-only.
+class Dataset {
+public:
+    Dataset() noexcept = default;
+    /// Adopt a handle (ownership is transferred).
+    explicit Dataset(pdiff_dataset* handle) noexcept : h_(handle) {}
+
+    /// K flat parameter vectors, row-major: `data` holds `len` = K x D floats, D being the
+    /// layout's element count. The values are copied.
+    static Dataset from_memory(const std::vector<TensorDecl>& layout, const float* data, size_t len) {
+        size_t d = 0;
+        for (const TensorDecl& t : layout) {
+            size_t n = 1;
+            for (size_t x : t.shape) n = detail::checked_mul(n, x);
+            d += n;
+        }
+        if (layout.empty()) throw Error(PDIFF_ERR_INVALID_ARGUMENT, "the layout declares no tensor");
+        if (d == 0) throw Error(PDIFF_ERR_INVALID_ARGUMENT, "the layout has no elements");
+        if (len % d != 0)
+            throw Error(PDIFF_ERR_INVALID_ARGUMENT, "data holds " + std::to_string(len) +
+                                                        " floats, not a multiple of D = " + std::to_string(d));
+        std::vector<pdiff_tensor_decl> decls;
+        decls.reserve(layout.size());
+        for (const TensorDecl& t : layout)
+            decls.push_back(pdiff_tensor_decl{t.name.c_str(), t.shape.size(), t.shape.empty() ? nullptr : t.shape.data()});
+        pdiff_dataset* out = nullptr;
+        detail::check(pdiff_dataset_from_memory(decls.data(), decls.size(), data, len / d, &out));
+        return Dataset(out);
+    }
+
+    static Dataset from_memory(const std::vector<TensorDecl>& layout, const std::vector<float>& data) {
+        return from_memory(layout, data.data(), data.size());
+    }
+
+    /// Every *.safetensors file of `dir` (sorted by name) as one checkpoint. `patterns`: exact
+    /// tensor names or globs; empty: every floating-point tensor.
+    static Dataset load_dir(const std::string& dir, const std::vector<std::string>& patterns = {}) {
+        std::vector<const char*> p;
+        p.reserve(patterns.size());
+        for (const std::string& s : patterns) p.push_back(s.c_str());
+        pdiff_dataset* out = nullptr;
+        detail::check(pdiff_dataset_load_dir(dir.c_str(), p.empty() ? nullptr : p.data(), p.size(), &out));
+        return Dataset(out);
+    }
+
+    size_t k() const { return pdiff_dataset_k(checked()); }
+    size_t param_count() const { return pdiff_dataset_param_count(checked()); }
+    std::vector<std::string> warnings() const {
+        const pdiff_dataset* h = checked();
+        std::vector<std::string> w;
+        const size_t n = pdiff_dataset_warning_count(h);
+        for (size_t i = 0; i < n; i++) {
+            const char* s = pdiff_dataset_warning(h, i);
+            w.emplace_back(s ? s : "");
+        }
+        return w;
+    }
+
+    const pdiff_dataset* get() const noexcept { return h_.get(); }
+    /// Give up ownership: the caller must pdiff_dataset_free the result.
+    pdiff_dataset* release() noexcept { return h_.release(); }
+    explicit operator bool() const noexcept { return static_cast<bool>(h_); }
+
+private:
+    const pdiff_dataset* checked() const {
+        detail::require(h_.get(), "pdiff::Dataset");
+        return h_.get();
+    }
+    std::unique_ptr<pdiff_dataset, detail::DatasetFree> h_;
+};
+
+// ---- Generator ----
+
+/// A trained generator (pdiff_generator). Move-only.
+class Generator {
+public:
+    /// Training progress: stage ("autoencoder" / "diffusion"), step (1..total), total, loss.
+    /// Return true to continue, false to cancel (train then throws PDIFF_ERR_CANCELLED).
+    using Progress = std::function<bool(const std::string& stage, size_t step, size_t total, double loss)>;
+
+    Generator() noexcept = default;
+    explicit Generator(pdiff_generator* handle) noexcept : h_(handle) {}
+
+    /// Train on `dataset` (blocks; `progress` runs on this thread after every step). With an
+    /// empty `progress`, `options.progress` / `options.user_data` are passed unchanged.
+    static Generator train(const Dataset& dataset, const pdiff_train_options& options = train_options(),
+                           const Progress& progress = Progress()) {
+        detail::require(dataset.get(), "pdiff::Dataset");
+        pdiff_train_options o = options;
+        struct Ctx {
+            const Progress* fn;
+            std::exception_ptr error;
+        } ctx{&progress, nullptr};
+        if (progress) {
+            o.progress = [](void* user, const char* stage, size_t step, size_t total, double loss) -> int {
+                Ctx* c = static_cast<Ctx*>(user);
+                try {
+                    return (*c->fn)(stage ? stage : "", step, total, loss) ? 0 : 1;
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return 1;
+                }
+            };
+            o.user_data = &ctx;
+        }
+        pdiff_generator* out = nullptr;
+        const pdiff_status st = pdiff_generator_train(dataset.get(), &o, &out);
+        if (ctx.error) {
+            pdiff_generator_free(out);
+            std::rethrow_exception(ctx.error);
+        }
+        detail::check(st);
+        return Generator(out);
+    }
+
+    /// Write the bundle directory `dir` (atomically replaced). (`export` is a C++ keyword.)
+    void export_bundle(const std::string& dir) const {
+        detail::check(pdiff_generator_export(checked(), dir.c_str()));
+    }
+
+    size_t param_count() const { return pdiff_generator_param_count(checked()); }
+
+    const pdiff_generator* get() const noexcept { return h_.get(); }
+    pdiff_generator* release() noexcept { return h_.release(); }
+    explicit operator bool() const noexcept { return static_cast<bool>(h_); }
+
+private:
+    const pdiff_generator* checked() const {
+        detail::require(h_.get(), "pdiff::Generator");
+        return h_.get();
+    }
+    std::unique_ptr<pdiff_generator, detail::GeneratorFree> h_;
+};
+
+// ---- Sampler ----
+
+/// The best of N candidates.
+struct Best {
+    std::vector<float> params;  // D floats
+    size_t index = 0;           // 0-based index among the N candidates
+    double score = 0.0;
+};
+
+/// An exported bundle served by ONNX Runtime (pdiff_sampler). Move-only; its const member
+/// functions are thread-safe.
+class Sampler {
+public:
+    using Score = std::function<double(const float* params, size_t len)>;
+
+    Sampler() noexcept = default;
+    explicit Sampler(pdiff_sampler* handle) noexcept : h_(handle) {}
+    /// Open (and verify) the bundle directory `bundle_dir`.
+    explicit Sampler(const std::string& bundle_dir, const pdiff_sampler_options& options = sampler_options()) {
+        pdiff_sampler* out = nullptr;
+        detail::check(pdiff_sampler_open(bundle_dir.c_str(), &options, &out));
+        h_.reset(out);
+    }
+    static Sampler open(const std::string& bundle_dir, const pdiff_sampler_options& options = sampler_options()) {
+        return Sampler(bundle_dir, options);
+    }
+
+    /// "onnxruntime-cpu" or "onnxruntime-cuda".
+    std::string backend() const { return pdiff_sampler_backend(checked()); }
+    /// D: floats per generated vector.
+    size_t param_count() const { return pdiff_sampler_param_count(checked()); }
+    size_t tensor_count() const { return pdiff_sampler_tensor_count(checked()); }
+
+    /// The named tensors of one generated vector, in order.
+    std::vector<TensorInfo> layout() const {
+        const pdiff_sampler* h = checked();
+        std::vector<TensorInfo> out;
+        const size_t n = pdiff_sampler_tensor_count(h);
+        out.reserve(n);
+        for (size_t i = 0; i < n; i++) {
+            const char* name = nullptr;
+            size_t ndim = 0, offset = 0;
+            const size_t* shape = nullptr;
+            detail::check(pdiff_sampler_tensor_info(h, i, &name, &ndim, &shape, &offset));
+            TensorInfo t;
+            t.name = name ? name : "";
+            if (shape) t.shape.assign(shape, shape + ndim);
+            t.offset = offset;
+            out.push_back(std::move(t));
+        }
+        return out;
+    }
+
+    /// Generate `n` vectors into the caller's buffer `out[0..out_len]` (row-major, n x D
+    /// floats written; PDIFF_ERR_BUFFER_TOO_SMALL when out_len < n x D).
+    void sample(size_t n, float* out, size_t out_len, const pdiff_sample_options& options = sample_options()) const {
+        detail::check(pdiff_sampler_sample(checked(), &options, n, out, out_len));
+    }
+
+    /// Generate `n` vectors: n x D floats, row-major.
+    std::vector<float> sample(size_t n, const pdiff_sample_options& options = sample_options()) const {
+        std::vector<float> out(detail::checked_mul(n, param_count()));
+        sample(n, out.data(), out.size(), options);
+        return out;
+    }
+
+    /// Generate `n` candidates (as sample() with the same options), score each with `score`
+    /// (called n times, in order, on this thread; higher is better, NaN ranks last) and copy
+    /// the best into `out[0..out_len]` (D floats). Returns {index, score} in a Best whose
+    /// params are left empty.
+    Best best_of_n(size_t n, const Score& score, float* out, size_t out_len,
+                   const pdiff_sample_options& options = sample_options()) const {
+        const pdiff_sampler* h = checked();
+        struct Ctx {
+            const Score* fn;
+            std::exception_ptr error;
+        } ctx{&score, nullptr};
+        pdiff_score_fn cb = nullptr;
+        if (score) {
+            cb = [](void* user, const float* params, size_t len) -> double {
+                Ctx* c = static_cast<Ctx*>(user);
+                if (c->error) return std::numeric_limits<double>::quiet_NaN();
+                try {
+                    return (*c->fn)(params, len);
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return std::numeric_limits<double>::quiet_NaN();
+                }
+            };
+        }
+        Best best;
+        const pdiff_status st = pdiff_sampler_best_of_n(h, &options, n, cb, &ctx, out, out_len, &best.index, &best.score);
+        if (ctx.error) std::rethrow_exception(ctx.error);
+        detail::check(st);
+        return best;
+    }
+
+    /// As above, returning the best vector in `Best::params`.
+    Best best_of_n(size_t n, const Score& score, const pdiff_sample_options& options = sample_options()) const {
+        std::vector<float> params(param_count());
+        Best best = best_of_n(n, score, params.data(), params.size(), options);
+        best.params = std::move(params);
+        return best;
+    }
+
+    /// Write `n` vectors as dir/gen_0000.safetensors, ... (atomically replaced directory).
+    void sample_to_dir(size_t n, const std::string& dir, const pdiff_sample_options& options = sample_options()) const {
+        detail::check(pdiff_sampler_sample_to_dir(checked(), &options, n, dir.c_str()));
+    }
+
+    const pdiff_sampler* get() const noexcept { return h_.get(); }
+    pdiff_sampler* release() noexcept { return h_.release(); }
+    explicit operator bool() const noexcept { return static_cast<bool>(h_); }
+
+private:
+    const pdiff_sampler* checked() const {
+        detail::require(h_.get(), "pdiff::Sampler");
+        return h_.get();
+    }
+    std::unique_ptr<pdiff_sampler, detail::SamplerFree> h_;
+};
+
+}  // namespace pdiff
+
+#endif  // PDIFF_HPP

@@ -1,0 +1,544 @@
+"""Python binding of libpdiff (neural network parameter diffusion) over its stable C ABI.
+
+    import numpy as np, pdiff
+
+    ds = pdiff.Dataset.from_memory([("w", (4, 8)), ("b", (4,))], checkpoints)   # [K, D] floats
+    gen = pdiff.Generator.train(ds, ae_steps=1000, diffusion_steps=3000, seed=0,
+                                progress=lambda stage, step, total, loss: True)  # False: cancel
+    gen.export("bundle")
+    s = pdiff.Sampler("bundle", provider="cpu")
+    params = s.sample(100, seed=7, sampler="ddim", steps=50)      # ndarray [100, D] float32
+    models = s.sample_named(10, seed=7)                            # [{"w": (4, 8), "b": (4,)}]
+    best, index, score = s.best_of_n(100, lambda p: -float(p @ p), seed=7)
+
+Every failing call raises a subclass of :class:`pdiff.Error` carrying ``status`` (a
+:class:`pdiff.Status`) and ``message`` (the library's ``pdiff_last_error()``). Handles are freed
+when garbage-collected, or at once by ``close()`` / a ``with`` block. The low-level layer
+(``pdiff._ffi.ffi`` / ``pdiff._ffi.lib``) is generated from include/pdiff.h at import time.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import os
+from collections import namedtuple
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ._ffi import HEADER_ABI_VERSION, ffi, lib
+
+__all__ = [
+    "ABI_VERSION", "Status", "Error", "InvalidArgumentError", "NullPointerError",
+    "BufferTooSmallError", "IoError", "CheckpointError", "BundleError", "OnnxRuntimeError",
+    "DeviceUnavailableError", "DivergedError", "CancelledError", "TorchError", "PanicError",
+    "StructSizeError", "TensorInfo", "Dataset", "Generator", "Sampler", "version", "abi_version",
+]
+
+ABI_VERSION = HEADER_ABI_VERSION
+
+
+def _enum(typename: str, prefix: str) -> dict:
+    """name (lower case, prefix removed) -> value, read from the header's enum."""
+    return {k[len(prefix):].lower(): v for k, v in ffi.typeof(typename).relements.items() if k.startswith(prefix)}
+
+
+# Built from the header: Status.OK, Status.INVALID_ARGUMENT, ..., Status.STRUCT_SIZE.
+Status = enum.IntEnum(
+    "Status",
+    {("OK" if k == "PDIFF_OK" else k[len("PDIFF_ERR_"):]): v
+     for k, v in sorted(ffi.typeof("pdiff_status").relements.items(), key=lambda kv: kv[1])},
+)
+Status.__module__ = __name__
+
+_PRESETS = _enum("pdiff_preset", "PDIFF_PRESET_")
+_DEVICES = _enum("pdiff_device", "PDIFF_DEVICE_")
+_PROVIDERS = _enum("pdiff_provider", "PDIFF_PROVIDER_")
+_SAMPLERS = _enum("pdiff_sampler_kind", "PDIFF_SAMPLER_")
+
+
+# ---- errors ----
+
+class Error(Exception):
+    """A failed libpdiff call: ``status`` (Status) and ``message`` (str)."""
+
+    status: Status = None  # set on every instance
+
+    def __init__(self, status, message: str):
+        try:
+            status = Status(status)
+        except ValueError:
+            pass  # a status newer than this module: keep the integer
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+    def __repr__(self) -> str:
+        name = self.status.name if isinstance(self.status, Status) else self.status
+        return f"{type(self).__name__}({name}, {self.message!r})"
+
+
+class InvalidArgumentError(Error, ValueError):
+    """An argument or option has an invalid value (PDIFF_ERR_INVALID_ARGUMENT)."""
+
+
+class NullPointerError(Error):
+    """A required handle was missing, e.g. a closed object (PDIFF_ERR_NULL_POINTER)."""
+
+
+class BufferTooSmallError(Error, ValueError):
+    """The output buffer is smaller than the result (PDIFF_ERR_BUFFER_TOO_SMALL)."""
+
+
+class IoError(Error):
+    """A file could not be read or written (PDIFF_ERR_IO)."""
+
+
+class CheckpointError(Error):
+    """A checkpoint is unreadable, inconsistent or non-finite (PDIFF_ERR_CHECKPOINT)."""
+
+
+class BundleError(Error):
+    """A bundle is missing, corrupt or of an unknown version (PDIFF_ERR_BUNDLE)."""
+
+
+class OnnxRuntimeError(Error):
+    """ONNX Runtime is missing or one of its sessions failed (PDIFF_ERR_RUNTIME)."""
+
+
+class DeviceUnavailableError(Error):
+    """A required device (CUDA) is not available (PDIFF_ERR_DEVICE_UNAVAILABLE)."""
+
+
+class DivergedError(Error):
+    """Training produced a non-finite loss (PDIFF_ERR_DIVERGED)."""
+
+
+class CancelledError(Error):
+    """A progress callback asked to stop (PDIFF_ERR_CANCELLED)."""
+
+
+class TorchError(Error):
+    """libtorch reported an error (PDIFF_ERR_TORCH)."""
+
+
+class PanicError(Error):
+    """A bug in libpdiff, caught at the boundary (PDIFF_ERR_PANIC)."""
+
+
+class StructSizeError(Error):
+    """An options struct of another ABI (PDIFF_ERR_STRUCT_SIZE)."""
+
+
+_ERRORS = {
+    "INVALID_ARGUMENT": InvalidArgumentError, "NULL_POINTER": NullPointerError,
+    "BUFFER_TOO_SMALL": BufferTooSmallError, "IO": IoError, "CHECKPOINT": CheckpointError,
+    "BUNDLE": BundleError, "RUNTIME": OnnxRuntimeError, "DEVICE_UNAVAILABLE": DeviceUnavailableError,
+    "DIVERGED": DivergedError, "CANCELLED": CancelledError, "TORCH": TorchError, "PANIC": PanicError,
+    "STRUCT_SIZE": StructSizeError,
+}
+
+
+def _error(status: int, message: str) -> Error:
+    try:
+        cls = _ERRORS.get(Status(status).name, Error)
+    except ValueError:
+        cls = Error
+    return cls(status, message)
+
+
+def _check(status: int) -> None:
+    if status != lib.PDIFF_OK:
+        raise _error(status, ffi.string(lib.pdiff_last_error()).decode("utf-8", "replace"))
+
+
+def _invalid(message: str) -> InvalidArgumentError:
+    return InvalidArgumentError(Status.INVALID_ARGUMENT, message)
+
+
+# ---- versions ----
+
+def version() -> str:
+    """The library version, e.g. "0.1.0"."""
+    return ffi.string(lib.pdiff_version()).decode()
+
+
+def abi_version() -> int:
+    """The ABI version of the loaded library (equal to ABI_VERSION, checked at import)."""
+    return int(lib.pdiff_abi_version())
+
+
+__version__ = version()
+
+
+# ---- helpers ----
+
+def _choice(table: Mapping[str, int], value, what: str) -> int:
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.lower() in table:
+        return table[value.lower()]
+    raise _invalid(f"invalid {what} {value!r}: expected one of {', '.join(sorted(table))}")
+
+
+def _set(struct, field: str, value) -> None:
+    try:
+        setattr(struct, field, value)
+    except (OverflowError, TypeError) as e:
+        raise _invalid(f"invalid {field} {value!r}: {e}") from None
+
+
+def _device(value):
+    """"cuda:1" -> (cuda, 1); "cpu" -> (cpu, None)."""
+    if isinstance(value, str) and ":" in value:
+        name, _, index = value.partition(":")
+        if not index.isdigit():
+            raise _invalid(f"invalid device {value!r}")
+        return name, int(index)
+    return value, None
+
+
+def _sample_options(seed: int, sampler, steps: Optional[int]):
+    o = ffi.new("pdiff_sample_options *")
+    _check(lib.pdiff_sample_options_default(o))
+    _set(o, "sampler", _choice(_SAMPLERS, sampler, "sampler"))
+    _set(o, "seed", seed)
+    if steps is not None:
+        _set(o, "ddim_steps", steps)
+    return o
+
+
+def _fspath(path) -> bytes:
+    return os.fsencode(os.fspath(path))
+
+
+class _Handle:
+    """Owns one C handle, freed by ``close()``, ``with`` or the garbage collector."""
+
+    _kind = "handle"
+
+    def __init__(self, ptr):
+        self._ptr = ptr
+
+    @property
+    def _h(self):
+        if self._ptr is None:
+            raise NullPointerError(Status.NULL_POINTER, f"this {self._kind} is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        """Free the handle now (idempotent)."""
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            ffi.release(ptr)  # runs the destructor given to ffi.gc
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+LayoutSpec = Union[Mapping[str, Sequence[int]], Iterable]
+
+
+def _layout_decls(layout: LayoutSpec):
+    """[(name, shape)] / {name: shape} / [TensorInfo] -> (decl array, keep-alive, D)."""
+    items = list(layout.items()) if isinstance(layout, Mapping) else list(layout)
+    if not items:
+        raise _invalid("the layout declares no tensor")
+    decls = ffi.new("pdiff_tensor_decl[]", len(items))
+    keep = [decls]
+    d = 0
+    for i, item in enumerate(items):
+        if hasattr(item, "name") and hasattr(item, "shape"):
+            name, shape = item.name, item.shape
+        else:
+            try:
+                name, shape = item[0], item[1]
+            except (TypeError, IndexError, KeyError):
+                raise _invalid(f"layout entry {item!r}: expected (name, shape)") from None
+        shape = tuple(int(x) for x in shape)
+        if any(x < 0 for x in shape):
+            raise _invalid(f"tensor {name!r}: negative dimension in {shape}")
+        cname = ffi.new("char[]", str(name).encode("utf-8"))
+        cshape = ffi.new("size_t[]", shape) if shape else ffi.NULL
+        keep += [cname, cshape]
+        decls[i].name = cname
+        decls[i].ndim = len(shape)
+        decls[i].shape = cshape
+        d += math.prod(shape)
+    return decls, keep, len(items), d
+
+
+def _as_f32_buffer(array: np.ndarray):
+    return ffi.cast("float *", ffi.from_buffer(array, require_writable=False))
+
+
+# ---- Dataset ----
+
+class Dataset(_Handle):
+    """K checkpoints of one network and their layout (``pdiff_dataset``)."""
+
+    _kind = "dataset"
+
+    @classmethod
+    def from_memory(cls, layout: LayoutSpec, array) -> "Dataset":
+        """K flat parameter vectors: ``array`` is [K, D] (converted to float32), ``layout`` a list
+        of (name, shape) pairs or a {name: shape} dict, whose element counts sum to D; each row is
+        the tensors one after the other, row-major. The values are copied."""
+        decls, keep, n, d = _layout_decls(layout)
+        data = np.ascontiguousarray(array, dtype=np.float32)
+        if data.ndim != 2 or data.shape[1] != d:
+            raise _invalid(f"array of shape {data.shape}: expected [K, {d}] (D = {d} by the layout)")
+        out = ffi.new("pdiff_dataset **")
+        _check(lib.pdiff_dataset_from_memory(decls, n, _as_f32_buffer(data), data.shape[0], out))
+        del keep
+        return cls(ffi.gc(out[0], lib.pdiff_dataset_free))
+
+    @classmethod
+    def load_dir(cls, path, patterns: Union[None, str, Sequence[str]] = None) -> "Dataset":
+        """Every ``*.safetensors`` file of ``path`` (sorted by name) as one checkpoint; ``patterns``
+        selects tensors (exact names or globs; None: every floating-point tensor)."""
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        patterns = list(patterns or [])
+        cstrs = [ffi.new("char[]", p.encode("utf-8")) for p in patterns]
+        arr = ffi.new("const char *[]", cstrs) if cstrs else ffi.NULL
+        out = ffi.new("pdiff_dataset **")
+        _check(lib.pdiff_dataset_load_dir(_fspath(path), arr, len(cstrs), out))
+        return cls(ffi.gc(out[0], lib.pdiff_dataset_free))
+
+    @property
+    def k(self) -> int:
+        """Number of checkpoints K."""
+        return int(lib.pdiff_dataset_k(self._h))
+
+    @property
+    def param_count(self) -> int:
+        """Scalars D per checkpoint."""
+        return int(lib.pdiff_dataset_param_count(self._h))
+
+    @property
+    def warnings(self) -> list:
+        """Non-fatal warnings (e.g. permutation-misaligned checkpoints)."""
+        h = self._h
+        out = []
+        for i in range(lib.pdiff_dataset_warning_count(h)):
+            s = lib.pdiff_dataset_warning(h, i)
+            out.append("" if s == ffi.NULL else ffi.string(s).decode("utf-8", "replace"))
+        return out
+
+    def __repr__(self) -> str:
+        return "Dataset(closed)" if self.closed else f"Dataset(k={self.k}, d={self.param_count})"
+
+
+# ---- Generator ----
+
+ProgressFn = Callable[[str, int, int, float], Optional[bool]]
+
+_TRAIN_FIELDS = ("ae_steps", "diffusion_steps", "batch_size", "ae_lr", "diffusion_lr", "seed", "device_index")
+
+
+class Generator(_Handle):
+    """A trained generator (``pdiff_generator``)."""
+
+    _kind = "generator"
+
+    @classmethod
+    def train(cls, dataset: Dataset, *, progress: Optional[ProgressFn] = None, **options) -> "Generator":
+        """Train on ``dataset`` (blocks). Options (0 / omitted: the preset's value):
+        ``preset`` ("compact" | "paper"), ``ae_steps``, ``diffusion_steps``, ``batch_size``,
+        ``ae_lr``, ``diffusion_lr``, ``seed``, ``device`` ("auto" | "cpu" | "cuda" | "cuda:N"),
+        ``device_index``.
+
+        ``progress(stage, step, total, loss)`` is called after every step with stage
+        "autoencoder" or "diffusion"; returning False (or any false value but None) cancels:
+        :class:`CancelledError`. An exception raised by it cancels too and is re-raised here.
+        """
+        o = ffi.new("pdiff_train_options *")
+        _check(lib.pdiff_train_options_default(o))
+        for key, value in options.items():
+            if key == "preset":
+                _set(o, "preset", _choice(_PRESETS, value, "preset"))
+            elif key == "device":
+                name, index = _device(value)
+                _set(o, "device", _choice(_DEVICES, name, "device"))
+                if index is not None:
+                    _set(o, "device_index", index)
+            elif key in _TRAIN_FIELDS:
+                _set(o, key, value)
+            else:
+                raise TypeError(f"Generator.train() got an unexpected option {key!r}")
+        raised = []
+        callback = None
+        if progress is not None:
+            def _progress(_user, stage, step, total, loss):
+                try:
+                    r = progress(ffi.string(stage).decode(), int(step), int(total), float(loss))
+                    return 0 if r is None or r else 1
+                except BaseException as e:  # KeyboardInterrupt included: cancel, then re-raise
+                    raised.append(e)
+                    return 1
+
+            callback = ffi.callback("pdiff_progress_fn", _progress)
+            o.progress = callback
+        out = ffi.new("pdiff_generator **")
+        status = lib.pdiff_generator_train(dataset._h, o, out)
+        if status == lib.PDIFF_OK and raised:  # cannot happen (the callback cancelled); be safe
+            lib.pdiff_generator_free(out[0])
+        if raised:
+            raise raised[0]
+        _check(status)
+        return cls(ffi.gc(out[0], lib.pdiff_generator_free))
+
+    def export(self, bundle_dir) -> None:
+        """Write the bundle directory (atomically replaced); open it with :class:`Sampler`."""
+        _check(lib.pdiff_generator_export(self._h, _fspath(bundle_dir)))
+
+    @property
+    def param_count(self) -> int:
+        return int(lib.pdiff_generator_param_count(self._h))
+
+    def __repr__(self) -> str:
+        return "Generator(closed)" if self.closed else f"Generator(d={self.param_count})"
+
+
+# ---- Sampler ----
+
+TensorInfo = namedtuple("TensorInfo", ["name", "shape", "offset"])
+TensorInfo.__doc__ = "One tensor of a generated vector: name, shape (tuple) and offset (floats)."
+
+
+class Sampler(_Handle):
+    """An exported bundle served by ONNX Runtime (``pdiff_sampler``). Thread-safe: sampling
+    releases the GIL and several threads may sample from one Sampler at once."""
+
+    _kind = "sampler"
+
+    def __init__(self, bundle_dir, provider="auto", device_id: int = 0, intra_threads: int = 0,
+                 runtime_library=None):
+        """Open and verify ``bundle_dir``. ``provider``: "auto" (CUDA when available, else CPU,
+        the library's default), "cpu", "cuda" or "cuda:N" (required: no fallback);
+        ``intra_threads``: ONNX Runtime threads per session (0: its default);
+        ``runtime_library``: path of libonnxruntime.so (None: the library's default)."""
+        super().__init__(None)
+        o = ffi.new("pdiff_sampler_options *")
+        _check(lib.pdiff_sampler_options_default(o))
+        name, index = _device(provider)
+        _set(o, "provider", _choice(_PROVIDERS, name, "provider"))
+        _set(o, "device_id", device_id if index is None else index)
+        _set(o, "intra_threads", intra_threads)
+        keep = None
+        if runtime_library is not None:
+            keep = ffi.new("char[]", _fspath(runtime_library))
+            o.runtime_library = keep
+        out = ffi.new("pdiff_sampler **")
+        _check(lib.pdiff_sampler_open(_fspath(bundle_dir), o, out))
+        del keep
+        self._ptr = ffi.gc(out[0], lib.pdiff_sampler_free)
+        self._layout = None
+
+    @property
+    def backend(self) -> str:
+        """"onnxruntime-cpu" or "onnxruntime-cuda"."""
+        return ffi.string(lib.pdiff_sampler_backend(self._h)).decode()
+
+    @property
+    def param_count(self) -> int:
+        """Scalars D per generated vector."""
+        return int(lib.pdiff_sampler_param_count(self._h))
+
+    @property
+    def layout(self) -> list:
+        """[TensorInfo(name, shape, offset)] of one generated vector, in order."""
+        h = self._h
+        if self._layout is None:
+            name, ndim = ffi.new("const char **"), ffi.new("size_t *")
+            shape, offset = ffi.new("const size_t **"), ffi.new("size_t *")
+            layout = []
+            for i in range(lib.pdiff_sampler_tensor_count(h)):
+                _check(lib.pdiff_sampler_tensor_info(h, i, name, ndim, shape, offset))
+                dims = tuple(int(shape[0][j]) for j in range(ndim[0])) if shape[0] != ffi.NULL else ()
+                layout.append(TensorInfo(ffi.string(name[0]).decode("utf-8"), dims, int(offset[0])))
+            self._layout = layout
+        return list(self._layout)
+
+    def sample(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Generate ``n`` parameter vectors: float32 ndarray [n, D]. Same arguments, same bits.
+        ``sampler``: "ddim" (``steps`` steps, deterministic) or "ddpm" (all T steps).
+        ``out``: optional C-contiguous float32 array of at least n x D elements to write into
+        (returned, reshaped to [n, D] when it has exactly n x D elements)."""
+        o = _sample_options(seed, sampler, steps)
+        h = self._h
+        if n < 0:
+            raise _invalid(f"invalid n {n}")
+        if out is None:
+            result = np.empty((n, self.param_count), dtype=np.float32)
+            buf = result
+        else:
+            if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous \
+                    or not out.flags.writeable:
+                raise _invalid("out must be a writable C-contiguous float32 numpy array")
+            buf = out
+            result = out.reshape(n, -1) if out.size == n * self.param_count and n > 0 else out
+        _check(lib.pdiff_sampler_sample(h, o, n, ffi.cast("float *", ffi.from_buffer(buf)), buf.size))
+        return result
+
+    def sample_named(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50) -> list:
+        """As :meth:`sample`, split into ``n`` dicts {tensor name: ndarray of its shape}."""
+        flat = self.sample(n, seed=seed, sampler=sampler, steps=steps)
+        layout = self.layout
+        return [
+            {t.name: row[t.offset:t.offset + math.prod(t.shape)].reshape(t.shape) for t in layout}
+            for row in flat
+        ]
+
+    def best_of_n(self, n: int, score_fn: Callable[[np.ndarray], float], seed: int = 0, sampler="ddim",
+                  steps: Optional[int] = 50):
+        """Generate ``n`` candidates (as :meth:`sample` would), score each with
+        ``score_fn(params)`` (a float32 array of D values, a copy; higher is better, NaN ranks
+        last), and return ``(best params [D], its index, its score)``. An exception raised by
+        ``score_fn`` is re-raised here (the remaining candidates are not scored)."""
+        o = _sample_options(seed, sampler, steps)
+        h = self._h
+        d = self.param_count
+        raised = []
+
+        def _score(_user, params, length):
+            if raised:
+                return math.nan
+            try:
+                v = np.frombuffer(ffi.buffer(params, length * 4), dtype=np.float32).copy()
+                return float(score_fn(v))
+            except BaseException as e:
+                raised.append(e)
+                return math.nan
+
+        callback = ffi.callback("pdiff_score_fn", _score)
+        best = np.empty(d, dtype=np.float32)
+        index, score = ffi.new("size_t *"), ffi.new("double *")
+        status = lib.pdiff_sampler_best_of_n(h, o, n, callback, ffi.NULL,
+                                             ffi.cast("float *", ffi.from_buffer(best)), d, index, score)
+        if raised:
+            raise raised[0]
+        _check(status)
+        return best, int(index[0]), float(score[0])
+
+    def sample_to_dir(self, n: int, directory, seed: int = 0, sampler="ddim", steps: Optional[int] = 50) -> None:
+        """Write ``n`` vectors as ``directory/gen_0000.safetensors``, ... (original tensor names,
+        f32; the directory is replaced atomically)."""
+        o = _sample_options(seed, sampler, steps)
+        _check(lib.pdiff_sampler_sample_to_dir(self._h, o, n, _fspath(directory)))
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "Sampler(closed)"
+        return f"Sampler(d={self.param_count}, tensors={len(self.layout)}, backend={self.backend!r})"

@@ -1,0 +1,176 @@
+"""Low-level layer: cffi (ABI mode) over include/pdiff.h, generated at import time.
+
+The declarations are never copied by hand: the header's text is turned into something
+``ffi.cdef`` accepts (comments removed, preprocessor conditionals evaluated with
+``__cplusplus`` undefined, ``#include`` / guard lines dropped, integer ``#define``s kept), so the
+binding follows the header and cannot drift from it.
+
+Where things are found:
+
+- libpdiff.so: ``$PDIFF_LIB``; else the repository's ``target/release/libpdiff.so`` (relative
+  to this package); else the system loader (``ctypes.util.find_library("pdiff")``, then
+  ``libpdiff.so`` through ld.so's search path).
+- pdiff.h: ``$PDIFF_HEADER``; else ``<libdir>/../include/pdiff.h`` next to the library found
+  (an installed prefix); else the repository's ``include/pdiff.h``; else /usr/local/include,
+  /usr/include.
+"""
+from __future__ import annotations
+
+import ctypes.util
+import os
+import re
+from pathlib import Path
+
+import cffi
+
+__all__ = ["ffi", "lib", "HEADER_PATH", "LIBRARY_PATH", "HEADER_ABI_VERSION", "header_to_cdef"]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO = _PACKAGE_DIR.parent.parent.parent  # bindings/python/pdiff -> repository root
+
+# Strings, block comments and line comments in one pass, so that "//" inside a string literal
+# (or a quote inside a comment) is not misread.
+_TOKENS = re.compile(r'"(?:\\.|[^"\\\n])*"|/\*.*?\*/|//[^\n]*', re.S)
+_DIRECTIVE = re.compile(r"^\s*#\s*(\w+)\s*(.*?)\s*$")
+_INT_LITERAL = re.compile(r"^\(?\s*(?:0[xX][0-9a-fA-F]+|\d+)[uUlL]*\s*\)?$")
+_EXTERN_C = re.compile(r'extern\s+"C"\s*\{')
+
+
+def _strip_comments(text: str) -> str:
+    def repl(m: re.Match) -> str:
+        s = m.group(0)
+        if s.startswith('"'):
+            return s
+        return "\n" * s.count("\n") if s.startswith("/*") else ""
+
+    return _TOKENS.sub(repl, text)
+
+
+def _eval_condition(expr: str, defined: set[str]) -> bool:
+    """The few ``#if`` expressions a generated header uses; anything else is an error (loud
+    rather than silently wrong)."""
+    e = expr.strip()
+    m = re.fullmatch(r"(!?)\s*defined\s*\(?\s*(\w+)\s*\)?", e)
+    if m:
+        return (m.group(2) in defined) != bool(m.group(1))
+    if re.fullmatch(r"\d+", e):
+        return int(e) != 0
+    raise ImportError(f"pdiff.h: cannot evaluate '#if {expr}' for cffi")
+
+
+def header_to_cdef(text: str) -> str:
+    """Turn the text of pdiff.h into declarations ``ffi.cdef`` can parse."""
+    text = text.replace("\\\r\n", "").replace("\\\n", "")  # line continuations
+    text = _strip_comments(text)
+    defined: set[str] = set()  # __cplusplus is never defined: this is C
+    stack: list[tuple[bool, bool]] = []  # (this branch active, some branch taken)
+    out: list[str] = []
+
+    def active() -> bool:
+        return all(a for a, _ in stack)
+
+    for line in text.splitlines():
+        m = _DIRECTIVE.match(line)
+        if not m:
+            if active():
+                out.append(line)
+            continue
+        kw, rest = m.group(1), m.group(2)
+        if kw in ("ifdef", "ifndef"):
+            name = rest.split()[0] if rest else ""
+            cond = (name in defined) == (kw == "ifdef")
+            stack.append((cond, cond))
+        elif kw == "if":
+            cond = _eval_condition(rest, defined)
+            stack.append((cond, cond))
+        elif kw == "elif":
+            if not stack:
+                raise ImportError("pdiff.h: #elif without #if")
+            _, taken = stack[-1]
+            cond = not taken and _eval_condition(rest, defined)
+            stack[-1] = (cond, taken or cond)
+        elif kw == "else":
+            if not stack:
+                raise ImportError("pdiff.h: #else without #if")
+            _, taken = stack[-1]
+            stack[-1] = (not taken, True)
+        elif kw == "endif":
+            if not stack:
+                raise ImportError("pdiff.h: #endif without #if")
+            stack.pop()
+        elif not active():
+            continue
+        elif kw == "define":
+            parts = rest.split(None, 1)
+            if not parts or "(" in parts[0]:
+                continue  # function-like macros are not part of the ABI
+            name = parts[0]
+            defined.add(name)
+            value = parts[1].strip() if len(parts) > 1 else ""
+            if _INT_LITERAL.match(value):
+                number = re.sub(r"[uUlL]+", "", value.strip("() "))
+                out.append(f"#define {name} {int(number, 0)}")
+        elif kw == "undef":
+            defined.discard(rest.strip())
+        # include, pragma, error, ...: nothing for cdef
+    if stack:
+        raise ImportError("pdiff.h: unterminated #if")
+    cdef = "\n".join(line.rstrip() for line in out if line.strip())
+    # Belt and braces: an extern "C" block that was not behind #ifdef __cplusplus.
+    while True:
+        m = _EXTERN_C.search(cdef)
+        if not m:
+            break
+        depth, i = 1, m.end()
+        while i < len(cdef) and depth:
+            depth += {"{": 1, "}": -1}.get(cdef[i], 0)
+            i += 1
+        cdef = cdef[: m.start()] + cdef[m.end() : i - 1] + cdef[i:]
+    return cdef
+
+
+def _find_library() -> str:
+    env = os.environ.get("PDIFF_LIB")
+    if env:
+        return env
+    repo_lib = _REPO / "target" / "release" / "libpdiff.so"
+    if repo_lib.is_file():
+        return str(repo_lib)
+    return ctypes.util.find_library("pdiff") or "libpdiff.so"
+
+
+def _find_header(library: str) -> Path:
+    candidates = []
+    env = os.environ.get("PDIFF_HEADER")
+    if env:
+        candidates.append(Path(env))
+    if os.sep in library:
+        candidates.append(Path(library).resolve().parent.parent / "include" / "pdiff.h")
+    candidates += [
+        _REPO / "include" / "pdiff.h",
+        Path("/usr/local/include/pdiff.h"),
+        Path("/usr/include/pdiff.h"),
+    ]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ImportError("pdiff.h not found (set $PDIFF_HEADER); looked at: " + ", ".join(map(str, candidates)))
+
+
+LIBRARY_PATH = _find_library()
+HEADER_PATH = _find_header(LIBRARY_PATH)
+CDEF = header_to_cdef(HEADER_PATH.read_text(encoding="utf-8"))
+
+ffi = cffi.FFI()
+ffi.cdef(CDEF)
+try:
+    lib = ffi.dlopen(LIBRARY_PATH)
+except OSError as e:
+    raise ImportError(f"cannot load libpdiff ({LIBRARY_PATH}): {e}; set $PDIFF_LIB") from e
+
+HEADER_ABI_VERSION: int = lib.PDIFF_ABI_VERSION
+if lib.pdiff_abi_version() != HEADER_ABI_VERSION:
+    raise ImportError(
+        f"{LIBRARY_PATH} implements ABI {lib.pdiff_abi_version()}, "
+        f"{HEADER_PATH} declares {HEADER_ABI_VERSION}"
+    )
