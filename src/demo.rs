@@ -7,7 +7,7 @@ use crate::params::ParamSet;
 use crate::train::{device_name, Generator, Progress, TrainConfig};
 use crate::zoo;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -98,7 +98,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let sample_s = t0.elapsed().as_secs_f64();
     let d = set.layout.param_count();
     let rows = params.as_slice().expect("row-major").to_vec();
-    write_generated(&set, &rows, &out.join("generated"))?;
+    crate::runtime::write_models(&set.layout, &rows, &out.join("generated"))?;
 
     // 4. Evaluate (originals, soup, generated, noise baselines, memorization) and report.
     let t0 = Instant::now();
@@ -137,19 +137,4 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let json = serde_json::to_vec_pretty(&results).expect("serializable");
     crate::fsutil::write_atomic(&out.join("results.json"), &json)?;
     Ok(results)
-}
-
-/// Write generated rows as `gen_XXXX.safetensors` with the original tensor names.
-pub fn write_generated(set: &ParamSet, rows: &[f32], dir: &Path) -> Result<Vec<PathBuf>> {
-    let d = set.layout.param_count();
-    let mut files = Vec::new();
-    crate::fsutil::write_dir_atomic(dir, |tmp| {
-        for (i, row) in rows.chunks_exact(d).enumerate() {
-            let name = format!("gen_{i:04}.safetensors");
-            set.layout.save_safetensors(row, &tmp.join(&name))?;
-            files.push(dir.join(name));
-        }
-        Ok(())
-    })?;
-    Ok(files)
 }
