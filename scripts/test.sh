@@ -37,6 +37,13 @@ target/test_pdiff --export "$c_tmp/bundle"
 #    tests/c/valgrind.supp only covers third-party libraries, never libpdiff frames.
 valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
     --suppressions=tests/c/valgrind.supp target/test_pdiff --bundle "$c_tmp/bundle"
+# 3b. No leak across create/sample/free cycles: 1,000 cycles natively (resident memory must stop
+#     growing: under 4 MiB over the last 500), then a few under memcheck (nothing definitely lost).
+gcc -Wall -Werror -Iinclude tests/c/leak_cycles.c -Ltarget/release -lpdiff \
+    -Wl,-rpath,"$PWD/target/release" -o target/leak_cycles
+target/leak_cycles "$c_tmp/bundle" 1000 4096
+valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
+    --suppressions=tests/c/valgrind.supp target/leak_cycles "$c_tmp/bundle" 3
 
 # Bindings (bindings/cpp, bindings/python) on the bundle the C test exported above.
 # 4. Reference values from C: n = 3, seed 42, DDIM 10 steps, CPU, as raw little-endian f32.
