@@ -25,6 +25,14 @@ if ! diff -u include/pdiff.h "$header_tmp"; then
   echo "include/pdiff.h is stale: cbindgen --config cbindgen.toml --output include/pdiff.h src/ffi/mod.rs" >&2
   exit 1
 fi
+# The same header from the whole crate: a new public constant of the Rust API must not leak in
+# (add it to [export] exclude in cbindgen.toml).
+cbindgen --quiet --config cbindgen.toml --crate pdiff --output "$header_tmp" 2>/dev/null
+if ! diff -u include/pdiff.h "$header_tmp"; then
+  rm -f "$header_tmp"
+  echo "cbindgen --crate pdiff gives a different header: exclude the new item in cbindgen.toml" >&2
+  exit 1
+fi
 rm -f "$header_tmp"
 # 2. A C host: compile with -Wall -Werror against the header, run everything (training included).
 cargo build --release --lib
