@@ -2,7 +2,7 @@
 //! N models, evaluate them against the originals and the soup, write results.json.
 use crate::diffusion::{sample_params, SamplerKind};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate_all, Comparison, NoiseBaseline, SelectedOnTrain, Similarity, Summary};
+use crate::eval::{evaluate_all, Evaluation};
 use crate::params::ParamSet;
 use crate::train::{device_name, Generator, Progress, TrainConfig};
 use crate::zoo;
@@ -45,16 +45,10 @@ pub struct DemoResults {
     pub preset: String,
     pub sampler: String,
     pub backend: String,
-    pub originals: Summary,
-    pub soup: f64,
-    pub generated: Summary,
-    pub selected_on_train: SelectedOnTrain,
-    /// Each original perturbed with Gaussian noise (sigma relative to each tensor's std).
-    pub noise_baselines: Vec<NoiseBaseline>,
-    /// IoU of the sets of misclassified test images (memorization).
-    pub similarity: Similarity,
-    /// Generated median against each baseline: better / equal / worse.
-    pub comparisons: Vec<Comparison>,
+    /// originals, soup, generated, selected_on_train, noise_baselines, similarity and
+    /// comparisons, at the top level of results.json.
+    #[serde(flatten)]
+    pub evaluation: Evaluation,
     pub timings_s: Timings,
     pub reconstruction_mse: f64,
     pub seed: u64,
@@ -116,13 +110,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         preset: g.config.preset.to_string(),
         sampler: opts.sampler.label(),
         backend,
-        originals: ev.originals,
-        soup: ev.soup,
-        generated: ev.generated,
-        selected_on_train: ev.selected_on_train.clone(),
-        noise_baselines: ev.noise_baselines.clone(),
-        similarity: ev.similarity.clone(),
-        comparisons: ev.comparisons.clone(),
+        evaluation: ev,
         timings_s: Timings {
             collect: collect_s,
             train_autoencoder: g.history.ae_seconds,
@@ -133,7 +121,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         reconstruction_mse: g.history.final_reconstruction_mse,
         seed: opts.train.seed,
     };
-    crate::report::write(out, &results, &ev, Some(&g.history))?;
+    crate::report::write(out, &results, Some(&g.history))?;
     let json = serde_json::to_vec_pretty(&results).expect("serializable");
     crate::fsutil::write_atomic(&out.join("results.json"), &json)?;
     Ok(results)

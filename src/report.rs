@@ -158,7 +158,8 @@ fn plot_losses(path: &Path, h: &TrainHistory) -> Result<()> {
 }
 
 /// Write report.md (+ accuracy.png, similarity.png, losses.png) into `dir`.
-pub fn write(dir: &Path, r: &DemoResults, ev: &Evaluation, history: Option<&TrainHistory>) -> Result<()> {
+pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Result<()> {
+    let ev = &r.evaluation;
     let mut md = String::new();
     let _ = writeln!(md, "# p-diff report: {}\n", r.task);
     let _ = writeln!(
@@ -170,24 +171,24 @@ pub fn write(dir: &Path, r: &DemoResults, ev: &Evaluation, history: Option<&Trai
     let row = |md: &mut String, name: &str, s: &crate::eval::Summary| {
         let _ = writeln!(md, "| {name} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |", s.best, s.mean, s.median, s.min, s.std);
     };
-    row(&mut md, "originals", &r.originals);
-    row(&mut md, "generated", &r.generated);
-    for nb in &r.noise_baselines {
+    row(&mut md, "originals", &ev.originals);
+    row(&mut md, "generated", &ev.generated);
+    for nb in &ev.noise_baselines {
         row(&mut md, &format!("originals + noise {} x tensor std", nb.sigma_rel), &nb.accuracy);
     }
-    let _ = writeln!(md, "| soup (uniform average of the originals) | {:.4} | | | | |", r.soup);
+    let _ = writeln!(md, "| soup (uniform average of the originals) | {:.4} | | | | |", ev.soup);
     let _ = writeln!(
         md,
         "| generated, best on TRAIN ({:.4}), on TEST | {:.4} | | | | |\n",
-        r.selected_on_train.train, r.selected_on_train.test
+        ev.selected_on_train.train, ev.selected_on_train.test
     );
     let _ = writeln!(md, "## Generated against the baselines\n");
-    let _ = writeln!(md, "Generated median test accuracy {:.4}. \"equal\" means within one test example.\n", r.generated.median);
+    let _ = writeln!(md, "Generated median test accuracy {:.4}. \"equal\" means within one test example.\n", ev.generated.median);
     let _ = writeln!(md, "| baseline | its accuracy | difference | generated are |\n|---|---|---|---|");
-    for c in &r.comparisons {
+    for c in &ev.comparisons {
         let _ = writeln!(md, "| {} | {:.4} | {:+.4} | **{}** |", c.baseline, c.baseline_accuracy, c.difference, c.verdict);
     }
-    let s = &r.similarity;
+    let s = &ev.similarity;
     let _ = writeln!(md, "\n## Memorization: IoU of misclassified test images\n");
     let _ = writeln!(
         md,
@@ -205,7 +206,7 @@ pub fn write(dir: &Path, r: &DemoResults, ev: &Evaluation, history: Option<&Trai
         "| generated | {:.4} | {:.4} | {:.4} |",
         s.generated_max_iou_to_originals.median, s.generated_max_iou_to_originals.min, s.generated_max_iou_to_originals.best
     );
-    for nb in &r.noise_baselines {
+    for nb in &ev.noise_baselines {
         let m = &nb.max_iou_to_originals;
         let _ = writeln!(md, "| original + noise {} | {:.4} | {:.4} | {:.4} |", nb.sigma_rel, m.median, m.min, m.best);
     }

@@ -450,11 +450,11 @@ fn print_results(r: &demo::DemoResults) {
     println!();
     println!("task {}  D = {}  K = {}  N = {}  device {}  preset {}  sampler {} ({})", r.task, r.num_params, r.k, r.n_generated, r.device, r.preset, r.sampler, r.backend);
     println!("{:<22} {:>8} {:>8} {:>8} {:>8}", "test accuracy", "best", "mean", "median", "min");
-    for (name, s) in [("originals", &r.originals), ("generated", &r.generated)] {
+    for (name, s) in [("originals", &r.evaluation.originals), ("generated", &r.evaluation.generated)] {
         println!("{:<22} {:>8.4} {:>8.4} {:>8.4} {:>8.4}", name, s.best, s.mean, s.median, s.min);
     }
-    println!("{:<22} {:>8.4}", "soup (uniform avg)", r.soup);
-    println!("{:<22} {:>8.4}  (train {:.4})", "selected on train", r.selected_on_train.test, r.selected_on_train.train);
+    println!("{:<22} {:>8.4}", "soup (uniform avg)", r.evaluation.soup);
+    println!("{:<22} {:>8.4}  (train {:.4})", "selected on train", r.evaluation.selected_on_train.test, r.evaluation.selected_on_train.train);
     let t = &r.timings_s;
     println!(
         "timings (s): collect {:.1}  autoencoder {:.1}  diffusion {:.1}  sample {:.1}  evaluate {:.1}",
