@@ -1,19 +1,30 @@
 # libpdiff: the two commands of the README.
 #   make demo   set everything up, then run the mnist-mlp3 demo into demo-out/
 #   make test   set everything up, then run the whole test suite
-#   make install PREFIX=/usr/local   lib/libpdiff.so, include/pdiff.h + pdiff.hpp, lib/pkgconfig/pdiff.pc
+# Deploying (README, "Deploying"):
+#   make install PREFIX=/opt/pdiff         full build (training with libtorch, and sampling)
+#   make install-serve PREFIX=/opt/pdiff   serve-only build (sampling; no libtorch)
+# Both install lib/libpdiff.so, include/pdiff.h + pdiff_features.h + pdiff.hpp,
+# lib/pkgconfig/pdiff.pc and lib/cmake/pdiff/ (find_package(pdiff) -> pdiff::pdiff); DESTDIR is
+# honoured. Nothing of the build tree is compiled into the library.
 SHELL := /bin/bash
 PREFIX ?= /usr/local
 DESTDIR ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+# The serve-only library is built in its own target directory, so that target/release keeps the
+# full build that `make build` and the tests use.
+SERVE_TARGET := target/serve
+# Where the full build's libtorch is (pdiff.pc passes it to the linker): the one setup.sh chose.
+TORCH_LIBDIR ?= $(shell sed -n 's/^LIBTORCH = "\(.*\)"/\1\/lib/p' .cargo/config.toml 2>/dev/null)
 
-.PHONY: setup build lib demo test fuzz install uninstall clean
+.PHONY: setup build lib lib-serve demo test fuzz install install-serve uninstall clean
 
 setup:
 	bash scripts/setup.sh
 
+# The whole workspace: target/release/libpdiff.so (full engine) and target/release/pdiff (CLI).
 build: setup
-	cargo build --release
+	cargo build --release --workspace
 
 demo: build
 	./target/release/pdiff demo --task mnist-mlp3 --out demo-out
@@ -24,28 +35,31 @@ test: setup
 fuzz: setup
 	bash scripts/fuzz.sh 600
 
-# The shared library alone (what install copies).
+# The shared library alone: full, then serve-only.
 lib:
 	cargo build --release --lib
+lib-serve:
+	cargo build --release --no-default-features --lib --target-dir $(SERVE_TARGET)
 
-# Builds the library first when cargo is on PATH (as a plain user); under sudo without cargo,
-# installs the library built before (`make lib`). libpdiff.so keeps its RUNPATH to the project
-# venv's libtorch: the venv must stay where it is.
+# Under sudo without cargo on PATH, the library built before (`make lib` / `make lib-serve`) is
+# installed as it is.
 install:
-	@if command -v cargo >/dev/null 2>&1; then cargo build --release --lib; \
-	elif [ ! -f target/release/libpdiff.so ]; then \
-	  echo "target/release/libpdiff.so is missing: run 'make lib' first" >&2; exit 1; fi
-	install -d "$(DESTDIR)$(PREFIX)/lib/pkgconfig" "$(DESTDIR)$(PREFIX)/include"
-	install -m 755 target/release/libpdiff.so "$(DESTDIR)$(PREFIX)/lib/libpdiff.so"
-	install -m 644 include/pdiff.h bindings/cpp/pdiff.hpp "$(DESTDIR)$(PREFIX)/include/"
-	torch_lib=$$(readelf -d target/release/libpdiff.so 2>/dev/null | sed -n 's/.*R\(UN\)\{0,1\}PATH.*\[\(.*\)\]/\2/p' | head -n1); \
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' -e "s|@TORCH_LIB@|$${torch_lib:-unknown}|g" \
-	    pdiff.pc.in > "$(DESTDIR)$(PREFIX)/lib/pkgconfig/pdiff.pc"
-	@echo "installed libpdiff $(VERSION) into $(DESTDIR)$(PREFIX)"
+	@if command -v cargo >/dev/null 2>&1; then $(MAKE) --no-print-directory lib; \
+	elif [ ! -f target/release/libpdiff.so ]; then echo "target/release/libpdiff.so is missing: run 'make lib' first" >&2; exit 1; fi
+	bash scripts/install.sh full target/release/libpdiff.so "$(DESTDIR)" "$(PREFIX)" "$(VERSION)" "$(TORCH_LIBDIR)"
+
+install-serve:
+	@if command -v cargo >/dev/null 2>&1; then $(MAKE) --no-print-directory lib-serve; \
+	elif [ ! -f $(SERVE_TARGET)/release/libpdiff.so ]; then echo "$(SERVE_TARGET)/release/libpdiff.so is missing: run 'make lib-serve' first" >&2; exit 1; fi
+	bash scripts/install.sh serve $(SERVE_TARGET)/release/libpdiff.so "$(DESTDIR)" "$(PREFIX)" "$(VERSION)"
 
 uninstall:
 	rm -f "$(DESTDIR)$(PREFIX)/lib/libpdiff.so" "$(DESTDIR)$(PREFIX)/include/pdiff.h" \
-	    "$(DESTDIR)$(PREFIX)/include/pdiff.hpp" "$(DESTDIR)$(PREFIX)/lib/pkgconfig/pdiff.pc"
+	    "$(DESTDIR)$(PREFIX)/include/pdiff_features.h" "$(DESTDIR)$(PREFIX)/include/pdiff.hpp" \
+	    "$(DESTDIR)$(PREFIX)/lib/pkgconfig/pdiff.pc" \
+	    "$(DESTDIR)$(PREFIX)/lib/cmake/pdiff/pdiffConfig.cmake" \
+	    "$(DESTDIR)$(PREFIX)/lib/cmake/pdiff/pdiffConfigVersion.cmake"
+	-rmdir "$(DESTDIR)$(PREFIX)/lib/cmake/pdiff" 2>/dev/null
 
 clean:
 	rm -rf target demo-out

@@ -1,8 +1,21 @@
-//! Build script: rpath to the project's libtorch (no LD_LIBRARY_PATH for users), optional
-//! libtorch_cuda link, and the prost types of the vendored onnx.proto (protox: no protoc needed).
+//! Build script of the engine.
+//! - libpdiff.so exports the C ABI (`pdiff_*`) and nothing else: `--exclude-libs=ALL` keeps the
+//!   `#[no_mangle]` symbols of dependencies (tch's stream callbacks, bzip2's error hook) and the
+//!   C++ of libtch local, so they cannot collide with a host's own copies.
+//! - Feature `train`: the prost types of the vendored onnx.proto (protox: no protoc needed);
+//!   libtorch_cuda kept as a dependency when linked for CUDA; an rpath to the build's libtorch for
+//!   this package's own test binaries only. The library itself gets `$ORIGIN` (libtorch
+//!   installed next to it) and otherwise relies on the loader: no path of the build machine.
 fn main() {
+    println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs=ALL");
+    // A SONAME, so that hosts (and CMake's imported target) record "libpdiff.so", not a path.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libpdiff.so");
+    if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
+        return;
+    }
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{dir}");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-rpath,$ORIGIN");
         println!("cargo:rerun-if-env-changed=PDIFF_TORCH_CUDA");
         let want_cuda = std::env::var("PDIFF_TORCH_CUDA").map(|v| v != "0").unwrap_or(true);
         if want_cuda && std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {

@@ -13,7 +13,10 @@
  *  - Options structs start with `size_t struct_size`: initialize them with their
  *    *_default() function before changing fields. NULL options mean the defaults.
  *  - No Rust panic crosses this boundary: a library bug is reported as PDIFF_ERR_PANIC.
- *  - Link with -lpdiff.
+ *  - Training (pdiff_dataset_*, pdiff_generator_*) exists only in a full build: it is declared
+ *    under PDIFF_FEATURE_TRAIN (pdiff_features.h), and pdiff_capabilities() tells at run time.
+ *    A serve-only build (no libtorch) has the sampler API alone.
+ *  - Link with -lpdiff (pkg-config pdiff, or CMake find_package(pdiff): pdiff::pdiff).
  */
 
 #ifndef PDIFF_H
@@ -21,12 +24,20 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include "pdiff_features.h"
 
 /**
  * Version of this C ABI. It changes whenever a function, struct or enum of pdiff.h changes
  * incompatibly; compare it with `pdiff_abi_version()` at run time.
  */
 #define PDIFF_ABI_VERSION 1
+
+/**
+ * Bit of `pdiff_capabilities()`: training is compiled in (`pdiff_dataset_*`,
+ * `pdiff_generator_*`: a full build, linked with libtorch). Without it the library only
+ * serves bundles (`pdiff_sampler_*`).
+ */
+#define PDIFF_CAPABILITY_TRAIN 1
 
 /**
  * Result of every fallible call. `PDIFF_OK` is 0; on any other value `pdiff_last_error()`
@@ -91,6 +102,7 @@ typedef enum {
     PDIFF_ERR_STRUCT_SIZE = 13,
 } pdiff_status;
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Architecture and default hyper-parameters of a generator (`pdiff_train_options.preset`).
  */
@@ -104,7 +116,9 @@ typedef enum {
      */
     PDIFF_PRESET_PAPER = 1,
 } pdiff_preset;
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Where training runs (`pdiff_train_options.device`).
  */
@@ -123,6 +137,7 @@ typedef enum {
      */
     PDIFF_DEVICE_CUDA = 2,
 } pdiff_device;
+#endif
 
 /**
  * ONNX Runtime execution provider (`pdiff_sampler_options.provider`).
@@ -157,19 +172,23 @@ typedef enum {
     PDIFF_SAMPLER_DDIM = 1,
 } pdiff_sampler_kind;
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * K checkpoints of one network (or of a subset of its tensors) and their layout. Opaque.
  * Create with `pdiff_dataset_load_dir` or `pdiff_dataset_from_memory`, release with
  * `pdiff_dataset_free`. Immutable once created: concurrent reads from several threads are safe.
  */
 typedef struct pdiff_dataset pdiff_dataset;
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * A trained generator (autoencoder + denoiser, libtorch). Opaque. Create with
  * `pdiff_generator_train`, export with `pdiff_generator_export`, release with
  * `pdiff_generator_free`. Not safe for concurrent use from several threads.
  */
 typedef struct pdiff_generator pdiff_generator;
+#endif
 
 /**
  * An exported generator served by ONNX Runtime. Opaque. Create with `pdiff_sampler_open`,
@@ -178,6 +197,7 @@ typedef struct pdiff_generator pdiff_generator;
  */
 typedef struct pdiff_sampler pdiff_sampler;
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Declaration of one tensor of a parameter vector pushed from memory: its name and shape.
  * Tensors are laid out one after the other in declaration order, each row-major.
@@ -196,7 +216,9 @@ typedef struct {
      */
     const size_t *shape;
 } pdiff_tensor_decl;
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Progress callback of training, called on the training thread after every step.
  * `stage` is "autoencoder" or "diffusion" (a static string), `step` runs from 1 to `total`,
@@ -204,7 +226,9 @@ typedef struct {
  * call then returns `PDIFF_ERR_CANCELLED`. `user_data` is `pdiff_train_options.user_data`.
  */
 typedef int (*pdiff_progress_fn)(void *user_data, const char *stage, size_t step, size_t total, double loss);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Options of `pdiff_generator_train`. Initialize with `pdiff_train_options_default`, then
  * change fields. Numeric fields left at 0 take the preset's value.
@@ -259,6 +283,7 @@ typedef struct {
      */
     void *user_data;
 } pdiff_train_options;
+#endif
 
 /**
  * Options of `pdiff_sampler_open`. Initialize with `pdiff_sampler_options_default`.
@@ -282,8 +307,9 @@ typedef struct {
     size_t intra_threads;
     /**
      * Path of libonnxruntime.so, or NULL for the default ($PDIFF_ORT_LIB, $ORT_DYLIB_PATH,
-     * then the project's venv). ONNX Runtime is loaded once per process: the first successful
-     * open decides which library is used. Borrowed during `pdiff_sampler_open` only.
+     * then the system loader's libonnxruntime.so). ONNX Runtime is loaded once per process:
+     * the first successful open decides which library is used. Borrowed during
+     * `pdiff_sampler_open` only.
      */
     const char *runtime_library;
 } pdiff_sampler_options;
@@ -342,6 +368,15 @@ const char *pdiff_last_error(void);
 uint32_t pdiff_abi_version(void);
 
 /**
+ * What this build of the library can do, as a bitmask of `PDIFF_CAPABILITY_*` bits. A host
+ * that loads libpdiff at run time checks it before looking up optional functions (a
+ * serve-only build does not export the training functions at all).
+ *
+ * Ownership: nothing to free.
+ */
+uint32_t pdiff_capabilities(void);
+
+/**
  * The library version, e.g. "0.1.0".
  *
  * Ownership: a static string owned by the library, valid for the life of the process. Do not
@@ -349,6 +384,7 @@ uint32_t pdiff_abi_version(void);
  */
 const char *pdiff_version(void);
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Load every `*.safetensors` file of `dir` (sorted by file name) as one checkpoint each.
  *
@@ -361,7 +397,9 @@ const char *pdiff_version(void);
  * `pdiff_dataset_free`; on error `*out` is left untouched.
  */
 pdiff_status pdiff_dataset_load_dir(const char *dir, const char *const *patterns, size_t n_patterns, pdiff_dataset **out);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Build a dataset from K flat parameter vectors in memory (input B of the spec).
  *
@@ -374,21 +412,27 @@ pdiff_status pdiff_dataset_load_dir(const char *dir, const char *const *patterns
  * by the caller, to be released with `pdiff_dataset_free`; on error `*out` is left untouched.
  */
 pdiff_status pdiff_dataset_from_memory(const pdiff_tensor_decl *tensors, size_t n_tensors, const float *data, size_t k, pdiff_dataset **out);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Number of checkpoints K of `dataset` (0 when `dataset` is NULL).
  *
  * Ownership: `dataset` is borrowed for the call.
  */
 size_t pdiff_dataset_k(const pdiff_dataset *dataset);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Number of scalars D in one parameter vector of `dataset` (0 when `dataset` is NULL).
  *
  * Ownership: `dataset` is borrowed for the call.
  */
 size_t pdiff_dataset_param_count(const pdiff_dataset *dataset);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Number of non-fatal warnings found while building `dataset` (e.g. checkpoints that look
  * permutation-misaligned, which p-diff usually fails to learn). 0 when `dataset` is NULL.
@@ -396,7 +440,9 @@ size_t pdiff_dataset_param_count(const pdiff_dataset *dataset);
  * Ownership: `dataset` is borrowed for the call.
  */
 size_t pdiff_dataset_warning_count(const pdiff_dataset *dataset);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Warning `index` (< `pdiff_dataset_warning_count`) of `dataset`, or NULL when `dataset` is
  * NULL or `index` is out of range.
@@ -405,7 +451,9 @@ size_t pdiff_dataset_warning_count(const pdiff_dataset *dataset);
  * Do not free it.
  */
 const char *pdiff_dataset_warning(const pdiff_dataset *dataset, size_t index);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Release a dataset. NULL is a no-op. Generators trained from it do not depend on it.
  *
@@ -413,7 +461,9 @@ const char *pdiff_dataset_warning(const pdiff_dataset *dataset, size_t index);
  * not be used afterwards, nor freed twice.
  */
 void pdiff_dataset_free(pdiff_dataset *dataset);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Fill `*options` with the defaults (compact preset, automatic device, seed 0, no callback)
  * and set its `struct_size`. Returns `PDIFF_ERR_NULL_POINTER` when `options` is NULL.
@@ -421,7 +471,9 @@ void pdiff_dataset_free(pdiff_dataset *dataset);
  * Ownership: `options` is caller-owned memory, written during the call only.
  */
 pdiff_status pdiff_train_options_default(pdiff_train_options *options);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Train a generator on `dataset`: the autoencoder, then the latent diffusion model. Blocks
  * the calling thread; `options->progress` is called on it after every step.
@@ -435,7 +487,9 @@ pdiff_status pdiff_train_options_default(pdiff_train_options *options);
  * caller, to be released with `pdiff_generator_free`; on error `*out` is left untouched.
  */
 pdiff_status pdiff_generator_train(const pdiff_dataset *dataset, const pdiff_train_options *options, pdiff_generator **out);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Export `generator` as a bundle directory at `bundle_dir` (pdiff.json + decoder.onnx +
  * denoiser.onnx + weights), written atomically: an existing directory is replaced only once
@@ -444,14 +498,18 @@ pdiff_status pdiff_generator_train(const pdiff_dataset *dataset, const pdiff_tra
  * Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
  */
 pdiff_status pdiff_generator_export(const pdiff_generator *generator, const char *bundle_dir);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Number of scalars D in one parameter vector generated by `generator` (0 when NULL).
  *
  * Ownership: `generator` is borrowed for the call.
  */
 size_t pdiff_generator_param_count(const pdiff_generator *generator);
+#endif
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Release a generator. NULL is a no-op. Bundles exported from it stay valid.
  *
@@ -459,6 +517,7 @@ size_t pdiff_generator_param_count(const pdiff_generator *generator);
  * twice.
  */
 void pdiff_generator_free(pdiff_generator *generator);
+#endif
 
 /**
  * Fill `*options` with the defaults (automatic provider, ONNX Runtime's thread count, the

@@ -8,12 +8,11 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 export RUSTC_BOOTSTRAP=1
-# The fuzz binaries do not get libpdiff's rpath: point them at the venv's libtorch and ORT.
+# The targets use the serve-only engine (no libtorch); the ONNX graph target needs ONNX Runtime.
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-export LD_LIBRARY_PATH="$SITE/torch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PDIFF_ORT_LIB=$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so.* | head -n1)
-# Sanitizer runtime and libtorch's own allocator disagree on leaks at exit: leaks are checked
-# by valgrind on the C API instead.
+# ONNX Runtime's own allocations at exit are not ours: leaks are checked by valgrind on the C
+# API instead.
 export ASAN_OPTIONS=detect_leaks=0
 (cd fuzz && cargo fuzz build -O)
 for target in checkpoint manifest onnx_graph; do

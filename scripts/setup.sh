@@ -40,6 +40,10 @@ else
   echo "[setup] venv ok ($(cat "$VENV/.pdiff-variant"))"
 fi
 
+# Building the Python binding offline (pip install --no-build-isolation bindings/python) needs a
+# setuptools that builds wheels by itself; a no-op once it is there.
+"$VENV/bin/pip" install -q "setuptools>=77"
+
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 TORCH_DIR="$SITE/torch"
 ORT_LIB=$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so.* | head -n1)
@@ -62,6 +66,9 @@ LIBTORCH = "$TORCH_DIR"
 ORT_DYLIB_PATH = "$ORT_LIB"
 PDIFF_TORCH_CUDA = "$([ "$(cat "$VENV/.pdiff-variant")" = full ] && echo 1 || echo 0)"
 PDIFF_MNIST_DIR = "$ROOT/data/mnist/digits"
+# libtch (torch-sys's C++) expands __FILE__ of libtorch's headers, which live in the venv inside
+# this checkout: map the checkout away so that libpdiff.so holds no path of the build tree.
+CXXFLAGS = "-ffile-prefix-map=$ROOT/="
 TOML
 mv .cargo/config.toml.tmp .cargo/config.toml
 # Tools of the C ABI checks in scripts/test.sh: cbindgen (header freshness) and valgrind.
@@ -79,6 +86,12 @@ if ! command -v pkg-config >/dev/null; then
   echo "[setup] installing pkg-config"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq pkg-config
+fi
+# CMake: the installed-package test builds a C++ host with find_package(pdiff).
+if ! command -v cmake >/dev/null; then
+  echo "[setup] installing cmake"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq cmake
 fi
 if ! command -v g++ >/dev/null; then
   echo "[setup] installing g++"

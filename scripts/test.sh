@@ -1,107 +1,142 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit + integration tests, then the Python cross-checks of exported
-# ONNX graphs (run from the project venv, no part of this library involved).
+# The whole test suite (make test). Runs after scripts/setup.sh. Every step fails the suite.
+#   1. Rust: the engine (full build), the engine serve-only (no libtorch; the unit tests too),
+#      the tools (every bad input through the CLI).
+#   2. Fuzzing of the loaders, bounded in time.
+#   3. A Python host that samples a bundle with onnx + onnxruntime alone.
+#   4. The C ABI: header freshness, exported symbols, no build-tree path, the C test (training
+#      included), memcheck, create/free cycles.
+#   5. Bindings: C++ and Python (the installed package, against both builds) reproduce the C
+#      samples bit for bit; the serve-only library gives the same bits as the full one.
+#   6. Installs: the serve-only build into a prefix, a pkg-config C host and a CMake C++ host run
+#      with an empty environment; the full build into another prefix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --release -- --test-threads=2
-# Fuzzing (cargo-fuzz / libFuzzer) of the checkpoint loader, the manifest parser and the ONNX
-# loading path, bounded in time, seeded by fuzz/corpus; any crash fails the suite.
-bash scripts/fuzz.sh "${PDIFF_FUZZ_SECONDS:-45}"
-# A host with nothing of libpdiff: the exported bundle through onnx + onnxruntime (project venv).
-cargo build --release --bin pdiff
-.venv/bin/python -m pytest -q tests/python
+ROOT=$PWD
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+TORCH_LIB="$SITE/torch/lib"
+ORT_LIB=$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so.* | head -n1)
+SERVE_TARGET=target/serve
+step() { echo; echo "=== $* ==="; }
 
-# C ABI (include/pdiff.h, libpdiff.so).
-# 1. The committed header is exactly what cbindgen generates from src/ffi/ now.
+step "1. Rust tests: engine (full), engine (serve-only), tools"
+cargo test --release --workspace -- --test-threads=2
+# Serve-only in its own target directory (target/release keeps the full build).
+cargo test --release --no-default-features --lib --tests --target-dir "$SERVE_TARGET" -- --test-threads=2
+
+step "2. Fuzzing"
+bash scripts/fuzz.sh "${PDIFF_FUZZ_SECONDS:-45}"
+
+step "3. A Python host with nothing of libpdiff"
+cargo build --release --workspace
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/python
+
+step "4. C ABI"
+# 4a. The committed header is exactly what cbindgen generates, from src/ffi/ and from the whole
+#     crate (a new public constant of the Rust API must not leak in: exclude it in cbindgen.toml).
 CBINDGEN_VERSION=0.29.4
 if ! cbindgen --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; then
   echo "cbindgen $CBINDGEN_VERSION is needed (have: $(cbindgen --version 2>/dev/null || echo none)); run scripts/setup.sh" >&2
   exit 1
 fi
-header_tmp=$(mktemp --suffix=.h)
-cbindgen --quiet --config cbindgen.toml --output "$header_tmp" src/ffi/mod.rs
-if ! diff -u include/pdiff.h "$header_tmp"; then
-  rm -f "$header_tmp"
-  echo "include/pdiff.h is stale: cbindgen --config cbindgen.toml --output include/pdiff.h src/ffi/mod.rs" >&2
-  exit 1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cbindgen --quiet --config cbindgen.toml --output "$tmp/from_ffi.h" src/ffi/mod.rs
+cbindgen --quiet --config cbindgen.toml --crate pdiff --output "$tmp/from_crate.h" 2>/dev/null
+for h in from_ffi from_crate; do
+  if ! diff -u include/pdiff.h "$tmp/$h.h"; then
+    echo "include/pdiff.h is stale ($h): cbindgen --config cbindgen.toml --output include/pdiff.h src/ffi/mod.rs" >&2
+    exit 1
+  fi
+done
+# 4b. Both libraries export pdiff_* and nothing else, hold no path of this checkout, and the
+#     serve-only one needs no libtorch, OpenMP or CUDA library.
+cargo build --release --no-default-features --lib --target-dir "$SERVE_TARGET"
+FULL_LIB=target/release/libpdiff.so
+SERVE_LIB=$SERVE_TARGET/release/libpdiff.so
+for lib in "$FULL_LIB" "$SERVE_LIB"; do
+  foreign=$(nm -D --defined-only "$lib" | awk '$2 ~ /^[TtWwDdBbRrVv]$/ && $3 !~ /^pdiff_/ {print $3}')
+  [ -z "$foreign" ] || { echo "$lib exports symbols that are not pdiff_*: $foreign" >&2; exit 1; }
+  if strings "$lib" | grep -F "$ROOT" >/dev/null; then
+    echo "$lib holds paths of the build tree ($ROOT):" >&2; strings "$lib" | grep -F "$ROOT" | head -n 5 >&2; exit 1
+  fi
+done
+if ldd "$SERVE_LIB" | grep -Ei 'torch|c10|gomp|cuda|cudnn|cublas' >/dev/null; then
+  echo "the serve-only library needs libtorch/OpenMP/CUDA:" >&2; ldd "$SERVE_LIB" >&2; exit 1
 fi
-# The same header from the whole crate: a new public constant of the Rust API must not leak in
-# (add it to [export] exclude in cbindgen.toml).
-cbindgen --quiet --config cbindgen.toml --crate pdiff --output "$header_tmp" 2>/dev/null
-if ! diff -u include/pdiff.h "$header_tmp"; then
-  rm -f "$header_tmp"
-  echo "cbindgen --crate pdiff gives a different header: exclude the new item in cbindgen.toml" >&2
-  exit 1
-fi
-rm -f "$header_tmp"
-# 2. A C host: compile with -Wall -Werror against the header, run everything (training included).
-cargo build --release --lib
-gcc -Wall -Werror -Iinclude tests/c/test_pdiff.c -Ltarget/release -lpdiff \
-    -Wl,-rpath,"$PWD/target/release" -pthread -o target/test_pdiff
-c_tmp=$(mktemp -d)
-trap 'rm -rf "$c_tmp"' EXIT
-target/test_pdiff --export "$c_tmp/bundle"
-# 3. Memcheck: everything but the (slow under valgrind) training, on the bundle trained above.
-#    tests/c/valgrind.supp only covers third-party libraries, never libpdiff frames.
+echo "exports and paths ok: $(du -h "$FULL_LIB" | cut -f1) full, $(du -h "$SERVE_LIB" | cut -f1) serve-only"
+# 4c. A C host: -Wall -Werror against the header, everything (training included). The full
+#     library finds libtorch through the loader: here the venv's, by LD_LIBRARY_PATH.
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PDIFF_ORT_LIB="$ORT_LIB"
+cc_host() { gcc -Wall -Werror -Iinclude "$1" -L"$2" -lpdiff -Wl,-rpath,"$ROOT/$2" -pthread -o "$3"; }
+cc_host tests/c/test_pdiff.c target/release target/test_pdiff
+target/test_pdiff --export "$tmp/bundle"
+# 4d. Memcheck: everything but the (slow under valgrind) training, on the bundle trained above.
+#     tests/c/valgrind.supp only covers third-party libraries, never libpdiff frames.
 valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
-    --suppressions=tests/c/valgrind.supp target/test_pdiff --bundle "$c_tmp/bundle"
-# 3b. No leak across create/sample/free cycles: 1,000 cycles natively (resident memory must stop
-#     growing: under 8 MiB over the last 500; a leaked session would be ~5 MB per cycle), then a few under memcheck (nothing definitely lost).
-gcc -Wall -Werror -Iinclude tests/c/leak_cycles.c -Ltarget/release -lpdiff \
-    -Wl,-rpath,"$PWD/target/release" -o target/leak_cycles
-target/leak_cycles "$c_tmp/bundle" 1000 8192
+    --suppressions=tests/c/valgrind.supp target/test_pdiff --bundle "$tmp/bundle"
+# 4e. No leak across open/sample/free cycles: 1,000 natively (resident memory must stop growing:
+#     under 8 MiB over the last 500; a leaked session would be ~5 MB per cycle), a few under memcheck.
+cc_host tests/c/leak_cycles.c target/release target/leak_cycles
+target/leak_cycles "$tmp/bundle" 1000 8192
 valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
-    --suppressions=tests/c/valgrind.supp target/leak_cycles "$c_tmp/bundle" 3
+    --suppressions=tests/c/valgrind.supp target/leak_cycles "$tmp/bundle" 3
 
-# Bindings (bindings/cpp, bindings/python) on the bundle the C test exported above.
-# 4. Reference values from C: n = 3, seed 42, DDIM 10 steps, CPU, as raw little-endian f32.
-gcc -Wall -Werror -Iinclude tests/c/sample_dump.c -Ltarget/release -lpdiff \
-    -Wl,-rpath,"$PWD/target/release" -o target/sample_dump
-target/sample_dump "$c_tmp/bundle" "$c_tmp/c_samples.f32"
-# 5. C++ (header-only RAII wrapper): its own checks, then the same samples bit for bit (and a
-#    generator trained in C++ with the C test's data and options reproduces them too).
+step "5. Bindings and the serve-only library against the C reference samples"
+# Reference: n = 3, seed 42, DDIM 10 steps, CPU, as raw little-endian f32, from the full build.
+cc_host tests/c/sample_dump.c target/release target/sample_dump
+target/sample_dump "$tmp/bundle" "$tmp/c_samples.f32"
+# The serve-only library: the same bits.
+cc_host tests/c/sample_dump.c "$SERVE_TARGET/release" target/sample_dump_serve
+target/sample_dump_serve "$tmp/bundle" "$tmp/serve_samples.f32"
+cmp "$tmp/c_samples.f32" "$tmp/serve_samples.f32"
+echo "serve-only build: samples equal to the full build's, bit for bit"
+# C++ (header-only RAII wrapper): its own checks, then the same samples bit for bit (and a
+# generator trained in C++ with the C test's data and options reproduces them too).
 g++ -std=c++17 -Wall -Werror -Iinclude -Ibindings/cpp bindings/cpp/test_pdiff.cpp -Ltarget/release -lpdiff \
-    -Wl,-rpath,"$PWD/target/release" -pthread -o target/test_pdiff_cpp
-target/test_pdiff_cpp --bundle "$c_tmp/bundle" --expect "$c_tmp/c_samples.f32" --out "$c_tmp/cpp_samples.f32"
-# 6. Python (cffi, ABI mode, declarations generated from include/pdiff.h): equal to C and C++.
-PDIFF_LIB="$PWD/target/release/libpdiff.so" PDIFF_TEST_C_BUNDLE="$c_tmp/bundle" \
-    PDIFF_TEST_C_SAMPLES="$c_tmp/c_samples.f32" PDIFF_TEST_CPP_SAMPLES="$c_tmp/cpp_samples.f32" \
-    .venv/bin/python -m pytest -q -p no:cacheprovider bindings/python/tests
-# 7. make install into a temporary prefix, then C and C++ hosts built with pkg-config only.
-prefix="$c_tmp/prefix"
-make --no-print-directory install PREFIX="$prefix" >/dev/null
-export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
-test "$(pkg-config --modversion pdiff)" = "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
-cat > "$c_tmp/host.c" <<'C'
-#include <pdiff.h>
-#include <stdio.h>
-int main(void) {
-    if (pdiff_abi_version() != PDIFF_ABI_VERSION) {
-        fprintf(stderr, "ABI %u, header %u\n", pdiff_abi_version(), PDIFF_ABI_VERSION);
-        return 1;
-    }
-    printf("libpdiff %s (ABI %u)\n", pdiff_version(), pdiff_abi_version());
-    return 0;
+    -Wl,-rpath,"$ROOT/target/release" -pthread -o target/test_pdiff_cpp
+target/test_pdiff_cpp --bundle "$tmp/bundle" --expect "$tmp/c_samples.f32" --out "$tmp/cpp_samples.f32"
+# Python (cffi over pdiff.h): the package as pip installs it, tested from outside the checkout,
+# against the full and the serve-only library.
+.venv/bin/pip install -q --target "$tmp/pysite" --no-deps --no-build-isolation --check-build-dependencies bindings/python
+py_test() {  # LIBRARY EXPECT_TRAINING(1|0) [VAR=VALUE...]
+  local library=$1 training=$2; shift 2
+  (cd "$tmp" && env PYTHONPATH="$tmp/pysite" PDIFF_TEST_INSTALLED=1 PDIFF_TEST_TRAINING="$training" \
+      PDIFF_LIB="$library" PDIFF_TEST_C_BUNDLE="$tmp/bundle" PDIFF_TEST_C_SAMPLES="$tmp/c_samples.f32" \
+      PDIFF_TEST_CPP_SAMPLES="$tmp/cpp_samples.f32" "$@" \
+      "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/bindings/python/tests")
 }
-C
-cat > "$c_tmp/host.cpp" <<'CPP'
-#include <pdiff.hpp>
-#include <iostream>
-int main() {
-    pdiff::check_abi();
-    try { pdiff::Sampler s("/nonexistent/bundle"); } catch (const pdiff::Error& e) {
-        std::cout << "C++: " << pdiff::status_name(e.status()) << "\n";
-        return e.status() == PDIFF_ERR_BUNDLE ? 0 : 1;
-    }
-    return 1;
-}
-CPP
+py_test "$ROOT/$FULL_LIB" 1
+py_test "$ROOT/$SERVE_LIB" 0
+
+step "6. Installs"
+# 6a. Serve-only into a prefix; a C host built with pkg-config and a C++ host built with CMake
+#     find_package(pdiff) run with an EMPTY environment (no venv, no LD_LIBRARY_PATH): ONNX
+#     Runtime given only through PDIFF_ORT_LIB. Their samples equal the full build's bit for bit.
+prefix="$tmp/serve-prefix"
+make --no-print-directory install-serve PREFIX="$prefix" >/dev/null
+test "$(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --modversion pdiff)" = "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 # shellcheck disable=SC2046  # word splitting of pkg-config's flags is intended
-gcc -Wall -Werror "$c_tmp/host.c" $(pkg-config --cflags --libs pdiff) -o "$c_tmp/host"
+gcc -Wall -Werror tests/c/sample_dump.c $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs pdiff) -o "$tmp/host_c"
+cmake -S tests/install -B "$tmp/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$tmp/cmake-build" >/dev/null
+for host in "$tmp/host_c" "$tmp/cmake-build/sample_dump_cpp"; do
+  ldd "$host" | grep -F "$prefix/lib/libpdiff.so" >/dev/null || { echo "$host does not use the installed libpdiff" >&2; exit 1; }
+  env -i PDIFF_ORT_LIB="$ORT_LIB" "$host" "$tmp/bundle" "$tmp/installed.f32"
+  cmp "$tmp/c_samples.f32" "$tmp/installed.f32"
+done
+# The serve-only header hides training: a host that uses it does not compile.
+printf '#include <pdiff.h>\nint main(void) { pdiff_train_options o; return (int)pdiff_train_options_default(&o); }\n' > "$tmp/train_host.c"
+if gcc -Werror -I"$prefix/include" -c "$tmp/train_host.c" -o "$tmp/train_host.o" 2>/dev/null; then
+  echo "the serve-only pdiff.h still declares the training API" >&2; exit 1
+fi
+echo "serve-only install: pkg-config C host and CMake C++ host, empty environment, samples equal"
+# 6b. Full build into another prefix: it links with pdiff.pc (which passes libtorch's directory
+#     to the linker) and runs with libtorch on the loader path.
+prefix="$tmp/full-prefix"
+make --no-print-directory install PREFIX="$prefix" >/dev/null
 # shellcheck disable=SC2046
-g++ -std=c++17 -Wall -Werror "$c_tmp/host.cpp" $(pkg-config --cflags --libs pdiff) -o "$c_tmp/host_cpp"
-# (grep without -q: it reads all of ldd's output, so pipefail never sees a SIGPIPE)
-ldd "$c_tmp/host" | grep -F "$prefix/lib/libpdiff.so" >/dev/null || { echo "host does not use the installed libpdiff" >&2; exit 1; }
-"$c_tmp/host"
-"$c_tmp/host_cpp"
-unset PKG_CONFIG_PATH
+gcc -Wall -Werror "$tmp/train_host.c" $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs pdiff) -o "$tmp/train_host"
+env -i LD_LIBRARY_PATH="$TORCH_LIB" "$tmp/train_host"
+echo "full install: a training host links with pkg-config and runs"

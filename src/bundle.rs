@@ -5,12 +5,12 @@
 use crate::diffusion::Schedule;
 use crate::error::{Error, Result};
 use crate::model::{AutoencoderConfig, DenoiserConfig, Preset};
-use crate::params::{Layout, TensorSpec, STD_FLOOR};
-use crate::train::{Generator, TrainConfig, TrainHistory};
+use crate::params::{Layout, TensorSpec};
+use crate::train::{TrainConfig, TrainHistory};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST: &str = "pdiff.json";
@@ -72,75 +72,90 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Export a trained generator as a bundle directory (atomic).
-pub fn save(g: &Generator, dir: &Path) -> Result<Manifest> {
-    let mut manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        library_version: env!("CARGO_PKG_VERSION").into(),
-        param_count: g.layout.param_count(),
-        padded_len: g.padded_len,
-        latent_dim: g.latent_dim(),
-        layout: g.layout.tensors.clone(),
-        normalization: Normalization { kind: "per_tensor_standardize".into(), std_floor: STD_FLOOR },
-        latent: LatentStats { mean: g.latent_mean.clone(), std: g.latent_std.clone(), clip: g.latent_clip.clone() },
-        schedule: g.config.schedule.clone(),
-        prediction: "epsilon".into(),
-        preset: g.config.preset,
-        autoencoder: g.ae_config.clone(),
-        denoiser: g.denoiser_config.clone(),
-        training: g.config.clone(),
-        history: g.history.clone(),
-        sources: g.sources.clone(),
-        files: BTreeMap::new(),
-        sha256: BTreeMap::new(),
-    };
+/// Write a bundle directory atomically: `files` as (role, file name, bytes), each listed in the
+/// manifest's `files` and `sha256`, then `pdiff.json`. An existing `dir` is replaced only once
+/// the new bundle is complete.
+pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, Vec<u8>)>) -> Result<Manifest> {
+    manifest.files.clear();
+    manifest.sha256.clear();
     crate::fsutil::write_dir_atomic(dir, |tmp| {
-        let mut put = |role: &str, name: &str, bytes: Vec<u8>| -> Result<()> {
+        for (role, name, bytes) in &files {
             let path = tmp.join(name);
-            std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
-            manifest.files.insert(role.into(), name.into());
-            manifest.sha256.insert(name.into(), sha256_hex(&bytes));
-            Ok(())
-        };
-        put("autoencoder_weights", AE_WEIGHTS, vs_bytes(&g.ae_vs, tmp)?)?;
-        put("denoiser_weights", DENOISER_WEIGHTS, vs_bytes(&g.den_vs, tmp)?)?;
-        put("decoder", DECODER_ONNX, crate::onnx::export_decoder(g)?)?;
-        put("denoiser", DENOISER_ONNX, crate::onnx::export_denoiser(g)?)?;
-        let json = serde_json::to_vec_pretty(&manifest).expect("serializable");
+            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+            manifest.files.insert(role.to_string(), name.to_string());
+            manifest.sha256.insert(name.to_string(), sha256_hex(bytes));
+        }
+        let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
         let path = tmp.join(MANIFEST);
         std::fs::write(&path, json).map_err(|e| Error::io(&path, e))
     })?;
     Ok(manifest)
 }
 
-/// Serialize a VarStore as safetensors bytes (tch writes files only: go through a temp file).
-fn vs_bytes(vs: &tch::nn::VarStore, tmp_dir: &Path) -> Result<Vec<u8>> {
-    let path = tmp_dir.join(".vs.safetensors");
-    vs.save(&path)?;
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let _ = std::fs::remove_file(&path);
+/// The manifest is small (layout, statistics, loss curves): a larger file is not a manifest.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// One ONNX protobuf cannot exceed 2 GiB; larger weights live in external data files.
+pub const MAX_GRAPH_BYTES: u64 = 2 << 30;
+
+/// A bundle read from disk: its validated manifest and the bytes of the files asked for,
+/// each checked against the manifest's sha256. Whoever uses those bytes (ONNX Runtime, tch)
+/// gets exactly what was verified: a file swapped after the check is never loaded.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Bundle {
+    /// Read `dir/pdiff.json`, validate it, then read and verify the files of `roles` (for
+    /// example `["decoder", "denoiser"]`). Every read is bounded in size and refuses anything
+    /// that is not a regular file (a FIFO or a device would block or never end).
+    pub fn read(dir: &Path, roles: &[&str]) -> Result<Bundle> {
+        let manifest = read_manifest(dir)?;
+        let mut files = BTreeMap::new();
+        for role in roles {
+            let name = manifest.files.get(*role).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: files.{role} is missing")))?;
+            files.insert(role.to_string(), read_verified(dir, &manifest, role, name)?);
+        }
+        Ok(Bundle { dir: dir.to_path_buf(), manifest, files })
+    }
+
+    /// The verified bytes of `role` (one of the roles given to [`Bundle::read`]).
+    pub fn file(&self, role: &str) -> Result<&[u8]> {
+        self.files
+            .get(role)
+            .map(Vec::as_slice)
+            .ok_or_else(|| Error::bundle(&self.dir, format!("{role} was not read from the bundle")))
+    }
+}
+
+/// Read one file of a bundle and check it against the manifest's sha256.
+fn read_verified(dir: &Path, m: &Manifest, role: &str, name: &str) -> Result<Vec<u8>> {
+    let expected = m.sha256.get(name).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: no sha256 for {name}")))?;
+    let bytes = crate::fsutil::read_regular(&dir.join(name), MAX_GRAPH_BYTES)
+        .map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
+    let got = sha256_hex(&bytes);
+    if &got != expected {
+        return Err(Error::bundle(dir, format!("{name}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
+    }
     Ok(bytes)
 }
 
-/// Read and verify a bundle's manifest and the hashes of the files it lists.
-pub fn load_manifest(dir: &Path) -> Result<Manifest> {
-    let path = dir.join(MANIFEST);
+/// Read and validate `dir/pdiff.json` (bounded, regular files only); no other file is read.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
     if !dir.is_dir() {
         return Err(Error::bundle(dir, "not a directory"));
     }
-    let text = std::fs::read(&path).map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
-    let m = parse_manifest(dir, &text)?;
+    let text = crate::fsutil::read_regular(&dir.join(MANIFEST), MAX_MANIFEST_BYTES)
+        .map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
+    parse_manifest(dir, &text)
+}
+
+/// Read and verify a bundle's manifest and the hashes of every file it lists.
+pub fn load_manifest(dir: &Path) -> Result<Manifest> {
+    let m = read_manifest(dir)?;
     for (role, name) in &m.files {
-        let expected = m.sha256.get(name).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: no sha256 for {name}")))?;
-        if name.contains('/') || name.contains('\\') || name == ".." {
-            return Err(Error::bundle(dir, format!("{MANIFEST}: file name {name:?} of {role} must be a plain name inside the bundle")));
-        }
-        let p = dir.join(name);
-        let bytes = std::fs::read(&p).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
-        let got = sha256_hex(&bytes);
-        if &got != expected {
-            return Err(Error::bundle(dir, format!("{name}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
-        }
+        read_verified(dir, &m, role, name)?;
     }
     Ok(m)
 }
@@ -184,6 +199,11 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
             return Err(Error::bundle(dir, format!("{MANIFEST}: files.{role} is missing")));
         }
     }
+    for (role, name) in &m.files {
+        if name.is_empty() || name.contains('/') || name.contains('\\') || name == "." || name == ".." || name == MANIFEST {
+            return Err(Error::bundle(dir, format!("{MANIFEST}: file name {name:?} of {role} must be a plain name inside the bundle")));
+        }
+    }
     if m.schedule.validate().is_err() || m.prediction != "epsilon" {
         return Err(Error::bundle(dir, format!("{MANIFEST}: unsupported schedule or prediction")));
     }
@@ -194,25 +214,4 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
         return Err(Error::bundle(dir, format!("{MANIFEST}: latent stats do not have latent_dim = {} entries", m.latent_dim)));
     }
     Ok(m)
-}
-
-/// Load a bundle's tch generator (for further training or tch sampling).
-pub fn load_generator(dir: &Path, device: crate::train::DeviceChoice) -> Result<Generator> {
-    let m = load_manifest(dir)?;
-    let mut config = m.training.clone();
-    config.autoencoder = Some(m.autoencoder.clone());
-    config.denoiser = Some(m.denoiser.clone());
-    let mut g = Generator::build(m.layout(), config, device.resolve()?)?;
-    let load = |vs: &mut tch::nn::VarStore, name: &str| -> Result<()> {
-        vs.load(dir.join(name)).map_err(|e| Error::bundle(dir, format!("{name}: {e}")))
-    };
-    load(&mut g.ae_vs, AE_WEIGHTS)?;
-    load(&mut g.den_vs, DENOISER_WEIGHTS)?;
-    g.latent_mean = m.latent.mean;
-    g.latent_std = m.latent.std;
-    g.latent_clip = m.latent.clip;
-    g.history = m.history;
-    g.sources = m.sources;
-    g.padded_len = m.padded_len;
-    Ok(g)
 }

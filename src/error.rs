@@ -60,6 +60,7 @@ impl Error {
     }
 }
 
+#[cfg(feature = "train")]
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
         Error::Torch(e.to_string())

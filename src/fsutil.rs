@@ -65,3 +65,28 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     }
     Ok(())
 }
+
+/// Read a whole regular file of at most `max_bytes`. Anything else (a FIFO, a device, a
+/// directory) is refused without blocking: the file is opened non-blocking and checked with
+/// fstat, so a path swapped for a FIFO between a check and the open cannot hang the caller.
+pub fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes is more than the {max_bytes} bytes allowed for this file", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the file grew beyond {max_bytes} bytes while being read")));
+    }
+    Ok(bytes)
+}

@@ -23,6 +23,9 @@
 //    caught, the library call is stopped (progress) or the remaining candidates get NaN
 //    (score), and the exception is rethrown once the C call has returned.
 //  - Sampler's const member functions may be called concurrently from several threads.
+//  - Dataset, Generator and train_options() exist when pdiff.h declares training
+//    (PDIFF_FEATURE_TRAIN, a full build); with a serve-only libpdiff only Sampler does.
+//    has_training() asks the library actually loaded.
 #ifndef PDIFF_HPP
 #define PDIFF_HPP
 
@@ -96,8 +99,10 @@ inline size_t checked_mul(size_t a, size_t b) {
     return a * b;
 }
 
+#if defined(PDIFF_FEATURE_TRAIN)
 struct DatasetFree { void operator()(pdiff_dataset* p) const noexcept { pdiff_dataset_free(p); } };
 struct GeneratorFree { void operator()(pdiff_generator* p) const noexcept { pdiff_generator_free(p); } };
+#endif
 struct SamplerFree { void operator()(pdiff_sampler* p) const noexcept { pdiff_sampler_free(p); } };
 }  // namespace detail
 
@@ -118,13 +123,18 @@ inline void check_abi() {
                         std::to_string(PDIFF_ABI_VERSION));
 }
 
+/// Whether the loaded library has training (pdiff_capabilities() & PDIFF_CAPABILITY_TRAIN).
+inline bool has_training() noexcept { return (pdiff_capabilities() & PDIFF_CAPABILITY_TRAIN) != 0; }
+
 // ---- options: the C structs with the library's defaults ----
 
+#if defined(PDIFF_FEATURE_TRAIN)
 inline pdiff_train_options train_options() {
     pdiff_train_options o{};
     detail::check(pdiff_train_options_default(&o));
     return o;
 }
+#endif
 
 inline pdiff_sampler_options sampler_options() {
     pdiff_sampler_options o{};
@@ -183,6 +193,7 @@ struct TensorInfo {
     }
 };
 
+#if defined(PDIFF_FEATURE_TRAIN)
 // ---- Dataset ----
 
 /// K checkpoints of one network and their layout (pdiff_dataset). Move-only.
@@ -318,6 +329,7 @@ private:
     }
     std::unique_ptr<pdiff_generator, detail::GeneratorFree> h_;
 };
+#endif  // PDIFF_FEATURE_TRAIN
 
 // ---- Sampler ----
 

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-/// Linear beta schedule (SPEC §3: 1e-4 -> 2e-2, T = 1000).
+/// Linear beta schedule (docs/design.md, "Training": 1e-4 -> 2e-2, T = 1000).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
     pub kind: String,

@@ -1,32 +1,9 @@
 //! `pdiff_generator`: training (autoencoder + latent DDPM, tch) and export as a bundle.
 use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure};
-use super::{pdiff_dataset, pdiff_status};
+use super::{pdiff_dataset, pdiff_device, pdiff_preset, pdiff_status};
 use crate::model::Preset;
 use crate::train::{DeviceChoice, Generator, TrainConfig};
 use std::ffi::{c_char, c_int, c_void};
-
-/// Architecture and default hyper-parameters of a generator (`pdiff_train_options.preset`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum pdiff_preset {
-    /// Small networks tuned for CPUs (the default).
-    PDIFF_PRESET_COMPACT = 0,
-    /// The reference widths of the paper's code: for GPUs.
-    PDIFF_PRESET_PAPER = 1,
-}
-
-/// Where training runs (`pdiff_train_options.device`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum pdiff_device {
-    /// CUDA when libtorch sees a GPU, else CPU (the default).
-    PDIFF_DEVICE_AUTO = 0,
-    /// CPU.
-    PDIFF_DEVICE_CPU = 1,
-    /// CUDA device `device_index`; `PDIFF_ERR_DEVICE_UNAVAILABLE` when there is none (never a
-    /// silent fallback).
-    PDIFF_DEVICE_CUDA = 2,
-}
 
 /// Progress callback of training, called on the training thread after every step.
 /// `stage` is "autoencoder" or "diffusion" (a static string), `step` runs from 1 to `total`,
@@ -183,7 +160,7 @@ pub unsafe extern "C" fn pdiff_generator_export(generator: *const pdiff_generato
     call("pdiff_generator_export", || {
         let g = try_ref!(generator, "generator");
         let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
-        crate::bundle::save(&g.g, &dir)?;
+        g.g.export_bundle(&dir)?;
         Ok(())
     })
 }

@@ -15,11 +15,17 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
+// Training (datasets and generators) needs libtorch: only with feature `train`, declared in
+// pdiff.h under `#if defined(PDIFF_FEATURE_TRAIN)` (cbindgen.toml, [defines]).
+#[cfg(feature = "train")]
 mod dataset;
+#[cfg(feature = "train")]
 mod generator;
 mod sampler;
 
+#[cfg(feature = "train")]
 pub use dataset::*;
+#[cfg(feature = "train")]
 pub use generator::*;
 pub use sampler::*;
 
@@ -66,6 +72,34 @@ pub enum pdiff_status {
     PDIFF_ERR_PANIC = 12,
     /// An options struct's `struct_size` does not match this library's struct.
     PDIFF_ERR_STRUCT_SIZE = 13,
+}
+
+// The int32 option enums of the training API live here rather than in `generator`: cbindgen
+// repeats a module's cfg on every enum variant, an item's cfg only once around the enum.
+
+/// Architecture and default hyper-parameters of a generator (`pdiff_train_options.preset`).
+#[cfg(feature = "train")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pdiff_preset {
+    /// Small networks tuned for CPUs (the default).
+    PDIFF_PRESET_COMPACT = 0,
+    /// The reference widths of the paper's code: for GPUs.
+    PDIFF_PRESET_PAPER = 1,
+}
+
+/// Where training runs (`pdiff_train_options.device`).
+#[cfg(feature = "train")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pdiff_device {
+    /// CUDA when libtorch sees a GPU, else CPU (the default).
+    PDIFF_DEVICE_AUTO = 0,
+    /// CPU.
+    PDIFF_DEVICE_CPU = 1,
+    /// CUDA device `device_index`; `PDIFF_ERR_DEVICE_UNAVAILABLE` when there is none (never a
+    /// silent fallback).
+    PDIFF_DEVICE_CUDA = 2,
 }
 
 /// A failed call: the status returned to C and the message kept for `pdiff_last_error`.
@@ -220,6 +254,7 @@ macro_rules! try_ref {
 pub(crate) use {nonnull, try_ref};
 
 /// A NUL-terminated UTF-8 string argument.
+#[cfg_attr(not(feature = "train"), allow(dead_code))]
 pub(crate) unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
     if p.is_null() {
         return Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("{what} is NULL")));
@@ -297,6 +332,21 @@ pub extern "C" fn pdiff_last_error() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn pdiff_abi_version() -> u32 {
     boundary("pdiff_abi_version", || Ok(PDIFF_ABI_VERSION))
+}
+
+/// Bit of `pdiff_capabilities()`: training is compiled in (`pdiff_dataset_*`,
+/// `pdiff_generator_*`: a full build, linked with libtorch). Without it the library only
+/// serves bundles (`pdiff_sampler_*`).
+pub const PDIFF_CAPABILITY_TRAIN: u32 = 1;
+
+/// What this build of the library can do, as a bitmask of `PDIFF_CAPABILITY_*` bits. A host
+/// that loads libpdiff at run time checks it before looking up optional functions (a
+/// serve-only build does not export the training functions at all).
+///
+/// Ownership: nothing to free.
+#[no_mangle]
+pub extern "C" fn pdiff_capabilities() -> u32 {
+    boundary("pdiff_capabilities", || Ok(if cfg!(feature = "train") { PDIFF_CAPABILITY_TRAIN } else { 0 }))
 }
 
 /// The library version, e.g. "0.1.0".

@@ -33,8 +33,9 @@ pub struct pdiff_sampler_options {
     /// Intra-op threads per ONNX Runtime session (0: ONNX Runtime's default).
     pub intra_threads: usize,
     /// Path of libonnxruntime.so, or NULL for the default ($PDIFF_ORT_LIB, $ORT_DYLIB_PATH,
-    /// then the project's venv). ONNX Runtime is loaded once per process: the first successful
-    /// open decides which library is used. Borrowed during `pdiff_sampler_open` only.
+    /// then the system loader's libonnxruntime.so). ONNX Runtime is loaded once per process:
+    /// the first successful open decides which library is used. Borrowed during
+    /// `pdiff_sampler_open` only.
     pub runtime_library: *const c_char,
 }
 

@@ -1,11 +1,17 @@
-//! The two networks of p-diff, in tch: the parameter autoencoder (SPEC §2) and the latent
-//! denoiser (SPEC §3), with the `paper` and `compact` presets.
+//! The two networks of p-diff: the parameter autoencoder and the latent denoiser
+//! (docs/design.md, "Model"), with the `paper` and `compact` presets.
+//!
+//! This file holds their configurations, which the bundle manifest records and which need no
+//! libtorch; the tch networks themselves are in `nets` (feature `train`).
 //!
 //! Norms are GroupNorm, which behaves the same in training and inference, so the tch graph and
 //! the exported ONNX graph agree (the reference's BatchNorm left in train mode does not).
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+
+#[cfg(feature = "train")]
+mod nets;
+#[cfg(feature = "train")]
+pub use nets::{timestep_embedding, Autoencoder, Denoiser};
 
 /// Number of GroupNorm groups for a layer of `channels` channels.
 pub fn norm_groups(channels: i64) -> i64 {
@@ -51,7 +57,7 @@ pub struct AutoencoderConfig {
 }
 
 impl AutoencoderConfig {
-    /// Product of the strides: the padded length must be a multiple of it (and of 64, SPEC §1).
+    /// Product of the strides: the padded length must be a multiple of it (and of 64, the reference's padding).
     pub fn pad_multiple(&self) -> usize {
         let s: i64 = self.encoder.iter().map(|c| c.stride).product();
         let s = s.max(1) as usize;
@@ -95,7 +101,7 @@ impl DenoiserConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// Reference widths of the paper's code (SPEC §2-3): for GPUs.
+    /// Reference widths of the paper's code: for GPUs.
     Paper,
     /// Patchifying autoencoder + residual-MLP denoiser: a small fraction of the compute.
     Compact,
@@ -153,285 +159,8 @@ impl Preset {
     }
 }
 
-/// The parameter autoencoder: [B, Dpad] normalized parameters <-> [B, d] latents.
-#[derive(Debug)]
-pub struct Autoencoder {
-    pub config: AutoencoderConfig,
-    pub padded_len: i64,
-    enc_convs: Vec<(nn::Conv1D, nn::GroupNorm)>,
-    enc_linear: nn::Linear,
-    dec_linear: nn::Linear,
-    /// Transposed convs, each with its norm (None for an output layer).
-    dec_convs: Vec<(nn::ConvTranspose1D, Option<nn::GroupNorm>)>,
-    dec_final: Option<nn::Conv1D>,
-    /// One learned bias per (padded) parameter position, added to the output: the decoder
-    /// then holds the typical checkpoint exactly and its layers model the deviations.
-    dec_position_bias: Tensor,
-}
-
-impl Autoencoder {
-    /// Variable names (for export): enc.{i}.conv, enc.{i}.norm, enc.fc, dec.fc, dec.{i}.conv,
-    /// dec.{i}.norm, dec.out.
-    pub fn new(vs: &nn::Path, config: &AutoencoderConfig, padded_len: usize) -> Self {
-        let enc_vs = vs / "enc";
-        let mut in_ch = 1;
-        let mut enc_convs = Vec::new();
-        for (i, c) in config.encoder.iter().enumerate() {
-            let p = &enc_vs / i;
-            let conv = nn::conv1d(
-                &p / "conv",
-                in_ch,
-                c.channels,
-                c.kernel,
-                nn::ConvConfig { stride: c.stride, padding: c.padding, ..Default::default() },
-            );
-            let norm = nn::group_norm(&p / "norm", norm_groups(c.channels), c.channels, Default::default());
-            enc_convs.push((conv, norm));
-            in_ch = c.channels;
-        }
-        let bl = config.bottleneck_len(padded_len);
-        let flat = in_ch * bl;
-        let enc_linear = nn::linear(&enc_vs / "fc", flat, config.latent_dim, Default::default());
-        let dec_vs = vs / "dec";
-        let dec_linear = nn::linear(&dec_vs / "fc", config.latent_dim, flat, Default::default());
-        let mut dec_convs = Vec::new();
-        let n_dec = config.decoder_channels.len();
-        for (i, (c, &out_ch)) in config.encoder.iter().rev().zip(&config.decoder_channels).enumerate() {
-            let is_output = config.final_kernel.is_none() && i + 1 == n_dec;
-            let p = &dec_vs / i;
-            let conv = nn::conv_transpose1d(
-                &p / "conv",
-                in_ch,
-                out_ch,
-                c.kernel,
-                nn::ConvTransposeConfig {
-                    stride: c.stride,
-                    padding: c.padding,
-                    output_padding: c.output_padding(),
-                    ..Default::default()
-                },
-            );
-            let norm = (!is_output).then(|| nn::group_norm(&p / "norm", norm_groups(out_ch), out_ch, Default::default()));
-            dec_convs.push((conv, norm));
-            in_ch = out_ch;
-        }
-        let dec_final = config.final_kernel.map(|k| {
-            nn::conv1d(&dec_vs / "out", in_ch, 1, k, nn::ConvConfig { padding: k / 2, ..Default::default() })
-        });
-        let dec_position_bias = (&dec_vs / "out").zeros("position_bias", &[padded_len as i64]);
-        Autoencoder {
-            config: config.clone(),
-            padded_len: padded_len as i64,
-            enc_convs,
-            enc_linear,
-            dec_linear,
-            dec_convs,
-            dec_final,
-            dec_position_bias,
-        }
-    }
-
-    /// Data-dependent init: start the per-position output bias at the mean of the training
-    /// inputs, so the layers learn deviations from the typical checkpoint from the first step.
-    /// The output layer starts at zero as well, so the untrained decoder reproduces exactly
-    /// that mean and training can only improve on it (as zero-initialised residual branches).
-    pub fn init_position_bias(&mut self, mean: &Tensor) {
-        tch::no_grad(|| {
-            self.dec_position_bias.copy_(mean);
-            let (ws, bs) = match (&mut self.dec_final, self.dec_convs.last_mut()) {
-                (Some(out), _) => (&mut out.ws, out.bs.as_mut()),
-                (None, Some((conv, _))) => (&mut conv.ws, conv.bs.as_mut()),
-                (None, None) => return,
-            };
-            let _ = ws.zero_();
-            if let Some(b) = bs {
-                let _ = b.zero_();
-            }
-        });
-    }
-
-    /// [B, Dpad] -> [B, d]
-    pub fn encode(&self, x: &Tensor) -> Tensor {
-        // The encoder sees the deviation from the typical checkpoint (the decoder's position
-        // bias): checkpoints of one trajectory differ by ~1% of a tensor's spread, a signal the
-        // first GroupNorm brings to unit scale instead of drowning it in the shared pattern.
-        let mut h = (x - self.dec_position_bias.detach()).unsqueeze(1);
-        for ((conv, norm), spec) in self.enc_convs.iter().zip(&self.config.encoder) {
-            h = conv1d_fast(&h, conv, spec).apply(norm).leaky_relu();
-        }
-        h.flatten(1, -1).apply(&self.enc_linear)
-    }
-
-    /// [B, d] -> [B, Dpad]
-    pub fn decode(&self, z: &Tensor) -> Tensor {
-        let b = z.size()[0];
-        let c = self.config.encoder.last().map(|c| c.channels).unwrap_or(1);
-        let mut h = z.apply(&self.dec_linear).view([b, c, self.config.bottleneck_len(self.padded_len as usize)]);
-        for ((conv, norm), spec) in self.dec_convs.iter().zip(self.config.encoder.iter().rev()) {
-            h = conv_transpose1d_fast(&h, conv, spec);
-            if let Some(norm) = norm {
-                h = h.apply(norm).elu();
-            }
-        }
-        if let Some(out) = &self.dec_final {
-            h = h.apply(out);
-        }
-        h.squeeze_dim(1) + &self.dec_position_bias
-    }
-}
-
-/// True when a conv is a pure patch operation (kernel == stride, no padding): libtorch's CPU
-/// (transposed) convolution is slow for it (col2im), a reshape + matmul is the same arithmetic.
-fn is_patch(spec: &ConvSpec) -> bool {
-    spec.kernel == spec.stride && spec.padding == 0
-}
-
-/// Conv1d; patch convs as [B, L, C*k] x [C*k, O].
-fn conv1d_fast(h: &Tensor, conv: &nn::Conv1D, spec: &ConvSpec) -> Tensor {
-    if !is_patch(spec) {
-        return h.apply(conv);
-    }
-    let (b, c, l) = h.size3().expect("[B, C, L]");
-    let k = spec.kernel;
-    let o = conv.ws.size()[0];
-    // h[b, c, i*k + j] -> [B, L/k, C*k] with (c, j) order, matching weight [O, C, k].
-    let patches = h.view([b, c, l / k, k]).permute([0, 2, 1, 3]).reshape([b, l / k, c * k]);
-    let y = patches.matmul(&conv.ws.view([o, c * k]).tr());
-    let y = match &conv.bs {
-        Some(bias) => y + bias,
-        None => y,
-    };
-    y.permute([0, 2, 1])
-}
-
-/// ConvTranspose1d; patch convs as [B, L, C] x [C, O*k], then interleave.
-fn conv_transpose1d_fast(h: &Tensor, conv: &nn::ConvTranspose1D, spec: &ConvSpec) -> Tensor {
-    if !is_patch(spec) {
-        return h.apply(conv);
-    }
-    let (b, c, l) = h.size3().expect("[B, C, L]");
-    let k = spec.kernel;
-    let o = conv.ws.size()[1];
-    // out[b, o, i*k + j] = sum_c W[c, o, j] h[b, c, i] + bias[o]; weight is [C, O, k].
-    let y = h.transpose(1, 2).matmul(&conv.ws.view([c, o * k]));
-    let y = y.view([b, l, o, k]).permute([0, 2, 1, 3]).reshape([b, o, l * k]);
-    match &conv.bs {
-        Some(bias) => y + bias.view([1, o, 1]),
-        None => y,
-    }
-}
-
-/// Sinusoidal embedding of integer timesteps: [B] -> [B, dim] = [sin(t f), cos(t f)],
-/// f_i = 10000^(-i / (dim/2)).
-pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
-    let freqs = timestep_frequencies(dim);
-    let f = Tensor::from_slice(&freqs).to_device(t.device());
-    let args = t.to_kind(Kind::Float).unsqueeze(1) * f.unsqueeze(0);
-    Tensor::cat(&[args.sin(), args.cos()], 1)
-}
-
 /// The frequencies of [`timestep_embedding`], shared with the ONNX export.
 pub fn timestep_frequencies(dim: i64) -> Vec<f32> {
     let half = dim / 2;
     (0..half).map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32).collect()
-}
-
-/// The latent denoiser: (x_t [B, d], t [B] i64) -> predicted noise [B, d].
-#[derive(Debug)]
-pub struct Denoiser {
-    pub config: DenoiserConfig,
-    pub latent_dim: i64,
-    time_fc1: nn::Linear,
-    time_fc2: nn::Linear,
-    body: DenoiserBody,
-}
-
-#[derive(Debug)]
-enum DenoiserBody {
-    Cnn { convs: Vec<nn::Conv1D>, norms: Vec<nn::GroupNorm> },
-    Mlp { input: nn::Linear, blocks: Vec<(nn::Linear, nn::Linear)>, output: nn::Linear },
-}
-
-impl Denoiser {
-    /// Variable names (for export): time.fc1, time.fc2, then cnn: conv.{i}, norm.{i};
-    /// mlp: in, block.{i}.fc1, block.{i}.fc2, out.
-    pub fn new(vs: &nn::Path, config: &DenoiserConfig, latent_dim: i64) -> Self {
-        let tdim = config.time_dim();
-        let time_fc1 = nn::linear(vs / "time" / "fc1", tdim, tdim, Default::default());
-        let (emb_out, body) = match config {
-            DenoiserConfig::Cnn { channels, kernel, .. } => {
-                let mut convs = Vec::new();
-                let mut norms = Vec::new();
-                for i in 0..channels.len() - 1 {
-                    let conv = nn::conv1d(
-                        vs / "conv" / i,
-                        channels[i],
-                        channels[i + 1],
-                        *kernel,
-                        nn::ConvConfig { padding: kernel / 2, ..Default::default() },
-                    );
-                    convs.push(conv);
-                    if i + 2 < channels.len() {
-                        norms.push(nn::group_norm(vs / "norm" / i, norm_groups(channels[i + 1]), channels[i + 1], Default::default()));
-                    }
-                }
-                (latent_dim, DenoiserBody::Cnn { convs, norms })
-            }
-            DenoiserConfig::Mlp { hidden, blocks, .. } => {
-                let input = nn::linear(vs / "in", latent_dim, *hidden, Default::default());
-                let blocks = (0..*blocks)
-                    .map(|i| {
-                        let p = vs / "block" / i;
-                        (nn::linear(&p / "fc1", *hidden, *hidden, Default::default()), nn::linear(&p / "fc2", *hidden, *hidden, Default::default()))
-                    })
-                    .collect();
-                let output = nn::linear(vs / "out", *hidden, latent_dim, Default::default());
-                (*hidden, DenoiserBody::Mlp { input, blocks, output })
-            }
-        };
-        let time_fc2 = nn::linear(vs / "time" / "fc2", tdim, emb_out, Default::default());
-        Denoiser { config: config.clone(), latent_dim, time_fc1, time_fc2, body }
-    }
-
-    pub fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
-        let temb = timestep_embedding(t, self.config.time_dim()).apply(&self.time_fc1).silu().apply(&self.time_fc2);
-        match &self.body {
-            DenoiserBody::Cnn { convs, norms } => {
-                // temb: [B, d], broadcast over channels of the [B, C, d] sequence.
-                let temb = temb.unsqueeze(1);
-                let n = convs.len();
-                let mut h = x.unsqueeze(1);
-                let mut skips: Vec<Tensor> = Vec::new();
-                for (i, conv) in convs.iter().enumerate() {
-                    h = (&h + &temb).apply(conv);
-                    if i + 1 == n {
-                        break;
-                    }
-                    h = h.apply(&norms[i]).elu();
-                    // Additive skips: outputs of the first convs are added to the outputs of
-                    // their mirrors (same channel count) in the second half.
-                    let mirror = n - 2 - i;
-                    if i < mirror && i < n / 2 - 1 {
-                        skips.push(h.shallow_clone());
-                    } else if mirror < i && mirror < skips.len() {
-                        h = h + &skips[mirror];
-                    }
-                }
-                h.squeeze_dim(1)
-            }
-            DenoiserBody::Mlp { input, blocks, output } => {
-                let mut h = x.apply(input);
-                for (fc1, fc2) in blocks {
-                    h = &h + (&h + &temb).silu().apply(fc1).silu().apply(fc2);
-                }
-                h.silu().apply(output)
-            }
-        }
-    }
-}
-
-impl Module for Autoencoder {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        self.decode(&self.encode(xs))
-    }
 }

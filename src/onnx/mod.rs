@@ -1,4 +1,4 @@
-//! ONNX export of the decoder and the denoiser (SPEC §4), written from Rust with the prost
+//! ONNX export of the decoder and the denoiser (docs/bundle-format.md, "The graphs"), written from Rust with the prost
 //! types of the vendored onnx.proto.
 //!
 //! - `decoder.onnx`: z f32[B, d] (standardized latent) -> params f32[B, D] in host units.

@@ -2,8 +2,8 @@
 //! plus the [`Layout`] that maps flat offsets back to named tensors.
 //!
 //! Normalization is per tensor: one scalar mean and std over that tensor's values in all K
-//! checkpoints (SPEC §1). Padding (to the autoencoder's stride multiple) is applied by the model
-//! stage; this module only knows the unpadded length D.
+//! checkpoints (docs/design.md, "Data and layout"). Padding (to the autoencoder's stride
+//! multiple) is applied by the model stage; this module only knows the unpadded length D.
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -331,7 +331,8 @@ impl ParamSet {
     }
 
     /// Checkpoints from one trajectory are nearly parallel; independently initialised runs are
-    /// permutation-misaligned (cosine near 0) and the autoencoder fails on them (SPEC §1).
+    /// permutation-misaligned (cosine near 0) and the autoencoder fails on them
+    /// (docs/design.md, "Data and layout").
     fn check_alignment(&mut self) {
         let d = self.layout.param_count();
         let first = self.row(0).to_vec();

@@ -1,7 +1,7 @@
 //! Serving a bundle with ONNX Runtime (`ort`, loaded dynamically: no binary is downloaded or
-//! linked at build time). A [`Sampler`] is `Send + Sync`: sessions sit behind mutexes, and the
+//! linked at build time, and no libtorch is involved). A [`Sampler`] is `Send + Sync`: sessions sit behind mutexes, and the
 //! sampler loop itself is the shared one of [`crate::diffusion`].
-use crate::bundle::{self, Manifest};
+use crate::bundle::{Bundle, Manifest};
 use crate::diffusion::{sample_params, DecoderBackend, DenoiserBackend, SamplerKind};
 use crate::error::{Error, Result};
 use crate::params::Layout;
@@ -39,7 +39,8 @@ impl std::str::FromStr for Provider {
 /// Options of the ONNX Runtime backend.
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeOptions {
-    /// Path of libonnxruntime.so; default: $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, then the project venv.
+    /// Path of libonnxruntime.so; default: $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, then the system
+    /// loader's libonnxruntime.so (see [`library_path`]).
     pub library: Option<PathBuf>,
     pub provider: Provider,
     /// Intra-op threads per session (0 or None: ONNX Runtime's default).
@@ -48,19 +49,15 @@ pub struct RuntimeOptions {
     pub device_id: i32,
 }
 
-fn venv_library(root: &Path) -> Option<PathBuf> {
-    let capi = root.join(".venv/lib/python3.11/site-packages/onnxruntime/capi");
-    let mut libs: Vec<PathBuf> = std::fs::read_dir(capi)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().map(|n| n.to_string_lossy().starts_with("libonnxruntime.so.")).unwrap_or(false))
-        .collect();
-    libs.sort();
-    libs.pop()
-}
+/// Names the system loader is asked for when nothing else names a library: the unversioned
+/// development name first, then the soname of ONNX Runtime 1.x.
+const LOADER_NAMES: [&str; 2] = ["libonnxruntime.so", "libonnxruntime.so.1"];
 
-/// Resolve the ONNX Runtime library: explicit path, $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, then
-/// `.venv` of the working directory, of the executable's ancestors, and of this source tree.
+/// Where ONNX Runtime comes from, in this order: the explicit path, `$PDIFF_ORT_LIB`,
+/// `$ORT_DYLIB_PATH`, then the system loader (`LD_LIBRARY_PATH`, the ld.so cache, the default
+/// directories). A path from the first three must exist; the loader's search happens when the
+/// library is opened. Nothing of the build tree is looked at: applications that ship ONNX
+/// Runtime in a known place pass it explicitly.
 pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf> {
     let check = |p: PathBuf, origin: &str| -> Result<PathBuf> {
         if p.is_file() {
@@ -77,15 +74,7 @@ pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf> {
             return check(PathBuf::from(v), &format!("${var}"));
         }
     }
-    let mut roots = vec![PathBuf::from(".")];
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    roots
-        .iter()
-        .find_map(|r| venv_library(r))
-        .ok_or_else(|| Error::Runtime("ONNX Runtime library not found: set PDIFF_ORT_LIB to libonnxruntime.so, or run scripts/setup.sh".into()))
+    Ok(PathBuf::from(LOADER_NAMES[0]))
 }
 
 struct Env {
@@ -107,7 +96,29 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Path> {
         return Ok(&e.library);
     }
     let library = library_path(explicit)?;
-    let builder = ort::init_from(&library).map_err(|e| Error::Runtime(format!("cannot load {}: {e}", library.display())))?;
+    let builder = if library.is_absolute() || library.components().count() > 1 {
+        ort::init_from(&library).map_err(|e| Error::Runtime(format!("cannot load {}: {e}", library.display())))?
+    } else {
+        // The system loader's search, under each of its names in turn.
+        let mut last = String::new();
+        let mut found = None;
+        for name in LOADER_NAMES {
+            match ort::init_from(name) {
+                Ok(b) => {
+                    found = Some(b);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        found.ok_or_else(|| {
+            Error::Runtime(format!(
+                "ONNX Runtime library not found: none of $PDIFF_ORT_LIB, $ORT_DYLIB_PATH is set and the system loader has no {} ({last}); \
+                 set PDIFF_ORT_LIB to the path of libonnxruntime.so (pip's onnxruntime wheel ships it in onnxruntime/capi/)",
+                LOADER_NAMES.join(" or ")
+            ))
+        })?
+    };
     let env = builder.with_name("libpdiff").build().map_err(|e| Error::Runtime(format!("environment: {e}")))?;
     let e = ENV.get_or_init(|| Env { library, env });
     Ok(&e.library)
@@ -155,14 +166,11 @@ pub struct Sampler {
 impl Sampler {
     /// Open a bundle: verify it (format version, hashes), load both graphs.
     pub fn open(dir: &Path, opts: &RuntimeOptions) -> Result<Self> {
-        let manifest = bundle::load_manifest(dir)?;
+        // Sessions are created from the very bytes whose sha256 was checked.
+        let bundle = Bundle::read(dir, &["decoder", "denoiser"])?;
         init(opts.library.as_deref())?;
         let has_cuda = ort::ep::CUDA::is_available().map_err(rt("querying CUDA provider"))?;
-        let read = |role: &str| -> Result<Vec<u8>> {
-            let name = manifest.files.get(role).ok_or_else(|| Error::bundle(dir, format!("pdiff.json: files.{role} is missing")))?;
-            std::fs::read(dir.join(name)).map_err(|e| Error::bundle(dir, format!("{name}: {e}")))
-        };
-        let (dec_bytes, den_bytes) = (read("decoder")?, read("denoiser")?);
+        let (dec_bytes, den_bytes) = (bundle.file("decoder")?, bundle.file("denoiser")?);
         let open_both = |cuda: bool| -> Result<(Session, Session)> {
             Ok((open_session(&dec_bytes, opts, cuda, "decoder.onnx")?, open_session(&den_bytes, opts, cuda, "denoiser.onnx")?))
         };
@@ -189,6 +197,7 @@ impl Sampler {
                 }
             },
         };
+        let manifest = bundle.manifest;
         let layout = manifest.layout();
         Ok(Sampler { manifest, layout, decoder: Mutex::new(decoder), denoiser: Mutex::new(denoiser), provider })
     }

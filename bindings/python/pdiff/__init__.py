@@ -15,6 +15,10 @@ Every failing call raises a subclass of :class:`pdiff.Error` carrying ``status``
 :class:`pdiff.Status`) and ``message`` (the library's ``pdiff_last_error()``). Handles are freed
 when garbage-collected, or at once by ``close()`` / a ``with`` block. The low-level layer
 (``pdiff._ffi.ffi`` / ``pdiff._ffi.lib``) is generated from include/pdiff.h at import time.
+
+A serve-only libpdiff (built without libtorch) has no training: :func:`has_training` is then
+False and ``Dataset.from_memory`` / ``Dataset.load_dir`` / ``Generator.train`` raise
+:class:`TrainingUnavailableError`; :class:`Sampler` works with either build.
 """
 from __future__ import annotations
 
@@ -26,13 +30,14 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ._ffi import HEADER_ABI_VERSION, ffi, lib
+from ._ffi import HAS_TRAINING, HEADER_ABI_VERSION, LIBRARY_PATH, ffi, lib
 
 __all__ = [
     "ABI_VERSION", "Status", "Error", "InvalidArgumentError", "NullPointerError",
     "BufferTooSmallError", "IoError", "CheckpointError", "BundleError", "OnnxRuntimeError",
     "DeviceUnavailableError", "DivergedError", "CancelledError", "TorchError", "PanicError",
-    "StructSizeError", "TensorInfo", "Dataset", "Generator", "Sampler", "version", "abi_version",
+    "StructSizeError", "TrainingUnavailableError", "TensorInfo", "Dataset", "Generator", "Sampler",
+    "version", "abi_version", "has_training",
 ]
 
 ABI_VERSION = HEADER_ABI_VERSION
@@ -130,6 +135,11 @@ class StructSizeError(Error):
     """An options struct of another ABI (PDIFF_ERR_STRUCT_SIZE)."""
 
 
+class TrainingUnavailableError(Error, NotImplementedError):
+    """Training was asked of a serve-only libpdiff (no ``pdiff_dataset_*`` /
+    ``pdiff_generator_*``). Raised by this module before any C call, so ``status`` is None."""
+
+
 _ERRORS = {
     "INVALID_ARGUMENT": InvalidArgumentError, "NULL_POINTER": NullPointerError,
     "BUFFER_TOO_SMALL": BufferTooSmallError, "IO": IoError, "CHECKPOINT": CheckpointError,
@@ -166,6 +176,23 @@ def version() -> str:
 def abi_version() -> int:
     """The ABI version of the loaded library (equal to ABI_VERSION, checked at import)."""
     return int(lib.pdiff_abi_version())
+
+
+def has_training() -> bool:
+    """Whether the loaded libpdiff can train (:class:`Dataset`, :class:`Generator`): its
+    ``pdiff_capabilities()`` has ``PDIFF_CAPABILITY_TRAIN``. False for a serve-only build."""
+    return HAS_TRAINING
+
+
+def _require_training(what: str) -> None:
+    # Without this, cffi would raise AttributeError ("function/symbol ... not found") from the
+    # first missing pdiff_dataset_* / pdiff_generator_* function.
+    if not HAS_TRAINING:
+        raise TrainingUnavailableError(
+            None,
+            f"{what} needs training, but this libpdiff ({LIBRARY_PATH}) is a serve-only build "
+            "without training (sampling only); use a full build, or set $PDIFF_LIB to one",
+        )
 
 
 __version__ = version()
@@ -284,7 +311,8 @@ def _as_f32_buffer(array: np.ndarray):
 # ---- Dataset ----
 
 class Dataset(_Handle):
-    """K checkpoints of one network and their layout (``pdiff_dataset``)."""
+    """K checkpoints of one network and their layout (``pdiff_dataset``). Needs a full build:
+    :class:`TrainingUnavailableError` otherwise."""
 
     _kind = "dataset"
 
@@ -293,6 +321,7 @@ class Dataset(_Handle):
         """K flat parameter vectors: ``array`` is [K, D] (converted to float32), ``layout`` a list
         of (name, shape) pairs or a {name: shape} dict, whose element counts sum to D; each row is
         the tensors one after the other, row-major. The values are copied."""
+        _require_training("Dataset.from_memory")
         decls, keep, n, d = _layout_decls(layout)
         data = np.ascontiguousarray(array, dtype=np.float32)
         if data.ndim != 2 or data.shape[1] != d:
@@ -306,6 +335,7 @@ class Dataset(_Handle):
     def load_dir(cls, path, patterns: Union[None, str, Sequence[str]] = None) -> "Dataset":
         """Every ``*.safetensors`` file of ``path`` (sorted by name) as one checkpoint; ``patterns``
         selects tensors (exact names or globs; None: every floating-point tensor)."""
+        _require_training("Dataset.load_dir")
         if isinstance(patterns, str):
             patterns = [patterns]
         patterns = list(patterns or [])
@@ -347,7 +377,8 @@ _TRAIN_FIELDS = ("ae_steps", "diffusion_steps", "batch_size", "ae_lr", "diffusio
 
 
 class Generator(_Handle):
-    """A trained generator (``pdiff_generator``)."""
+    """A trained generator (``pdiff_generator``). Needs a full build:
+    :class:`TrainingUnavailableError` otherwise."""
 
     _kind = "generator"
 
@@ -362,6 +393,7 @@ class Generator(_Handle):
         "autoencoder" or "diffusion"; returning False (or any false value but None) cancels:
         :class:`CancelledError`. An exception raised by it cancels too and is re-raised here.
         """
+        _require_training("Generator.train")
         o = ffi.new("pdiff_train_options *")
         _check(lib.pdiff_train_options_default(o))
         for key, value in options.items():

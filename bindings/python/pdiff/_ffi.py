@@ -2,31 +2,63 @@
 
 The declarations are never copied by hand: the header's text is turned into something
 ``ffi.cdef`` accepts (comments removed, preprocessor conditionals evaluated with
-``__cplusplus`` undefined, ``#include`` / guard lines dropped, integer ``#define``s kept), so the
-binding follows the header and cannot drift from it.
+``__cplusplus`` undefined and ``PDIFF_FEATURE_TRAIN`` defined, ``#include`` / guard lines
+dropped, integer ``#define``s kept), so the binding follows the header and cannot drift from it.
 
-Where things are found:
+The training API is always declared, whatever the library: in ABI mode cffi resolves a function
+only when it is first used, so declaring functions that a serve-only libpdiff lacks is harmless.
+What the loaded library can do is ``CAPABILITIES`` (``pdiff_capabilities()``); ``HAS_TRAINING``
+is its ``PDIFF_CAPABILITY_TRAIN`` bit.
 
-- libpdiff.so: ``$PDIFF_LIB``; else the repository's ``target/release/libpdiff.so`` (relative
-  to this package); else the system loader (``ctypes.util.find_library("pdiff")``, then
-  ``libpdiff.so`` through ld.so's search path).
-- pdiff.h: ``$PDIFF_HEADER``; else ``<libdir>/../include/pdiff.h`` next to the library found
-  (an installed prefix); else the repository's ``include/pdiff.h``; else /usr/local/include,
-  /usr/include.
+Where things are found (first match wins):
+
+- libpdiff.so: ``$PDIFF_LIB``; else ``<sys.prefix>/lib/libpdiff.so`` (``make install
+  PREFIX=$VIRTUAL_ENV``); else, only when this package is imported from a source checkout, the
+  checkout's ``target/release/libpdiff.so``; else the system loader
+  (``ctypes.util.find_library("pdiff")``, then ``libpdiff.so`` through ld.so's search path).
+- pdiff.h: ``$PDIFF_HEADER``; else the copy inside the installed package (``pdiff/include/``,
+  written by ``pip install``); else ``<libdir>/../include/pdiff.h`` next to the library found
+  (an installed prefix); else the checkout's ``include/pdiff.h`` (source checkout only); else
+  /usr/local/include, /usr/include.
 """
 from __future__ import annotations
 
 import ctypes.util
 import os
 import re
+import sys
 from pathlib import Path
+from typing import Iterable, Optional
 
 import cffi
 
-__all__ = ["ffi", "lib", "HEADER_PATH", "LIBRARY_PATH", "HEADER_ABI_VERSION", "header_to_cdef"]
+__all__ = [
+    "ffi", "lib", "HEADER_PATH", "LIBRARY_PATH", "HEADER_ABI_VERSION", "CAPABILITIES", "HAS_TRAINING",
+    "header_to_cdef",
+]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-_REPO = _PACKAGE_DIR.parent.parent.parent  # bindings/python/pdiff -> repository root
+# The headers `pip install` copied into the package (bindings/python/setup.py).
+_PACKAGED_INCLUDE = _PACKAGE_DIR / "include"
+
+
+def _source_checkout() -> Optional[Path]:
+    """The repository root when this package is bindings/python/pdiff of a libpdiff checkout
+    (not an installed copy); None otherwise. An installed package must never pick up a build
+    tree that merely happens to sit three directories above it."""
+    root = _PACKAGE_DIR.parent.parent.parent
+    if (_PACKAGE_DIR.parent.name, _PACKAGE_DIR.parent.parent.name) != ("python", "bindings"):
+        return None
+    if (root / "Cargo.toml").is_file() and (root / "include" / "pdiff.h").is_file():
+        return root
+    return None
+
+
+_CHECKOUT = _source_checkout()
+
+# Defined while parsing the header: the training declarations are wanted whatever the
+# library (see the module docstring), and pdiff_features.h itself is not read.
+PREDEFINED = ("PDIFF_FEATURE_TRAIN",)
 
 # Strings, block comments and line comments in one pass, so that "//" inside a string literal
 # (or a quote inside a comment) is not misread.
@@ -58,11 +90,12 @@ def _eval_condition(expr: str, defined: set[str]) -> bool:
     raise ImportError(f"pdiff.h: cannot evaluate '#if {expr}' for cffi")
 
 
-def header_to_cdef(text: str) -> str:
-    """Turn the text of pdiff.h into declarations ``ffi.cdef`` can parse."""
+def header_to_cdef(text: str, defines: Iterable[str] = ()) -> str:
+    """Turn the text of pdiff.h into declarations ``ffi.cdef`` can parse, with the macros
+    ``defines`` defined beforehand (as ``-D`` would)."""
     text = text.replace("\\\r\n", "").replace("\\\n", "")  # line continuations
     text = _strip_comments(text)
-    defined: set[str] = set()  # __cplusplus is never defined: this is C
+    defined: set[str] = set(defines)  # __cplusplus is never defined: this is C
     stack: list[tuple[bool, bool]] = []  # (this branch active, some branch taken)
     out: list[str] = []
 
@@ -133,9 +166,12 @@ def _find_library() -> str:
     env = os.environ.get("PDIFF_LIB")
     if env:
         return env
-    repo_lib = _REPO / "target" / "release" / "libpdiff.so"
-    if repo_lib.is_file():
-        return str(repo_lib)
+    candidates = [Path(sys.prefix) / "lib" / "libpdiff.so"]
+    if _CHECKOUT is not None:
+        candidates.append(_CHECKOUT / "target" / "release" / "libpdiff.so")
+    for c in candidates:
+        if c.is_file():
+            return str(c)
     return ctypes.util.find_library("pdiff") or "libpdiff.so"
 
 
@@ -144,13 +180,12 @@ def _find_header(library: str) -> Path:
     env = os.environ.get("PDIFF_HEADER")
     if env:
         candidates.append(Path(env))
+    candidates.append(_PACKAGED_INCLUDE / "pdiff.h")
     if os.sep in library:
         candidates.append(Path(library).resolve().parent.parent / "include" / "pdiff.h")
-    candidates += [
-        _REPO / "include" / "pdiff.h",
-        Path("/usr/local/include/pdiff.h"),
-        Path("/usr/include/pdiff.h"),
-    ]
+    if _CHECKOUT is not None:
+        candidates.append(_CHECKOUT / "include" / "pdiff.h")
+    candidates += [Path("/usr/local/include/pdiff.h"), Path("/usr/include/pdiff.h")]
     for c in candidates:
         if c.is_file():
             return c
@@ -159,7 +194,7 @@ def _find_header(library: str) -> Path:
 
 LIBRARY_PATH = _find_library()
 HEADER_PATH = _find_header(LIBRARY_PATH)
-CDEF = header_to_cdef(HEADER_PATH.read_text(encoding="utf-8"))
+CDEF = header_to_cdef(HEADER_PATH.read_text(encoding="utf-8"), PREDEFINED)
 
 ffi = cffi.FFI()
 ffi.cdef(CDEF)
@@ -174,3 +209,9 @@ if lib.pdiff_abi_version() != HEADER_ABI_VERSION:
         f"{LIBRARY_PATH} implements ABI {lib.pdiff_abi_version()}, "
         f"{HEADER_PATH} declares {HEADER_ABI_VERSION}"
     )
+
+try:
+    CAPABILITIES: int = int(lib.pdiff_capabilities())
+except AttributeError as e:  # cffi: the symbol is missing from the library
+    raise ImportError(f"{LIBRARY_PATH} has no pdiff_capabilities(): older than {HEADER_PATH}") from e
+HAS_TRAINING: bool = bool(CAPABILITIES & lib.PDIFF_CAPABILITY_TRAIN)

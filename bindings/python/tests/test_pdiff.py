@@ -1,13 +1,29 @@
 """Tests of the Python binding (bindings/python/pdiff) over libpdiff's C ABI.
 
-    .venv/bin/python -m pytest -q bindings/python/tests
+They test the ``pdiff`` package that Python imports (see conftest.py): normally the installed one,
+
+    .venv/bin/pip install --target /tmp/pyinst --no-deps bindings/python
+    cd /tmp && PYTHONPATH=/tmp/pyinst PDIFF_TEST_INSTALLED=1 PDIFF_LIB=... \
+        /work/main/.venv/bin/python -m pytest -q /work/main/bindings/python/tests
+
+or the source tree with PYTHONPATH=bindings/python. Variables:
+
+- PDIFF_TEST_INSTALLED=1: fail unless the package imported is an installed copy (not
+  bindings/python/pdiff), carrying the checkout's headers.
+- PDIFF_TEST_TRAINING=1 / 0: fail unless the loaded libpdiff is a full / serve-only build (so a
+  run meant for one cannot silently test the other). With a serve-only library the tests that
+  train are skipped, the others sample the C test's bundle.
+- PDIFF_LIB, PDIFF_ORT_LIB: which libpdiff and libonnxruntime (read by the library itself).
 
 Cross-language reproducibility: with $PDIFF_TEST_C_BUNDLE (a bundle exported by
 tests/c/test_pdiff.c) and $PDIFF_TEST_C_SAMPLES (the raw little-endian f32 values that
 tests/c/sample_dump.c sampled from it: n = 3, seed 42, DDIM 10 steps, CPU), as scripts/test.sh
 sets them, Python must reproduce those values bit for bit (and $PDIFF_TEST_CPP_SAMPLES, those of
-the C++ test, when given). Without them, both C programs are compiled and run here with gcc.
+the C++ test, when given). Without them, both C programs are compiled and run here with gcc
+(full library only: the C test trains).
 """
+import ctypes
+import importlib.metadata
 import math
 import os
 import pathlib
@@ -29,6 +45,14 @@ D = ROWS * COLS + ROWS
 LAYOUT = [("w", (ROWS, COLS)), ("b", (ROWS,))]
 # The C test's training options (tests/c/test_pdiff.c).
 C_TEST_OPTIONS = dict(ae_steps=20, diffusion_steps=20, batch_size=4, seed=3, device="cpu")
+
+needs_training = pytest.mark.skipif(
+    not pdiff.has_training(), reason=f"{_ffi.LIBRARY_PATH} is a serve-only libpdiff: no training")
+
+
+def version_in(path: pathlib.Path) -> str:
+    """The first `version = "..."` of a TOML file (no tomllib before Python 3.11)."""
+    return re.search(r'^version\s*=\s*"([^"]+)"', path.read_text(), re.M).group(1)
 
 
 def c_test_data() -> np.ndarray:
@@ -55,7 +79,11 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, data):
+def bundle(request, tmp_path_factory, data):
+    """A bundle trained here with the C test's data and options; without training, the C test's
+    own bundle (same layout), so that every sampling test runs with a serve-only library too."""
+    if not pdiff.has_training():
+        return request.getfixturevalue("c_reference")[0]
     ds = pdiff.Dataset.from_memory(LAYOUT, data)
     gen = pdiff.Generator.train(ds, **C_TEST_OPTIONS)
     path = tmp_path_factory.mktemp("py") / "bundle"
@@ -78,6 +106,9 @@ def c_reference(tmp_path_factory):
     if env_bundle and env_samples:
         bundle_dir, samples = pathlib.Path(env_bundle), pathlib.Path(env_samples)
     else:
+        if not pdiff.has_training():
+            pytest.skip("no $PDIFF_TEST_C_BUNDLE / $PDIFF_TEST_C_SAMPLES, and this serve-only libpdiff "
+                        "cannot run the C test (it trains) to make them")
         gcc = shutil.which("gcc")
         if gcc is None:
             pytest.skip("no $PDIFF_TEST_C_BUNDLE / $PDIFF_TEST_C_SAMPLES and no gcc to make them")
@@ -104,20 +135,36 @@ def test_versions():
     assert pdiff.__version__ == pdiff.version()
 
 
+def declared_functions(cdef: str) -> set:
+    return set(re.findall(r"\b(pdiff_\w+)\s*\(", cdef)) - {"pdiff_progress_fn", "pdiff_score_fn"}
+
+
 def test_cdef_follows_the_header():
     header = _ffi.HEADER_PATH.read_text()
     cdef = _ffi.CDEF
     assert "/*" not in cdef and "//" not in cdef and "extern" not in cdef and "__cplusplus" not in cdef
     assert all(line.startswith("#define ") for line in cdef.splitlines() if line.lstrip().startswith("#"))
-    # every function and enum constant of the header is reachable
-    functions = set(re.findall(r"\b(pdiff_\w+)\s*\(", header)) - {"pdiff_progress_fn", "pdiff_score_fn"}
-    assert len(functions) >= 25
+    # every function of the header is declared, the training API (under PDIFF_FEATURE_TRAIN)
+    # whatever the library
+    functions = declared_functions(re.sub(r"(?m)^\s*#.*$", "", header))
+    assert functions == declared_functions(cdef) and len(functions) >= 25
+    training = functions - declared_functions(_ffi.header_to_cdef(header))
+    assert {"pdiff_dataset_from_memory", "pdiff_generator_train", "pdiff_train_options_default"} <= training
+    assert "pdiff_sampler_open" not in training
+    # ... and reachable exactly when the library has it: a serve-only build exports no training
     for f in functions:
-        assert callable(getattr(_ffi.lib, f)), f
+        if f in training and not pdiff.has_training():
+            with pytest.raises(AttributeError):
+                getattr(_ffi.lib, f)
+        else:
+            assert callable(getattr(_ffi.lib, f)), f
     for name, value in re.findall(r"\b(PDIFF_\w+) = (\d+),", header):
         assert getattr(_ffi.lib, name) == int(value)
     # option structs have the size the library expects
-    for t in ("pdiff_train_options", "pdiff_sampler_options", "pdiff_sample_options"):
+    structs = ["pdiff_sampler_options", "pdiff_sample_options"]
+    if pdiff.has_training():
+        structs.append("pdiff_train_options")
+    for t in structs:
         o = _ffi.ffi.new(t + " *")
         assert getattr(_ffi.lib, t + "_default")(o) == 0
         assert o.struct_size == _ffi.ffi.sizeof(t)
@@ -146,6 +193,10 @@ def test_header_to_cdef_handles_guards_and_comments():
     assert "extern" not in cdef and "}" not in cdef and "#include" not in cdef
     assert "#define X_VERSION 2" in cdef and "int x_f(const char *s);" in cdef
     assert "int x_g(void);" in cdef and "int x_h(void);" in cdef
+    # predefined macros, as -D would give them
+    guarded = "#if defined(X_TRAIN)\nint x_t(void);\n#endif\nint x_s(void);\n"
+    assert "x_t" not in _ffi.header_to_cdef(guarded) and "x_s" in _ffi.header_to_cdef(guarded)
+    assert "int x_t(void);" in _ffi.header_to_cdef(guarded, ["X_TRAIN"])
     with pytest.raises(ImportError):
         _ffi.header_to_cdef("#if FOO > 2\n#endif\n")
 
@@ -160,8 +211,102 @@ def test_status_and_errors():
             assert type(e) is not pdiff.Error, f"no subclass for {status.name}"
 
 
+# ---- the installed package, finding the library, capabilities ----
+
+def test_imports_the_installed_package():
+    if os.environ.get("PDIFF_TEST_INSTALLED") != "1":
+        pytest.skip("PDIFF_TEST_INSTALLED=1 not set: the package may be the source tree")
+    package = pathlib.Path(pdiff.__file__).resolve().parent
+    source = ROOT / "bindings" / "python"
+    assert source not in package.parents, f"imported the source tree ({package}), not the installed package"
+    assert _ffi._CHECKOUT is None  # so the checkout's target/release is never picked up
+    # the headers were copied in at build time, as they are in this checkout
+    for name in ("pdiff.h", "pdiff_features.h"):
+        assert (package / "include" / name).read_bytes() == (ROOT / "include" / name).read_bytes(), name
+    if not os.environ.get("PDIFF_HEADER"):
+        assert _ffi.HEADER_PATH == package / "include" / "pdiff.h"
+    assert importlib.metadata.version("pdiff") == version_in(ROOT / "Cargo.toml")
+
+
+def test_package_version_is_the_library_version():
+    assert version_in(ROOT / "bindings" / "python" / "pyproject.toml") == version_in(ROOT / "Cargo.toml")
+
+
+def test_has_training_matches_the_exported_symbols():
+    # an independent look at the library: does it export the training API at all?
+    exported = hasattr(ctypes.CDLL(_ffi.LIBRARY_PATH), "pdiff_generator_train")
+    assert pdiff.has_training() is exported
+    assert bool(_ffi.lib.pdiff_capabilities() & _ffi.lib.PDIFF_CAPABILITY_TRAIN) is exported
+    expected = os.environ.get("PDIFF_TEST_TRAINING")
+    if expected is not None:
+        assert pdiff.has_training() is (expected == "1"), \
+            f"PDIFF_TEST_TRAINING={expected} but {_ffi.LIBRARY_PATH} has_training() = {pdiff.has_training()}"
+
+
+@pytest.mark.skipif(pdiff.has_training(), reason="the library has training")
+def test_serve_only_training_raises_a_clear_error(data, tmp_path):
+    calls = [
+        lambda: pdiff.Dataset.from_memory(LAYOUT, data),
+        lambda: pdiff.Dataset.load_dir(tmp_path),
+        lambda: pdiff.Generator.train(None, **C_TEST_OPTIONS),
+    ]
+    for call in calls:
+        with pytest.raises(pdiff.TrainingUnavailableError) as e:
+            call()
+        assert isinstance(e.value, pdiff.Error) and isinstance(e.value, NotImplementedError)
+        assert e.value.status is None
+        assert "serve-only" in str(e.value) and _ffi.LIBRARY_PATH in str(e.value)
+
+
+def test_library_lookup_order(monkeypatch, tmp_path):
+    def fake_lib(path: pathlib.Path) -> pathlib.Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return path
+
+    monkeypatch.setattr(_ffi.ctypes.util, "find_library", lambda name: None)
+    checkout = tmp_path / "checkout"
+    checkout_lib = fake_lib(checkout / "target" / "release" / "libpdiff.so")
+    monkeypatch.setattr(_ffi, "_CHECKOUT", checkout)
+    monkeypatch.setattr(_ffi.sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setenv("PDIFF_LIB", "/somewhere/libpdiff.so")
+    assert _ffi._find_library() == "/somewhere/libpdiff.so"
+    monkeypatch.delenv("PDIFF_LIB")
+    assert _ffi._find_library() == str(checkout_lib)
+    prefix_lib = fake_lib(tmp_path / "venv" / "lib" / "libpdiff.so")  # make install PREFIX=$VIRTUAL_ENV
+    assert _ffi._find_library() == str(prefix_lib)
+    prefix_lib.unlink()
+    # an installed package never takes a checkout's build: the loader's search path decides
+    monkeypatch.setattr(_ffi, "_CHECKOUT", None)
+    assert _ffi._find_library() == "libpdiff.so"
+    monkeypatch.setattr(_ffi.ctypes.util, "find_library", lambda name: "libpdiff.so.0" if name == "pdiff" else None)
+    assert _ffi._find_library() == "libpdiff.so.0"
+
+
+def test_header_lookup_order(monkeypatch, tmp_path):
+    def fake_header(path: pathlib.Path) -> pathlib.Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("/* pdiff.h */")
+        return path
+
+    checkout = fake_header(tmp_path / "checkout" / "include" / "pdiff.h")
+    monkeypatch.setattr(_ffi, "_CHECKOUT", tmp_path / "checkout")
+    monkeypatch.setattr(_ffi, "_PACKAGED_INCLUDE", tmp_path / "pkg" / "include")
+    monkeypatch.delenv("PDIFF_HEADER", raising=False)
+    library = str(tmp_path / "prefix" / "lib" / "libpdiff.so")
+    assert _ffi._find_header(library) == checkout
+    beside = fake_header(tmp_path / "prefix" / "include" / "pdiff.h")
+    assert _ffi._find_header(library) == beside
+    assert _ffi._find_header("libpdiff.so") == checkout  # a bare name has no directory
+    packaged = fake_header(tmp_path / "pkg" / "include" / "pdiff.h")
+    assert _ffi._find_header(library) == packaged
+    monkeypatch.setenv("PDIFF_HEADER", str(fake_header(tmp_path / "env" / "pdiff.h")))
+    assert _ffi._find_header(library) == tmp_path / "env" / "pdiff.h"
+
+
 # ---- datasets ----
 
+@needs_training
 def test_dataset_from_memory(data):
     with pdiff.Dataset.from_memory(LAYOUT, data) as ds:
         assert (ds.k, ds.param_count, ds.warnings) == (K, D, [])
@@ -175,6 +320,7 @@ def test_dataset_from_memory(data):
     assert ds.param_count == D and "k=6" in repr(ds)
 
 
+@needs_training
 @pytest.mark.parametrize(
     "layout, array_fn, error, status",
     [
@@ -192,6 +338,7 @@ def test_dataset_errors(data, layout, array_fn, error, status):
     assert e.value.status == pdiff.Status[status] and e.value.message
 
 
+@needs_training
 def test_load_dir_errors_and_round_trip(sampler, tmp_path):
     with pytest.raises(pdiff.IoError) as e:
         pdiff.Dataset.load_dir("/nonexistent/pdiff-ckpts")
@@ -208,6 +355,7 @@ def test_load_dir_errors_and_round_trip(sampler, tmp_path):
 
 # ---- training ----
 
+@needs_training
 def test_train_progress_and_export(data, tmp_path):
     ds = pdiff.Dataset.from_memory(LAYOUT, data)
     calls = []
@@ -225,6 +373,7 @@ def test_train_progress_and_export(data, tmp_path):
         gen.export(tmp_path / "c")
 
 
+@needs_training
 def test_train_cancel_and_callback_errors(data):
     ds = pdiff.Dataset.from_memory(LAYOUT, data)
     steps = []
@@ -242,6 +391,7 @@ def test_train_cancel_and_callback_errors(data):
         pdiff.Generator.train(ds, progress=boom, **C_TEST_OPTIONS)
 
 
+@needs_training
 @pytest.mark.parametrize(
     "options, error",
     [
@@ -393,6 +543,7 @@ def test_reproduces_the_c_program(c_reference):
         assert got.tobytes() == cpp.astype("<f4").tobytes(), "Python differs from the C++ test's samples"
 
 
+@needs_training
 def test_training_reproduces_the_c_program(c_reference, sampler):
     """Training is deterministic on the CPU: the generator trained here from the C test's data
     and options samples exactly what the C-trained bundle samples."""

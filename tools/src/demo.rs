@@ -1,12 +1,12 @@
 //! The end-to-end job on a reference task: collect K checkpoints, train a generator, generate
 //! N models, evaluate them against the originals and the soup, write results.json.
-use crate::diffusion::{sample_params, SamplerKind};
-use crate::error::{Error, Result};
-use crate::eval::{evaluate_all, Evaluation};
-use crate::params::ParamSet;
-use crate::train::{device_name, Generator, Progress, TrainConfig};
+use crate::eval::evaluate_all;
+use crate::results::{DemoResults, Timings};
 use crate::zoo;
-use serde::{Deserialize, Serialize};
+use pdiff::diffusion::{sample_params, SamplerKind};
+use pdiff::error::{Error, Result};
+use pdiff::params::ParamSet;
+use pdiff::train::{device_name, Generator, Progress, TrainConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,36 +22,7 @@ pub struct DemoOptions {
     pub train: TrainConfig,
     /// Generate through the exported bundle with ONNX Runtime (the product path), or with
     /// the in-memory tch networks (`None`).
-    pub runtime: Option<crate::runtime::RuntimeOptions>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Timings {
-    pub collect: f64,
-    pub train_autoencoder: f64,
-    pub train_diffusion: f64,
-    pub sample: f64,
-    pub evaluate: f64,
-}
-
-/// results.json (accuracies are fractions in [0, 1], test split unless named otherwise).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DemoResults {
-    pub task: String,
-    pub num_params: usize,
-    pub k: usize,
-    pub n_generated: usize,
-    pub device: String,
-    pub preset: String,
-    pub sampler: String,
-    pub backend: String,
-    /// originals, soup, generated, selected_on_train, noise_baselines, similarity and
-    /// comparisons, at the top level of results.json.
-    #[serde(flatten)]
-    pub evaluation: Evaluation,
-    pub timings_s: Timings,
-    pub reconstruction_mse: f64,
-    pub seed: u64,
+    pub runtime: Option<pdiff::runtime::RuntimeOptions>,
 }
 
 /// Progress of the whole job: (stage, done, total, loss); return false to cancel.
@@ -65,7 +36,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     // 1. Collect the K originals (into a temporary directory, renamed when complete).
     let t0 = Instant::now();
     let ckpt_dir = out.join("checkpoints");
-    crate::fsutil::write_dir_atomic(&ckpt_dir, |tmp| {
+    pdiff::fsutil::write_dir_atomic(&ckpt_dir, |tmp| {
         task.collect(tmp, opts.k, opts.train.seed, &mut |i, n| progress("collect", i, n, None)).map(|_| ())
     })?;
     let collect_s = t0.elapsed().as_secs_f64();
@@ -74,14 +45,14 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let set = ParamSet::load_dir(&ckpt_dir, &task.selection())?;
     let g = Generator::train(&set, &opts.train, &mut |p: &Progress| progress(p.stage.name(), p.step, p.total, Some(p.loss)))?;
     let gen_dir = out.join("generator");
-    crate::bundle::save(&g, &gen_dir)?;
+    g.export_bundle(&gen_dir)?;
 
     // 3. Generate N models.
     let mut on_step = |i, n| progress("sample", i, n, None);
     let t0 = Instant::now();
     let (params, backend) = match &opts.runtime {
         Some(rt) => {
-            let sampler = crate::runtime::Sampler::open(&gen_dir, rt)?;
+            let sampler = pdiff::runtime::Sampler::open(&gen_dir, rt)?;
             (sampler.sample(opts.n, opts.sample_seed, opts.sampler, &mut on_step)?, sampler.backend_name().to_string())
         }
         None => (
@@ -92,7 +63,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let sample_s = t0.elapsed().as_secs_f64();
     let d = set.layout.param_count();
     let rows = params.as_slice().expect("row-major").to_vec();
-    crate::runtime::write_models(&set.layout, &rows, &out.join("generated"))?;
+    pdiff::runtime::write_models(&set.layout, &rows, &out.join("generated"))?;
 
     // 4. Evaluate (originals, soup, generated, noise baselines, memorization) and report.
     let t0 = Instant::now();
@@ -123,6 +94,6 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     };
     crate::report::write(out, &results, Some(&g.history))?;
     let json = serde_json::to_vec_pretty(&results).expect("serializable");
-    crate::fsutil::write_atomic(&out.join("results.json"), &json)?;
+    pdiff::fsutil::write_atomic(&out.join("results.json"), &json)?;
     Ok(results)
 }

@@ -311,7 +311,7 @@ fn interrupted_training_leaves_nothing() {
         let c = d.join("ckpt");
         good_checkpoints(&c, 4);
         let out = d.join("bundle-out");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pdiff"))
+        let child = Command::new(env!("CARGO_BIN_EXE_pdiff"))
             .args(["train", "--checkpoints", c.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ae-steps", "1000000", "--device", "cpu"])
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -2,8 +2,8 @@
 //! 13,002 parameters, all of them modelled.
 use super::mnist::Mnist;
 use super::Task;
-use crate::error::{Error, Result};
-use crate::params::{Layout, Selection};
+use pdiff::error::{Error, Result};
+use pdiff::params::{Layout, Selection};
 use std::path::{Path, PathBuf};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 

@@ -6,8 +6,8 @@
 //! conv3 3x3 24->24, bn3, ReLU, maxpool 2 -> fc 216->10.
 use super::mnist::Mnist;
 use super::Task;
-use crate::error::{Error, Result};
-use crate::params::{Layout, Selection};
+use pdiff::error::{Error, Result};
+use pdiff::params::{Layout, Selection};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -210,7 +210,7 @@ impl Task for CnnBn {
 
 /// Save every tensor of a VarStore (weights, biases, running statistics) atomically.
 fn save_varstore(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let tmp = crate::fsutil::temp_sibling(path);
+    let tmp = pdiff::fsutil::temp_sibling(path);
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     Tensor::write_safetensors(&named, &tmp).map_err(|e| Error::Checkpoint { file: path.to_path_buf(), message: e.to_string() })?;

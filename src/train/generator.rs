@@ -1,41 +1,16 @@
-//! Training of a generator (SPEC §2-3): the autoencoder on normalized, padded parameter
-//! vectors, then the latent DDPM on standardized latents. tch on CUDA when available.
-use crate::diffusion::{DecoderBackend, DenoiserBackend, Schedule};
+//! The training loop on tch and the trained [`Generator`] (feature `train`): autoencoder, then
+//! latent diffusion, then the statistics that map latents back to parameters; tch backends of
+//! the shared sampler loop; a generator's bundle (export and load).
+use super::{available_memory_bytes, estimate_training_bytes, DeviceChoice, Progress, Stage, TrainConfig, TrainHistory};
+use crate::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
+use crate::diffusion::{DecoderBackend, DenoiserBackend};
 use crate::error::{Error, Result};
-use crate::model::{Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig, Preset};
-use crate::params::{Layout, ParamSet};
+use crate::model::{Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig};
+use crate::params::{Layout, ParamSet, STD_FLOOR};
 use ndarray::{Array2, ArrayView2};
-use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
-
-/// Where training runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// CUDA when libtorch sees a GPU, else CPU.
-    #[default]
-    Auto,
-    Cpu,
-    /// CUDA device index; an error when CUDA is not available (never a silent fallback).
-    Cuda(usize),
-}
-
-impl std::str::FromStr for DeviceChoice {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(DeviceChoice::Auto),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .map(DeviceChoice::Cuda)
-                .ok_or_else(|| Error::invalid("device", format!("'{s}' (expected auto, cpu, cuda or cuda:N)"))),
-        }
-    }
-}
 
 impl DeviceChoice {
     pub fn resolve(self) -> Result<Device> {
@@ -60,124 +35,6 @@ pub fn device_name(d: Device) -> String {
         Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}").to_lowercase(),
     }
-}
-
-/// Everything that decides a training run. `TrainConfig::new(preset)` gives the defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub preset: Preset,
-    /// Architecture overrides; `None` takes the preset's.
-    pub autoencoder: Option<AutoencoderConfig>,
-    pub denoiser: Option<DenoiserConfig>,
-    pub ae_steps: usize,
-    pub diffusion_steps: usize,
-    pub batch_size: usize,
-    pub ae_lr: f64,
-    pub diffusion_lr: f64,
-    pub weight_decay: f64,
-    /// Gaussian noise added to the normalized input while training the autoencoder.
-    pub input_noise: f64,
-    /// Gaussian noise added to the latent while training the autoencoder.
-    pub latent_noise: f64,
-    /// Scale the latent noise by the batch's per-dimension latent std (instead of absolute
-    /// units), so the decoder must stay robust to perturbations of the size of the latents'
-    /// actual spread.
-    #[serde(default)]
-    pub latent_noise_relative: bool,
-    /// Exponential moving average of the denoiser's weights (decay), if any.
-    pub ema: Option<f64>,
-    pub schedule: Schedule,
-    pub seed: u64,
-    pub device: DeviceChoice,
-}
-
-impl TrainConfig {
-    pub fn new(preset: Preset) -> Self {
-        // The compact denoiser is a small MLP: it trains fast and wants a larger LR.
-        let (ae_steps, diffusion_steps, diffusion_lr) = match preset {
-            Preset::Compact => (1000, 8000, 3e-3),
-            Preset::Paper => (30_000, 30_000, 1e-3),
-        };
-        TrainConfig {
-            preset,
-            autoencoder: None,
-            denoiser: None,
-            ae_steps,
-            diffusion_steps,
-            batch_size: 50,
-            ae_lr: 1e-3,
-            diffusion_lr,
-            weight_decay: 2e-6,
-            input_noise: 0.001,
-            latent_noise: 0.1,
-            latent_noise_relative: false,
-            ema: None,
-            schedule: Schedule::default(),
-            seed: 0,
-            device: DeviceChoice::Auto,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        self.schedule.validate()?;
-        if self.batch_size == 0 {
-            return Err(Error::invalid("batch_size", "must be at least 1"));
-        }
-        for (name, v) in [("ae_lr", self.ae_lr), ("diffusion_lr", self.diffusion_lr)] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(Error::invalid(name, format!("{v} (must be > 0)")));
-            }
-        }
-        for (name, v) in [("input_noise", self.input_noise), ("latent_noise", self.latent_noise), ("weight_decay", self.weight_decay)] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(Error::invalid(name, format!("{v} (must be >= 0)")));
-            }
-        }
-        if let Some(e) = self.ema {
-            if !(0.0..1.0).contains(&e) {
-                return Err(Error::invalid("ema", format!("{e} (decay must be in [0, 1))")));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Training stage reported to a progress callback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    Autoencoder,
-    Diffusion,
-    Sampling,
-}
-
-impl Stage {
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Autoencoder => "autoencoder",
-            Stage::Diffusion => "diffusion",
-            Stage::Sampling => "sampling",
-        }
-    }
-}
-
-/// One progress report: return `false` from the callback to cancel.
-#[derive(Clone, Copy, Debug)]
-pub struct Progress {
-    pub stage: Stage,
-    pub step: usize,
-    pub total: usize,
-    pub loss: f64,
-}
-
-/// Loss curves and wall time of a training run.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct TrainHistory {
-    pub ae_loss: Vec<f32>,
-    pub diffusion_loss: Vec<f32>,
-    pub ae_seconds: f64,
-    pub diffusion_seconds: f64,
-    /// Reconstruction error (MSE, normalized units) of the K inputs after training.
-    pub final_reconstruction_mse: f64,
 }
 
 /// A trained generator: autoencoder + denoiser + the statistics that map latents back to
@@ -208,41 +65,6 @@ pub struct Generator {
 pub const LATENT_STD_FLOOR: f32 = 1e-6;
 /// Generated standardized latents are clipped to this multiple of the training latents' range.
 pub const LATENT_CLIP_MARGIN: f64 = 1.5;
-
-/// Rough upper estimate of the host memory a training run needs (bytes): the K padded inputs,
-/// the autoencoder's parameters with gradients and two AdamW moments, and a batch's activations
-/// (forward + backward) through every layer.
-pub fn estimate_training_bytes(d: usize, k: usize, config: &TrainConfig) -> u128 {
-    let (ae_default, _) = config.preset.architecture(d);
-    let ae = config.autoencoder.clone().unwrap_or(ae_default);
-    let padded = ae.padded_len(d) as u128;
-    let batch = config.batch_size.min(k.max(1)) as u128;
-    let flat = ae.encoder.last().map(|c| c.channels).unwrap_or(1) as u128 * padded / ae.encoder.iter().map(|c| c.stride as u128).product::<u128>().max(1);
-    let mut params = 2 * flat * ae.latent_dim.max(1) as u128 + padded;
-    let mut activations = padded;
-    let (mut len, mut ch) = (padded, 1u128);
-    for c in &ae.encoder {
-        params += ch * c.channels as u128 * c.kernel as u128;
-        len /= c.stride.max(1) as u128;
-        ch = c.channels as u128;
-        activations += len * ch;
-    }
-    for (c, &out) in ae.encoder.iter().rev().zip(&ae.decoder_channels) {
-        params += ch * out as u128 * c.kernel as u128;
-        len *= c.stride.max(1) as u128;
-        ch = out as u128;
-        activations += len * ch;
-    }
-    let floats = k as u128 * padded + 4 * params + 4 * batch * activations;
-    floats * 4
-}
-
-/// MemAvailable of /proc/meminfo, if readable.
-pub fn available_memory_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
 
 fn cosine_lr(base: f64, step: usize, total: usize) -> f64 {
     base * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
@@ -523,4 +345,106 @@ impl DecoderBackend for TchDecoder<'_> {
         }
         Ok(a)
     }
+}
+
+impl Generator {
+    /// The bundle manifest of this generator (file lists are filled in by [`bundle::write`]).
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            format_version: bundle::FORMAT_VERSION,
+            library_version: env!("CARGO_PKG_VERSION").into(),
+            param_count: self.layout.param_count(),
+            padded_len: self.padded_len,
+            latent_dim: self.latent_dim(),
+            layout: self.layout.tensors.clone(),
+            normalization: Normalization { kind: "per_tensor_standardize".into(), std_floor: STD_FLOOR },
+            latent: LatentStats { mean: self.latent_mean.clone(), std: self.latent_std.clone(), clip: self.latent_clip.clone() },
+            schedule: self.config.schedule.clone(),
+            prediction: "epsilon".into(),
+            preset: self.config.preset,
+            autoencoder: self.ae_config.clone(),
+            denoiser: self.denoiser_config.clone(),
+            training: self.config.clone(),
+            history: self.history.clone(),
+            sources: self.sources.clone(),
+            files: Default::default(),
+            sha256: Default::default(),
+        }
+    }
+
+    /// Export as a bundle directory (docs/bundle-format.md), written atomically: the manifest,
+    /// both ONNX graphs and the tch weights (for further training or tch sampling).
+    pub fn export_bundle(&self, dir: &Path) -> Result<Manifest> {
+        let files = vec![
+            ("autoencoder_weights", bundle::AE_WEIGHTS, varstore_to_safetensors(&self.ae_vs)?),
+            ("denoiser_weights", bundle::DENOISER_WEIGHTS, varstore_to_safetensors(&self.den_vs)?),
+            ("decoder", bundle::DECODER_ONNX, crate::onnx::export_decoder(self)?),
+            ("denoiser", bundle::DENOISER_ONNX, crate::onnx::export_denoiser(self)?),
+        ];
+        bundle::write(dir, self.manifest(), files)
+    }
+
+    /// Load the tch generator of a bundle (for further training, re-export or tch sampling).
+    pub fn load_bundle(dir: &Path, device: DeviceChoice) -> Result<Generator> {
+        let b = Bundle::read(dir, &["autoencoder_weights", "denoiser_weights"])?;
+        let m = &b.manifest;
+        let mut config = m.training.clone();
+        config.autoencoder = Some(m.autoencoder.clone());
+        config.denoiser = Some(m.denoiser.clone());
+        let mut g = Generator::build(m.layout(), config, device.resolve()?)?;
+        for (vs, role) in [(&g.ae_vs, "autoencoder_weights"), (&g.den_vs, "denoiser_weights")] {
+            load_safetensors_into(vs, b.file(role)?).map_err(|e| Error::bundle(dir, format!("{}: {e}", m.files[role])))?;
+        }
+        g.latent_mean = m.latent.mean.clone();
+        g.latent_std = m.latent.std.clone();
+        g.latent_clip = m.latent.clip.clone();
+        g.history = m.history.clone();
+        g.sources = m.sources.clone();
+        g.padded_len = m.padded_len;
+        Ok(g)
+    }
+}
+
+/// A VarStore's variables as safetensors bytes (f32, sorted by name).
+fn varstore_to_safetensors(vs: &nn::VarStore) -> Result<Vec<u8>> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut values = Vec::with_capacity(vars.len());
+    for (name, t) in &vars {
+        let shape: Vec<usize> = t.size().iter().map(|&s| s as usize).collect();
+        let v = Vec::<f32>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]))?;
+        values.push((name.clone(), shape, v));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = values
+        .iter()
+        .map(|(name, shape, v)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), f32_bytes(v))
+                .map_err(|e| Error::Torch(format!("variable '{name}': {e}")))?;
+            Ok((name.clone(), view))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, None).map_err(|e| Error::Torch(format!("serializing weights: {e}")))
+}
+
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; safetensors is little-endian
+    // like every target this library builds for.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// Copy safetensors weights into the variables of `vs`: every variable must be present with
+/// its shape, as f32 (the format [`varstore_to_safetensors`] writes).
+fn load_safetensors_into(vs: &nn::VarStore, bytes: &[u8]) -> std::result::Result<(), String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a readable safetensors file ({e})"))?;
+    for (name, mut var) in vs.variables() {
+        let view = st.tensor(&name).map_err(|_| format!("variable '{name}' is missing"))?;
+        let want: Vec<usize> = var.size().iter().map(|&s| s as usize).collect();
+        if view.shape() != want.as_slice() || view.dtype() != safetensors::Dtype::F32 {
+            return Err(format!("variable '{name}': {:?} {:?}, expected F32 {want:?}", view.dtype(), view.shape()));
+        }
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let src = Tensor::from_slice(&values).view(var.size().as_slice()).to_device(var.device());
+        tch::no_grad(|| var.copy_(&src));
+    }
+    Ok(())
 }

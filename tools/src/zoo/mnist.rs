@@ -2,7 +2,7 @@
 //! (`digits/<d>.json`, {"data": [784 floats in [0,1] per image]}), split by a fixed rule:
 //! image j of digit d is TEST when j % 5 == 0, else TRAIN (7,996 / 2,004). Standard IDX files
 //! (train-images-idx3-ubyte, ...) are read as well when a directory holds them.
-use crate::error::{Error, Result};
+use pdiff::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -47,9 +47,6 @@ pub fn default_dir() -> Option<PathBuf> {
         for up in exe.ancestors().skip(1).take(4) {
             candidates.push(up.join("data/mnist/digits"));
         }
-    }
-    if let Some(dir) = option_env!("CARGO_MANIFEST_DIR") {
-        candidates.push(Path::new(dir).join("data/mnist/digits"));
     }
     candidates.into_iter().find(|c| c.join("0.json").exists() || c.join("t10k-images-idx3-ubyte").exists())
 }

@@ -1,7 +1,7 @@
 //! Evaluation of parameter vectors on a reference task: accuracy summaries (best / mean /
 //! median / min / std), the soup baseline and train-selected generated model.
-use crate::error::Result;
-use crate::params::Layout;
+use pdiff::error::Result;
+use pdiff::params::Layout;
 use crate::zoo::Task;
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +113,7 @@ pub fn max_iou_to(models: &[ModelEval], reference: &[ModelEval], same_group: boo
 }
 
 /// Each original perturbed by Gaussian noise of `sigma_rel` times each tensor's std.
-pub fn noise_baseline(set: &crate::params::ParamSet, sigma_rel: f64, seed: u64) -> Vec<f32> {
+pub fn noise_baseline(set: &pdiff::params::ParamSet, sigma_rel: f64, seed: u64) -> Vec<f32> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, Normal};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -186,11 +186,11 @@ pub struct SelectedOnTrain {
     pub index: usize,
 }
 
-/// The evaluation protocol (SPEC §7 and the honest-baselines issue): originals, soup,
+/// The evaluation protocol (docs/design.md, "The tools"): originals, soup,
 /// generated, generated selected on TRAIN, noise baselines, memorization IoU.
 pub fn evaluate_all(
     task: &dyn Task,
-    set: &crate::params::ParamSet,
+    set: &pdiff::params::ParamSet,
     generated: &[f32],
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),

@@ -1,11 +1,11 @@
-//! Reference tasks shipped with the library (SPEC §7): data, the networks whose parameters are
+//! Reference tasks shipped with the tools (docs/design.md, "The tools"): data, the networks whose parameters are
 //! modelled, checkpoint collection and the evaluation of a flat parameter vector.
 pub mod cnn_bn;
 pub mod mlp3;
 pub mod mnist;
 
-use crate::error::Result;
-use crate::params::{Layout, Selection};
+use pdiff::error::Result;
+use pdiff::params::{Layout, Selection};
 use std::path::PathBuf;
 
 /// What a reference task offers to collection, training and evaluation.
@@ -35,6 +35,6 @@ pub fn task(name: &str, data_dir: Option<&std::path::Path>) -> Result<Box<dyn Ta
     match name {
         "mnist-mlp3" => Ok(Box::new(mlp3::Mlp3::new(data_dir)?)),
         "mnist-cnn-bn" => Ok(Box::new(cnn_bn::CnnBn::new(data_dir)?)),
-        _ => Err(crate::Error::invalid("task", format!("'{name}' (known: mnist-mlp3, mnist-cnn-bn)"))),
+        _ => Err(pdiff::Error::invalid("task", format!("'{name}' (known: mnist-mlp3, mnist-cnn-bn)"))),
     }
 }

@@ -1,10 +1,10 @@
 //! `pdiff bench`: sampling speed, latency and peak memory of the tch and ONNX Runtime backends
 //! with DDPM-1000 and DDIM-50, plus the accuracy their models reach on a reference task.
-use crate::diffusion::{sample_params, SamplerKind};
-use crate::error::Result;
+use pdiff::diffusion::{sample_params, SamplerKind};
+use pdiff::error::Result;
 use crate::eval::{accuracies, evaluate_rows, Summary};
-use crate::runtime::{RuntimeOptions, Sampler};
-use crate::train::DeviceChoice;
+use pdiff::runtime::{RuntimeOptions, Sampler};
+use pdiff::train::DeviceChoice;
 use crate::zoo::Task;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -52,9 +52,9 @@ pub struct TrainingBench {
 }
 
 /// Train a generator on `set` with `config` and measure time and peak memory.
-pub fn train(set: &crate::params::ParamSet, config: &crate::train::TrainConfig) -> Result<TrainingBench> {
+pub fn train(set: &pdiff::params::ParamSet, config: &pdiff::train::TrainConfig) -> Result<TrainingBench> {
     reset_peak_rss();
-    let g = crate::train::Generator::train(set, config, &mut |_| true)?;
+    let g = pdiff::train::Generator::train(set, config, &mut |_| true)?;
     let h = &g.history;
     Ok(TrainingBench {
         k: set.k(),
@@ -97,7 +97,7 @@ pub fn machine_description() -> String {
 }
 
 pub fn run(bundle: &Path, n: usize, rt: &RuntimeOptions, task: Option<&dyn Task>, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
-    let g = crate::bundle::load_generator(bundle, DeviceChoice::Cpu)?;
+    let g = pdiff::train::Generator::load_bundle(bundle, DeviceChoice::Cpu)?;
     let sampler = Sampler::open(bundle, rt)?;
     let layout = sampler.layout().clone();
     let schedule = sampler.manifest().schedule.clone();

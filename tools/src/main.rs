@@ -6,7 +6,8 @@ use pdiff::model::Preset;
 use pdiff::params::{ParamSet, Selection};
 use pdiff::train::{DeviceChoice, Generator, TrainConfig};
 use pdiff::runtime::{Provider, RuntimeOptions, Sampler};
-use pdiff::{bundle, demo, eval, zoo, Result};
+use pdiff::{bundle, Result};
+use pdiff_tools::{demo, eval, results, zoo};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -150,7 +151,7 @@ struct RuntimeArgs {
     /// ONNX Runtime intra-op threads (0: its default).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Path of libonnxruntime.so (default: $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, the project venv).
+    /// Path of libonnxruntime.so (default: $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, the project venv, the system loader).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
 }
@@ -159,7 +160,7 @@ impl RuntimeArgs {
     /// `Some(options)` for ONNX Runtime, `None` for tch.
     fn options(&self) -> Result<Option<RuntimeOptions>> {
         let opts = RuntimeOptions {
-            library: self.ort_lib.clone(),
+            library: pdiff_tools::ort_library::resolve(self.ort_lib.as_deref()),
             provider: self.provider.parse::<Provider>()?,
             intra_threads: Some(self.threads),
             device_id: 0,
@@ -321,7 +322,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("K = {}, D = {} ({} tensors)", set.k(), set.layout.param_count(), set.layout.tensors.len());
             let g = Generator::train(&set, &config, &mut |p| bars.update(p.stage.name(), p.step, p.total, Some(p.loss)))?;
             bars.finish();
-            bundle::save(&g, &out)?;
+            g.export_bundle(&out)?;
             println!(
                 "trained on {}: autoencoder {:.1}s, diffusion {:.1}s, reconstruction mse {:.2e}; bundle written to {}",
                 pdiff::train::device_name(g.device),
@@ -332,8 +333,8 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Export { generator, out } => {
-            let g = bundle::load_generator(&generator, DeviceChoice::Cpu)?;
-            let m = bundle::save(&g, &out)?;
+            let g = Generator::load_bundle(&generator, DeviceChoice::Cpu)?;
+            let m = g.export_bundle(&out)?;
             bundle::load_manifest(&out)?;
             println!("bundle {}: D = {}, d = {}, files {:?}", out.display(), m.param_count, m.latent_dim, m.files.values().collect::<Vec<_>>());
         }
@@ -346,7 +347,7 @@ fn run(cli: Cli) -> Result<()> {
                     (s.sample_to_dir(n, seed, kind, &out, &mut on_step)?, s.backend_name().to_string())
                 }
                 None => {
-                    let g = bundle::load_generator(&dir, DeviceChoice::Auto)?;
+                    let g = Generator::load_bundle(&dir, DeviceChoice::Auto)?;
                     let p = pdiff::diffusion::sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, n, seed, &mut on_step)?;
                     (pdiff::runtime::write_models(&g.layout, p.as_slice().unwrap(), &out)?, "tch".to_string())
                 }
@@ -357,12 +358,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { bundle: dir, task, data, n, runtime, checkpoints, train, out } => {
             let opts = runtime.options()?.unwrap_or_default();
             let task = task.map(|t| zoo::task(&t, data.as_deref())).transpose()?;
-            let mut report = pdiff::bench::run(&dir, n, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
+            let mut report = pdiff_tools::bench::run(&dir, n, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
             if let Some(c) = checkpoints {
                 eprintln!("bench: training");
                 let sel = task.as_ref().map(|t| t.selection()).unwrap_or_default();
                 let set = ParamSet::load_dir(&c, &sel)?;
-                let t = pdiff::bench::train(&set, &train.config()?)?;
+                let t = pdiff_tools::bench::train(&set, &train.config()?)?;
                 println!(
                     "training (K = {}, D = {}, {}): autoencoder {:.1} ms/step, diffusion {:.1} ms/step, peak RSS {} MiB",
                     t.k, t.param_count, t.preset, t.ae_ms_per_step, t.diffusion_ms_per_step,
@@ -412,11 +413,11 @@ fn run(cli: Cli) -> Result<()> {
                     dir
                 }
             };
-            let rows = pdiff::ablation::run(task.as_ref(), &ckpts, &config, n, &mut |i, t| {
+            let rows = pdiff_tools::ablation::run(task.as_ref(), &ckpts, &config, n, &mut |i, t| {
                 bars.update("ablation", i, t, None);
             })?;
             bars.finish();
-            let md = pdiff::ablation::markdown(task.name(), &rows);
+            let md = pdiff_tools::ablation::markdown(task.name(), &rows);
             pdiff::fsutil::write_atomic(&out.join("ablation.json"), &serde_json::to_vec_pretty(&rows).unwrap())?;
             pdiff::fsutil::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
             println!("{md}");
@@ -446,7 +447,7 @@ fn fmt_summary(s: &eval::Summary) -> String {
     format!("best {:.4}  mean {:.4}  median {:.4}  min {:.4}  std {:.4}", s.best, s.mean, s.median, s.min, s.std)
 }
 
-fn print_results(r: &demo::DemoResults) {
+fn print_results(r: &results::DemoResults) {
     println!();
     println!("task {}  D = {}  K = {}  N = {}  device {}  preset {}  sampler {} ({})", r.task, r.num_params, r.k, r.n_generated, r.device, r.preset, r.sampler, r.backend);
     println!("{:<22} {:>8} {:>8} {:>8} {:>8}", "test accuracy", "best", "mean", "median", "min");

@@ -2,11 +2,11 @@
 //! autoencoder's noise augmentation (none, input only, latent only, both). Every variant trains
 //! a generator, samples N models and reports their test accuracy and how closely their mistakes
 //! match the originals (max IoU).
-use crate::diffusion::{sample_params, SamplerKind};
-use crate::error::{Error, Result};
+use pdiff::diffusion::{sample_params, SamplerKind};
+use pdiff::error::{Error, Result};
 use crate::eval::{accuracies, evaluate_rows, max_iou_to, Summary};
-use crate::params::{list_checkpoints, ParamSet};
-use crate::train::{Generator, TrainConfig};
+use pdiff::params::{list_checkpoints, ParamSet};
+use pdiff::train::{Generator, TrainConfig};
 use crate::zoo::Task;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;

@@ -1,10 +1,10 @@
 //! report.md and its PNG plots (plotters): accuracy distributions, accuracy versus max IoU to
 //! the originals (new versus copied), and the training loss curves. The verdict lines are
 //! derived from the numbers, never written by hand.
-use crate::demo::DemoResults;
-use crate::error::{Error, Result};
+use pdiff::error::{Error, Result};
 use crate::eval::Evaluation;
-use crate::train::TrainHistory;
+use crate::results::DemoResults;
+use pdiff::train::TrainHistory;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -235,5 +235,5 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
         "## Timings (s)\n\ncollect {:.1}, autoencoder {:.1}, diffusion {:.1}, sample {:.2}, evaluate {:.1}.",
         t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate
     );
-    crate::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
+    pdiff::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
 }

@@ -1,0 +1,200 @@
+//! Training a generator (docs/design.md, "Training"): the autoencoder on normalized, padded
+//! parameter vectors, then the latent DDPM on standardized latents.
+//!
+//! This file holds what describes a training run and needs no libtorch (the configuration, its
+//! validation, progress reports, the loss history and the memory estimate): the bundle manifest
+//! records them. The training itself, on tch (CUDA when available), is in `generator`
+//! (feature `train`).
+use crate::diffusion::Schedule;
+use crate::error::{Error, Result};
+use crate::model::Preset;
+use crate::model::{AutoencoderConfig, DenoiserConfig};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "train")]
+mod generator;
+#[cfg(feature = "train")]
+pub use generator::{device_name, Generator, TchDecoder, TchDenoiser, LATENT_CLIP_MARGIN, LATENT_STD_FLOOR};
+
+/// Where training runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA device index; an error when CUDA is not available (never a silent fallback).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| Error::invalid("device", format!("'{s}' (expected auto, cpu, cuda or cuda:N)"))),
+        }
+    }
+}
+
+
+/// Everything that decides a training run. `TrainConfig::new(preset)` gives the defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub preset: Preset,
+    /// Architecture overrides; `None` takes the preset's.
+    pub autoencoder: Option<AutoencoderConfig>,
+    pub denoiser: Option<DenoiserConfig>,
+    pub ae_steps: usize,
+    pub diffusion_steps: usize,
+    pub batch_size: usize,
+    pub ae_lr: f64,
+    pub diffusion_lr: f64,
+    pub weight_decay: f64,
+    /// Gaussian noise added to the normalized input while training the autoencoder.
+    pub input_noise: f64,
+    /// Gaussian noise added to the latent while training the autoencoder.
+    pub latent_noise: f64,
+    /// Scale the latent noise by the batch's per-dimension latent std (instead of absolute
+    /// units), so the decoder must stay robust to perturbations of the size of the latents'
+    /// actual spread.
+    #[serde(default)]
+    pub latent_noise_relative: bool,
+    /// Exponential moving average of the denoiser's weights (decay), if any.
+    pub ema: Option<f64>,
+    pub schedule: Schedule,
+    pub seed: u64,
+    pub device: DeviceChoice,
+}
+
+impl TrainConfig {
+    pub fn new(preset: Preset) -> Self {
+        // The compact denoiser is a small MLP: it trains fast and wants a larger LR.
+        let (ae_steps, diffusion_steps, diffusion_lr) = match preset {
+            Preset::Compact => (1000, 8000, 3e-3),
+            Preset::Paper => (30_000, 30_000, 1e-3),
+        };
+        TrainConfig {
+            preset,
+            autoencoder: None,
+            denoiser: None,
+            ae_steps,
+            diffusion_steps,
+            batch_size: 50,
+            ae_lr: 1e-3,
+            diffusion_lr,
+            weight_decay: 2e-6,
+            input_noise: 0.001,
+            latent_noise: 0.1,
+            latent_noise_relative: false,
+            ema: None,
+            schedule: Schedule::default(),
+            seed: 0,
+            device: DeviceChoice::Auto,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.schedule.validate()?;
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        for (name, v) in [("ae_lr", self.ae_lr), ("diffusion_lr", self.diffusion_lr)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::invalid(name, format!("{v} (must be > 0)")));
+            }
+        }
+        for (name, v) in [("input_noise", self.input_noise), ("latent_noise", self.latent_noise), ("weight_decay", self.weight_decay)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::invalid(name, format!("{v} (must be >= 0)")));
+            }
+        }
+        if let Some(e) = self.ema {
+            if !(0.0..1.0).contains(&e) {
+                return Err(Error::invalid("ema", format!("{e} (decay must be in [0, 1))")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Training stage reported to a progress callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Autoencoder,
+    Diffusion,
+    Sampling,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Autoencoder => "autoencoder",
+            Stage::Diffusion => "diffusion",
+            Stage::Sampling => "sampling",
+        }
+    }
+}
+
+/// One progress report: return `false` from the callback to cancel.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub stage: Stage,
+    pub step: usize,
+    pub total: usize,
+    pub loss: f64,
+}
+
+/// Loss curves and wall time of a training run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainHistory {
+    pub ae_loss: Vec<f32>,
+    pub diffusion_loss: Vec<f32>,
+    pub ae_seconds: f64,
+    pub diffusion_seconds: f64,
+    /// Reconstruction error (MSE, normalized units) of the K inputs after training.
+    pub final_reconstruction_mse: f64,
+}
+
+/// Rough upper estimate of the host memory a training run needs (bytes): the K padded inputs,
+/// the autoencoder's parameters with gradients and two AdamW moments, and a batch's activations
+/// (forward + backward) through every layer.
+pub fn estimate_training_bytes(d: usize, k: usize, config: &TrainConfig) -> u128 {
+    let (ae_default, _) = config.preset.architecture(d);
+    let ae = config.autoencoder.clone().unwrap_or(ae_default);
+    let padded = ae.padded_len(d) as u128;
+    let batch = config.batch_size.min(k.max(1)) as u128;
+    let flat = ae.encoder.last().map(|c| c.channels).unwrap_or(1) as u128 * padded / ae.encoder.iter().map(|c| c.stride as u128).product::<u128>().max(1);
+    let mut params = 2 * flat * ae.latent_dim.max(1) as u128 + padded;
+    let mut activations = padded;
+    let (mut len, mut ch) = (padded, 1u128);
+    for c in &ae.encoder {
+        params += ch * c.channels as u128 * c.kernel as u128;
+        len /= c.stride.max(1) as u128;
+        ch = c.channels as u128;
+        activations += len * ch;
+    }
+    for (c, &out) in ae.encoder.iter().rev().zip(&ae.decoder_channels) {
+        params += ch * out as u128 * c.kernel as u128;
+        len *= c.stride.max(1) as u128;
+        ch = out as u128;
+        activations += len * ch;
+    }
+    let floats = k as u128 * padded + 4 * params + 4 * batch * activations;
+    floats * 4
+}
+
+/// MemAvailable of /proc/meminfo, if readable.
+pub fn available_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+

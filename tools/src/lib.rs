@@ -1,0 +1,16 @@
+//! pdiff-tools: everything around the libpdiff engine that a host does not embed. The `pdiff`
+//! command line (src/main.rs) is built on these modules:
+//! - [`zoo`]: reference tasks (MNIST data, the networks whose parameters are modelled,
+//!   checkpoint collection);
+//! - [`eval`]: accuracy summaries, baselines, memorization; [`results`]: results.json;
+//!   [`report`]: report.md and its plots;
+//! - [`demo`]: the end-to-end job; [`bench`]: the benchmark; [`ablation`]: the ablations;
+//! - [`ort_library`]: where the command line finds ONNX Runtime on a development machine.
+pub mod zoo;
+pub mod eval;
+pub mod results;
+pub mod report;
+pub mod demo;
+pub mod bench;
+pub mod ablation;
+pub mod ort_library;
