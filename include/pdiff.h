@@ -172,6 +172,26 @@ typedef enum {
     PDIFF_SAMPLER_DDIM = 1,
 } pdiff_sampler_kind;
 
+/**
+ * How DDIM runs (`pdiff_sampler_options.whole_loop`).
+ */
+typedef enum {
+    /**
+     * As one graph on CUDA (no host round trip per step) when the bundle has sampler.onnx;
+     * step by step on the CPU (the default).
+     */
+    PDIFF_WHOLE_LOOP_AUTO = 0,
+    /**
+     * Always as one graph; `pdiff_sampler_open` fails with `PDIFF_ERR_BUNDLE` when the bundle
+     * has no sampler.onnx. Progress is then reported once, at the end.
+     */
+    PDIFF_WHOLE_LOOP_ON = 1,
+    /**
+     * Always step by step.
+     */
+    PDIFF_WHOLE_LOOP_OFF = 2,
+} pdiff_whole_loop;
+
 #if defined(PDIFF_FEATURE_TRAIN)
 /**
  * K checkpoints of one network (or of a subset of its tensors) and their layout. Opaque.
@@ -312,6 +332,17 @@ typedef struct {
      * `pdiff_sampler_open` only.
      */
     const char *runtime_library;
+    /**
+     * At most this many threads sample from this sampler at the same time, each with its own
+     * ONNX Runtime sessions (one copy of the graphs' weights each); more wait their turn.
+     * 0: the number of CPUs. This field and the next came after the struct's first layout: a
+     * host built against that older pdiff.h passes its smaller struct_size and gets defaults.
+     */
+    size_t max_sessions;
+    /**
+     * A `pdiff_whole_loop` value: whether DDIM runs as one graph (the bundle's sampler.onnx).
+     */
+    int32_t whole_loop;
 } pdiff_sampler_options;
 
 /**
@@ -553,6 +584,17 @@ pdiff_status pdiff_sampler_open(const char *bundle_dir, const pdiff_sampler_opti
  * Ownership: a static string, valid for the life of the process. Do not free it.
  */
 const char *pdiff_sampler_backend(const pdiff_sampler *sampler);
+
+/**
+ * Why the sampler runs on its execution provider: "CPU execution provider (asked for)",
+ * "CUDA execution provider, device 0 (auto)", or, when CUDA was not used in auto mode, the
+ * reason (e.g. the ONNX Runtime in use has no CUDA provider, or which CUDA library is
+ * missing). NULL when `sampler` is NULL.
+ *
+ * Ownership: the string is owned by `sampler` and valid until `pdiff_sampler_free(sampler)`.
+ * Do not free it.
+ */
+const char *pdiff_sampler_backend_detail(const pdiff_sampler *sampler);
 
 /**
  * Number of scalars D in one generated parameter vector (0 when `sampler` is NULL).

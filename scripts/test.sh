@@ -69,7 +69,7 @@ echo "exports and paths ok: $(du -h "$FULL_LIB" | cut -f1) full, $(du -h "$SERVE
 #     library finds libtorch through the loader: here the venv's, by LD_LIBRARY_PATH.
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PDIFF_ORT_LIB="$ORT_LIB"
-cc_host() { gcc -Wall -Werror -Iinclude "$1" -L"$2" -lpdiff -Wl,-rpath,"$ROOT/$2" -pthread -o "$3"; }
+cc_host() { gcc -Wall -Werror -Iinclude "$1" -L"$2" -lpdiff -Wl,-rpath,"$ROOT/$2" -pthread -lm -o "$3"; }
 cc_host tests/c/test_pdiff.c target/release target/test_pdiff
 target/test_pdiff --export "$tmp/bundle"
 # 4d. Memcheck: everything but the (slow under valgrind) training, on the bundle trained above.
@@ -82,6 +82,10 @@ cc_host tests/c/leak_cycles.c target/release target/leak_cycles
 target/leak_cycles "$tmp/bundle" 1000 8192
 valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
     --suppressions=tests/c/valgrind.supp target/leak_cycles "$tmp/bundle" 3
+# 4f. Best-of-N memory is bounded: 400,000 candidates of the fixture bundle (D = 144: 220 MiB if
+#     held at once) within 64 MiB of peak growth (they are sampled and scored in chunks).
+cc_host tests/c/best_of_n_memory.c target/release target/best_of_n_memory
+target/best_of_n_memory tests/fixtures/tiny-bundle 400000 64
 
 step "5. Bindings and the serve-only library against the C reference samples"
 # Reference: n = 3, seed 42, DDIM 10 steps, CPU, as raw little-endian f32, from the full build.

@@ -16,6 +16,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST: &str = "pdiff.json";
 pub const DECODER_ONNX: &str = "decoder.onnx";
 pub const DENOISER_ONNX: &str = "denoiser.onnx";
+/// Optional (bundles written before it existed lack it): the whole DDIM loop as one graph.
+pub const SAMPLER_ONNX: &str = "sampler.onnx";
 pub const AE_WEIGHTS: &str = "autoencoder.safetensors";
 pub const DENOISER_WEIGHTS: &str = "denoiser.safetensors";
 
@@ -111,13 +113,25 @@ impl Bundle {
     /// example `["decoder", "denoiser"]`). Every read is bounded in size and refuses anything
     /// that is not a regular file (a FIFO or a device would block or never end).
     pub fn read(dir: &Path, roles: &[&str]) -> Result<Bundle> {
+        Self::read_chosen(dir, |_| Ok(roles.iter().map(|r| r.to_string()).collect()))
+    }
+
+    /// [`Bundle::read`] with the roles chosen from the validated manifest (e.g. an optional
+    /// graph read only when the bundle has it); `choose` may refuse the bundle.
+    pub fn read_chosen(dir: &Path, choose: impl FnOnce(&Manifest) -> Result<Vec<String>>) -> Result<Bundle> {
         let manifest = read_manifest(dir)?;
         let mut files = BTreeMap::new();
-        for role in roles {
-            let name = manifest.files.get(*role).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: files.{role} is missing")))?;
-            files.insert(role.to_string(), read_verified(dir, &manifest, role, name)?);
+        for role in choose(&manifest)? {
+            let name = manifest.files.get(&role).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: files.{role} is missing")))?;
+            let bytes = read_verified(dir, &manifest, &role, name)?;
+            files.insert(role, bytes);
         }
         Ok(Bundle { dir: dir.to_path_buf(), manifest, files })
+    }
+
+    /// Take the verified bytes of `role` out of the bundle (they are not copied).
+    pub fn take_file(&mut self, role: &str) -> Result<Vec<u8>> {
+        self.files.remove(role).ok_or_else(|| Error::bundle(&self.dir, format!("{role} was not read from the bundle")))
     }
 
     /// The verified bytes of `role` (one of the roles given to [`Bundle::read`]).

@@ -106,6 +106,17 @@ fn check_preset(preset: Preset) {
         let r = max_rel_diff(&a, &b);
         assert!(r < 1e-3, "{preset} {kind:?}: generated parameters differ by {r}");
     }
+
+    // sampler.onnx (the whole DDIM loop in one graph) gives the step-by-step loop's parameters.
+    let whole = Sampler::open(&bundle, &RuntimeOptions { whole_loop: Some(true), ..cpu() }).unwrap();
+    assert!(whole.runs_whole_loop() && !sampler.runs_whole_loop());
+    for steps in [1, 20] {
+        let kind = SamplerKind::Ddim { steps };
+        let a = sampler.sample(4, 5, kind, &mut |_, _| true).unwrap();
+        let b = whole.sample(4, 5, kind, &mut |_, _| true).unwrap();
+        let r = max_rel_diff(&a, &b);
+        assert!(r <= 1e-5, "{preset} DDIM-{steps}: sampler.onnx differs from the step loop by {r}");
+    }
 }
 
 #[cfg(feature = "train")]
@@ -118,6 +129,112 @@ fn compact_preset_onnx_matches_tch() {
 #[test]
 fn paper_preset_onnx_matches_tch() {
     check_preset(Preset::Paper);
+}
+
+/// Max |a - b| over max |a|.
+fn rel_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    assert_eq!(a.dim(), b.dim());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn whole_loop_graph_matches_the_step_loop() {
+    let step = Sampler::open(&fixture(), &cpu()).unwrap();
+    let whole = Sampler::open(&fixture(), &RuntimeOptions { whole_loop: Some(true), ..cpu() }).unwrap();
+    assert!(!step.runs_whole_loop(), "auto on the CPU runs step by step");
+    assert!(whole.runs_whole_loop());
+    for (n, seed, steps) in [(1, 0, 1), (5, 3, 10), (17, 9, 50), (2, 4, 1000)] {
+        let kind = SamplerKind::Ddim { steps };
+        let a = step.sample(n, seed, kind, &mut |_, _| true).unwrap();
+        let mut calls = Vec::new();
+        let b = whole
+            .sample(n, seed, kind, &mut |done, total| {
+                calls.push((done, total));
+                true
+            })
+            .unwrap();
+        let r = rel_diff(&a, &b);
+        assert!(r <= 1e-5, "n {n}, DDIM-{steps}: sampler.onnx differs from the step loop by {r}");
+        assert_eq!(calls, vec![(steps, steps)], "one progress report, at the end");
+    }
+    // Out-of-range settings are errors on both paths, before anything runs.
+    for s in [&step, &whole] {
+        let err = s.sample(2, 0, SamplerKind::Ddim { steps: 1001 }, &mut |_, _| true).err().unwrap();
+        assert!(matches!(&err, pdiff::Error::InvalidArgument { field, .. } if field == "steps"), "{err}");
+        assert!(err.to_string().contains("T = 1000"), "{err}");
+        let err = s.sample(2, 0, SamplerKind::Ddim { steps: 0 }, &mut |_, _| true).err().unwrap();
+        assert!(err.to_string().contains("at least 1 step"), "{err}");
+        assert!(s.sample(0, 0, SamplerKind::Ddim { steps: 5 }, &mut |_, _| true).is_err());
+    }
+    // DDPM has no loop graph: it runs step by step on the same sampler.
+    let a = step.sample(2, 1, SamplerKind::Ddpm, &mut |_, _| true).unwrap();
+    let b = whole.sample(2, 1, SamplerKind::Ddpm, &mut |_, _| true).unwrap();
+    assert_eq!(a, b);
+    // Off means off, even with the graph present.
+    let off = Sampler::open(&fixture(), &RuntimeOptions { whole_loop: Some(false), ..cpu() }).unwrap();
+    assert!(!off.runs_whole_loop());
+}
+
+#[test]
+fn whole_loop_on_a_bundle_without_the_graph_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fixture_copy(dir.path());
+    // An older bundle: no sampler.onnx, not in the manifest.
+    std::fs::remove_file(bundle.join("sampler.onnx")).unwrap();
+    let mpath = bundle.join("pdiff.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["files"].as_object_mut().unwrap().remove("sampler");
+    m["sha256"].as_object_mut().unwrap().remove("sampler.onnx");
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let s = Sampler::open(&bundle, &cpu()).unwrap();
+    assert!(!s.runs_whole_loop());
+    s.sample(2, 0, SamplerKind::Ddim { steps: 5 }, &mut |_, _| true).unwrap();
+    let err = Sampler::open(&bundle, &RuntimeOptions { whole_loop: Some(true), ..cpu() }).err().unwrap();
+    assert!(matches!(err, pdiff::Error::Bundle { .. }) && err.to_string().contains("no sampler.onnx"), "{err}");
+}
+
+#[test]
+fn auto_provider_reports_what_runs_and_why() {
+    let cpu_only = !pdiff::runtime::cuda_available(&cpu()).unwrap();
+    let s = Sampler::open(&fixture(), &RuntimeOptions::default()).unwrap();
+    let b = s.backend();
+    assert!(b.library.is_file(), "{}", b.library.display());
+    if cpu_only {
+        assert_eq!(b.name, "onnxruntime-cpu");
+        assert!(b.detail.contains("CUDA was not used") && b.detail.contains("without the CUDA execution provider"), "{}", b.detail);
+        assert!(b.detail.contains(&b.library.display().to_string()), "{}", b.detail);
+    } else {
+        assert_eq!(b.name, "onnxruntime-cuda", "{}", b.detail);
+    }
+    let c = Sampler::open(&fixture(), &cpu()).unwrap();
+    assert_eq!((c.backend_name(), c.backend().detail.as_str()), ("onnxruntime-cpu", "CPU execution provider (asked for)"));
+}
+
+#[test]
+fn cuda_failures_name_the_missing_piece() {
+    use pdiff::runtime::{explain_cuda_failure, CudaPreload};
+    let preload = CudaPreload { searched: vec![PathBuf::from("/site/nvidia/cu13/lib")], ..Default::default() };
+    let cases = [
+        (
+            "Failed to load library libonnxruntime_providers_cuda.so with error: libonnxruntime_providers_cuda.so: cannot open shared object file: No such file or directory",
+            "provider library libonnxruntime_providers_cuda.so is missing",
+        ),
+        (
+            "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file: No such file or directory",
+            "CUDA library libcublasLt.so.13 was not found (searched /site/nvidia/cu13/lib",
+        ),
+        ("CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version", "NVIDIA driver is missing or too old"),
+        ("CUDA failure 100: no CUDA-capable device is detected", "no usable CUDA device"),
+        ("something else entirely", "could not be created"),
+    ];
+    for (message, words) in cases {
+        let text = explain_cuda_failure(message, &preload);
+        assert!(text.contains(words) && text.contains(message), "{message:?} -> {text:?}");
+    }
+    let missing = CudaPreload { missing: vec![("libcudnn.so.9".into(), "not found".into())], ..Default::default() };
+    let text = explain_cuda_failure("CUDNN failure 1", &missing);
+    assert!(text.contains("libcudnn.so.9") && text.contains("could not be created"), "{text}");
 }
 
 #[test]
@@ -173,7 +290,7 @@ fn runtime_errors_are_clear() {
 fn sampler_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Sampler>();
-    let s = std::sync::Arc::new(Sampler::open(&fixture(), &cpu()).unwrap());
+    let s = std::sync::Arc::new(Sampler::open(&fixture(), &RuntimeOptions { max_sessions: Some(3), ..cpu() }).unwrap());
     let kind = SamplerKind::Ddim { steps: 10 };
     let sequential: Vec<Array2<f32>> = (0..8).map(|seed| s.sample(2, seed, kind, &mut |_, _| true).unwrap()).collect();
     let handles: Vec<_> = (0..8u64)
@@ -208,4 +325,127 @@ fn regenerate_fixture_bundle() {
     c.denoiser = Some(DenoiserConfig::Mlp { hidden: 32, blocks: 1, time_dim: 16 });
     let g = Generator::train(&synthetic_set(12), &c, &mut |_| true).unwrap();
     g.export_bundle(&fixture()).unwrap();
+}
+
+/// A copy of the fixture whose file `file` was changed by `edit` (ONNX protobuf) and whose
+/// manifest was changed by `edit_manifest`, with the hashes recomputed: a bundle another tool
+/// could have written, consistent in itself but not what this library writes.
+#[cfg(feature = "train")]
+fn foreign_bundle(dir: &Path, file: &str, edit: impl FnOnce(&mut pdiff::onnx::proto::ModelProto), edit_manifest: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    use prost::Message;
+    let b = fixture_copy(dir);
+    let path = b.join(file);
+    let mut model = pdiff::onnx::proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    edit(&mut model);
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    let mpath = b.join("pdiff.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    edit_manifest(&mut m);
+    for f in ["decoder.onnx", "denoiser.onnx", "sampler.onnx"] {
+        m["sha256"][f] = serde_json::json!(pdiff::bundle::sha256_hex(&std::fs::read(b.join(f)).unwrap()));
+    }
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    b
+}
+
+/// Rename a graph output (and the node output that produces it).
+#[cfg(feature = "train")]
+fn rename_output(model: &mut pdiff::onnx::proto::ModelProto, from: &str, to: &str) {
+    let g = model.graph.as_mut().unwrap();
+    for o in g.output.iter_mut().filter(|o| o.name.as_deref() == Some(from)) {
+        o.name = Some(to.into());
+    }
+    for n in &mut g.node {
+        for o in n.output.iter_mut().filter(|o| o.as_str() == from) {
+            *o = to.into();
+        }
+    }
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn foreign_graphs_are_refused_with_names() {
+    use pdiff::onnx::proto::tensor_proto::DataType;
+    let open = |b: &Path| Sampler::open(b, &cpu()).err().expect("a foreign bundle must be refused");
+    let check = |err: pdiff::Error, words: &[&str]| {
+        let text = err.to_string();
+        assert!(matches!(err, pdiff::Error::Bundle { .. }), "{text}");
+        for w in words {
+            assert!(text.contains(w), "{text:?} lacks {w:?}");
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        let d = tmp.path().join(format!("case{n}"));
+        std::fs::create_dir(&d).unwrap();
+        d
+    };
+    // The denoiser's output renamed: the sampler would look for 'eps'.
+    let b = foreign_bundle(&next(), "denoiser.onnx", |m| rename_output(m, "eps", "noise"), |_| {});
+    check(open(&b), &["denoiser.onnx", "output 'eps' is missing", "'noise'"]);
+    // The decoder's input renamed.
+    let b = foreign_bundle(
+        &next(),
+        "decoder.onnx",
+        |m| {
+            let g = m.graph.as_mut().unwrap();
+            g.input[0].name = Some("latent".into());
+            for node in &mut g.node {
+                for i in node.input.iter_mut().filter(|i| i.as_str() == "z") {
+                    *i = "latent".into();
+                }
+            }
+        },
+        |_| {},
+    );
+    check(open(&b), &["decoder.onnx", "input 'z' is missing", "'latent'"]);
+    // The timestep input declared int32.
+    let b = foreign_bundle(
+        &next(),
+        "denoiser.onnx",
+        |m| {
+            let g = m.graph.as_mut().unwrap();
+            let t = g.input.iter_mut().find(|i| i.name.as_deref() == Some("t")).unwrap();
+            if let Some(pdiff::onnx::proto::type_proto::Value::TensorType(tt)) = t.r#type.as_mut().unwrap().value.as_mut() {
+                tt.elem_type = Some(DataType::Int32 as i32);
+            }
+        },
+        |_| {},
+    );
+    check(open(&b), &["denoiser.onnx", "input 't'", "Int32", "expected Int64"]);
+    // The manifest's parameter width disagrees with the decoder's output (the last tensor
+    // dropped from the layout): [B, 144] from the graph, D = 126 in the manifest.
+    let b = foreign_bundle(
+        &next(),
+        "decoder.onnx",
+        |_| {},
+        |m| {
+            let layout = m["layout"].as_array_mut().unwrap();
+            layout.pop();
+            m["param_count"] = serde_json::json!(126);
+        },
+    );
+    check(open(&b), &["decoder.onnx", "output 'params' has size 144 on axis 1", "the manifest says 126"]);
+    // An extra required input the sampler does not feed.
+    let b = foreign_bundle(
+        &next(),
+        "denoiser.onnx",
+        |m| {
+            let g = m.graph.as_mut().unwrap();
+            let mut extra = g.input[0].clone();
+            extra.name = Some("temperature".into());
+            g.input.push(extra);
+        },
+        |_| {},
+    );
+    check(open(&b), &["denoiser.onnx", "unexpected input 'temperature'"]);
+    // sampler.onnx is checked too when it is used.
+    let b = foreign_bundle(&next(), "sampler.onnx", |m| rename_output(m, "params", "weights"), |_| {});
+    Sampler::open(&b, &cpu()).expect("auto on the CPU does not use sampler.onnx");
+    check(
+        Sampler::open(&b, &RuntimeOptions { whole_loop: Some(true), ..cpu() }).err().unwrap(),
+        &["sampler.onnx", "output 'params' is missing", "'weights'"],
+    );
 }

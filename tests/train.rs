@@ -173,3 +173,63 @@ fn device_choice_resolution() {
     }
     assert!(matches!(DeviceChoice::Cuda(99).resolve(), Err(Error::DeviceUnavailable(_))));
 }
+
+#[cfg(feature = "train")]
+#[test]
+fn libtorch_errors_are_errors_not_panics() {
+    use pdiff::model::{AutoencoderConfig, ConvSpec};
+    use tch::{Device, Kind, Tensor};
+    // An error raised by libtorch inside the boundary: Error::Torch with libtorch's message.
+    let r = pdiff::train::torch_boundary("test stage", || {
+        let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+        let b = Tensor::zeros([4, 5], (Kind::Float, Device::Cpu));
+        Ok(a.matmul(&b).size())
+    });
+    match r {
+        Err(Error::Torch(m)) => assert!(m.starts_with("test stage: ") && m.contains("cannot be multiplied"), "{m}"),
+        other => panic!("expected Error::Torch, got {other:?}"),
+    }
+    // A panic that is not libtorch's (a bug of ours) is not disguised as one: it unwinds on.
+    let bug = std::panic::catch_unwind(|| pdiff::train::torch_boundary("test stage", || -> pdiff::Result<()> { panic!("a bug") }));
+    assert!(bug.is_err());
+    // The same through training: an autoencoder whose convolution is wider than its input
+    // (libtorch refuses it in the first forward pass).
+    let mut c = small_config(0);
+    c.autoencoder = Some(AutoencoderConfig {
+        encoder: vec![ConvSpec { channels: 4, kernel: 128, stride: 1, padding: 0 }],
+        decoder_channels: vec![1],
+        final_kernel: None,
+        latent_dim: 4,
+    });
+    let _guard = torch_lock();
+    match Generator::train(&trajectory_set(), &c, &mut |_| true) {
+        Err(Error::Torch(m)) => assert!(m.starts_with("training: ") && m.contains("Kernel size"), "{m}"),
+        other => panic!("expected Error::Torch, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// libtorch's RNG is process-wide: trainings started from several threads at once must each
+/// give what they give alone (the library runs them one at a time).
+#[cfg(feature = "train")]
+#[test]
+fn concurrent_trainings_are_each_reproducible() {
+    let set = trajectory_set();
+    single_threaded_torch();
+    let alone: Vec<Vec<f32>> = [5u64, 6].iter().map(|&seed| {
+        let g = Generator::train(&set, &small_config(seed), &mut |_| true).unwrap();
+        g.history.ae_loss.clone()
+    }).collect();
+    let handles: Vec<_> = [5u64, 6, 5, 6]
+        .into_iter()
+        .map(|seed| {
+            let set = set.clone();
+            std::thread::spawn(move || {
+                single_threaded_torch();
+                Generator::train(&set, &small_config(seed), &mut |_| true).unwrap().history.ae_loss
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), alone[i % 2], "thread {i}");
+    }
+}

@@ -1,7 +1,8 @@
 //! Latent DDPM: the linear noise schedule and the two samplers (DDPM ancestral, DDIM eta = 0),
 //! written once over ndarray and generic over the backend that runs the networks (tch while
-//! training, ONNX Runtime when serving). Noise comes from a seeded ChaCha RNG in a fixed order,
-//! so a seed gives the same parameters on every backend.
+//! training, ONNX Runtime when serving). Noise comes from a seeded ChaCha RNG, one stream per
+//! generated row, so a seed gives the same parameters on every backend, and row i is the same
+//! whatever the batch or chunk it is sampled in.
 use crate::error::{Error, Result};
 use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
@@ -118,8 +119,40 @@ pub fn ddim_timesteps(timesteps: usize, steps: usize) -> Vec<usize> {
     (0..steps).map(|i| i * timesteps / steps).collect()
 }
 
-fn gaussian(rng: &mut ChaCha8Rng, n: usize, d: usize) -> Array2<f32> {
-    Array2::from_shape_simple_fn((n, d), || StandardNormal.sample(rng))
+/// The noise stream of row `row` for `seed`.
+fn row_rng(seed: u64, row: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(row as u64);
+    rng
+}
+
+/// One [rows, d] draw: the next d standard normals of each row's stream.
+fn gaussian_rows(rngs: &mut [ChaCha8Rng], d: usize) -> Array2<f32> {
+    let mut a = Array2::zeros((rngs.len(), d));
+    for (mut row, rng) in a.rows_mut().into_iter().zip(rngs.iter_mut()) {
+        row.iter_mut().for_each(|v| *v = StandardNormal.sample(rng));
+    }
+    a
+}
+
+/// Settings a sampler can run with on `schedule`: DDIM needs 1 ..= T steps.
+pub fn check_kind(schedule: &Schedule, kind: SamplerKind) -> Result<()> {
+    if let SamplerKind::Ddim { steps } = kind {
+        if steps == 0 {
+            return Err(Error::invalid("steps", "DDIM needs at least 1 step"));
+        }
+        if steps > schedule.timesteps {
+            return Err(Error::invalid("steps", format!("DDIM with {steps} steps: the schedule has only T = {} timesteps", schedule.timesteps)));
+        }
+    }
+    Ok(())
+}
+
+/// The initial noise x_T of rows `rows` of [`sample_latent_rows`] for `seed`: [rows, d]
+/// standard normal, the first d draws of each row's stream. A backend that runs the whole loop
+/// itself (sampler.onnx) starts from it and so gives the step-by-step loop's parameters.
+pub fn initial_noise(seed: u64, rows: std::ops::Range<usize>, d: usize) -> Array2<f32> {
+    gaussian_rows(&mut rows.map(|r| row_rng(seed, r)).collect::<Vec<_>>(), d)
 }
 
 /// Generate `n` standardized latents with the reverse process. `on_step(done, total)` returns
@@ -132,14 +165,31 @@ pub fn sample_latents(
     seed: u64,
     on_step: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Array2<f32>> {
+    sample_latent_rows(denoiser, schedule, kind, seed, 0..n, on_step)
+}
+
+/// Rows `rows` of what [`sample_latents`] gives for `seed`: each row's noise comes from its own
+/// stream (ChaCha8 seeded with `seed`, stream = the row's index), so a row is the same whether
+/// it is sampled alone, in a chunk, or among any number of others. This is what lets a caller
+/// sample N models in bounded chunks.
+pub fn sample_latent_rows(
+    denoiser: &dyn DenoiserBackend,
+    schedule: &Schedule,
+    kind: SamplerKind,
+    seed: u64,
+    rows: std::ops::Range<usize>,
+    on_step: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Array2<f32>> {
     schedule.validate()?;
-    if n == 0 {
+    if rows.is_empty() {
         return Err(Error::invalid("n", "number of samples must be at least 1"));
     }
+    check_kind(schedule, kind)?;
     let tab = schedule.tables();
     let d = denoiser.latent_dim();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut x = gaussian(&mut rng, n, d);
+    let n = rows.len();
+    let mut rngs: Vec<ChaCha8Rng> = rows.clone().map(|r| row_rng(seed, r)).collect();
+    let mut x = gaussian_rows(&mut rngs, d);
     match kind {
         SamplerKind::Ddpm => {
             let total = schedule.timesteps;
@@ -151,7 +201,7 @@ pub fn sample_latents(
                 x.zip_mut_with(&eps, |xv, &e| *xv = inv_sqrt_alpha * (*xv - coef * e));
                 if t > 0 {
                     let sigma = tab.posterior_variance[t].sqrt() as f32;
-                    let z = gaussian(&mut rng, n, d);
+                    let z = gaussian_rows(&mut rngs, d);
                     x.zip_mut_with(&z, |xv, &zv| *xv += sigma * zv);
                 }
                 if !on_step(done + 1, total) {
@@ -160,9 +210,6 @@ pub fn sample_latents(
             }
         }
         SamplerKind::Ddim { steps } => {
-            if steps == 0 {
-                return Err(Error::invalid("steps", "DDIM needs at least 1 step"));
-            }
             let seq = ddim_timesteps(schedule.timesteps, steps);
             let total = seq.len();
             for (done, i) in (0..seq.len()).rev().enumerate() {
@@ -203,7 +250,21 @@ pub fn sample_params(
     seed: u64,
     on_step: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Array2<f32>> {
-    let z = sample_latents(denoiser, schedule, kind, n, seed, on_step)?;
+    sample_param_rows(denoiser, decoder, schedule, kind, seed, 0..n, on_step)
+}
+
+/// Rows `rows` of what [`sample_params`] gives for `seed` (see [`sample_latent_rows`]).
+pub fn sample_param_rows(
+    denoiser: &dyn DenoiserBackend,
+    decoder: &dyn DecoderBackend,
+    schedule: &Schedule,
+    kind: SamplerKind,
+    seed: u64,
+    rows: std::ops::Range<usize>,
+    on_step: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Array2<f32>> {
+    let n = rows.len();
+    let z = sample_latent_rows(denoiser, schedule, kind, seed, rows, on_step)?;
     let params = decoder.decode(z.view())?;
     if params.dim() != (n, decoder.param_count()) {
         return Err(Error::Runtime(format!(

@@ -1,5 +1,5 @@
 //! `pdiff_generator`: training (autoencoder + latent DDPM, tch) and export as a bundle.
-use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure};
+use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure, OptionsStruct};
 use super::{pdiff_dataset, pdiff_device, pdiff_preset, pdiff_status};
 use crate::model::Preset;
 use crate::train::{DeviceChoice, Generator, TrainConfig};
@@ -60,6 +60,10 @@ impl Default for pdiff_train_options {
             user_data: std::ptr::null_mut(),
         }
     }
+}
+
+impl OptionsStruct for pdiff_train_options {
+    const SIZES: &'static [usize] = &[std::mem::size_of::<pdiff_train_options>()];
 }
 
 impl pdiff_train_options {
@@ -136,7 +140,7 @@ pub unsafe extern "C" fn pdiff_generator_train(
     call("pdiff_generator_train", || {
         nonnull!(out, "out");
         let ds = try_ref!(dataset, "dataset");
-        let opts = unsafe { options_arg(options, "options", pdiff_train_options::default) }?;
+        let opts = unsafe { options_arg(options, "options") }?;
         let config = opts.to_config()?;
         let mut progress = |p: &crate::train::Progress| -> bool {
             match opts.progress {

@@ -278,23 +278,38 @@ pub(crate) unsafe fn path_arg(p: *const c_char, what: &str) -> FfiResult<PathBuf
     Ok(path)
 }
 
-/// Read an options struct whose first field is `size_t struct_size`: NULL gives `default`,
-/// a size other than `size_of::<T>()` is `PDIFF_ERR_STRUCT_SIZE`.
-pub(crate) unsafe fn options_arg<T: Copy>(p: *const T, what: &str, default: impl FnOnce() -> T) -> FfiResult<T> {
+/// An options struct of the C ABI: `size_t struct_size` first, then fields that only ever get
+/// added at the end. Each published layout stays accepted: a host compiled against an older
+/// pdiff.h passes the smaller `struct_size` of its header, and the fields it does not know take
+/// their defaults.
+pub(crate) trait OptionsStruct: Copy + Default {
+    /// `sizeof` of every published version of the struct, oldest first; the last is this
+    /// library's. A version's size is the offset of the first field added after it.
+    const SIZES: &'static [usize];
+}
+
+/// Read an options struct: NULL gives the defaults; a `struct_size` that is not one of the
+/// struct's published sizes is `PDIFF_ERR_STRUCT_SIZE`; a published older size is read as far
+/// as it goes, over the defaults.
+pub(crate) unsafe fn options_arg<T: OptionsStruct>(p: *const T, what: &str) -> FfiResult<T> {
     if p.is_null() {
-        return Ok(default());
+        return Ok(T::default());
     }
-    let size = unsafe { std::ptr::read(p as *const usize) };
-    if size != std::mem::size_of::<T>() {
+    let size = unsafe { std::ptr::read_unaligned(p as *const usize) };
+    if !T::SIZES.contains(&size) {
         return Err(Failure::new(
             pdiff_status::PDIFF_ERR_STRUCT_SIZE,
             format!(
-                "{what}.struct_size is {size}, this library's struct is {} bytes (initialize it with the *_default() function of the same header)",
-                std::mem::size_of::<T>()
+                "{what}.struct_size is {size}, this library accepts {:?} bytes (initialize it with the *_default() function of the same header)",
+                T::SIZES
             ),
         ));
     }
-    Ok(unsafe { std::ptr::read(p) })
+    let mut out = T::default();
+    // SAFETY: `size` is one of T's published sizes, so the caller's struct holds at least
+    // `size` readable bytes laid out as T's first fields (repr(C), fields only appended).
+    unsafe { std::ptr::copy_nonoverlapping(p as *const u8, &mut out as *mut T as *mut u8, size) };
+    Ok(out)
 }
 
 /// Store a new handle into `*out` (which was checked non-NULL).

@@ -1,6 +1,6 @@
 //! `pdiff_sampler`: serving an exported bundle with ONNX Runtime; generation into caller
 //! buffers, best-of-N with a host scoring callback, or to safetensors files.
-use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult};
+use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
 use super::pdiff_status;
 use crate::diffusion::SamplerKind;
 use crate::runtime::{Provider, RuntimeOptions, Sampler};
@@ -37,6 +37,13 @@ pub struct pdiff_sampler_options {
     /// the first successful open decides which library is used. Borrowed during
     /// `pdiff_sampler_open` only.
     pub runtime_library: *const c_char,
+    /// At most this many threads sample from this sampler at the same time, each with its own
+    /// ONNX Runtime sessions (one copy of the graphs' weights each); more wait their turn.
+    /// 0: the number of CPUs. This field and the next came after the struct's first layout: a
+    /// host built against that older pdiff.h passes its smaller struct_size and gets defaults.
+    pub max_sessions: usize,
+    /// A `pdiff_whole_loop` value: whether DDIM runs as one graph (the bundle's sampler.onnx).
+    pub whole_loop: i32,
 }
 
 impl Default for pdiff_sampler_options {
@@ -47,8 +54,28 @@ impl Default for pdiff_sampler_options {
             device_id: 0,
             intra_threads: 0,
             runtime_library: std::ptr::null(),
+            max_sessions: 0,
+            whole_loop: pdiff_whole_loop::PDIFF_WHOLE_LOOP_AUTO as i32,
         }
     }
+}
+
+impl OptionsStruct for pdiff_sampler_options {
+    const SIZES: &'static [usize] = &[std::mem::offset_of!(pdiff_sampler_options, max_sessions), std::mem::size_of::<pdiff_sampler_options>()];
+}
+
+/// How DDIM runs (`pdiff_sampler_options.whole_loop`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pdiff_whole_loop {
+    /// As one graph on CUDA (no host round trip per step) when the bundle has sampler.onnx;
+    /// step by step on the CPU (the default).
+    PDIFF_WHOLE_LOOP_AUTO = 0,
+    /// Always as one graph; `pdiff_sampler_open` fails with `PDIFF_ERR_BUNDLE` when the bundle
+    /// has no sampler.onnx. Progress is then reported once, at the end.
+    PDIFF_WHOLE_LOOP_ON = 1,
+    /// Always step by step.
+    PDIFF_WHOLE_LOOP_OFF = 2,
 }
 
 /// Reverse process used to generate (`pdiff_sample_options.sampler`).
@@ -75,6 +102,10 @@ pub struct pdiff_sample_options {
     pub ddim_steps: usize,
     /// Seed of the initial noise (and of DDPM's noise).
     pub seed: u64,
+}
+
+impl OptionsStruct for pdiff_sample_options {
+    const SIZES: &'static [usize] = &[std::mem::size_of::<pdiff_sample_options>()];
 }
 
 impl Default for pdiff_sample_options {
@@ -130,6 +161,7 @@ pub struct pdiff_sampler {
     inner: Arc<Sampler>,
     names: Vec<CString>,
     shapes: Vec<Vec<usize>>,
+    backend_detail: CString,
 }
 
 /// Open the bundle directory `bundle_dir` (written by `pdiff_generator_export` or
@@ -149,7 +181,7 @@ pub unsafe extern "C" fn pdiff_sampler_open(
     call("pdiff_sampler_open", || {
         nonnull!(out, "out");
         let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
-        let opts = unsafe { options_arg(options, "options", pdiff_sampler_options::default) }?;
+        let opts = unsafe { options_arg(options, "options") }?;
         let provider = match opts.provider {
             0 => Provider::Auto,
             1 => Provider::Cpu,
@@ -161,11 +193,19 @@ pub unsafe extern "C" fn pdiff_sampler_open(
         } else {
             Some(unsafe { path_arg(opts.runtime_library, "options.runtime_library") }?)
         };
+        let whole_loop = match opts.whole_loop {
+            0 => None,
+            1 => Some(true),
+            2 => Some(false),
+            w => return Err(Failure::invalid(format!("whole_loop {w} (expected PDIFF_WHOLE_LOOP_AUTO, _ON or _OFF)"))),
+        };
         let rt = RuntimeOptions {
             library,
             provider,
             intra_threads: (opts.intra_threads > 0).then_some(opts.intra_threads),
             device_id: opts.device_id,
+            max_sessions: (opts.max_sessions > 0).then_some(opts.max_sessions),
+            whole_loop,
         };
         let sampler = Sampler::open(&dir, &rt)?;
         let layout = sampler.layout();
@@ -175,7 +215,8 @@ pub unsafe extern "C" fn pdiff_sampler_open(
             .map(|t| CString::new(t.name.as_str()).map_err(|_| Failure::new(pdiff_status::PDIFF_ERR_BUNDLE, format!("tensor name {:?} contains NUL", t.name))))
             .collect::<FfiResult<Vec<_>>>()?;
         let shapes = layout.tensors.iter().map(|t| t.shape.clone()).collect();
-        put_handle(out, pdiff_sampler { inner: Arc::new(sampler), names, shapes });
+        let backend_detail = CString::new(sampler.backend().detail.replace('\0', " ")).unwrap_or_default();
+        put_handle(out, pdiff_sampler { inner: Arc::new(sampler), names, shapes, backend_detail });
         Ok(())
     })
 }
@@ -187,6 +228,18 @@ pub unsafe extern "C" fn pdiff_sampler_open(
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_backend(sampler: *const pdiff_sampler) -> *const c_char {
     boundary("pdiff_sampler_backend", || Ok(static_cstr(try_ref!(sampler, "sampler").inner.backend_name())))
+}
+
+/// Why the sampler runs on its execution provider: "CPU execution provider (asked for)",
+/// "CUDA execution provider, device 0 (auto)", or, when CUDA was not used in auto mode, the
+/// reason (e.g. the ONNX Runtime in use has no CUDA provider, or which CUDA library is
+/// missing). NULL when `sampler` is NULL.
+///
+/// Ownership: the string is owned by `sampler` and valid until `pdiff_sampler_free(sampler)`.
+/// Do not free it.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_backend_detail(sampler: *const pdiff_sampler) -> *const c_char {
+    boundary("pdiff_sampler_backend_detail", || Ok(try_ref!(sampler, "sampler").backend_detail.as_ptr()))
 }
 
 /// Number of scalars D in one generated parameter vector (0 when `sampler` is NULL).
@@ -286,7 +339,7 @@ pub unsafe extern "C" fn pdiff_sampler_sample(
 ) -> pdiff_status {
     call("pdiff_sampler_sample", || {
         let s = try_ref!(sampler, "sampler");
-        let opts = unsafe { options_arg(options, "options", pdiff_sample_options::default) }?;
+        let opts = unsafe { options_arg(options, "options") }?;
         let kind = opts.kind()?;
         let need = needed(s, n)?;
         let buf = out_buffer(out, out_len, need, "pdiff_sampler_sample")?;
@@ -294,6 +347,10 @@ pub unsafe extern "C" fn pdiff_sampler_sample(
         Ok(())
     })
 }
+
+/// Generated parameters held at once by `pdiff_sampler_best_of_n`: candidates are sampled and
+/// scored in chunks of this size.
+const BEST_OF_N_CHUNK_BYTES: usize = 4 << 20;
 
 /// Host scoring callback of `pdiff_sampler_best_of_n`: a score for one generated parameter
 /// vector `params[0..len]` (len = D; higher is better, e.g. an accuracy on training data).
@@ -326,25 +383,28 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
     call("pdiff_sampler_best_of_n", || {
         let s = try_ref!(sampler, "sampler");
         let score = score.ok_or_else(|| Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, "score is NULL"))?;
-        let opts = unsafe { options_arg(options, "options", pdiff_sample_options::default) }?;
+        let opts = unsafe { options_arg(options, "options") }?;
         let kind = opts.kind()?;
         needed(s, n)?;
         let d = s.inner.layout().param_count();
         let buf = out_buffer(out, out_len, d, "pdiff_sampler_best_of_n")?;
-        let all = s.inner.sample(n, opts.seed, kind, &mut |_, _| true)?;
-        let all = all.as_slice().expect("standard layout");
+        // Candidates are generated and scored chunk by chunk, keeping a copy of the best so
+        // far: memory stays bounded whatever n is, and `out` is written only on success.
         let mut best: Option<(usize, f64)> = None;
-        for (i, row) in all.chunks_exact(d).enumerate() {
-            let v = unsafe { score(user_data, row.as_ptr(), d) };
-            if v.is_nan() {
-                continue;
+        let mut best_params = vec![0f32; d];
+        s.inner.sample_chunked(n, opts.seed, kind, s.inner.rows_within(BEST_OF_N_CHUNK_BYTES), &mut |first, rows| {
+            for (j, row) in rows.rows().into_iter().enumerate() {
+                let row = row.as_slice().expect("standard layout");
+                let v = unsafe { score(user_data, row.as_ptr(), d) };
+                if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+                    best = Some((first + j, v));
+                    best_params.copy_from_slice(row);
+                }
             }
-            if best.is_none_or(|(_, b)| v > b) {
-                best = Some((i, v));
-            }
-        }
+            Ok(())
+        }, &mut |_, _| true)?;
         let (i, v) = best.ok_or_else(|| Failure::invalid(format!("every one of the {n} scores is NaN")))?;
-        buf.copy_from_slice(&all[i * d..(i + 1) * d]);
+        buf.copy_from_slice(&best_params);
         unsafe {
             if !best_index.is_null() {
                 *best_index = i;
@@ -371,7 +431,7 @@ pub unsafe extern "C" fn pdiff_sampler_sample_to_dir(
 ) -> pdiff_status {
     call("pdiff_sampler_sample_to_dir", || {
         let s = try_ref!(sampler, "sampler");
-        let opts = unsafe { options_arg(options, "options", pdiff_sample_options::default) }?;
+        let opts = unsafe { options_arg(options, "options") }?;
         let kind = opts.kind()?;
         let dir = unsafe { path_arg(dir, "dir") }?;
         needed(s, n)?;

@@ -87,44 +87,44 @@ fn silu(b: &mut GraphBuilder, x: &str) -> String {
     b.op("Mul", &[x, &s])
 }
 
-/// decoder.onnx for a trained generator.
-pub fn export_decoder(g: &Generator) -> Result<Vec<u8>> {
+/// The decoder's nodes: standardized latent `z` [B, d] -> parameters [B, D] in host units
+/// (latent clipping and de-standardization, the decoder network, unpadding, per-tensor
+/// de-normalization). Returns the output's name (`out` when given).
+fn decoder_nodes(b: &mut GraphBuilder, g: &Generator, z: &str, out: Option<&str>) -> Result<String> {
     let w = Weights(g.autoencoder_variables());
     let cfg = &g.ae_config;
     let d_lat = g.latent_dim() as i64;
     let d = g.layout.param_count();
-    let mut b = GraphBuilder::default();
-    let z = b.input("z", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
     let std = b.f32("latent_std", &[d_lat], &g.latent_std);
     let mean = b.f32("latent_mean", &[d_lat], &g.latent_mean);
     // Clip to the training latents' range (per dimension), then de-standardize.
     let hi = b.f32("latent_clip_hi", &[d_lat], &g.latent_clip);
     let lo: Vec<f32> = g.latent_clip.iter().map(|c| -c).collect();
     let lo = b.f32("latent_clip_lo", &[d_lat], &lo);
-    let h = b.op("Min", &[&z, &hi]);
+    let h = b.op("Min", &[z, &hi]);
     let h = b.op("Max", &[&h, &lo]);
     let h = b.op("Mul", &[&h, &std]);
     let h = b.op("Add", &[&h, &mean]);
-    let h = linear(&mut b, &w, "dec.fc", &h)?;
+    let h = linear(b, &w, "dec.fc", &h)?;
     let c = cfg.encoder.last().unwrap().channels;
     let shape = b.i64("bottleneck_shape", &[-1, c, cfg.bottleneck_len(g.padded_len)]);
     let mut h = b.op("Reshape", &[&h, &shape]);
     let n_dec = cfg.decoder_channels.len();
     for (i, (spec, &out_ch)) in cfg.encoder.iter().rev().zip(&cfg.decoder_channels).enumerate() {
-        h = conv_transpose(&mut b, &w, &format!("dec.{i}.conv"), &h, spec.stride, spec.padding, spec.output_padding())?;
+        h = conv_transpose(b, &w, &format!("dec.{i}.conv"), &h, spec.stride, spec.padding, spec.output_padding())?;
         // Same rule as model::Autoencoder: without a final conv, the last transposed conv is
         // the output layer.
         if cfg.final_kernel.is_some() || i + 1 < n_dec {
-            h = group_norm(&mut b, &w, &format!("dec.{i}.norm"), &h, out_ch)?;
+            h = group_norm(b, &w, &format!("dec.{i}.norm"), &h, out_ch)?;
             h = b.node("Elu", &[&h], vec![attr("alpha", Attr::Float(1.0))], None);
         }
     }
     if let Some(k) = cfg.final_kernel {
-        h = conv(&mut b, &w, "dec.out", &h, 1, k / 2)?;
+        h = conv(b, &w, "dec.out", &h, 1, k / 2)?;
     }
     let flat = b.i64("flat_shape", &[-1, g.padded_len as i64]);
     let h = b.op("Reshape", &[&h, &flat]);
-    let pos_bias = w.init(&mut b, "dec.out.position_bias")?;
+    let pos_bias = w.init(b, "dec.out.position_bias")?;
     let h = b.op("Add", &[&h, &pos_bias]);
     let (starts, ends, axes) = (b.i64("starts", &[0]), b.i64("ends", &[d as i64]), b.i64("axes", &[1]));
     let h = b.op("Slice", &[&h, &starts, &ends, &axes]);
@@ -138,57 +138,61 @@ pub fn export_decoder(g: &Generator) -> Result<Vec<u8>> {
     let scale = b.f32("param_std", &[d as i64], &scale);
     let shift = b.f32("param_mean", &[d as i64], &shift);
     let h = b.op("Mul", &[&h, &scale]);
-    b.node("Add", &[&h, &shift], vec![], Some("params"));
-    b.output("params", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d as i64)]);
+    Ok(b.node("Add", &[&h, &shift], vec![], out))
+}
+
+/// decoder.onnx for a trained generator.
+pub fn export_decoder(g: &Generator) -> Result<Vec<u8>> {
+    let mut b = GraphBuilder::default();
+    let z = b.input("z", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(g.latent_dim() as i64)]);
+    decoder_nodes(&mut b, g, &z, Some("params"))?;
+    b.output("params", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(g.layout.param_count() as i64)]);
     Ok(b.finish("pdiff_decoder", "p-diff decoder: standardized latent z [B, d] -> parameters [B, D] in host units"))
 }
 
-/// denoiser.onnx for a trained generator.
-pub fn export_denoiser(g: &Generator) -> Result<Vec<u8>> {
+/// The denoiser's nodes: noisy latent `x` [B, d] and timesteps `t` i64 [B] -> predicted noise
+/// [B, d] (the sinusoidal time embedding inside). Returns the output's name.
+fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str) -> Result<String> {
     let w = Weights(g.denoiser_variables());
-    let d_lat = g.latent_dim() as i64;
-    let mut b = GraphBuilder::default();
-    let x = b.input("x", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
-    let t = b.input("t", DataType::Int64, &[Dim::Named("batch")]);
     // Sinusoidal time embedding -> Linear -> SiLU -> Linear.
     let tdim = g.denoiser_config.time_dim();
     let freqs = timestep_frequencies(tdim);
     let freqs = b.f32("time_freqs", &[1, freqs.len() as i64], &freqs);
-    let tf = b.node("Cast", &[&t], vec![attr("to", Attr::Int(DataType::Float as i64))], None);
+    let tf = b.node("Cast", &[t], vec![attr("to", Attr::Int(DataType::Float as i64))], None);
     let ax1 = b.i64("axis1", &[1]);
     let tf = b.op("Unsqueeze", &[&tf, &ax1]);
     let args = b.op("Mul", &[&tf, &freqs]);
     let (s, c) = (b.op("Sin", &[&args]), b.op("Cos", &[&args]));
     let emb = b.node("Concat", &[&s, &c], vec![attr("axis", Attr::Int(1))], None);
-    let emb = linear(&mut b, &w, "time.fc1", &emb)?;
-    let emb = silu(&mut b, &emb);
-    let temb = linear(&mut b, &w, "time.fc2", &emb)?;
+    let emb = linear(b, &w, "time.fc1", &emb)?;
+    let emb = silu(b, &emb);
+    let temb = linear(b, &w, "time.fc2", &emb)?;
     let out = match &g.denoiser_config {
         DenoiserConfig::Mlp { blocks, .. } => {
-            let mut h = linear(&mut b, &w, "in", &x)?;
+            let mut h = linear(b, &w, "in", x)?;
             for i in 0..*blocks {
                 let u = b.op("Add", &[&h, &temb]);
-                let u = silu(&mut b, &u);
-                let u = linear(&mut b, &w, &format!("block.{i}.fc1"), &u)?;
-                let u = silu(&mut b, &u);
-                let u = linear(&mut b, &w, &format!("block.{i}.fc2"), &u)?;
+                let u = silu(b, &u);
+                let u = linear(b, &w, &format!("block.{i}.fc1"), &u)?;
+                let u = silu(b, &u);
+                let u = linear(b, &w, &format!("block.{i}.fc2"), &u)?;
                 h = b.op("Add", &[&h, &u]);
             }
-            let h = silu(&mut b, &h);
-            linear(&mut b, &w, "out", &h)?
+            let h = silu(b, &h);
+            linear(b, &w, "out", &h)?
         }
         DenoiserConfig::Cnn { channels, kernel, .. } => {
             let temb = b.op("Unsqueeze", &[&temb, &ax1]);
-            let mut h = b.op("Unsqueeze", &[&x, &ax1]);
+            let mut h = b.op("Unsqueeze", &[x, &ax1]);
             let n = channels.len() - 1;
             let mut skips: Vec<String> = Vec::new();
             for i in 0..n {
                 let u = b.op("Add", &[&h, &temb]);
-                h = conv(&mut b, &w, &format!("conv.{i}"), &u, 1, kernel / 2)?;
+                h = conv(b, &w, &format!("conv.{i}"), &u, 1, kernel / 2)?;
                 if i + 1 == n {
                     break;
                 }
-                h = group_norm(&mut b, &w, &format!("norm.{i}"), &h, channels[i + 1])?;
+                h = group_norm(b, &w, &format!("norm.{i}"), &h, channels[i + 1])?;
                 h = b.node("Elu", &[&h], vec![attr("alpha", Attr::Float(1.0))], None);
                 // Same skip rule as model::Denoiser::forward.
                 let mirror = n - 2 - i;
@@ -201,8 +205,93 @@ pub fn export_denoiser(g: &Generator) -> Result<Vec<u8>> {
             b.op("Squeeze", &[&h, &ax1])
         }
     };
+    Ok(out)
+}
+
+/// denoiser.onnx for a trained generator.
+pub fn export_denoiser(g: &Generator) -> Result<Vec<u8>> {
+    let d_lat = g.latent_dim() as i64;
+    let mut b = GraphBuilder::default();
+    let x = b.input("x", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
+    let t = b.input("t", DataType::Int64, &[Dim::Named("batch")]);
+    let out = denoiser_nodes(&mut b, g, &x, &t)?;
     b.node("Identity", &[&out], vec![], Some("eps"));
     b.output("eps", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
     Ok(b.finish("pdiff_denoiser", "p-diff denoiser: x_t [B, d], t [B] -> predicted noise [B, d]"))
 }
 
+/// sampler.onnx: the whole DDIM loop (eta = 0) and the decoder in one graph, so that a host —
+/// or an execution provider such as CUDA — makes one run per batch instead of a host round trip
+/// of the latent at every step. Inputs: `noise` f32 [B, d] (x_T, standard normal) and
+/// `timesteps` i64 [S] (the DDIM sequence, ascending: `i * T / S` for i in 0..S); output
+/// `params` f32 [B, D] in host units. The step is the same arithmetic, in the same order and
+/// with the same f32 coefficients (computed in f64, then rounded), as
+/// [`crate::diffusion::sample_latents`].
+pub fn export_sampler(g: &Generator) -> Result<Vec<u8>> {
+    let d_lat = g.latent_dim() as i64;
+    let tab = g.config.schedule.tables();
+    let t_len = tab.alpha_bars.len() as i64;
+    let sqrt_ab: Vec<f32> = tab.alpha_bars.iter().map(|a| a.sqrt() as f32).collect();
+    let sqrt_1mab: Vec<f32> = tab.alpha_bars.iter().map(|a| (1.0 - a).sqrt() as f32).collect();
+    let mut b = GraphBuilder::default();
+    let noise = b.input("noise", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
+    let seq = b.input("timesteps", DataType::Int64, &[Dim::Named("steps")]);
+
+    // The coefficients of every step, gathered once: sqrt(abar) and sqrt(1 - abar) at the
+    // step's timestep and at the previous (smaller) one; before the first step they are 1 and 0.
+    let sa_tab = b.f32("sqrt_alpha_bar", &[t_len], &sqrt_ab);
+    let s1a_tab = b.f32("sqrt_one_minus_alpha_bar", &[t_len], &sqrt_1mab);
+    let sa = b.op("Gather", &[&sa_tab, &seq]);
+    let s1a = b.op("Gather", &[&s1a_tab, &seq]);
+    let (start, all_but_last, axis0) = (b.i64("start", &[0]), b.i64("all_but_last", &[-1]), b.i64("axis0", &[0]));
+    let (one, zero) = (b.f32("one", &[1], &[1.0]), b.f32("zero", &[1], &[0.0]));
+    let sa_head = b.op("Slice", &[&sa, &start, &all_but_last, &axis0]);
+    let s1a_head = b.op("Slice", &[&s1a, &start, &all_but_last, &axis0]);
+    let sa_prev = b.node("Concat", &[&one, &sa_head], vec![attr("axis", Attr::Int(0))], None);
+    let s1a_prev = b.node("Concat", &[&zero, &s1a_head], vec![attr("axis", Attr::Int(0))], None);
+    let steps = b.op("Shape", &[&seq]);
+    let steps = b.op("Squeeze", &[&steps, &axis0]);
+    let one_i64 = b.i64_scalar("one_i64", 1);
+    let last = b.op("Sub", &[&steps, &one_i64]);
+    let keep_going = b.bool_scalar("true", true);
+
+    // Loop body: iteration i runs the step at index k = S - 1 - i (from the largest t down).
+    b.begin_subgraph();
+    let iter = b.name("iteration");
+    let cond_in = b.name("condition");
+    let x = b.name("x");
+    b.input(&iter, DataType::Int64, &[]);
+    b.input(&cond_in, DataType::Bool, &[]);
+    b.input(&x, DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
+    let k = b.op("Sub", &[&last, &iter]);
+    let t_k = b.op("Gather", &[&seq, &k]);
+    let (sa_k, s1a_k) = (b.op("Gather", &[&sa, &k]), b.op("Gather", &[&s1a, &k]));
+    let (sp_k, s1p_k) = (b.op("Gather", &[&sa_prev, &k]), b.op("Gather", &[&s1a_prev, &k]));
+    let x_shape = b.op("Shape", &[&x]);
+    let one_1d = b.i64("one_1d", &[1]);
+    let batch = b.op("Slice", &[&x_shape, &start, &one_1d, &axis0]);
+    let t_batch = b.op("Expand", &[&t_k, &batch]);
+    let eps = denoiser_nodes(&mut b, g, &x, &t_batch)?;
+    // x0 = (x - sqrt(1 - abar) eps) / sqrt(abar); x = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps
+    let scaled = b.op("Mul", &[&s1a_k, &eps]);
+    let x0 = b.op("Sub", &[&x, &scaled]);
+    let x0 = b.op("Div", &[&x0, &sa_k]);
+    let kept = b.op("Mul", &[&sp_k, &x0]);
+    let added = b.op("Mul", &[&s1p_k, &eps]);
+    let cond_out = b.name("condition_out");
+    let x_out = b.name("x_out");
+    b.node("Identity", &[&cond_in], vec![], Some(&cond_out));
+    b.node("Add", &[&kept, &added], vec![], Some(&x_out));
+    b.output(&cond_out, DataType::Bool, &[]);
+    b.output(&x_out, DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
+    let body = b.end_subgraph("ddim_step");
+
+    let z = b.name("z");
+    b.node_multi("Loop", &[&steps, &keep_going, &noise], vec![attr("body", Attr::Graph(body))], std::slice::from_ref(&z));
+    decoder_nodes(&mut b, g, &z, Some("params"))?;
+    b.output("params", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(g.layout.param_count() as i64)]);
+    Ok(b.finish(
+        "pdiff_sampler",
+        "p-diff DDIM sampler: noise x_T [B, d], timesteps [S] (ascending DDIM sequence) -> parameters [B, D] in host units",
+    ))
+}

@@ -1,26 +1,33 @@
-//! Serving a bundle with ONNX Runtime (`ort`, loaded dynamically: no binary is downloaded or
-//! linked at build time, and no libtorch is involved). A [`Sampler`] is `Send + Sync`: sessions sit behind mutexes, and the
-//! sampler loop itself is the shared one of [`crate::diffusion`].
+//! Serving a bundle with ONNX Runtime (`ort`, loaded at run time: no binary is downloaded or
+//! linked at build time, and no libtorch is involved). A [`Sampler`] is `Send + Sync`: several
+//! threads sample from one sampler in parallel (each graph keeps a small pool of sessions), and
+//! the sampler loop itself is the shared one of [`crate::diffusion`].
+mod library;
+mod session;
+
+pub use library::{cuda_library_dirs, init, library_path, preload_cuda_libraries, CudaPreload};
+
 use crate::bundle::{Bundle, Manifest};
-use crate::diffusion::{sample_params, DecoderBackend, DenoiserBackend, SamplerKind};
+use crate::diffusion::{sample_param_rows, DecoderBackend, DenoiserBackend, SamplerKind};
 use crate::error::{Error, Result};
 use crate::params::Layout;
 use ndarray::{Array2, ArrayView2};
-use once_cell::sync::OnceCell;
 use ort::ep::ExecutionProvider;
 use ort::session::Session;
 use ort::value::Tensor;
+use session::{Dim, Port, SessionPool, SessionSettings};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// Which execution provider to run on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Provider {
-    /// CUDA when this ONNX Runtime build has it and it registers, else CPU (reported).
+    /// CUDA when this ONNX Runtime has it and every node of both graphs runs on it, else the
+    /// CPU; [`Sampler::backend`] says which, and why.
     #[default]
     Auto,
     Cpu,
-    /// CUDA, or an error: never a silent fallback when CUDA was explicitly required.
+    /// CUDA, or an error naming what is missing: never a silent fallback when CUDA was
+    /// explicitly required, not even for single nodes.
     Cuda,
 }
 
@@ -47,164 +54,245 @@ pub struct RuntimeOptions {
     pub intra_threads: Option<usize>,
     /// CUDA device index.
     pub device_id: i32,
+    /// At most this many sessions per graph, i.e. threads sampling at the same time (None: the
+    /// number of CPUs). Each costs one copy of the graph's weights.
+    pub max_sessions: Option<usize>,
+    /// Run DDIM as one graph (the bundle's sampler.onnx: the whole loop and the decoder in one
+    /// run, no host round trip per step) instead of the step-by-step loop. None (the default):
+    /// on CUDA when the bundle has it, never on the CPU; Some(true): always (an error when the
+    /// bundle has no sampler.onnx); Some(false): never. DDPM always runs step by step.
+    pub whole_loop: Option<bool>,
 }
 
-/// Names the system loader is asked for when nothing else names a library: the unversioned
-/// development name first, then the soname of ONNX Runtime 1.x.
-const LOADER_NAMES: [&str; 2] = ["libonnxruntime.so", "libonnxruntime.so.1"];
-
-/// Where ONNX Runtime comes from, in this order: the explicit path, `$PDIFF_ORT_LIB`,
-/// `$ORT_DYLIB_PATH`, then the system loader (`LD_LIBRARY_PATH`, the ld.so cache, the default
-/// directories). A path from the first three must exist; the loader's search happens when the
-/// library is opened. Nothing of the build tree is looked at: applications that ship ONNX
-/// Runtime in a known place pass it explicitly.
-pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf> {
-    let check = |p: PathBuf, origin: &str| -> Result<PathBuf> {
-        if p.is_file() {
-            Ok(p)
-        } else {
-            Err(Error::Runtime(format!("ONNX Runtime library not found at {} (from {origin})", p.display())))
-        }
-    };
-    if let Some(p) = explicit {
-        return check(p.to_path_buf(), "the explicit option");
-    }
-    for var in ["PDIFF_ORT_LIB", "ORT_DYLIB_PATH"] {
-        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            return check(PathBuf::from(v), &format!("${var}"));
-        }
-    }
-    Ok(PathBuf::from(LOADER_NAMES[0]))
-}
-
-struct Env {
-    library: PathBuf,
-    env: ort::environment::Environment,
-}
-
-static ENV: OnceCell<Env> = OnceCell::new();
-static ENV_INIT: Mutex<()> = Mutex::new(());
-
-/// Load ONNX Runtime once per process. Errors never go through `ort::Error` before the
-/// library is loaded (constructing one would call into the missing library).
-pub fn init(explicit: Option<&Path>) -> Result<&'static Path> {
-    if let Some(e) = ENV.get() {
-        return Ok(&e.library);
-    }
-    let _guard = ENV_INIT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(e) = ENV.get() {
-        return Ok(&e.library);
-    }
-    let library = library_path(explicit)?;
-    let builder = if library.is_absolute() || library.components().count() > 1 {
-        ort::init_from(&library).map_err(|e| Error::Runtime(format!("cannot load {}: {e}", library.display())))?
-    } else {
-        // The system loader's search, under each of its names in turn.
-        let mut last = String::new();
-        let mut found = None;
-        for name in LOADER_NAMES {
-            match ort::init_from(name) {
-                Ok(b) => {
-                    found = Some(b);
-                    break;
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        found.ok_or_else(|| {
-            Error::Runtime(format!(
-                "ONNX Runtime library not found: none of $PDIFF_ORT_LIB, $ORT_DYLIB_PATH is set and the system loader has no {} ({last}); \
-                 set PDIFF_ORT_LIB to the path of libonnxruntime.so (pip's onnxruntime wheel ships it in onnxruntime/capi/)",
-                LOADER_NAMES.join(" or ")
-            ))
-        })?
-    };
-    let env = builder.with_name("libpdiff").build().map_err(|e| Error::Runtime(format!("environment: {e}")))?;
-    let e = ENV.get_or_init(|| Env { library, env });
-    Ok(&e.library)
-}
-
-fn rt<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
-    move |e| Error::Runtime(format!("{what}: {e}"))
+/// The execution provider a sampler runs on, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// "onnxruntime-cpu" or "onnxruntime-cuda". "onnxruntime-cuda" means every node of both
+    /// graphs runs on the GPU: ONNX Runtime's CPU fallback is disabled for CUDA sessions.
+    pub name: &'static str,
+    /// Why this provider: asked for, or (in auto mode) why CUDA was not used.
+    pub detail: String,
+    /// The ONNX Runtime library in use.
+    pub library: PathBuf,
 }
 
 /// Whether this ONNX Runtime build has the CUDA execution provider.
 pub fn cuda_available(opts: &RuntimeOptions) -> Result<bool> {
     init(opts.library.as_deref())?;
-    ort::ep::CUDA::is_available().map_err(rt("querying CUDA provider"))
-}
-
-fn open_session(bytes: &[u8], opts: &RuntimeOptions, use_cuda: bool, name: &str) -> Result<Session> {
-    let env = &ENV.get().ok_or_else(|| Error::Runtime("ONNX Runtime is not initialized".into()))?.env;
-    let mut builder = Session::builder(env).map_err(rt(name))?;
-    if let Some(n) = opts.intra_threads.filter(|&n| n > 0) {
-        builder = builder.with_intra_threads(n).map_err(rt(name))?;
-    }
-    if use_cuda {
-        let ep = ort::ep::CUDA::default().with_device_id(opts.device_id).build().error_on_failure();
-        builder = builder.with_execution_providers([ep]).map_err(rt("registering the CUDA execution provider"))?;
-    }
-    builder.commit_from_memory(bytes).map_err(rt(name))
+    ort::ep::CUDA::is_available().map_err(|e| Error::Runtime(format!("querying the CUDA provider: {e}")))
 }
 
 /// Load ONNX bytes into a CPU session and drop it: the graph-loading path of [`Sampler::open`]
 /// on its own (used by the fuzzer: malformed graphs must be errors, never crashes).
 pub fn load_graph(bytes: &[u8], opts: &RuntimeOptions) -> Result<()> {
     init(opts.library.as_deref())?;
-    open_session(bytes, opts, false, "graph").map(drop)
+    session::create(bytes, &SessionSettings { intra_threads: opts.intra_threads, cuda_device: None }, "graph").map(drop)
+}
+
+/// What the sampler feeds to and reads from each graph (docs/bundle-format.md, "The graphs").
+fn decoder_ports(m: &Manifest) -> (Vec<Port>, Vec<Port>) {
+    (vec![Port::f32("z", &[Dim::Batch, Dim::Is(m.latent_dim)])], vec![Port::f32("params", &[Dim::Batch, Dim::Is(m.param_count)])])
+}
+
+fn sampler_ports(m: &Manifest) -> (Vec<Port>, Vec<Port>) {
+    (
+        vec![Port::f32("noise", &[Dim::Batch, Dim::Is(m.latent_dim)]), Port::i64("timesteps", &[Dim::Batch])],
+        vec![Port::f32("params", &[Dim::Batch, Dim::Is(m.param_count)])],
+    )
+}
+
+fn denoiser_ports(m: &Manifest) -> (Vec<Port>, Vec<Port>) {
+    (
+        vec![Port::f32("x", &[Dim::Batch, Dim::Is(m.latent_dim)]), Port::i64("t", &[Dim::Batch])],
+        vec![Port::f32("eps", &[Dim::Batch, Dim::Is(m.latent_dim)])],
+    )
+}
+
+/// Turn ONNX Runtime's message about a CUDA session that could not be created into one that
+/// names the missing piece: the provider library, a CUDA/cuDNN library, the driver or the device.
+pub fn explain_cuda_failure(message: &str, preload: &CudaPreload) -> String {
+    let searched = if preload.searched.is_empty() {
+        "the loader's path only".to_string()
+    } else {
+        preload.searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    };
+    // The loader's words: "<library>: cannot open shared object file: ...".
+    let missing_lib = message
+        .find(": cannot open shared object file")
+        .and_then(|end| message[..end].rsplit(|c: char| c.is_whitespace() || c == '\'' || c == '"').next())
+        .filter(|lib| !lib.is_empty());
+    let what = match missing_lib {
+        Some(lib) if lib.starts_with("libonnxruntime_providers") => {
+            format!("the CUDA provider library {lib} is missing beside libonnxruntime (install onnxruntime-gpu)")
+        }
+        Some(lib) => format!(
+            "the CUDA library {lib} was not found (searched {searched}, then the loader's path; set PDIFF_CUDA_LIBRARY_PATH or LD_LIBRARY_PATH to the directory that holds it)"
+        ),
+        None if message.contains("driver") => "the NVIDIA driver is missing or too old for this CUDA".to_string(),
+        None if message.contains("no CUDA-capable device") || message.contains("invalid device ordinal") => "no usable CUDA device".to_string(),
+        None => "the CUDA execution provider could not be created".to_string(),
+    };
+    let mut text = format!("{what}: {message}");
+    if !preload.missing.is_empty() {
+        let names: Vec<&str> = preload.missing.iter().map(|(n, _)| n.as_str()).collect();
+        text.push_str(&format!(" (not loadable before the provider started: {})", names.join(", ")));
+    }
+    text
 }
 
 /// An exported generator served by ONNX Runtime.
 pub struct Sampler {
     manifest: Manifest,
     layout: Layout,
-    decoder: Mutex<Session>,
-    denoiser: Mutex<Session>,
-    provider: &'static str,
+    decoder: SessionPool,
+    denoiser: SessionPool,
+    /// sampler.onnx, when DDIM runs as one graph (see [`RuntimeOptions::whole_loop`]).
+    whole_loop: Option<SessionPool>,
+    backend: Backend,
+}
+
+/// The graphs' first sessions, checked; the pools are built from them.
+struct Opened {
+    decoder: Session,
+    denoiser: Session,
+    sampler: Option<Session>,
 }
 
 impl Sampler {
-    /// Open a bundle: verify it (format version, hashes), load both graphs.
+    /// Open a bundle: read and verify it (format version, hashes, sizes), load ONNX Runtime,
+    /// create both graphs' sessions from the verified bytes on the provider asked for, and
+    /// check each graph's inputs and outputs against the manifest.
     pub fn open(dir: &Path, opts: &RuntimeOptions) -> Result<Self> {
-        // Sessions are created from the very bytes whose sha256 was checked.
-        let bundle = Bundle::read(dir, &["decoder", "denoiser"])?;
-        init(opts.library.as_deref())?;
-        let has_cuda = ort::ep::CUDA::is_available().map_err(rt("querying CUDA provider"))?;
-        let (dec_bytes, den_bytes) = (bundle.file("decoder")?, bundle.file("denoiser")?);
-        let open_both = |cuda: bool| -> Result<(Session, Session)> {
-            Ok((open_session(&dec_bytes, opts, cuda, "decoder.onnx")?, open_session(&den_bytes, opts, cuda, "denoiser.onnx")?))
-        };
-        let (decoder, denoiser, provider) = match opts.provider {
+        // sampler.onnx is read when it may be used: on request, or in auto mode unless the CPU
+        // was asked for (auto uses it on CUDA only).
+        let mut maybe_loop = false;
+        let bundle = Bundle::read_chosen(dir, |m| {
+            let has_loop_graph = m.files.contains_key("sampler");
+            if opts.whole_loop == Some(true) && !has_loop_graph {
+                return Err(Error::bundle(
+                    dir,
+                    "has no sampler.onnx (the whole DDIM loop as one graph): re-export it with this version of libpdiff, or sample step by step",
+                ));
+            }
+            maybe_loop = has_loop_graph && opts.whole_loop != Some(false) && !(opts.whole_loop.is_none() && opts.provider == Provider::Cpu);
+            let mut roles = vec!["decoder".to_string(), "denoiser".to_string()];
+            if maybe_loop {
+                roles.push("sampler".into());
+            }
+            Ok(roles)
+        })?;
+        let library = init(opts.library.as_deref())?.to_path_buf();
+        let cpu = SessionSettings { intra_threads: opts.intra_threads, cuda_device: None };
+        let cuda = SessionSettings { intra_threads: opts.intra_threads, cuda_device: Some(opts.device_id) };
+        // In auto mode on the CPU the loop graph is not used: do not create its session.
+        let with_loop = |cuda: bool| maybe_loop && (opts.whole_loop == Some(true) || cuda);
+        let open_on = |settings: &SessionSettings| Self::open_graphs(&bundle, settings, with_loop(settings.cuda_device.is_some()));
+        let (settings, opened, backend) = match opts.provider {
             Provider::Cpu => {
-                let (a, b) = open_both(false)?;
-                (a, b, "onnxruntime-cpu")
+                let opened = open_on(&cpu)?;
+                (cpu, opened, Backend { name: "onnxruntime-cpu", detail: "CPU execution provider (asked for)".into(), library })
             }
             Provider::Cuda => {
-                if !has_cuda {
-                    return Err(Error::DeviceUnavailable(format!(
-                        "CUDA execution provider required, but the ONNX Runtime at {} was built without it (install onnxruntime-gpu)",
-                        ENV.get().map(|e| e.library.display().to_string()).unwrap_or_default()
-                    )));
-                }
-                let (a, b) = open_both(true).map_err(|e| Error::DeviceUnavailable(format!("CUDA execution provider required: {e}")))?;
-                (a, b, "onnxruntime-cuda")
+                let opened = Self::try_cuda(&library, opts, &|| open_on(&cuda))
+                    .map_err(|reason| Error::DeviceUnavailable(format!("CUDA execution provider required, but {reason}")))?;
+                let detail = format!("CUDA execution provider, device {} (asked for)", opts.device_id);
+                (cuda, opened?, Backend { name: "onnxruntime-cuda", detail, library })
             }
-            Provider::Auto => match has_cuda.then(|| open_both(true)) {
-                Some(Ok((a, b))) => (a, b, "onnxruntime-cuda"),
-                _ => {
-                    let (a, b) = open_both(false)?;
-                    (a, b, "onnxruntime-cpu")
+            Provider::Auto => match Self::try_cuda(&library, opts, &|| open_on(&cuda)) {
+                Ok(Ok(opened)) => {
+                    let detail = format!("CUDA execution provider, device {} (auto)", opts.device_id);
+                    (cuda, opened, Backend { name: "onnxruntime-cuda", detail, library })
+                }
+                // A bundle problem is the same on every provider: report it, do not fall back.
+                Ok(Err(e @ Error::Bundle { .. })) => return Err(e),
+                Ok(Err(e)) => {
+                    let opened = open_on(&cpu)?;
+                    let detail = format!("CPU execution provider: CUDA was not used ({e})");
+                    (cpu, opened, Backend { name: "onnxruntime-cpu", detail, library })
+                }
+                Err(reason) => {
+                    let opened = open_on(&cpu)?;
+                    (cpu, opened, Backend { name: "onnxruntime-cpu", detail: format!("CPU execution provider: CUDA was not used ({reason})"), library })
                 }
             },
         };
-        let manifest = bundle.manifest;
-        let layout = manifest.layout();
-        Ok(Sampler { manifest, layout, decoder: Mutex::new(decoder), denoiser: Mutex::new(denoiser), provider })
+        let max = opts.max_sessions.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let mut bundle = bundle;
+        let decoder = SessionPool::new("decoder.onnx", bundle.take_file("decoder")?, settings.clone(), opened.decoder, max);
+        let denoiser = SessionPool::new("denoiser.onnx", bundle.take_file("denoiser")?, settings.clone(), opened.denoiser, max);
+        let whole_loop = match opened.sampler {
+            Some(first) => Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, settings, first, max)),
+            None => None,
+        };
+        let layout = bundle.manifest.layout();
+        Ok(Sampler { manifest: bundle.manifest, layout, decoder, denoiser, whole_loop, backend })
+    }
+
+    /// The CUDA attempt: `Err(reason)` when CUDA cannot even be tried (this ONNX Runtime lacks
+    /// the provider), else the result of opening the graphs on it, with a failure explained
+    /// (which library, the driver, the device) unless it is the bundle's own fault.
+    fn try_cuda(library: &Path, opts: &RuntimeOptions, open: &dyn Fn() -> Result<Opened>) -> std::result::Result<Result<Opened>, String> {
+        let available = ort::ep::CUDA::is_available().map_err(|e| format!("querying the CUDA provider: {e}"))?;
+        if !available {
+            return Err(format!(
+                "the ONNX Runtime at {} was built without the CUDA execution provider (install onnxruntime-gpu)",
+                library.display()
+            ));
+        }
+        let preload = preload_cuda_libraries(library);
+        Ok(open().map_err(|e| match e {
+            Error::Runtime(m) => Error::DeviceUnavailable(format!("CUDA execution provider, device {}: {}", opts.device_id, explain_cuda_failure(&m, &preload))),
+            other => other,
+        }))
+    }
+
+    fn open_graphs(bundle: &Bundle, settings: &SessionSettings, with_loop: bool) -> Result<Opened> {
+        let m = &bundle.manifest;
+        let open = |role: &str, (inputs, outputs): (Vec<Port>, Vec<Port>)| -> Result<Session> {
+            let file = &m.files[role];
+            let s = session::create(bundle.file(role)?, settings, file)?;
+            session::check_signature(&s, file, &inputs, &outputs).map_err(|e| Error::bundle(&bundle.dir, e))?;
+            Ok(s)
+        };
+        Ok(Opened {
+            decoder: open("decoder", decoder_ports(m))?,
+            denoiser: open("denoiser", denoiser_ports(m))?,
+            sampler: if with_loop { Some(open("sampler", sampler_ports(m))?) } else { None },
+        })
+    }
+
+    /// Whether DDIM runs as one graph (sampler.onnx) on this sampler.
+    pub fn runs_whole_loop(&self) -> bool {
+        self.whole_loop.is_some()
+    }
+
+    /// DDIM through sampler.onnx: rows `rows` of the step-by-step loop's initial noise for
+    /// `seed`, the DDIM timesteps, one run.
+    fn sample_whole_loop(&self, pool: &SessionPool, rows: std::ops::Range<usize>, seed: u64, steps: usize, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
+        let schedule = &self.manifest.schedule;
+        crate::diffusion::check_kind(schedule, SamplerKind::Ddim { steps })?;
+        if rows.is_empty() {
+            return Err(Error::invalid("n", "number of samples must be at least 1"));
+        }
+        let (n, d) = (rows.len(), self.manifest.latent_dim);
+        let noise = crate::diffusion::initial_noise(seed, rows, d);
+        let seq: Vec<i64> = crate::diffusion::ddim_timesteps(schedule.timesteps, steps).into_iter().map(|t| t as i64).collect();
+        let noise = Tensor::from_array(([n, d], noise.into_raw_vec_and_offset().0)).map_err(tensor_err("noise"))?;
+        let seq = Tensor::from_array(([seq.len()], seq)).map_err(tensor_err("timesteps"))?;
+        let params = pool.with(|s| run_f32(s, ort::inputs!["noise" => noise, "timesteps" => seq], "params", n, self.manifest.param_count))?;
+        if !on_step(steps, steps) {
+            return Err(Error::Cancelled);
+        }
+        Ok(params)
     }
 
     /// "onnxruntime-cpu" or "onnxruntime-cuda": the provider actually in use.
     pub fn backend_name(&self) -> &'static str {
-        self.provider
+        self.backend.name
+    }
+    /// The provider in use, why, and the ONNX Runtime library.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -212,10 +300,57 @@ impl Sampler {
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
+    /// Sessions created so far per graph (decoder, denoiser): grows with concurrent callers.
+    pub fn sessions(&self) -> (usize, usize) {
+        (self.decoder.created(), self.denoiser.created())
+    }
 
     /// Generate `n` parameter vectors ([n, D], host units).
+    /// DDIM runs as one graph when [`Sampler::runs_whole_loop`] (`on_step` is then called once,
+    /// at the end), else step by step through the shared loop of [`crate::diffusion`].
     pub fn sample(&self, n: usize, seed: u64, kind: SamplerKind, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
-        sample_params(self, self, &self.manifest.schedule, kind, n, seed, on_step)
+        self.sample_rows(0..n, seed, kind, on_step)
+    }
+
+    /// Rows `rows` of what [`Sampler::sample`] gives for `seed` with any n >= `rows.end`: each
+    /// generated model depends only on the seed and its index.
+    pub fn sample_rows(&self, rows: std::ops::Range<usize>, seed: u64, kind: SamplerKind, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
+        match (kind, &self.whole_loop) {
+            (SamplerKind::Ddim { steps }, Some(pool)) => self.sample_whole_loop(pool, rows, seed, steps, on_step),
+            _ => sample_param_rows(self, self, &self.manifest.schedule, kind, seed, rows, on_step),
+        }
+    }
+
+    /// Generate `n` models in chunks of at most `chunk` rows and hand each chunk to
+    /// `on_chunk(first_row, rows)`: memory stays bounded by `chunk` x D whatever `n`, and the
+    /// models are those of [`Sampler::sample`]. `on_step(done, total)` counts the steps of all
+    /// chunks.
+    pub fn sample_chunked(
+        &self,
+        n: usize,
+        seed: u64,
+        kind: SamplerKind,
+        chunk: usize,
+        on_chunk: &mut dyn FnMut(usize, ArrayView2<'_, f32>) -> Result<()>,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<()> {
+        if n == 0 {
+            return Err(Error::invalid("n", "number of samples must be at least 1"));
+        }
+        let chunk = chunk.max(1);
+        let chunks = n.div_ceil(chunk);
+        for c in 0..chunks {
+            let rows = c * chunk..((c + 1) * chunk).min(n);
+            let first = rows.start;
+            let params = self.sample_rows(rows, seed, kind, &mut |done, total| on_step(c * total + done, chunks * total))?;
+            on_chunk(first, params.view())?;
+        }
+        Ok(())
+    }
+
+    /// Rows per chunk so that a chunk of generated parameters holds at most `bytes`.
+    pub fn rows_within(&self, bytes: usize) -> usize {
+        (bytes / (4 * self.layout.param_count().max(1))).max(1)
     }
 
     /// Generate into a caller buffer of at least n * D floats (row-major).
@@ -264,14 +399,20 @@ pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path) -> Result<Vec<Pat
     Ok(files)
 }
 
-fn run_f32(session: &Mutex<Session>, inputs: Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)>, output: &str, rows: usize, cols: usize) -> Result<Array2<f32>> {
-    let mut s = session.lock().unwrap_or_else(|p| p.into_inner());
-    let out = s.run(inputs).map_err(rt("run"))?;
-    let (shape, data) = out[output].try_extract_tensor::<f32>().map_err(rt("output"))?;
-    if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != cols {
-        return Err(Error::Runtime(format!("{output}: shape {:?}, expected [{rows}, {cols}]", &shape[..])));
+/// Run a session and take one f32 output of shape [rows, cols]; any other outcome (a missing
+/// output, another element type or shape) is an error naming the output, never a panic.
+fn run_f32(session: &mut Session, inputs: Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)>, output: &str, rows: usize, cols: usize) -> Result<Array2<f32>> {
+    let out = session.run(inputs).map_err(|e| Error::Runtime(format!("run: {e}")))?;
+    let value = out.get(output).ok_or_else(|| Error::Runtime(format!("the graph returned no output '{output}'")))?;
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| Error::Runtime(format!("output '{output}': {e}")))?;
+    if shape.len() != 2 || shape[0] != rows as i64 || shape[1] != cols as i64 {
+        return Err(Error::Runtime(format!("output '{output}': shape {:?}, expected [{rows}, {cols}]", &shape[..])));
     }
     Array2::from_shape_vec((rows, cols), data.to_vec()).map_err(|e| Error::Runtime(e.to_string()))
+}
+
+fn tensor_err(what: &'static str) -> impl FnOnce(ort::Error) -> Error {
+    move |e| Error::Runtime(format!("{what}: {e}"))
 }
 
 impl DenoiserBackend for Sampler {
@@ -284,9 +425,9 @@ impl DenoiserBackend for Sampler {
             return Err(Error::invalid("denoiser input", format!("x [{b}, {d}], t [{}]; expected [B, {}] and [B]", t.len(), self.latent_dim())));
         }
         let xv: Vec<f32> = x.iter().copied().collect();
-        let xt = Tensor::from_array(([b, d], xv)).map_err(rt("x"))?;
-        let tt = Tensor::from_array(([b], t.to_vec())).map_err(rt("t"))?;
-        run_f32(&self.denoiser, ort::inputs!["x" => xt, "t" => tt], "eps", b, d)
+        let xt = Tensor::from_array(([b, d], xv)).map_err(tensor_err("x"))?;
+        let tt = Tensor::from_array(([b], t.to_vec())).map_err(tensor_err("t"))?;
+        self.denoiser.with(|s| run_f32(s, ort::inputs!["x" => xt, "t" => tt], "eps", b, d))
     }
 }
 
@@ -300,7 +441,7 @@ impl DecoderBackend for Sampler {
             return Err(Error::invalid("decoder input", format!("z [{b}, {d}]; expected [B, {}]", self.manifest.latent_dim)));
         }
         let zv: Vec<f32> = z.iter().copied().collect();
-        let zt = Tensor::from_array(([b, d], zv)).map_err(rt("z"))?;
-        run_f32(&self.decoder, ort::inputs!["z" => zt], "params", b, self.manifest.param_count)
+        let zt = Tensor::from_array(([b, d], zv)).map_err(tensor_err("z"))?;
+        self.decoder.with(|s| run_f32(s, ort::inputs!["z" => zt], "params", b, self.manifest.param_count))
     }
 }

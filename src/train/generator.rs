@@ -121,17 +121,24 @@ impl Generator {
         })
     }
 
-    /// Train autoencoder then diffusion on `set`. `progress` is called every step.
+    /// Train autoencoder then diffusion on `set`. `progress` is called every step. A libtorch
+    /// failure (CUDA out of memory included) is `Error::Torch` with libtorch's message.
     pub fn train(set: &ParamSet, config: &TrainConfig, progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Self> {
         config.validate()?;
-        // Refuse sizes that cannot fit before allocating anything.
+        let device = config.device.resolve()?;
+        // Refuse sizes that cannot fit before allocating anything: against the GPU's free
+        // memory when training on CUDA, the host's available memory otherwise.
         let need = estimate_training_bytes(set.layout.param_count(), set.k(), config);
-        if let Some(avail) = available_memory_bytes() {
+        let (avail, what) = match device {
+            Device::Cuda(i) => (cuda_free_memory(i), format!("free on CUDA device {i}")),
+            _ => (available_memory_bytes(), "of memory is available".to_string()),
+        };
+        if let Some(avail) = avail {
             if need > avail as u128 {
                 return Err(Error::invalid(
                     "parameters",
                     format!(
-                        "D = {}, K = {} needs about {:.1} GiB to train but {:.1} GiB of memory is available; select fewer tensors or a smaller latent",
+                        "D = {}, K = {} needs about {:.1} GiB to train but {:.1} GiB {what}; select fewer tensors or a smaller latent",
                         set.layout.param_count(),
                         set.k(),
                         need as f64 / (1u64 << 30) as f64,
@@ -140,7 +147,11 @@ impl Generator {
                 ));
             }
         }
-        let device = config.device.resolve()?;
+        let _one_at_a_time = libtorch_rng();
+        torch_boundary("training", || Self::train_on(set, config, device, progress))
+    }
+
+    fn train_on(set: &ParamSet, config: &TrainConfig, device: Device, progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Self> {
         let mut g = Generator::build(set.layout.clone(), config.clone(), device)?;
         g.sources = set.sources.clone();
         let k = set.k() as i64;
@@ -255,9 +266,10 @@ impl Generator {
         for (src, dst) in rows.chunks_exact(d).zip(padded.chunks_exact_mut(self.padded_len)) {
             self.layout.normalize(src, &mut dst[..d]);
         }
-        let x = Tensor::from_slice(&padded).view([n as i64, self.padded_len as i64]).to_device(self.device);
-        let z = tch::no_grad(|| self.ae.encode(&x));
-        let mut z = tensor_to_array(&z)?;
+        let mut z = torch_boundary("encoder", || {
+            let x = Tensor::from_slice(&padded).view([n as i64, self.padded_len as i64]).to_device(self.device);
+            tensor_to_array(&tch::no_grad(|| self.ae.encode(&x)))
+        })?;
         for mut row in z.rows_mut() {
             for ((v, m), s) in row.iter_mut().zip(&self.latent_mean).zip(&self.latent_std) {
                 *v = (*v - m) / s;
@@ -309,9 +321,11 @@ impl DenoiserBackend for TchDenoiser<'_> {
         if x.ncols() != self.latent_dim() || t.len() != x.nrows() {
             return Err(Error::invalid("denoiser input", format!("x {:?}, t [{}]; expected [B, {}] and [B]", x.dim(), t.len(), self.latent_dim())));
         }
-        let xt = array_to_tensor(x, self.g.device);
-        let tt = Tensor::from_slice(t).to_device(self.g.device);
-        tensor_to_array(&tch::no_grad(|| self.g.den.forward(&xt, &tt)))
+        torch_boundary("denoiser", || {
+            let xt = array_to_tensor(x, self.g.device);
+            let tt = Tensor::from_slice(t).to_device(self.g.device);
+            tensor_to_array(&tch::no_grad(|| self.g.den.forward(&xt, &tt)))
+        })
     }
 }
 
@@ -330,13 +344,14 @@ impl DecoderBackend for TchDecoder<'_> {
         if z.ncols() != g.latent_dim() {
             return Err(Error::invalid("decoder input", format!("z {:?}; expected [B, {}]", z.dim(), g.latent_dim())));
         }
-        let mean = Tensor::from_slice(&g.latent_mean).to_device(g.device).unsqueeze(0);
-        let std = Tensor::from_slice(&g.latent_std).to_device(g.device).unsqueeze(0);
-        let clip = Tensor::from_slice(&g.latent_clip).to_device(g.device).unsqueeze(0);
-        let zt = array_to_tensor(z, g.device).minimum(&clip).maximum(&(-&clip)) * std + mean;
         let d = g.layout.param_count();
-        let out = tch::no_grad(|| g.ae.decode(&zt).narrow(1, 0, d as i64));
-        let mut a = tensor_to_array(&out)?;
+        let mut a = torch_boundary("decoder", || {
+            let mean = Tensor::from_slice(&g.latent_mean).to_device(g.device).unsqueeze(0);
+            let std = Tensor::from_slice(&g.latent_std).to_device(g.device).unsqueeze(0);
+            let clip = Tensor::from_slice(&g.latent_clip).to_device(g.device).unsqueeze(0);
+            let zt = array_to_tensor(z, g.device).minimum(&clip).maximum(&(-&clip)) * std + mean;
+            tensor_to_array(&tch::no_grad(|| g.ae.decode(&zt).narrow(1, 0, d as i64)))
+        })?;
         let mut tmp = vec![0f32; d];
         for mut row in a.rows_mut() {
             let src = row.as_slice().expect("row-major").to_vec();
@@ -380,12 +395,18 @@ impl Generator {
             ("denoiser_weights", bundle::DENOISER_WEIGHTS, varstore_to_safetensors(&self.den_vs)?),
             ("decoder", bundle::DECODER_ONNX, crate::onnx::export_decoder(self)?),
             ("denoiser", bundle::DENOISER_ONNX, crate::onnx::export_denoiser(self)?),
+            ("sampler", bundle::SAMPLER_ONNX, crate::onnx::export_sampler(self)?),
         ];
         bundle::write(dir, self.manifest(), files)
     }
 
     /// Load the tch generator of a bundle (for further training, re-export or tch sampling).
     pub fn load_bundle(dir: &Path, device: DeviceChoice) -> Result<Generator> {
+        let _one_at_a_time = libtorch_rng();
+        torch_boundary("loading the generator", || Self::load_bundle_on(dir, device))
+    }
+
+    fn load_bundle_on(dir: &Path, device: DeviceChoice) -> Result<Generator> {
         let b = Bundle::read(dir, &["autoencoder_weights", "denoiser_weights"])?;
         let m = &b.manifest;
         let mut config = m.training.clone();
@@ -402,6 +423,82 @@ impl Generator {
         g.sources = m.sources.clone();
         g.padded_len = m.padded_len;
         Ok(g)
+    }
+}
+
+/// Exclusive use of libtorch's random number generator. It is process-wide, and a training run
+/// seeds it and then draws from it at every step (initialization, batches, noise): two runs at
+/// once would interleave their draws and neither would be reproducible. So trainings (and
+/// generator loads, which build networks) in one process run one at a time; on a CPU libtorch
+/// already uses every core for one run, on a GPU runs queue.
+fn libtorch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run libtorch work; a libtorch error becomes `Error::Torch` with libtorch's own message
+/// (prefixed by `what`), never a panic. tch's infallible methods panic on a libtorch error
+/// (CUDA out of memory, a device-side assertion, a shape libtorch refuses); training runs long
+/// on devices that can fail, so each stage runs inside this boundary rather than through the
+/// `f_` variant of every call. Any other panic is a bug of ours and unwinds on (to the C ABI's
+/// panic boundary).
+pub fn torch_boundary<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            match torch_message(text) {
+                Some(message) => Err(Error::Torch(format!("{what}: {message}"))),
+                None => std::panic::resume_unwind(payload),
+            }
+        }
+    }
+}
+
+/// libtorch's message in a panic of tch's `.unwrap()` on a `TchError::Torch` (its Debug form:
+/// `Torch("...")`), unescaped; `None` when the panic is not a libtorch error.
+fn torch_message(panic: &str) -> Option<String> {
+    let start = panic.find("Torch(\"")? + "Torch(\"".len();
+    let end = panic.rfind("\")")?;
+    let escaped = panic.get(start..end)?;
+    // The Debug form escapes quotes, backslashes and newlines; keep the first lines readable.
+    let message = escaped.replace("\\n", "\n").replace("\\\"", "\"").replace("\\\\", "\\");
+    Some(message.lines().take(3).collect::<Vec<_>>().join(" ").trim().to_string())
+}
+
+/// Free memory of CUDA device `index` (cudaMemGetInfo), through the CUDA runtime that libtorch
+/// loaded; None when it cannot be asked.
+fn cuda_free_memory(index: usize) -> Option<u64> {
+    type GetDevice = unsafe extern "C" fn(*mut i32) -> i32;
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: looks up the CUDA runtime already in the process (RTLD_NOLOAD) and calls three of
+    // its documented functions with valid pointers; the current device is restored.
+    unsafe {
+        let lib = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"].iter().find_map(|name| {
+            let c = std::ffi::CString::new(*name).ok()?;
+            let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+            (!h.is_null()).then_some(h)
+        })?;
+        let sym = |name: &std::ffi::CStr| {
+            let p = libc::dlsym(lib, name.as_ptr());
+            (!p.is_null()).then_some(p)
+        };
+        let get: GetDevice = std::mem::transmute(sym(c"cudaGetDevice")?);
+        let set: SetDevice = std::mem::transmute(sym(c"cudaSetDevice")?);
+        let info: MemGetInfo = std::mem::transmute(sym(c"cudaMemGetInfo")?);
+        let mut current = 0;
+        if get(&mut current) != 0 || set(index as i32) != 0 {
+            return None;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        let ok = info(&mut free, &mut total) == 0;
+        set(current);
+        ok.then_some(free as u64)
     }
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "train")]
 mod generator;
 #[cfg(feature = "train")]
-pub use generator::{device_name, Generator, TchDecoder, TchDenoiser, LATENT_CLIP_MARGIN, LATENT_STD_FLOOR};
+pub use generator::{device_name, torch_boundary, Generator, TchDecoder, TchDenoiser, LATENT_CLIP_MARGIN, LATENT_STD_FLOOR};
 
 /// Where training runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

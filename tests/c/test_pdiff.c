@@ -14,6 +14,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,11 +253,54 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
     bad = sopts;
     bad.provider = 42;
     CHECK_FAILS(pdiff_sampler_open(bundle, &bad, &s), PDIFF_ERR_INVALID_ARGUMENT);
+    bad = sopts;
+    bad.whole_loop = 7;
+    CHECK_FAILS(pdiff_sampler_open(bundle, &bad, &s), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(sopts.whole_loop == PDIFF_WHOLE_LOOP_AUTO && sopts.max_sessions == 0, "sampler defaults (whole_loop, max_sessions)");
+    /* A host compiled against the struct's first layout (it ended at runtime_library) passes
+     * its smaller struct_size: accepted, the newer fields take their defaults. A size between
+     * two published layouts is not. */
+    bad = sopts;
+    bad.struct_size = offsetof(pdiff_sampler_options, max_sessions);
+    bad.whole_loop = 7; /* beyond the old host's struct: never read */
+    CHECK_OK(pdiff_sampler_open(bundle, &bad, &s));
+    pdiff_sampler_free(s);
+    s = NULL;
+    bad.struct_size = offsetof(pdiff_sampler_options, max_sessions) + 4;
+    CHECK_FAILS(pdiff_sampler_open(bundle, &bad, &s), PDIFF_ERR_STRUCT_SIZE);
+    /* The loop graph on request: same samples as step by step, within float rounding. */
+    {
+        pdiff_sampler_options lo = sopts;
+        lo.whole_loop = PDIFF_WHOLE_LOOP_ON;
+        pdiff_sampler *ws = NULL, *ss = NULL;
+        CHECK_OK(pdiff_sampler_open(bundle, &lo, &ws));
+        lo.whole_loop = PDIFF_WHOLE_LOOP_OFF;
+        CHECK_OK(pdiff_sampler_open(bundle, &lo, &ss));
+        pdiff_sample_options o;
+        pdiff_sample_options_default(&o);
+        o.ddim_steps = 10;
+        float a[2 * D], w[2 * D];
+        if (ws && ss) {
+            CHECK_OK(pdiff_sampler_sample(ss, &o, 2, a, 2 * D));
+            CHECK_OK(pdiff_sampler_sample(ws, &o, 2, w, 2 * D));
+            float scale = 1e-6f, diff = 0;
+            for (int i = 0; i < 2 * D; i++) {
+                scale = fmaxf(scale, fabsf(a[i]));
+                diff = fmaxf(diff, fabsf(a[i] - w[i]));
+            }
+            CHECK(diff / scale <= 1e-5f, "whole loop vs step loop: %g", (double)(diff / scale));
+        }
+        pdiff_sampler_free(ws);
+        pdiff_sampler_free(ss);
+    }
 
     CHECK_OK(pdiff_sampler_open(bundle, &sopts, &s));
     if (!s) return;
     CHECK(strcmp(pdiff_sampler_backend(s), "onnxruntime-cpu") == 0, "backend %s", pdiff_sampler_backend(s));
     CHECK(pdiff_sampler_backend(NULL) == NULL, "backend(NULL)");
+    CHECK(strcmp(pdiff_sampler_backend_detail(s), "CPU execution provider (asked for)") == 0, "detail %s",
+          pdiff_sampler_backend_detail(s));
+    CHECK(pdiff_sampler_backend_detail(NULL) == NULL, "backend_detail(NULL)");
     CHECK(pdiff_sampler_param_count(s) == D, "D = %zu", pdiff_sampler_param_count(s));
     CHECK(pdiff_sampler_tensor_count(s) == 2, "tensors = %zu", pdiff_sampler_tensor_count(s));
 

@@ -154,16 +154,26 @@ struct RuntimeArgs {
     /// Path of libonnxruntime.so (default: $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, the project venv, the system loader).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+    /// DDIM as one graph (the bundle's sampler.onnx): auto (on CUDA), on, off.
+    #[arg(long, default_value = "auto")]
+    whole_loop: String,
 }
 
 impl RuntimeArgs {
     /// `Some(options)` for ONNX Runtime, `None` for tch.
     fn options(&self) -> Result<Option<RuntimeOptions>> {
+        let whole_loop = match self.whole_loop.as_str() {
+            "auto" => None,
+            "on" => Some(true),
+            "off" => Some(false),
+            other => return Err(pdiff::Error::invalid("whole-loop", format!("'{other}' (expected auto, on or off)"))),
+        };
         let opts = RuntimeOptions {
             library: pdiff_tools::ort_library::resolve(self.ort_lib.as_deref()),
             provider: self.provider.parse::<Provider>()?,
             intra_threads: Some(self.threads),
-            device_id: 0,
+            whole_loop,
+            ..Default::default()
         };
         match self.backend.as_str() {
             "onnxruntime" | "ort" => Ok(Some(opts)),
@@ -344,6 +354,7 @@ fn run(cli: Cli) -> Result<()> {
             let (files, backend) = match runtime.options()? {
                 Some(opts) => {
                     let s = Sampler::open(&dir, &opts)?;
+                    eprintln!("backend: {} ({})", s.backend_name(), s.backend().detail);
                     (s.sample_to_dir(n, seed, kind, &out, &mut on_step)?, s.backend_name().to_string())
                 }
                 None => {
