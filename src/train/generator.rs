@@ -3,10 +3,10 @@
 //! the shared sampler loop; a generator's bundle (export and load).
 use super::{available_memory_bytes, estimate_training_bytes, DeviceChoice, Progress, Stage, TrainConfig, TrainHistory};
 use crate::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
-use crate::diffusion::{DecoderBackend, DenoiserBackend};
+use crate::diffusion::{check_condition_input, CondInput, DecoderBackend, DenoiserBackend};
 use crate::error::{Error, Result};
-use crate::model::{Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig};
-use crate::params::{Layout, ParamSet, STD_FLOOR};
+use crate::model::{Autoencoder, AutoencoderConfig, ConditionBatch, Denoiser, DenoiserConfig};
+use crate::params::{ConditionSpec, Layout, ParamSet, STD_FLOOR};
 use ndarray::{Array2, ArrayView2};
 use std::path::Path;
 use std::time::Instant;
@@ -54,6 +54,8 @@ pub struct Generator {
     pub latent_clip: Vec<f32>,
     pub history: TrainHistory,
     pub sources: Vec<String>,
+    /// What a conditional generator is conditioned on (None: unconditional).
+    pub condition: Option<ConditionSpec>,
     pub device: Device,
     pub(crate) ae_vs: nn::VarStore,
     pub(crate) ae: Autoencoder,
@@ -80,8 +82,11 @@ fn check_loss(stage: Stage, step: usize, loss: f64) -> Result<()> {
 
 impl Generator {
     /// Build the networks (untrained) for a layout; used by training and by loading.
-    pub(crate) fn build(layout: Layout, config: TrainConfig, device: Device) -> Result<Self> {
+    pub(crate) fn build(layout: Layout, config: TrainConfig, condition: Option<ConditionSpec>, device: Device) -> Result<Self> {
         config.validate()?;
+        if let Some(c) = &condition {
+            c.validate()?;
+        }
         let d = layout.param_count();
         let (ae_default, den_default) = config.preset.architecture(d);
         let ae_config = config.autoencoder.clone().unwrap_or(ae_default);
@@ -100,11 +105,12 @@ impl Generator {
         let ae_vs = nn::VarStore::new(device);
         let ae = Autoencoder::new(&ae_vs.root(), &ae_config, padded_len);
         let den_vs = nn::VarStore::new(device);
-        let den = Denoiser::new(&den_vs.root(), &denoiser_config, ae_config.latent_dim);
+        let den = Denoiser::new(&den_vs.root(), &denoiser_config, ae_config.latent_dim, condition.as_ref().map(|c| c.dim as i64));
         let ld = ae_config.latent_dim as usize;
         Ok(Generator {
             layout,
             config,
+            condition,
             ae_config,
             denoiser_config,
             padded_len,
@@ -152,7 +158,7 @@ impl Generator {
     }
 
     fn train_on(set: &ParamSet, config: &TrainConfig, device: Device, progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Self> {
-        let mut g = Generator::build(set.layout.clone(), config.clone(), device)?;
+        let mut g = Generator::build(set.layout.clone(), config.clone(), set.conditions.as_ref().map(|c| c.spec.clone()), device)?;
         g.sources = set.sources.clone();
         let k = set.k() as i64;
         let d = set.layout.param_count();
@@ -216,6 +222,13 @@ impl Generator {
             g.den_vs.trainable_variables().into_iter().map(|v| (v.detach().copy(), v)).collect()
         });
         let timesteps = config.schedule.timesteps as i64;
+        // Conditional generators: every checkpoint's condition; each step drops a row's
+        // condition with probability `condition_dropout` (the same network then also learns the
+        // unconditional model that classifier-free guidance needs).
+        let conditions = match &set.conditions {
+            Some(c) => Some(Tensor::from_slice(&c.values).view([k, c.spec.dim as i64]).to_device(device)),
+            None => None,
+        };
         for step in 0..config.diffusion_steps {
             opt.set_lr(cosine_lr(config.diffusion_lr, step, config.diffusion_steps));
             let idx = Tensor::randint(k, [batch], (Kind::Int64, device));
@@ -224,7 +237,17 @@ impl Generator {
             let t = Tensor::randint(timesteps, [batch], (Kind::Int64, device));
             let eps = Tensor::randn_like(&x0);
             let xt = &x0 * sqrt_ab.index_select(0, &t).unsqueeze(1) + &eps * sqrt_1mab.index_select(0, &t).unsqueeze(1);
-            let loss = g.den.forward(&xt, &t).mse_loss(&eps, tch::Reduction::Mean);
+            let mask;
+            let values;
+            let cond = match &conditions {
+                Some(all) => {
+                    values = all.index_select(0, &idx);
+                    mask = Tensor::rand([batch], (Kind::Float, device)).ge(config.condition_dropout).to_kind(Kind::Float);
+                    Some(ConditionBatch { values: &values, mask: &mask })
+                }
+                None => None,
+            };
+            let loss = g.den.forward(&xt, &t, cond).mse_loss(&eps, tch::Reduction::Mean);
             opt.backward_step(&loss);
             if let (Some(decay), Some(ema)) = (config.ema, ema.as_mut()) {
                 tch::no_grad(|| {
@@ -317,14 +340,22 @@ impl DenoiserBackend for TchDenoiser<'_> {
     fn latent_dim(&self) -> usize {
         self.g.latent_dim()
     }
-    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64]) -> Result<Array2<f32>> {
+    fn condition_dim(&self) -> Option<usize> {
+        self.g.condition.as_ref().map(|c| c.dim)
+    }
+    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64], cond: Option<CondInput<'_>>) -> Result<Array2<f32>> {
         if x.ncols() != self.latent_dim() || t.len() != x.nrows() {
             return Err(Error::invalid("denoiser input", format!("x {:?}, t [{}]; expected [B, {}] and [B]", x.dim(), t.len(), self.latent_dim())));
         }
+        check_condition_input(self.condition_dim(), x.nrows(), cond.as_ref())?;
         torch_boundary("denoiser", || {
-            let xt = array_to_tensor(x, self.g.device);
-            let tt = Tensor::from_slice(t).to_device(self.g.device);
-            tensor_to_array(&tch::no_grad(|| self.g.den.forward(&xt, &tt)))
+            let device = self.g.device;
+            let xt = array_to_tensor(x, device);
+            let tt = Tensor::from_slice(t).to_device(device);
+            let values = cond.map(|c| array_to_tensor(c.values, device));
+            let mask = cond.map(|c| Tensor::from_slice(c.mask).to_device(device));
+            let batch = values.as_ref().zip(mask.as_ref()).map(|(values, mask)| ConditionBatch { values, mask });
+            tensor_to_array(&tch::no_grad(|| self.g.den.forward(&xt, &tt, batch)))
         })
     }
 }
@@ -382,6 +413,7 @@ impl Generator {
             training: self.config.clone(),
             history: self.history.clone(),
             sources: self.sources.clone(),
+            condition: self.condition.clone(),
             files: Default::default(),
             sha256: Default::default(),
         }
@@ -412,7 +444,7 @@ impl Generator {
         let mut config = m.training.clone();
         config.autoencoder = Some(m.autoencoder.clone());
         config.denoiser = Some(m.denoiser.clone());
-        let mut g = Generator::build(m.layout(), config, device.resolve()?)?;
+        let mut g = Generator::build(m.layout(), config, m.condition.clone(), device.resolve()?)?;
         for (vs, role) in [(&g.ae_vs, "autoencoder_weights"), (&g.den_vs, "denoiser_weights")] {
             load_safetensors_into(vs, b.file(role)?).map_err(|e| Error::bundle(dir, format!("{}: {e}", m.files[role])))?;
         }

@@ -69,6 +69,10 @@ pub struct TrainConfig {
     pub latent_noise_relative: bool,
     /// Exponential moving average of the denoiser's weights (decay), if any.
     pub ema: Option<f64>,
+    /// Conditional generators: the probability that a training row's condition is replaced by
+    /// "no condition" (classifier-free guidance needs the unconditional model too).
+    #[serde(default = "default_condition_dropout")]
+    pub condition_dropout: f64,
     pub schedule: Schedule,
     pub seed: u64,
     pub device: DeviceChoice,
@@ -95,6 +99,7 @@ impl TrainConfig {
             latent_noise: 0.1,
             latent_noise_relative: false,
             ema: None,
+            condition_dropout: default_condition_dropout(),
             schedule: Schedule::default(),
             seed: 0,
             device: DeviceChoice::Auto,
@@ -116,6 +121,9 @@ impl TrainConfig {
                 return Err(Error::invalid(name, format!("{v} (must be >= 0)")));
             }
         }
+        if !(0.0..1.0).contains(&self.condition_dropout) {
+            return Err(Error::invalid("condition_dropout", format!("{} (must be in [0, 1))", self.condition_dropout)));
+        }
         if let Some(e) = self.ema {
             if !(0.0..1.0).contains(&e) {
                 return Err(Error::invalid("ema", format!("{e} (decay must be in [0, 1))")));
@@ -123,6 +131,10 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+fn default_condition_dropout() -> f64 {
+    0.1
 }
 
 /// Training stage reported to a progress callback.

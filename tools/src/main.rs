@@ -1,7 +1,7 @@
 //! `pdiff`: the command line of libpdiff (collect, train, export, sample, eval, demo, bench).
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pdiff::diffusion::SamplerKind;
+use pdiff::diffusion::{Conditioning, SamplerKind};
 use pdiff::model::Preset;
 use pdiff::params::{ParamSet, Selection};
 use pdiff::train::{DeviceChoice, Generator, TrainConfig};
@@ -44,6 +44,10 @@ enum Command {
         /// Output bundle directory.
         #[arg(long)]
         out: PathBuf,
+        /// Conditional generator: one condition vector per checkpoint, a .json or .csv file
+        /// (README, "Conditional generation").
+        #[arg(long)]
+        conditions: Option<PathBuf>,
         #[command(flatten)]
         train: TrainArgs,
     },
@@ -66,6 +70,13 @@ enum Command {
         sampler: SamplerArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
+        /// Conditional generator: the condition, comma-separated (e.g. 0,1,1,0,1,0,0,1,0,1).
+        /// Without it, a conditional generator samples with no condition.
+        #[arg(long)]
+        condition: Option<String>,
+        /// Classifier-free guidance scale (1: the plain conditional model).
+        #[arg(long, default_value_t = 1.0)]
+        guidance: f32,
         #[arg(long)]
         out: PathBuf,
     },
@@ -208,6 +219,9 @@ struct TrainArgs {
     /// EMA decay of the denoiser's weights (e.g. 0.999); off by default.
     #[arg(long)]
     ema: Option<f64>,
+    /// Conditional generators: probability of dropping a training row's condition (0.1).
+    #[arg(long)]
+    condition_dropout: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
@@ -227,6 +241,7 @@ impl TrainArgs {
         if let Some(v) = self.latent_noise { c.latent_noise = v; }
         if self.latent_noise_relative { c.latent_noise_relative = true; }
         c.ema = self.ema;
+        if let Some(v) = self.condition_dropout { c.condition_dropout = v; }
         c.seed = self.seed;
         c.device = self.device.parse::<DeviceChoice>()?;
         c.validate()?;
@@ -323,9 +338,13 @@ fn run(cli: Cli) -> Result<()> {
             bars.finish();
             println!("wrote {} checkpoints to {}", files.len(), out.display());
         }
-        Command::Train { checkpoints, select, out, train } => {
+        Command::Train { checkpoints, select, out, conditions, train } => {
             let config = train.config()?;
-            let set = ParamSet::load_dir(&checkpoints, &Selection::patterns(&select))?;
+            let mut set = ParamSet::load_dir(&checkpoints, &Selection::patterns(&select))?;
+            if let Some(file) = conditions {
+                set = set.with_conditions_file(&file)?;
+                println!("conditional: C = {}", set.conditions.as_ref().map(|c| c.spec.dim).unwrap_or(0));
+            }
             for w in &set.warnings {
                 eprintln!("warning: {w}");
             }
@@ -348,18 +367,23 @@ fn run(cli: Cli) -> Result<()> {
             bundle::load_manifest(&out)?;
             println!("bundle {}: D = {}, d = {}, files {:?}", out.display(), m.param_count, m.latent_dim, m.files.values().collect::<Vec<_>>());
         }
-        Command::Sample { bundle: dir, n, seed, sampler, runtime, out } => {
+        Command::Sample { bundle: dir, n, seed, sampler, runtime, condition, guidance, out } => {
             let kind = sampler.kind()?;
+            let values = condition.as_deref().map(parse_condition).transpose()?;
+            if values.is_none() && guidance != 1.0 {
+                return Err(pdiff::Error::invalid("guidance", "a guidance scale needs --condition"));
+            }
+            let cond = values.as_deref().map(|values| Conditioning { values, guidance });
             let mut on_step = |i, t| bars.update("sample", i, t, None);
             let (files, backend) = match runtime.options()? {
                 Some(opts) => {
                     let s = Sampler::open(&dir, &opts)?;
                     eprintln!("backend: {} ({})", s.backend_name(), s.backend().detail);
-                    (s.sample_to_dir(n, seed, kind, &out, &mut on_step)?, s.backend_name().to_string())
+                    (s.sample_to_dir(n, seed, kind, cond.as_ref(), &out, &mut on_step)?, s.backend_name().to_string())
                 }
                 None => {
                     let g = Generator::load_bundle(&dir, DeviceChoice::Auto)?;
-                    let p = pdiff::diffusion::sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, n, seed, &mut on_step)?;
+                    let p = pdiff::diffusion::sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, cond.as_ref(), seed, 0..n, &mut on_step)?;
                     (pdiff::runtime::write_models(&g.layout, p.as_slice().unwrap(), &out)?, "tch".to_string())
                 }
             };
@@ -452,6 +476,13 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A condition given on the command line: comma-separated numbers.
+fn parse_condition(text: &str) -> Result<Vec<f32>> {
+    text.split(',')
+        .map(|v| v.trim().parse::<f32>().map_err(|_| pdiff::Error::invalid("condition", format!("'{v}' in '{text}' is not a number"))))
+        .collect()
 }
 
 fn fmt_summary(s: &eval::Summary) -> String {
