@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use ndarray::{Array2, ArrayView2};
-use pdiff::diffusion::{ddim_timesteps, sample_latents, CondInput, DenoiserBackend, SamplerKind, Schedule};
+use pdiff::diffusion::{ddim_timesteps, sample_latent_rows, sample_latents, CondInput, DenoiserBackend, SamplerKind, Schedule};
 use pdiff::Error;
 use std::cell::RefCell;
 
@@ -129,9 +129,23 @@ fn run(kind: SamplerKind, n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<(A
     (out, calls.into_inner(), steps)
 }
 
-fn gaussian_f64(rng: &mut rand_chacha::ChaCha8Rng, n: usize, d: usize) -> Vec<f64> {
+/// The documented noise streams (docs/bundle-format.md): row i draws from ChaCha8 seeded with
+/// the seed, on stream i.
+fn row_streams(seed: u64, rows: std::ops::Range<usize>) -> Vec<rand_chacha::ChaCha8Rng> {
+    rows.map(|r| {
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+        rng.set_stream(r as u64);
+        rng
+    })
+    .collect()
+}
+
+/// The next d standard normals of each row's stream, row-major.
+fn gaussian_f64(rngs: &mut [rand_chacha::ChaCha8Rng], d: usize) -> Vec<f64> {
     use rand_distr::Distribution;
-    (0..n * d).map(|_| { let z: f32 = rand_distr::StandardNormal.sample(rng); z as f64 }).collect()
+    rngs.iter_mut()
+        .flat_map(|rng| (0..d).map(move |_| { let z: f32 = rand_distr::StandardNormal.sample(rng); z as f64 }).collect::<Vec<_>>())
+        .collect()
 }
 
 fn max_rel_err(a: &Array2<f32>, reference: &[f64]) -> f64 {
@@ -156,9 +170,8 @@ fn ddim_is_deterministic_and_matches_reference() {
     assert_eq!(ts, (0..10).rev().map(|i| i * 100).collect::<Vec<_>>());
     assert!(calls.iter().all(|c| c.1.len() == n && c.1.iter().all(|&t| t == c.1[0]) && c.0.dim() == (n, d)));
 
-    // The start is N(0, 1) noise from ChaCha8 seeded with the seed, drawn row-major.
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(42);
-    let x_t = gaussian_f64(&mut rng, n, d);
+    // The start is N(0, 1) noise: row i from ChaCha8 seeded with the seed, on stream i.
+    let x_t = gaussian_f64(&mut row_streams(42, 0..n), d);
     assert_eq!(calls[0].0.iter().map(|&v| v as f64).collect::<Vec<_>>(), x_t);
 
     // Independent f64 DDIM (eta = 0) with the same eps model.
@@ -198,8 +211,8 @@ fn ddpm_is_deterministic_and_matches_reference() {
     // Independent f64 ancestral DDPM with the same noise stream: x_T, then one fresh N(0, I)
     // draw per step t > 0 (none at t = 0).
     let tab = Schedule::default().tables();
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
-    let mut x = gaussian_f64(&mut rng, n, d);
+    let mut rngs = row_streams(7, 0..n);
+    let mut x = gaussian_f64(&mut rngs, d);
     for t in (0..1000usize).rev() {
         let coef = tab.betas[t] / (1.0 - tab.alpha_bars[t]).sqrt();
         for v in x.iter_mut() {
@@ -207,7 +220,7 @@ fn ddpm_is_deterministic_and_matches_reference() {
             *v = (*v - coef * eps) / tab.alphas[t].sqrt();
         }
         if t > 0 {
-            let z = gaussian_f64(&mut rng, n, d);
+            let z = gaussian_f64(&mut rngs, d);
             let sigma = tab.posterior_variance[t].sqrt();
             for (v, z) in x.iter_mut().zip(z) {
                 *v += sigma * z;
@@ -220,6 +233,22 @@ fn ddpm_is_deterministic_and_matches_reference() {
     // DDPM and DDIM are different processes.
     let (ddim, _, _) = run(SamplerKind::Ddim { steps: 10 }, n, d, 7);
     assert_ne!(bits(a.as_slice().unwrap()), bits(ddim.as_slice().unwrap()));
+}
+
+/// Row i of a batch depends only on the seed and i: sampled alone, in a chunk or among more
+/// rows, it is bit for bit the same (what chunked sampling and best-of-N rely on).
+#[test]
+fn rows_do_not_depend_on_the_batch() {
+    let d = 3;
+    for kind in [SamplerKind::Ddim { steps: 10 }, SamplerKind::Ddpm] {
+        let (all, _, _) = run(kind, 7, d, 5);
+        for rows in [0..1, 2..5, 6..7, 0..7] {
+            let calls = RefCell::new(Vec::new());
+            let part = sample_latent_rows(&Linear { d, calls: &calls }, &Schedule::default(), kind, None, 5, rows.clone(), &mut |_, _| true).unwrap();
+            let want = all.slice(ndarray::s![rows.clone(), ..]).to_owned();
+            assert_eq!(bits(part.as_slice().unwrap()), bits(want.as_slice().unwrap()), "{kind:?} rows {rows:?}");
+        }
+    }
 }
 
 #[test]
