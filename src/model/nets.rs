@@ -194,13 +194,18 @@ pub struct Denoiser {
     body: DenoiserBody,
 }
 
-/// The condition c [B, C] embedded as Linear -> SiLU -> Linear to the width of the time
-/// embedding; a row whose mask is 0 gets a learned "no condition" embedding instead (classifier-
-/// free guidance: the same network is also the unconditional model).
+/// The condition c [B, C] embedded by one Linear layer to the width of the time embedding; a
+/// row whose mask is 0 gets a learned "no condition" embedding instead (classifier-free
+/// guidance: the same network is also the unconditional model).
+///
+/// One linear layer, on purpose: a task code's embedding is then the sum of its bits' columns,
+/// an inductive bias towards composing unseen codes from seen bits. And it trains: with a
+/// second, 512-wide layer behind it, the few distinct codes of a dataset made Adam move every
+/// weight of that layer the same way at once, the embedding grew past the time embedding within
+/// a few hundred steps and the denoiser stopped learning (diffusion loss stuck at 1.0).
 #[derive(Debug)]
 struct ConditionEmbedding {
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+    fc: nn::Linear,
     null: Tensor,
 }
 
@@ -218,7 +223,7 @@ enum DenoiserBody {
 }
 
 impl Denoiser {
-    /// Variable names (for export): time.fc1, time.fc2, cond.fc1, cond.fc2, cond.null (with a
+    /// Variable names (for export): time.fc1, time.fc2, cond.fc, cond.null (with a
     /// condition), then cnn: conv.{i}, norm.{i}; mlp: in, block.{i}.fc1, block.{i}.fc2, out.
     pub fn new(vs: &nn::Path, config: &DenoiserConfig, latent_dim: i64, condition_dim: Option<i64>) -> Self {
         let tdim = config.time_dim();
@@ -255,10 +260,17 @@ impl Denoiser {
             }
         };
         let time_fc2 = nn::linear(vs / "time" / "fc2", tdim, emb_out, Default::default());
-        let condition = condition_dim.map(|c| ConditionEmbedding {
-            fc1: nn::linear(vs / "cond" / "fc1", c, emb_out, Default::default()),
-            fc2: nn::linear(vs / "cond" / "fc2", emb_out, emb_out, Default::default()),
-            null: (vs / "cond").zeros("null", &[emb_out]),
+        let condition = condition_dim.map(|c| {
+            let mut fc = nn::linear(vs / "cond" / "fc", c, emb_out, Default::default());
+            // Zero-initialised: the condition enters as nothing and grows as training finds it
+            // useful (as the autoencoder's output layer does).
+            tch::no_grad(|| {
+                let _ = fc.ws.zero_();
+                if let Some(b) = fc.bs.as_mut() {
+                    let _ = b.zero_();
+                }
+            });
+            ConditionEmbedding { fc, null: (vs / "cond").zeros("null", &[emb_out]) }
         });
         Denoiser { config: config.clone(), latent_dim, time_fc1, time_fc2, condition, body }
     }
@@ -274,7 +286,7 @@ impl Denoiser {
         match cond {
             Some(c) => {
                 let mask = c.mask.to_kind(Kind::Float).unsqueeze(1);
-                let cemb = c.values.apply(&ce.fc1).silu().apply(&ce.fc2);
+                let cemb = c.values.apply(&ce.fc);
                 temb + &cemb * &mask + null * (1.0 - mask)
             }
             None => temb + null,

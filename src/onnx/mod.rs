@@ -15,7 +15,7 @@ pub mod proto {
 
 use crate::error::{Error, Result};
 use crate::model::{norm_groups, timestep_frequencies, DenoiserConfig, NORM_EPS};
-use crate::train::Generator;
+use crate::train::{DiffusionTarget, Generator};
 use graph::{attr, Attr, Dim, GraphBuilder};
 use proto::tensor_proto::DataType;
 use std::collections::HashMap;
@@ -173,9 +173,7 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str, cond: O
     let temb = match cond {
         None => temb,
         Some((values, mask)) => {
-            let c = linear(b, &w, "cond.fc1", values)?;
-            let c = silu(b, &c);
-            let c = linear(b, &w, "cond.fc2", &c)?;
+            let c = linear(b, &w, "cond.fc", values)?;
             let m = b.op("Unsqueeze", &[mask, &ax1]);
             let one = b.f32_scalar("one", 1.0);
             let not_m = b.op("Sub", &[&one, &m]);
@@ -225,7 +223,26 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str, cond: O
             b.op("Squeeze", &[&h, &ax1])
         }
     };
-    Ok(out)
+    // A v-predicting network's output becomes the noise: eps = sqrt(abar_t) v + sqrt(1 - abar_t)
+    // x_t (as TchDenoiser does), so the graph's output is the noise for every generator.
+    match g.target() {
+        DiffusionTarget::Epsilon => Ok(out),
+        DiffusionTarget::V => {
+            let tab = g.config.schedule.tables();
+            let len = tab.alpha_bars.len() as i64;
+            let sqrt_ab: Vec<f32> = tab.alpha_bars.iter().map(|a| a.sqrt() as f32).collect();
+            let sqrt_1mab: Vec<f32> = tab.alpha_bars.iter().map(|a| (1.0 - a).sqrt() as f32).collect();
+            let sa = b.f32("v_sqrt_alpha_bar", &[len], &sqrt_ab);
+            let s1a = b.f32("v_sqrt_one_minus_alpha_bar", &[len], &sqrt_1mab);
+            let sa = b.op("Gather", &[&sa, t]);
+            let s1a = b.op("Gather", &[&s1a, t]);
+            let sa = b.op("Unsqueeze", &[&sa, &ax1]);
+            let s1a = b.op("Unsqueeze", &[&s1a, &ax1]);
+            let from_v = b.op("Mul", &[&out, &sa]);
+            let from_x = b.op("Mul", &[x, &s1a]);
+            Ok(b.op("Add", &[&from_v, &from_x]))
+        }
+    }
 }
 
 /// denoiser.onnx for a trained generator.

@@ -1,7 +1,7 @@
 //! The training loop on tch and the trained [`Generator`] (feature `train`): autoencoder, then
 //! latent diffusion, then the statistics that map latents back to parameters; tch backends of
 //! the shared sampler loop; a generator's bundle (export and load).
-use super::{available_memory_bytes, estimate_training_bytes, DeviceChoice, Progress, Stage, TrainConfig, TrainHistory};
+use super::{available_memory_bytes, estimate_training_bytes, DeviceChoice, DiffusionTarget, Progress, Stage, TrainConfig, TrainHistory};
 use crate::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
 use crate::diffusion::{check_condition_input, CondInput, DecoderBackend, DenoiserBackend};
 use crate::error::{Error, Result};
@@ -82,8 +82,11 @@ fn check_loss(stage: Stage, step: usize, loss: f64) -> Result<()> {
 
 impl Generator {
     /// Build the networks (untrained) for a layout; used by training and by loading.
-    pub(crate) fn build(layout: Layout, config: TrainConfig, condition: Option<ConditionSpec>, device: Device) -> Result<Self> {
+    pub(crate) fn build(layout: Layout, mut config: TrainConfig, condition: Option<ConditionSpec>, device: Device) -> Result<Self> {
         config.validate()?;
+        // The target is recorded in the bundle's training config: a loaded generator converts
+        // its network's output to the noise the same way.
+        config.target.get_or_insert(DiffusionTarget::default_for(condition.is_some()));
         if let Some(c) = &condition {
             c.validate()?;
         }
@@ -247,7 +250,11 @@ impl Generator {
                 }
                 None => None,
             };
-            let loss = g.den.forward(&xt, &t, cond).mse_loss(&eps, tch::Reduction::Mean);
+            let target = match g.target() {
+                DiffusionTarget::Epsilon => eps.shallow_clone(),
+                DiffusionTarget::V => &eps * sqrt_ab.index_select(0, &t).unsqueeze(1) - &x0 * sqrt_1mab.index_select(0, &t).unsqueeze(1),
+            };
+            let loss = g.den.forward(&xt, &t, cond).mse_loss(&target, tch::Reduction::Mean);
             opt.backward_step(&loss);
             if let (Some(decay), Some(ema)) = (config.ema, ema.as_mut()) {
                 tch::no_grad(|| {
@@ -310,6 +317,11 @@ impl Generator {
     }
 
     /// tch backends over this generator, for the shared sampler loop.
+    /// What the denoiser network predicts (its output is converted to the noise for sampling).
+    pub fn target(&self) -> DiffusionTarget {
+        self.config.target.unwrap_or(DiffusionTarget::default_for(self.condition.is_some()))
+    }
+
     pub fn tch_denoiser(&self) -> TchDenoiser<'_> {
         TchDenoiser { g: self }
     }
@@ -355,7 +367,20 @@ impl DenoiserBackend for TchDenoiser<'_> {
             let values = cond.map(|c| array_to_tensor(c.values, device));
             let mask = cond.map(|c| Tensor::from_slice(c.mask).to_device(device));
             let batch = values.as_ref().zip(mask.as_ref()).map(|(values, mask)| ConditionBatch { values, mask });
-            tensor_to_array(&tch::no_grad(|| self.g.den.forward(&xt, &tt, batch)))
+            let out = tch::no_grad(|| self.g.den.forward(&xt, &tt, batch));
+            let eps = match self.g.target() {
+                DiffusionTarget::Epsilon => out,
+                // eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t, with the f32 coefficients the
+                // exported graph uses.
+                DiffusionTarget::V => {
+                    let tab = self.g.config.schedule.tables();
+                    let (a, b): (Vec<f32>, Vec<f32>) = t.iter().map(|&ti| (tab.alpha_bars[ti as usize].sqrt() as f32, (1.0 - tab.alpha_bars[ti as usize]).sqrt() as f32)).unzip();
+                    let a = Tensor::from_slice(&a).to_device(device).unsqueeze(1);
+                    let b = Tensor::from_slice(&b).to_device(device).unsqueeze(1);
+                    out * a + &xt * b
+                }
+            };
+            tensor_to_array(&eps)
         })
     }
 }
