@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite (make test). Runs after scripts/setup.sh. Every step fails the suite.
 #   1. Rust: the engine (full build), the engine serve-only (no libtorch; the unit tests too),
-#      the tools (every bad input through the CLI).
+#      the tools (every bad input through the CLI); the CUDA tests where a usable GPU is visible
+#      (SKIPPED, with the reason, elsewhere); the set-up scripts' GPU detection and the GPU
+#      check's quick tests (tests/setup/).
 #   2. Fuzzing of the loaders, bounded in time.
 #   3. A Python host that samples a bundle with onnx + onnxruntime alone.
 #   4. The C ABI: header freshness, exported symbols, no build-tree path, the C test (training
@@ -23,6 +25,24 @@ step "1. Rust tests: engine (full), engine (serve-only), tools"
 cargo test --release --workspace -- --test-threads=2
 # Serve-only in its own target directory (target/release keeps the full build).
 cargo test --release --no-default-features --lib --tests --target-dir "$SERVE_TARGET" -- --test-threads=2
+# The CUDA tests (tests/cuda.rs, #[ignore]d for a plain cargo test) run where scripts/lib/gpu.sh
+# finds a usable GPU, on a build linked with libtorch_cuda; elsewhere a SKIPPED line says why.
+# shellcheck source=scripts/lib/gpu.sh
+source scripts/lib/gpu.sh
+pdiff_detect_gpu
+torch_cuda=$(sed -n 's/^PDIFF_TORCH_CUDA = "\(.*\)"/\1/p' .cargo/config.toml)
+if [ "$PDIFF_GPU_USABLE" != 1 ]; then
+  echo "SKIPPED: CUDA tests ($PDIFF_GPU_REASON)"
+elif [ "${PDIFF_LEAN:-0}" = 1 ]; then
+  echo "SKIPPED: CUDA tests (PDIFF_LEAN=1: the lean CPU build, although $PDIFF_GPU_REASON)"
+elif [ "$torch_cuda" != 1 ]; then
+  echo "a usable GPU is visible ($PDIFF_GPU_REASON) but .cargo/config.toml has PDIFF_TORCH_CUDA=\"$torch_cuda\": run scripts/setup.sh, which switches to the CUDA venv" >&2
+  exit 1
+else
+  cargo test --release --test cuda -- --ignored --test-threads=1
+fi
+bash tests/setup/test_detect.sh
+bash tests/setup/test_gpu_check.sh
 
 step "2. Fuzzing"
 bash scripts/fuzz.sh "${PDIFF_FUZZ_SECONDS:-45}"

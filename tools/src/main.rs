@@ -87,6 +87,10 @@ enum Command {
         checkpoints: Option<PathBuf>,
         #[command(flatten)]
         train: TrainArgs,
+        /// Instead of the rows above: a throughput sweep of the ONNX Runtime sampler (DDIM-50,
+        /// --provider) at these batch sizes, e.g. 1,100,1000 (models/s, time per call).
+        #[arg(long, value_name = "N,N,...")]
+        batch_sizes: Option<String>,
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
     },
@@ -366,7 +370,28 @@ fn run(cli: Cli) -> Result<()> {
             bars.finish();
             println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
         }
-        Command::Bench { bundle: dir, task, data, n, runtime, checkpoints, train, out } => {
+        Command::Bench { batch_sizes: Some(list), bundle: dir, task, checkpoints, runtime, out, .. } => {
+            let sizes = pdiff_tools::bench::parse_batch_sizes(&list)?;
+            if task.is_some() || checkpoints.is_some() {
+                return Err(pdiff::Error::invalid("batch_sizes", "the sweep measures sampling speed only: run --task / --checkpoints without it"));
+            }
+            let opts = runtime.options()?.ok_or_else(|| pdiff::Error::invalid("batch_sizes", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
+            let kind = SamplerKind::Ddim { steps: 50 };
+            let report = pdiff_tools::bench::sweep(&dir, &opts, &sizes, kind, &mut |what| eprintln!("bench: {what}"))?;
+            pdiff::fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&report).unwrap())?;
+            println!("machine: {}", report.machine);
+            println!("{} ({} requested), {}, bundle {} (D = {})", report.backend, report.provider, report.sampler, report.bundle, report.param_count);
+            println!("{:>6} {:>12} {:>12} {:>12} {:>6} {:>10}", "batch", "models/s", "median ms", "first ms", "calls", "peak MiB");
+            for r in &report.rows {
+                println!(
+                    "{:>6} {:>12.1} {:>12.2} {:>12.2} {:>6} {:>10}",
+                    r.batch, r.models_per_second, r.median_s * 1e3, r.first_call_s * 1e3, r.calls,
+                    r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
+                );
+            }
+            println!("written: {}", out.display());
+        }
+        Command::Bench { batch_sizes: None, bundle: dir, task, data, n, runtime, checkpoints, train, out } => {
             let opts = runtime.options()?.unwrap_or_default();
             let task = task.map(|t| zoo::task(&t, data.as_deref())).transpose()?;
             let mut report = pdiff_tools::bench::run(&dir, n, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
