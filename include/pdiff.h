@@ -33,6 +33,15 @@
 #define PDIFF_ABI_VERSION 1
 
 /**
+ * Bit of the `flags` of `pdiff_generator_export_ex` and `pdiff_sampler_sample_to_dir_ex`:
+ * when the output directory holds files libpdiff did not write, write the new files beside
+ * them instead of refusing. Those files are never removed or overwritten: a new file whose
+ * name one of them takes is still refused (`PDIFF_ERR_OUTPUT_EXISTS`), and so is a path that
+ * is a regular file, a symbolic link or another kind of libpdiff output.
+ */
+#define PDIFF_OUTPUT_FORCE 1
+
+/**
  * Bit of `pdiff_capabilities()`: training is compiled in (`pdiff_dataset_*`,
  * `pdiff_generator_*`: a full build, linked with libtorch). Without it the library only
  * serves bundles (`pdiff_sampler_*`).
@@ -100,6 +109,12 @@ typedef enum {
      * An options struct's `struct_size` does not match this library's struct.
      */
     PDIFF_ERR_STRUCT_SIZE = 13,
+    /**
+     * An output path holds something the library did not write: a file, a link, an output of
+     * another kind, or a directory with other files (the last can be written beside with
+     * `PDIFF_OUTPUT_FORCE`). Nothing was written or removed.
+     */
+    PDIFF_ERR_OUTPUT_EXISTS = 14,
 } pdiff_status;
 
 #if defined(PDIFF_FEATURE_TRAIN)
@@ -523,12 +538,32 @@ pdiff_status pdiff_generator_train(const pdiff_dataset *dataset, const pdiff_tra
 #if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Export `generator` as a bundle directory at `bundle_dir` (pdiff.json + decoder.onnx +
- * denoiser.onnx + weights), written atomically: an existing directory is replaced only once
- * the new bundle is complete. Open it with `pdiff_sampler_open`.
+ * denoiser.onnx + weights, and a marker `.pdiff-output.json` that records them). Open it with
+ * `pdiff_sampler_open`. The same as `pdiff_generator_export_ex` with no flags:
+ *
+ * - `bundle_dir` missing: created, atomically (written and fsynced in a temporary sibling
+ *   directory, then renamed);
+ * - `bundle_dir` holds a bundle libpdiff exported (nothing else): replaced atomically, the old
+ *   bundle staying in place until the new one is complete;
+ * - `bundle_dir` empty: filled;
+ * - anything else (a regular file, a symbolic link, a directory with files libpdiff did not
+ *   write, generated models): `PDIFF_ERR_OUTPUT_EXISTS`; nothing is written or removed.
  *
  * Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
  */
 pdiff_status pdiff_generator_export(const pdiff_generator *generator, const char *bundle_dir);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * `pdiff_generator_export` with `flags`: 0, or `PDIFF_OUTPUT_FORCE` to write the bundle beside
+ * files libpdiff did not write in `bundle_dir` instead of refusing. Those files are kept byte
+ * for byte; a bundle file name one of them takes is still refused (`PDIFF_ERR_OUTPUT_EXISTS`).
+ * An unknown flag bit is `PDIFF_ERR_INVALID_ARGUMENT`.
+ *
+ * Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
+ */
+pdiff_status pdiff_generator_export_ex(const pdiff_generator *generator, const char *bundle_dir, uint32_t flags);
 #endif
 
 #if defined(PDIFF_FEATURE_TRAIN)
@@ -651,12 +686,32 @@ pdiff_status pdiff_sampler_best_of_n(const pdiff_sampler *sampler, const pdiff_s
 
 /**
  * Generate `n` parameter vectors and write them as `dir/gen_0000.safetensors`, ... (f32, the
- * original tensor names, ready to load). The directory is written atomically (an existing one
- * is replaced once all files are written). `options` may be NULL (defaults).
+ * original tensor names, ready to load), with a marker `.pdiff-output.json` that records them.
+ * `options` may be NULL (defaults). The same as `pdiff_sampler_sample_to_dir_ex` with no flags:
+ *
+ * - `dir` missing: created, atomically (the files are written and fsynced in a temporary
+ *   sibling directory, which is then renamed);
+ * - `dir` holds earlier output of this function (nothing else): replaced atomically, the old
+ *   files staying in place until the new ones are complete;
+ * - `dir` empty: filled;
+ * - anything else (a regular file, a symbolic link, a directory with files libpdiff did not
+ *   write, a bundle): `PDIFF_ERR_OUTPUT_EXISTS`, checked before sampling; nothing is written
+ *   or removed.
  *
  * Ownership: `sampler`, `options` and `dir` are borrowed for the duration of the call.
  */
 pdiff_status pdiff_sampler_sample_to_dir(const pdiff_sampler *sampler, const pdiff_sample_options *options, size_t n, const char *dir);
+
+/**
+ * `pdiff_sampler_sample_to_dir` with `flags`: 0, or `PDIFF_OUTPUT_FORCE` to write the files
+ * beside files libpdiff did not write in `dir` instead of refusing. Those files are kept
+ * byte for byte; a `gen_XXXX.safetensors` name one of them takes is still refused
+ * (`PDIFF_ERR_OUTPUT_EXISTS`), and only files this function wrote there before are replaced
+ * or removed. An unknown flag bit is `PDIFF_ERR_INVALID_ARGUMENT`.
+ *
+ * Ownership: `sampler`, `options` and `dir` are borrowed for the duration of the call.
+ */
+pdiff_status pdiff_sampler_sample_to_dir_ex(const pdiff_sampler *sampler, const pdiff_sample_options *options, size_t n, const char *dir, uint32_t flags);
 
 /**
  * Release a sampler. NULL is a no-op. Must not race with calls still using it.

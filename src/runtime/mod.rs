@@ -10,6 +10,7 @@ pub use library::{cuda_library_dirs, init, library_path, preload_cuda_libraries,
 use crate::bundle::{Bundle, Manifest};
 use crate::diffusion::{sample_param_rows, DecoderBackend, DenoiserBackend, SamplerKind};
 use crate::error::{Error, Result};
+use crate::fsutil::{IfForeign, OutputDir, OutputKind};
 use crate::params::Layout;
 use ndarray::{Array2, ArrayView2};
 use ort::ep::ExecutionProvider;
@@ -377,25 +378,37 @@ impl Sampler {
             .collect())
     }
 
-    /// Generate and write `gen_XXXX.safetensors` files with the original tensor names.
+    /// Generate and write `gen_XXXX.safetensors` files with the original tensor names (see
+    /// [`write_models`]; files libpdiff did not write at `dir` are refused).
     pub fn sample_to_dir(&self, n: usize, seed: u64, kind: SamplerKind, dir: &Path, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>> {
+        self.sample_to_dir_with(n, seed, kind, dir, IfForeign::Refuse, on_step)
+    }
+
+    /// [`Sampler::sample_to_dir`] with the policy for files libpdiff did not write at `dir`.
+    pub fn sample_to_dir_with(&self, n: usize, seed: u64, kind: SamplerKind, dir: &Path, if_foreign: IfForeign, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>> {
+        // Refuse an unusable destination before sampling.
+        let out = OutputDir::begin(dir, OutputKind::Samples, if_foreign)?;
         let a = self.sample(n, seed, kind, on_step)?;
-        write_models(&self.layout, a.as_slice().expect("standard layout"), dir)
+        write_models_into(out, &self.layout, a.as_slice().expect("standard layout"))
     }
 }
 
-/// Write rows of a [n, D] matrix as `gen_XXXX.safetensors` (directory written atomically).
-pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path) -> Result<Vec<PathBuf>> {
+/// Write rows of a [n, D] matrix as `gen_XXXX.safetensors` into `dir`, one output of kind
+/// samples ([`crate::fsutil::OutputDir`]): a previous one is replaced atomically, files
+/// libpdiff did not write are refused or, with [`IfForeign::Force`], kept beside.
+pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path, if_foreign: IfForeign) -> Result<Vec<PathBuf>> {
+    write_models_into(OutputDir::begin(dir, OutputKind::Samples, if_foreign)?, layout, rows)
+}
+
+fn write_models_into(out: OutputDir, layout: &Layout, rows: &[f32]) -> Result<Vec<PathBuf>> {
     let d = layout.param_count();
     let mut files = Vec::new();
-    crate::fsutil::write_dir_atomic(dir, |tmp| {
-        for (i, row) in rows.chunks_exact(d).enumerate() {
-            let name = format!("gen_{i:04}.safetensors");
-            layout.save_safetensors(row, &tmp.join(&name))?;
-            files.push(dir.join(name));
-        }
-        Ok(())
-    })?;
+    for (i, row) in rows.chunks_exact(d).enumerate() {
+        let name = format!("gen_{i:04}.safetensors");
+        layout.save_safetensors(row, &out.path().join(&name))?;
+        files.push(out.dest().join(name));
+    }
+    out.commit()?;
     Ok(files)
 }
 

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int passed = 0, failed = 0;
@@ -61,6 +62,61 @@ static int all_finite(const float *x, size_t n) {
 static float lcg(unsigned *state) {
     *state = *state * 1664525u + 1013904223u;
     return (float)((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* ---- files, for the output cases: nothing that existed may change ---- */
+static void write_file(const char *path, const char *content) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fputs(content, f) < 0 || fclose(f) != 0) {
+        perror(path);
+        exit(2);
+    }
+}
+
+/* The whole content of a file (malloc'd, NUL-terminated; *len its size), or NULL. */
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = 2 * cap + 4096 + 1;
+            char *b = realloc(buf, cap);
+            if (!b) break;
+            buf = b;
+        }
+        size_t got = fread(buf + n, 1, 4096, f);
+        n += got;
+        if (got < 4096) break;
+    }
+    fclose(f);
+    if (buf) buf[n] = '\0';
+    if (len) *len = n;
+    return buf;
+}
+
+static int file_is(const char *path, const char *content) {
+    char *got = read_file(path, NULL);
+    int same = got != NULL && strcmp(got, content) == 0;
+    free(got);
+    return same;
+}
+
+static int exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static int last_error_says(const char *words) {
+    return strstr(pdiff_last_error(), words) != NULL;
+}
+
+/* DIR with a user's file in it: DIR/notes.txt. */
+static void make_foreign_dir(const char *dir, char *notes, size_t notes_len) {
+    mkdir(dir, 0755);
+    snprintf(notes, notes_len, "%s/notes.txt", dir);
+    write_file(notes, "my notes, not libpdiff's");
 }
 
 /* ---- progress callbacks ---- */
@@ -138,7 +194,9 @@ static void fill_dataset(float *data) {
 }
 
 /* With train = 0 (valgrind runs): everything but the real training and export. */
-static int dataset_and_training(const char *bundle, int train) {
+static void export_output_cases(const pdiff_generator *gen, const char *bundle, const char *tmp);
+
+static int dataset_and_training(const char *bundle, const char *tmp, int train) {
     static const size_t w_shape[2] = {ROWS, COLS};
     static const size_t b_shape[1] = {ROWS};
     const pdiff_tensor_decl layout[2] = {{"w", 2, w_shape}, {"b", 1, b_shape}};
@@ -226,8 +284,38 @@ static int dataset_and_training(const char *bundle, int train) {
     CHECK_FAILS(pdiff_generator_export(NULL, bundle), PDIFF_ERR_NULL_POINTER);
     CHECK_FAILS(pdiff_generator_export(gen, NULL), PDIFF_ERR_NULL_POINTER);
     CHECK_OK(pdiff_generator_export(gen, bundle));
+    export_output_cases(gen, bundle, tmp);
     pdiff_generator_free(gen);
     return 1;
+}
+
+/* pdiff_generator_export(_ex) never destroys what libpdiff did not write. */
+static void export_output_cases(const pdiff_generator *gen, const char *bundle, const char *tmp) {
+    char path[512], notes[600], file[600];
+    /* A previous bundle is replaced. */
+    CHECK_OK(pdiff_generator_export(gen, bundle));
+    /* A regular file: refused, with or without force, and left as it was. */
+    snprintf(path, sizeof path, "%s/a-file", tmp);
+    write_file(path, "a file of the host's");
+    CHECK_FAILS(pdiff_generator_export(gen, path), PDIFF_ERR_OUTPUT_EXISTS);
+    CHECK(last_error_says("is a regular file, not a directory"), "export over a file");
+    CHECK_FAILS(pdiff_generator_export_ex(gen, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+    CHECK(file_is(path, "a file of the host's"), "the file is unchanged");
+    /* A directory with a file libpdiff did not write: refused; forced, the bundle goes beside it. */
+    snprintf(path, sizeof path, "%s/export-home", tmp);
+    make_foreign_dir(path, notes, sizeof notes);
+    CHECK_FAILS(pdiff_generator_export(gen, path), PDIFF_ERR_OUTPUT_EXISTS);
+    CHECK(last_error_says("holds files libpdiff did not write (notes.txt)"), "names the foreign file");
+    snprintf(file, sizeof file, "%s/pdiff.json", path);
+    CHECK(!exists(file), "nothing written when refused");
+    CHECK_FAILS(pdiff_generator_export_ex(gen, path, 2), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK_FAILS(pdiff_generator_export_ex(NULL, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_NULL_POINTER);
+    CHECK_OK(pdiff_generator_export_ex(gen, path, PDIFF_OUTPUT_FORCE));
+    CHECK(exists(file), "forced export wrote %s", file);
+    CHECK(file_is(notes, "my notes, not libpdiff's"), "the host's file is unchanged");
+    pdiff_sampler *s = NULL;
+    CHECK_OK(pdiff_sampler_open(path, NULL, &s));
+    pdiff_sampler_free(s);
 }
 
 /* ---- part 2: sampler ---- */
@@ -397,6 +485,58 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
         snprintf(file, sizeof file, "%s/gen_0001.safetensors", dir);
         CHECK(access(file, R_OK) == 0, "%s exists", file);
         CHECK_FAILS(pdiff_sampler_sample_to_dir(s, &so, 2, NULL), PDIFF_ERR_NULL_POINTER);
+
+        /* Outputs never destroy what libpdiff did not write. A previous output: replaced. */
+        CHECK_OK(pdiff_sampler_sample_to_dir(s, &so, 1, dir));
+        snprintf(file, sizeof file, "%s/gen_0001.safetensors", dir);
+        CHECK(!exists(file), "the old gen_0001 went with the previous output");
+        /* A regular file: refused even with force, unchanged. */
+        char path[512], notes[600];
+        snprintf(path, sizeof path, "%s/a-file", tmp);
+        write_file(path, "a file of the host's");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir(s, &so, 2, path), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("pdiff_sampler_sample_to_dir: output ") && last_error_says("is a regular file"), "names the file");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(file_is(path, "a file of the host's"), "the file is unchanged");
+        /* A symbolic link: refused even with force; its target untouched. */
+        snprintf(path, sizeof path, "%s/a-link", tmp);
+        CHECK(symlink(dir, path) == 0, "symlink");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("is a symbolic link"), "names the link");
+        CHECK(!exists(file), "nothing written through the link");
+        /* The bundle itself (another kind of output): refused even with force. */
+        size_t manifest_len = 0;
+        snprintf(file, sizeof file, "%s/pdiff.json", bundle);
+        char *manifest = read_file(file, &manifest_len);
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, bundle, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("holds a libpdiff bundle output, not samples"), "names the kind");
+        char *after = read_file(file, NULL);
+        CHECK(manifest && after && strcmp(manifest, after) == 0, "the bundle is unchanged");
+        free(manifest);
+        free(after);
+        snprintf(file, sizeof file, "%s/gen_0000.safetensors", bundle);
+        CHECK(!exists(file), "no model written into the bundle");
+        /* A directory with a host's file: refused; forced, written beside it. */
+        snprintf(path, sizeof path, "%s/sample-home", tmp);
+        make_foreign_dir(path, notes, sizeof notes);
+        CHECK_FAILS(pdiff_sampler_sample_to_dir(s, &so, 2, path), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("holds files libpdiff did not write (notes.txt)"), "names the foreign file");
+        snprintf(file, sizeof file, "%s/gen_0000.safetensors", path);
+        CHECK(!exists(file), "nothing written when refused");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, 0x100), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK_OK(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, PDIFF_OUTPUT_FORCE));
+        CHECK(exists(file), "forced sample wrote %s", file);
+        CHECK(file_is(notes, "my notes, not libpdiff's"), "the host's file is unchanged");
+        /* Forced, but a host's file takes one of the names: refused, nothing changed. */
+        snprintf(path, sizeof path, "%s/sample-taken", tmp);
+        make_foreign_dir(path, notes, sizeof notes);
+        snprintf(file, sizeof file, "%s/gen_0001.safetensors", path);
+        write_file(file, "the host's own model");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("under names this output needs (gen_0001.safetensors)"), "names the taken name");
+        CHECK(file_is(file, "the host's own model"), "the host's model is unchanged");
+        snprintf(file, sizeof file, "%s/gen_0000.safetensors", path);
+        CHECK(!exists(file), "nothing written when refused");
     }
 
     /* threads: one sampler, 8 threads, distinct seeds == sequential results */
@@ -460,7 +600,7 @@ int main(int argc, char **argv) {
     snprintf(bundle, sizeof bundle, "%s/bundle", tmp);
     if (given_bundle) snprintf(bundle, sizeof bundle, "%s", given_bundle);
     else if (export_to) snprintf(bundle, sizeof bundle, "%s", export_to);
-    int have_bundle = dataset_and_training(bundle, given_bundle == NULL);
+    int have_bundle = dataset_and_training(bundle, tmp, given_bundle == NULL);
 
     if (have_bundle) sampler_tests(bundle, tmp, with_threads, given_bundle == NULL);
     else CHECK(0, "no bundle: sampler tests skipped");

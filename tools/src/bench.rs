@@ -51,6 +51,11 @@ pub struct TrainingBench {
     pub peak_rss_mib: Option<f64>,
 }
 
+/// Whether `bytes` are a report of `pdiff bench` (which `pdiff bench --out` may replace).
+pub fn is_report(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<BenchReport>(bytes).is_ok() || serde_json::from_slice::<BatchSweep>(bytes).is_ok()
+}
+
 /// Train a generator on `set` with `config` and measure time and peak memory.
 pub fn train(set: &pdiff::params::ParamSet, config: &pdiff::train::TrainConfig) -> Result<TrainingBench> {
     reset_peak_rss();

@@ -36,7 +36,7 @@ __all__ = [
     "ABI_VERSION", "Status", "Error", "InvalidArgumentError", "NullPointerError",
     "BufferTooSmallError", "IoError", "CheckpointError", "BundleError", "OnnxRuntimeError",
     "DeviceUnavailableError", "DivergedError", "CancelledError", "TorchError", "PanicError",
-    "StructSizeError", "TrainingUnavailableError", "TensorInfo", "Dataset", "Generator", "Sampler",
+    "StructSizeError", "OutputExistsError", "TrainingUnavailableError", "TensorInfo", "Dataset", "Generator", "Sampler",
     "version", "abi_version", "has_training",
 ]
 
@@ -135,6 +135,12 @@ class StructSizeError(Error):
     """An options struct of another ABI (PDIFF_ERR_STRUCT_SIZE)."""
 
 
+class OutputExistsError(Error):
+    """An output path holds something libpdiff did not write: a file, a link, another kind of
+    output, or a directory with other files (``force=True`` writes beside those). Nothing was
+    written or removed (PDIFF_ERR_OUTPUT_EXISTS)."""
+
+
 class TrainingUnavailableError(Error, NotImplementedError):
     """Training was asked of a serve-only libpdiff (no ``pdiff_dataset_*`` /
     ``pdiff_generator_*``). Raised by this module before any C call, so ``status`` is None."""
@@ -145,7 +151,7 @@ _ERRORS = {
     "BUFFER_TOO_SMALL": BufferTooSmallError, "IO": IoError, "CHECKPOINT": CheckpointError,
     "BUNDLE": BundleError, "RUNTIME": OnnxRuntimeError, "DEVICE_UNAVAILABLE": DeviceUnavailableError,
     "DIVERGED": DivergedError, "CANCELLED": CancelledError, "TORCH": TorchError, "PANIC": PanicError,
-    "STRUCT_SIZE": StructSizeError,
+    "STRUCT_SIZE": StructSizeError, "OUTPUT_EXISTS": OutputExistsError,
 }
 
 
@@ -155,6 +161,10 @@ def _error(status: int, message: str) -> Error:
     except ValueError:
         cls = Error
     return cls(status, message)
+
+
+def _output_flags(force: bool) -> int:
+    return lib.PDIFF_OUTPUT_FORCE if force else 0
 
 
 def _check(status: int) -> None:
@@ -430,9 +440,12 @@ class Generator(_Handle):
         _check(status)
         return cls(ffi.gc(out[0], lib.pdiff_generator_free))
 
-    def export(self, bundle_dir) -> None:
-        """Write the bundle directory (atomically replaced); open it with :class:`Sampler`."""
-        _check(lib.pdiff_generator_export(self._h, _fspath(bundle_dir)))
+    def export(self, bundle_dir, force: bool = False) -> None:
+        """Write the bundle directory; open it with :class:`Sampler`. A missing directory is
+        created and a bundle libpdiff exported there before is replaced, atomically. Files
+        libpdiff did not write there raise :class:`OutputExistsError`, unless ``force``: the
+        bundle is then written beside them and they are kept (a name they take still raises)."""
+        _check(lib.pdiff_generator_export_ex(self._h, _fspath(bundle_dir), _output_flags(force)))
 
     @property
     def param_count(self) -> int:
@@ -564,11 +577,15 @@ class Sampler(_Handle):
         _check(status)
         return best, int(index[0]), float(score[0])
 
-    def sample_to_dir(self, n: int, directory, seed: int = 0, sampler="ddim", steps: Optional[int] = 50) -> None:
+    def sample_to_dir(self, n: int, directory, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
+                      force: bool = False) -> None:
         """Write ``n`` vectors as ``directory/gen_0000.safetensors``, ... (original tensor names,
-        f32; the directory is replaced atomically)."""
+        f32) and a marker ``.pdiff-output.json`` listing them. A missing directory is created
+        and an earlier output of this method replaced, atomically. Files libpdiff did not write
+        there raise :class:`OutputExistsError`, unless ``force``: the models are then written
+        beside them and they are kept (a name they take still raises)."""
         o = _sample_options(seed, sampler, steps)
-        _check(lib.pdiff_sampler_sample_to_dir(self._h, o, n, _fspath(directory)))
+        _check(lib.pdiff_sampler_sample_to_dir_ex(self._h, o, n, _fspath(directory), _output_flags(force)))
 
     def __repr__(self) -> str:
         if self.closed:
