@@ -15,11 +15,10 @@
 //! The files are split at the first two SEPARATORs; an empty (or missing) decoder.onnx or
 //! denoiser.onnx stands for the fixture's (tests/fixtures/tiny-bundle), so that an input made of
 //! manifest edits alone keeps mutations on the manifest instead of spreading them over 25 kB of
-//! graphs. A
-//! separator rather than length prefixes: libFuzzer inserts and erases bytes, which would throw
-//! every following length out of step and turn nearly every mutation of the manifest into a
-//! truncated manifest and a torn graph; with separators a mutation stays inside its file.
-//! (SEPARATOR starts with a NUL byte, which valid JSON never holds.)
+//! graphs. A separator rather than length prefixes: libFuzzer inserts and erases bytes, which
+//! would throw every following length out of step and turn nearly every mutation of the
+//! manifest into a truncated manifest and a torn graph; with separators a mutation stays inside
+//! its file. (SEPARATOR starts with a NUL byte, which valid JSON never holds.)
 //!
 //! Two flags keep mutations from stopping at the first check. Every file of a bundle is listed
 //! in pdiff.json with its sha256, which a mutated input almost never gets right: with
