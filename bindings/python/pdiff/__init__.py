@@ -297,9 +297,9 @@ class _Handle:
                 ffi.release(ptr)  # closed while this call was in flight: it was the last one
 
     def close(self) -> None:
-        """Free the handle now, or, when calls on it are in flight in other threads, as soon as
-        the last of them returns (idempotent; never waits). Later calls raise
-        :class:`NullPointerError`."""
+        """Free the handle now, or, when calls on it are in flight (in other threads, or the call
+        whose callback is closing it), as soon as the last of them returns (idempotent; never
+        waits). Later calls raise :class:`NullPointerError`."""
         with self._lock:
             if self._closed:
                 return
