@@ -219,8 +219,11 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
             return Err(Error::bundle(dir, format!("{MANIFEST}: file name {name:?} of {role} must be a plain name inside the bundle")));
         }
     }
-    if m.schedule.validate().is_err() || m.prediction != "epsilon" {
-        return Err(Error::bundle(dir, format!("{MANIFEST}: unsupported schedule or prediction")));
+    if let Err(e) = m.schedule.validate() {
+        return Err(Error::bundle(dir, format!("{MANIFEST}: unsupported schedule: {e}")));
+    }
+    if m.prediction != "epsilon" {
+        return Err(Error::bundle(dir, format!("{MANIFEST}: unsupported prediction '{}' (expected 'epsilon')", m.prediction)));
     }
     if layout.param_count() != m.param_count {
         return Err(Error::bundle(dir, format!("{MANIFEST}: layout covers {} values but param_count is {}", layout.param_count(), m.param_count)));

@@ -7,6 +7,12 @@
  *   target/test_pdiff --export DIR     # the same, and keep the trained bundle at DIR
  *   target/test_pdiff --bundle DIR     # no training: dataset checks, then the sampler part on an
  *                                      # existing bundle (fast enough for valgrind)
+ *   target/test_pdiff --bundle DIR --threads-only
+ *                                      # only the thread test on an existing bundle: what
+ *                                      # scripts/test.sh runs under ThreadSanitizer
+ *
+ * Against a serve-only pdiff.h (pdiff_features.h without PDIFF_FEATURE_TRAIN) the training part
+ * is left out and --bundle is required.
  *
  * Prints "N passed, 0 failed" and exits nonzero on any failure.
  */
@@ -58,11 +64,13 @@ static int all_finite(const float *x, size_t n) {
     return 1;
 }
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /* Deterministic pseudo-random value in [-1, 1). */
 static float lcg(unsigned *state) {
     *state = *state * 1664525u + 1013904223u;
     return (float)((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
+#endif /* PDIFF_FEATURE_TRAIN */
 
 /* ---- files, for the output cases: nothing that existed may change ---- */
 static void write_file(const char *path, const char *content) {
@@ -119,6 +127,7 @@ static void make_foreign_dir(const char *dir, char *notes, size_t notes_len) {
     write_file(notes, "my notes, not libpdiff's");
 }
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /* ---- progress callbacks ---- */
 typedef struct {
     int calls, ae_calls, diffusion_calls;
@@ -145,6 +154,8 @@ static int cancel_progress(void *user_data, const char *stage, size_t step, size
     return 1; /* stop at once */
 }
 
+#endif /* PDIFF_FEATURE_TRAIN */
+
 /* ---- best-of-n scoring: -sum of squares ---- */
 static double neg_sum_sq(const float *p, size_t len) {
     double s = 0.0;
@@ -164,25 +175,92 @@ static double score_cb(void *user_data, const float *params, size_t len) {
     return neg_sum_sq(params, len);
 }
 
-/* ---- threads: 8 samplers of one handle, distinct seeds ---- */
-enum { THREADS = 8, PER_THREAD = 2 };
+/* ---- threads: 8 threads share one sampler handle ----
+ * Each thread samples with its own seed (twice: the second call must repeat the first), reads
+ * the handle's read-only accessors, and makes a failing call whose message must be its own
+ * (pdiff_last_error is per thread). Run under ThreadSanitizer by scripts/test.sh. */
+enum { THREADS = 8, PER_THREAD = 2, THREAD_STEPS = 10 };
 typedef struct {
     const pdiff_sampler *sampler;
     uint64_t seed;
-    float out[PER_THREAD * D];
-    pdiff_status status;
+    float out[PER_THREAD * D], again[PER_THREAD * D];
+    pdiff_status status, status_again, status_bad;
+    int accessors_ok, own_error;
 } thread_job;
 
 static void *thread_main(void *arg) {
     thread_job *job = (thread_job *)arg;
     pdiff_sample_options so;
     pdiff_sample_options_default(&so);
-    so.ddim_steps = 10;
+    so.ddim_steps = THREAD_STEPS;
     so.seed = job->seed;
     job->status = pdiff_sampler_sample(job->sampler, &so, PER_THREAD, job->out, PER_THREAD * D);
+    const char *name = NULL;
+    size_t ndim = 0, offset = 0;
+    const size_t *shape = NULL;
+    job->accessors_ok = pdiff_sampler_param_count(job->sampler) == D && pdiff_sampler_tensor_count(job->sampler) == 2 &&
+                        strcmp(pdiff_sampler_backend(job->sampler), "onnxruntime-cpu") == 0 &&
+                        pdiff_sampler_tensor_info(job->sampler, 1, &name, &ndim, &shape, &offset) == PDIFF_OK &&
+                        strcmp(name, "b") == 0 && ndim == 1 && shape[0] == ROWS && offset == ROWS * COLS;
+    /* A buffer one float short: the error names this thread's own numbers. */
+    size_t short_len = PER_THREAD * D - 1 - (size_t)(job->seed % 4);
+    job->status_bad = pdiff_sampler_sample(job->sampler, &so, PER_THREAD, job->again, short_len);
+    char want[64];
+    snprintf(want, sizeof want, "out_len is %zu floats", short_len);
+    job->own_error = strstr(pdiff_last_error(), want) != NULL;
+    job->status_again = pdiff_sampler_sample(job->sampler, &so, PER_THREAD, job->again, PER_THREAD * D);
     return NULL;
 }
 
+/* THREADS threads sampling one handle at once give exactly the sequential results. */
+static void thread_tests(pdiff_sampler *s) {
+    static thread_job jobs[THREADS];
+    static float expect[THREADS][PER_THREAD * D];
+    pdiff_sample_options seq;
+    pdiff_sample_options_default(&seq);
+    seq.ddim_steps = THREAD_STEPS;
+    for (int i = 0; i < THREADS; i++) {
+        seq.seed = 1000 + (uint64_t)i;
+        CHECK_OK(pdiff_sampler_sample(s, &seq, PER_THREAD, expect[i], PER_THREAD * D));
+    }
+    pthread_t tid[THREADS];
+    int started[THREADS] = {0};
+    for (int i = 0; i < THREADS; i++) {
+        memset(&jobs[i], 0, sizeof jobs[i]);
+        jobs[i].sampler = s;
+        jobs[i].seed = 1000 + (uint64_t)i;
+        jobs[i].status = jobs[i].status_again = jobs[i].status_bad = PDIFF_ERR_PANIC;
+        started[i] = pthread_create(&tid[i], NULL, thread_main, &jobs[i]) == 0;
+        CHECK(started[i], "pthread_create %d", i);
+    }
+    for (int i = 0; i < THREADS; i++)
+        if (started[i]) pthread_join(tid[i], NULL);
+    for (int i = 0; i < THREADS; i++) {
+        CHECK(jobs[i].status == PDIFF_OK && jobs[i].status_again == PDIFF_OK, "thread %d status %d, %d", i,
+              (int)jobs[i].status, (int)jobs[i].status_again);
+        CHECK(memcmp(jobs[i].out, expect[i], sizeof expect[i]) == 0, "thread %d equals sequential", i);
+        CHECK(memcmp(jobs[i].again, expect[i], sizeof expect[i]) == 0, "thread %d: second call equals sequential", i);
+        CHECK(jobs[i].accessors_ok, "thread %d: accessors", i);
+        CHECK(jobs[i].status_bad == PDIFF_ERR_BUFFER_TOO_SMALL && jobs[i].own_error,
+              "thread %d: its own error (status %d)", i, (int)jobs[i].status_bad);
+    }
+    CHECK(memcmp(expect[0], expect[1], sizeof expect[0]) != 0, "distinct seeds differ");
+}
+
+/* --threads-only: open the bundle, run the thread test, free. */
+static void threads_only(const char *bundle) {
+    pdiff_sampler_options sopts;
+    CHECK_OK(pdiff_sampler_options_default(&sopts));
+    sopts.provider = PDIFF_PROVIDER_CPU;
+    sopts.intra_threads = 1;
+    pdiff_sampler *s = NULL;
+    CHECK_OK(pdiff_sampler_open(bundle, &sopts, &s));
+    if (!s) return;
+    thread_tests(s);
+    pdiff_sampler_free(s);
+}
+
+#if defined(PDIFF_FEATURE_TRAIN)
 /* ---- part 1: dataset, training, export ---- */
 static void fill_dataset(float *data) {
     unsigned st = 12345u;
@@ -317,6 +395,8 @@ static void export_output_cases(const pdiff_generator *gen, const char *bundle, 
     CHECK_OK(pdiff_sampler_open(path, NULL, &s));
     pdiff_sampler_free(s);
 }
+
+#endif /* PDIFF_FEATURE_TRAIN */
 
 /* ---- part 2: sampler ---- */
 static void sampler_tests(const char *bundle, const char *tmp, int with_threads, int with_ddpm) {
@@ -540,54 +620,50 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
     }
 
     /* threads: one sampler, 8 threads, distinct seeds == sequential results */
-    if (with_threads) {
-        static thread_job jobs[THREADS];
-        static float expect[THREADS][PER_THREAD * D];
-        pdiff_sample_options seq;
-        pdiff_sample_options_default(&seq);
-        seq.ddim_steps = 10;
-        for (int i = 0; i < THREADS; i++) {
-            seq.seed = 1000 + (uint64_t)i;
-            CHECK_OK(pdiff_sampler_sample(s, &seq, PER_THREAD, expect[i], PER_THREAD * D));
-        }
-        pthread_t tid[THREADS];
-        for (int i = 0; i < THREADS; i++) {
-            jobs[i].sampler = s;
-            jobs[i].seed = 1000 + (uint64_t)i;
-            jobs[i].status = PDIFF_ERR_PANIC;
-            CHECK(pthread_create(&tid[i], NULL, thread_main, &jobs[i]) == 0, "pthread_create %d", i);
-        }
-        for (int i = 0; i < THREADS; i++) pthread_join(tid[i], NULL);
-        for (int i = 0; i < THREADS; i++) {
-            CHECK(jobs[i].status == PDIFF_OK, "thread %d status %d", i, (int)jobs[i].status);
-            CHECK(memcmp(jobs[i].out, expect[i], sizeof expect[i]) == 0, "thread %d equals sequential", i);
-        }
-        CHECK(memcmp(expect[0], expect[1], sizeof expect[0]) != 0, "distinct seeds differ");
-    }
+    if (with_threads) thread_tests(s);
 
     pdiff_sampler_free(s);
 }
 
 int main(int argc, char **argv) {
     const char *given_bundle = NULL, *export_to = NULL;
-    int with_threads = 1;
+    int with_threads = 1, threads_only_mode = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--bundle") == 0 && i + 1 < argc) given_bundle = argv[++i];
         else if (strcmp(argv[i], "--export") == 0 && i + 1 < argc) export_to = argv[++i];
         else if (strcmp(argv[i], "--no-threads") == 0) with_threads = 0;
+        else if (strcmp(argv[i], "--threads-only") == 0) threads_only_mode = 1;
         else {
-            fprintf(stderr, "usage: %s [--bundle DIR | --export DIR] [--no-threads]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--bundle DIR [--threads-only] | --export DIR] [--no-threads]\n", argv[0]);
             return 2;
         }
     }
+    if (threads_only_mode && (!given_bundle || !with_threads)) {
+        fprintf(stderr, "%s: --threads-only needs --bundle DIR (and excludes --no-threads)\n", argv[0]);
+        return 2;
+    }
+#if !defined(PDIFF_FEATURE_TRAIN)
+    /* Compiled against a serve-only pdiff.h: no training, so the bundle must be given. */
+    if (!given_bundle) {
+        fprintf(stderr, "%s: built without PDIFF_FEATURE_TRAIN: --bundle DIR is required\n", argv[0]);
+        return 2;
+    }
+#endif
 
     CHECK(pdiff_abi_version() == PDIFF_ABI_VERSION, "abi %u vs header %u", pdiff_abi_version(), PDIFF_ABI_VERSION);
     CHECK(pdiff_version() != NULL && pdiff_version()[0] != '\0', "version");
     CHECK(pdiff_last_error() != NULL, "last error never NULL");
+    if (threads_only_mode) {
+        threads_only(given_bundle);
+        printf("%d passed, %d failed\n", passed, failed);
+        return failed == 0 ? 0 : 1;
+    }
 
     /* free functions accept NULL */
+#if defined(PDIFF_FEATURE_TRAIN)
     pdiff_dataset_free(NULL);
     pdiff_generator_free(NULL);
+#endif
     pdiff_sampler_free(NULL);
     passed++;
 
@@ -600,7 +676,11 @@ int main(int argc, char **argv) {
     snprintf(bundle, sizeof bundle, "%s/bundle", tmp);
     if (given_bundle) snprintf(bundle, sizeof bundle, "%s", given_bundle);
     else if (export_to) snprintf(bundle, sizeof bundle, "%s", export_to);
+#if defined(PDIFF_FEATURE_TRAIN)
     int have_bundle = dataset_and_training(bundle, tmp, given_bundle == NULL);
+#else
+    int have_bundle = 1;
+#endif
 
     if (have_bundle) sampler_tests(bundle, tmp, with_threads, given_bundle == NULL);
     else CHECK(0, "no bundle: sampler tests skipped");

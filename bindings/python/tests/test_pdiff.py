@@ -588,6 +588,39 @@ def test_closed_sampler(bundle):
     assert repr(s) == "Sampler(closed)"
 
 
+def test_close_while_another_thread_samples(bundle):
+    """close(), a with block's exit, or dropping the last reference while another thread is
+    inside a library call on the same Sampler: the call returns the reference samples, later
+    calls raise, the handle is freed exactly once. In a child process (tests/close_race.py),
+    since the bug it guards against (freeing the handle under the call) crashes the
+    interpreter; glibc's MALLOC_CHECK_=3 aborts on a double free."""
+    env = dict(os.environ, MALLOC_CHECK_="3", PDIFF_LIB=str(_ffi.LIBRARY_PATH),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(pathlib.Path(pdiff.__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("close_race.py")), str(bundle)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.count("\nok ") + proc.stdout.startswith("ok ") == 5, proc.stdout
+
+
+def test_closed_handles_raise_and_close_is_idempotent(data, bundle):
+    s = pdiff.Sampler(bundle, provider="cpu", intra_threads=1)
+    assert not s.closed
+    s.close()
+    s.close()
+    assert s.closed
+    for call in (lambda: s.backend, lambda: s.param_count, lambda: s.layout, lambda: s.sample(1),
+                 lambda: s.sample_named(1), lambda: s.best_of_n(2, lambda p: 0.0),
+                 lambda: s.sample_to_dir(1, "unused")):
+        with pytest.raises(pdiff.NullPointerError, match="this sampler is closed"):
+            call()
+    if pdiff.has_training():
+        ds = pdiff.Dataset.from_memory(LAYOUT, data)
+        ds.close()
+        with pytest.raises(pdiff.NullPointerError, match="this dataset is closed"):
+            pdiff.Generator.train(ds, **C_TEST_OPTIONS)
+
+
 # ---- cross-language reproducibility ----
 
 def test_reproduces_the_c_program(c_reference):
