@@ -311,12 +311,22 @@ fn interrupted_training_leaves_nothing() {
         let c = d.join("ckpt");
         good_checkpoints(&c, 4);
         let out = d.join("bundle-out");
-        let child = Command::new(env!("CARGO_BIN_EXE_pdiff"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pdiff"))
             .args(["train", "--checkpoints", c.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ae-steps", "1000000", "--device", "cpu"])
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // Interrupt only once training has begun (the "K = " line follows the handler's
+        // installation), however slowly the process started on a loaded machine.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("K = ") {
+            line.clear();
+            let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+            assert!(read > 0, "pdiff train ended before training began");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         let o = child.wait_with_output().unwrap();
         assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
