@@ -87,7 +87,7 @@ pub fn cuda_available(opts: &RuntimeOptions) -> Result<bool> {
 /// on its own (used by the fuzzer: malformed graphs must be errors, never crashes).
 pub fn load_graph(bytes: &[u8], opts: &RuntimeOptions) -> Result<()> {
     init(opts.library.as_deref())?;
-    session::create(bytes, &SessionSettings { intra_threads: opts.intra_threads, cuda_device: None }, "graph").map(drop)
+    session::create(bytes, &SessionSettings { intra_threads: opts.intra_threads, cuda_device: None, loop_bookkeeping_on_cpu: false }, "graph").map(drop)
 }
 
 /// What the sampler feeds to and reads from each graph (docs/bundle-format.md, "The graphs").
@@ -129,6 +129,9 @@ pub fn explain_cuda_failure(message: &str, preload: &CudaPreload) -> String {
         Some(lib) => format!(
             "the CUDA library {lib} was not found (searched {searched}, then the loader's path; set PDIFF_CUDA_LIBRARY_PATH or LD_LIBRARY_PATH to the directory that holds it)"
         ),
+        None if message.contains("fallback to CPU EP has been explicitly disabled") => {
+            "a node of the graph has no CUDA kernel, and a required CUDA provider runs no node on the CPU (use the auto provider to allow the CPU)".to_string()
+        }
         None if message.contains("driver") => "the NVIDIA driver is missing or too old for this CUDA".to_string(),
         None if message.contains("no CUDA-capable device") || message.contains("invalid device ordinal") => "no usable CUDA device".to_string(),
         None => "the CUDA execution provider could not be created".to_string(),
@@ -183,8 +186,8 @@ impl Sampler {
             Ok(roles)
         })?;
         let library = init(opts.library.as_deref())?.to_path_buf();
-        let cpu = SessionSettings { intra_threads: opts.intra_threads, cuda_device: None };
-        let cuda = SessionSettings { intra_threads: opts.intra_threads, cuda_device: Some(opts.device_id) };
+        let cpu = SessionSettings { intra_threads: opts.intra_threads, cuda_device: None, loop_bookkeeping_on_cpu: false };
+        let cuda = SessionSettings { intra_threads: opts.intra_threads, cuda_device: Some(opts.device_id), loop_bookkeeping_on_cpu: false };
         // In auto mode on the CPU the loop graph is not used: do not create its session.
         let with_loop = |cuda: bool| maybe_loop && (opts.whole_loop == Some(true) || cuda);
         let open_on = |settings: &SessionSettings| Self::open_graphs(&bundle, settings, with_loop(settings.cuda_device.is_some()));
@@ -222,7 +225,7 @@ impl Sampler {
         let decoder = SessionPool::new("decoder.onnx", bundle.take_file("decoder")?, settings.clone(), opened.decoder, max);
         let denoiser = SessionPool::new("denoiser.onnx", bundle.take_file("denoiser")?, settings.clone(), opened.denoiser, max);
         let whole_loop = match opened.sampler {
-            Some(first) => Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, settings, first, max)),
+            Some(first) => Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, settings.for_loop_graph(), first, max)),
             None => None,
         };
         let layout = bundle.manifest.layout();
@@ -249,8 +252,10 @@ impl Sampler {
 
     fn open_graphs(bundle: &Bundle, settings: &SessionSettings, with_loop: bool) -> Result<Opened> {
         let m = &bundle.manifest;
+        let loop_settings = settings.for_loop_graph();
         let open = |role: &str, (inputs, outputs): (Vec<Port>, Vec<Port>)| -> Result<Session> {
             let file = &m.files[role];
+            let settings = if role == "sampler" { &loop_settings } else { settings };
             let s = session::create(bundle.file(role)?, settings, file)?;
             session::check_signature(&s, file, &inputs, &outputs).map_err(|e| Error::bundle(&bundle.dir, e))?;
             Ok(s)
