@@ -171,6 +171,9 @@ pub fn run(bundle: &Path, n: usize, rt: &RuntimeOptions, task: Option<&dyn Task>
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchRow {
     pub batch: usize,
+    /// Host threads calling the one sampler at once, each for `batch` models (`--callers`).
+    #[serde(default = "one")]
+    pub callers: usize,
     /// The first call. It carries the provider's one-time work (CUDA kernel loading,
     /// cuBLAS/cuDNN handles, memory arena growth), so it is not counted below, unless it took
     /// [`SWEEP_SINGLE_CALL_SECONDS`] or more: then it is the only call, and counted.
@@ -181,7 +184,7 @@ pub struct BatchRow {
     /// Median and fastest time of one call, seconds: the latency of getting `batch` models.
     pub median_s: f64,
     pub min_s: f64,
-    /// `batch / median_s`.
+    /// `callers * batch / median_s`: models per second over all callers.
     pub models_per_second: f64,
     /// Peak resident memory of the process while this batch size ran (MiB).
     pub peak_rss_mib: Option<f64>,
@@ -202,8 +205,15 @@ pub struct BatchSweep {
     /// The ONNX Runtime library given explicitly, if any.
     pub ort_library: Option<String>,
     pub sampler: String,
+    /// DDIM ran as one graph (sampler.onnx) rather than step by step (`--whole-loop`).
+    #[serde(default)]
+    pub whole_loop: bool,
     pub seed: u64,
     pub rows: Vec<BatchRow>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A sweep keeps calling until this much time was measured per batch size (and at least
@@ -218,7 +228,12 @@ pub const SWEEP_SINGLE_CALL_SECONDS: f64 = 20.0;
 
 /// `"1,100,1000"` -> `[1, 100, 1000]`: positive integers, comma-separated, no duplicates.
 pub fn parse_batch_sizes(list: &str) -> Result<Vec<usize>> {
-    let bad = |why: String| pdiff::Error::invalid("batch_sizes", format!("'{list}': {why} (expected positive integers separated by commas, e.g. 1,100,1000)"));
+    parse_counts("batch_sizes", list)
+}
+
+/// `field`'s list of positive integers, comma-separated, no duplicates (see [`parse_batch_sizes`]).
+pub fn parse_counts(field: &str, list: &str) -> Result<Vec<usize>> {
+    let bad = |why: String| pdiff::Error::invalid(field, format!("'{list}': {why} (expected positive integers separated by commas, e.g. 1,100,1000)"));
     let mut sizes = Vec::new();
     for item in list.split(',') {
         let item = item.trim();
@@ -239,16 +254,30 @@ pub fn parse_batch_sizes(list: &str) -> Result<Vec<usize>> {
 /// were made (a single call when the first one already took longer than the target), at most
 /// [`SWEEP_MAX_CALLS`]. A first call of [`SWEEP_SINGLE_CALL_SECONDS`] or more is the only one,
 /// and counted: a slow provider at a large batch stays bounded.
-pub fn sweep(bundle: &Path, rt: &RuntimeOptions, batch_sizes: &[usize], kind: SamplerKind, progress: &mut dyn FnMut(&str)) -> Result<BatchSweep> {
+///
+/// Each batch size runs once per entry of `callers`: that many host threads sample from the one
+/// sampler at the same time (each `batch` models, its own seed), and a call is timed from the
+/// first thread's start to the last one's end. ONNX Runtime's Run is thread-safe and the
+/// sampler keeps a pool of sessions, so two callers on two cores should come near twice one's
+/// models per second when one caller's intra-op threads leave cores idle.
+pub fn sweep(bundle: &Path, rt: &RuntimeOptions, batch_sizes: &[usize], callers: &[usize], kind: SamplerKind, progress: &mut dyn FnMut(&str)) -> Result<BatchSweep> {
     let sampler = Sampler::open(bundle, rt)?;
     let seed = 7;
     let mut rows = Vec::new();
     for &batch in batch_sizes {
-        progress(&format!("{} {} batch {batch}", sampler.backend_name(), kind.label()));
+      for &callers in callers {
+        progress(&format!("{} {} batch {batch}, {callers} caller(s)", sampler.backend_name(), kind.label()));
         reset_peak_rss();
         let timed = |s: &Sampler| -> Result<f64> {
             let t0 = Instant::now();
-            s.sample(batch, seed, kind, &mut |_, _| true)?;
+            if callers == 1 {
+                s.sample(batch, seed, kind, &mut |_, _| true)?;
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = (0..callers as u64).map(|i| scope.spawn(move || s.sample(batch, seed + i, kind, &mut |_, _| true).map(drop))).collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(pdiff::Error::invalid("callers", "a sampling thread panicked")))).collect::<Result<Vec<()>>>()
+                })?;
+            }
             Ok(t0.elapsed().as_secs_f64())
         };
         let first_call_s = timed(&sampler)?;
@@ -265,14 +294,16 @@ pub fn sweep(bundle: &Path, rt: &RuntimeOptions, batch_sizes: &[usize], kind: Sa
         let median_s = median_of_sorted(&times);
         rows.push(BatchRow {
             batch,
+            callers,
             first_call_s,
             first_call_counted,
             calls: times.len(),
             median_s,
             min_s: times[0],
-            models_per_second: batch as f64 / median_s,
+            models_per_second: (callers * batch) as f64 / median_s,
             peak_rss_mib: peak_rss_mib(),
         });
+      }
     }
     Ok(BatchSweep {
         machine: machine_description(),
@@ -284,6 +315,7 @@ pub fn sweep(bundle: &Path, rt: &RuntimeOptions, batch_sizes: &[usize], kind: Sa
         backend: sampler.backend_name().to_string(),
         ort_library: rt.library.as_ref().map(|p| p.display().to_string()),
         sampler: kind.label(),
+        whole_loop: sampler.runs_whole_loop(),
         seed,
         rows,
     })

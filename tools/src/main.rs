@@ -100,6 +100,10 @@ enum Command {
         /// --provider) at these batch sizes, e.g. 1,100,1000 (models/s, time per call).
         #[arg(long, value_name = "N,N,...")]
         batch_sizes: Option<String>,
+        /// With --batch-sizes: also with this many host threads sampling from the one sampler
+        /// at once, e.g. 1,2 (models/s over all of them).
+        #[arg(long, value_name = "N,N,...", default_value = "1")]
+        callers: String,
         /// The report (JSON). An existing file there is replaced only when it is a previous
         /// report of pdiff bench, or with --force.
         #[arg(long, default_value = "bench.json")]
@@ -432,29 +436,31 @@ fn run(cli: Cli) -> Result<()> {
             bars.finish();
             println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
         }
-        Command::Bench { batch_sizes: Some(list), bundle: dir, task, checkpoints, runtime, out, force, .. } => {
+        Command::Bench { batch_sizes: Some(list), callers, bundle: dir, task, checkpoints, runtime, out, force, .. } => {
             let sizes = pdiff_tools::bench::parse_batch_sizes(&list)?;
+            let callers = pdiff_tools::bench::parse_counts("callers", &callers)?;
             if task.is_some() || checkpoints.is_some() {
                 return Err(pdiff::Error::invalid("batch_sizes", "the sweep measures sampling speed only: run --task / --checkpoints without it"));
             }
             let opts = runtime.options()?.ok_or_else(|| pdiff::Error::invalid("batch_sizes", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
             fsutil::check_output_file(&out, if_foreign(force), "pdiff bench report", pdiff_tools::bench::is_report)?;
             let kind = SamplerKind::Ddim { steps: 50 };
-            let report = pdiff_tools::bench::sweep(&dir, &opts, &sizes, kind, &mut |what| eprintln!("bench: {what}"))?;
+            let report = pdiff_tools::bench::sweep(&dir, &opts, &sizes, &callers, kind, &mut |what| eprintln!("bench: {what}"))?;
             pdiff::fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&report).unwrap())?;
             println!("machine: {}", report.machine);
-            println!("{} ({} requested), {}, bundle {} (D = {})", report.backend, report.provider, report.sampler, report.bundle, report.param_count);
-            println!("{:>6} {:>12} {:>12} {:>12} {:>6} {:>10}", "batch", "models/s", "median ms", "first ms", "calls", "peak MiB");
+            let how = if report.whole_loop { "whole loop" } else { "step by step" };
+            println!("{} ({} requested), {} {how}, bundle {} (D = {})", report.backend, report.provider, report.sampler, report.bundle, report.param_count);
+            println!("{:>6} {:>8} {:>12} {:>12} {:>12} {:>6} {:>10}", "batch", "callers", "models/s", "median ms", "first ms", "calls", "peak MiB");
             for r in &report.rows {
                 println!(
-                    "{:>6} {:>12.1} {:>12.2} {:>12.2} {:>6} {:>10}",
-                    r.batch, r.models_per_second, r.median_s * 1e3, r.first_call_s * 1e3, r.calls,
+                    "{:>6} {:>8} {:>12.1} {:>12.2} {:>12.2} {:>6} {:>10}",
+                    r.batch, r.callers, r.models_per_second, r.median_s * 1e3, r.first_call_s * 1e3, r.calls,
                     r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
                 );
             }
             println!("written: {}", out.display());
         }
-        Command::Bench { batch_sizes: None, bundle: dir, task, data, n, runtime, checkpoints, train, out, force } => {
+        Command::Bench { batch_sizes: None, bundle: dir, task, data, n, runtime, checkpoints, train, out, force, .. } => {
             let opts = runtime.options()?.unwrap_or_default();
             let report_kind = "pdiff bench report";
             fsutil::check_output_file(&out, if_foreign(force), report_kind, pdiff_tools::bench::is_report)?;

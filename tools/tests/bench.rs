@@ -58,6 +58,7 @@ fn bad_sweeps_are_refused_before_anything_is_written() {
     for (args, words) in [
         (vec!["--batch-sizes", "0"], "invalid batch_sizes: '0'"),
         (vec!["--batch-sizes", "1,x"], "'x' is not a positive integer"),
+        (vec!["--batch-sizes", "1", "--callers", "0"], "invalid callers: '0'"),
         (vec!["--batch-sizes", "1", "--backend", "tch"], "--backend tch is not swept"),
         (vec!["--batch-sizes", "1", "--task", "mnist-mlp3"], "sampling speed only"),
         (vec!["--batch-sizes", "1", "--checkpoints", b], "sampling speed only"),
@@ -70,4 +71,22 @@ fn bad_sweeps_are_refused_before_anything_is_written() {
         assert!(err.contains(words) && !err.contains("panicked"), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
+}
+
+/// `--callers 1,2`: each batch size also with two threads sampling from the one sampler at once;
+/// their models count together. `--whole-loop` is reported.
+#[test]
+fn sweep_with_concurrent_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep.json");
+    let o = pdiff(&["bench", "--bundle", fixture().to_str().unwrap(), "--batch-sizes", "2,5", "--callers", "1,2", "--provider", "cpu", "--whole-loop", "on", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let r: BatchSweep = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(r.whole_loop);
+    assert_eq!(r.rows.iter().map(|row| (row.batch, row.callers)).collect::<Vec<_>>(), [(2, 1), (2, 2), (5, 1), (5, 2)]);
+    for row in &r.rows {
+        let expected = (row.callers * row.batch) as f64 / row.median_s;
+        assert!((row.models_per_second - expected).abs() <= 1e-9 * expected, "{row:?}");
+    }
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ddim-50 whole loop"));
 }
