@@ -742,3 +742,117 @@ fn ablation_checkpoints_inside_its_out_are_refused() {
         assert_eq!(snapshot(d), before);
     });
 }
+
+/// A copy of the committed fixture bundle (tests/fixtures/tiny-bundle) at `dir`.
+fn fixture_copy(dir: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bundle");
+    std::fs::create_dir_all(dir).unwrap();
+    for e in std::fs::read_dir(&fixture).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// The manifest's sha256 of `file` recomputed after an edit (a bundle another tool wrote,
+/// consistent in itself).
+fn rehash(bundle: &Path, file: &str) {
+    let path = bundle.join("pdiff.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["sha256"][file] = serde_json::json!(pdiff::bundle::sha256_hex(&std::fs::read(bundle.join(file)).unwrap()));
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Bundles other tools could write, each wrong in one way, through `pdiff sample` into a
+/// previous output: exit 1 with a message naming the file and what is wrong (never 101, 134 or
+/// a signal), and the previous output byte for byte as it was.
+#[test]
+fn foreign_bundles_are_errors_and_change_nothing() {
+    case(|d| {
+        let out = d.join("samples");
+        let good = fixture_copy(&d.join("good"));
+        let first = pdiff(&["sample", "--bundle", good.to_str().unwrap(), "-n", "2", "--steps", "5", "--out", out.to_str().unwrap()]);
+        assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+        let before = snapshot(&out);
+        let mut n = 0;
+        let mut check = |edit: &dyn Fn(&Path), extra: &[&str], words: &[&str]| {
+            n += 1;
+            let b = fixture_copy(&d.join(format!("case{n}")));
+            edit(&b);
+            let mut args = vec!["sample", "--bundle", b.to_str().unwrap(), "-n", "2", "--steps", "5", "--out", out.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let o = pdiff(&args);
+            assert_error(&o, words);
+            assert_eq!(snapshot(&out), before, "case {n} ({words:?}) changed the previous output");
+        };
+        // The denoiser's output renamed 'eps' -> 'epz' (the same length, so the protobuf stays
+        // valid: the node's output (field 2) and the graph output's name (field 1)).
+        check(
+            &|b| {
+                let path = b.join("denoiser.onnx");
+                let mut bytes = std::fs::read(&path).unwrap();
+                let mut renamed = 0;
+                for i in 0..bytes.len().saturating_sub(4) {
+                    if (bytes[i] == 0x12 || bytes[i] == 0x0a) && &bytes[i + 1..i + 5] == b"\x03eps" {
+                        bytes[i + 4] = b'z';
+                        renamed += 1;
+                    }
+                }
+                assert!(renamed >= 2, "renamed {renamed} occurrences of 'eps'");
+                std::fs::write(&path, bytes).unwrap();
+                rehash(b, "denoiser.onnx");
+            },
+            &[],
+            &["denoiser.onnx", "output 'eps' is missing", "'epz'"],
+        );
+        // The manifest's widths disagree with the graphs (D one less than the decoder gives).
+        check(
+            &|b| {
+                let path = b.join("pdiff.json");
+                let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let last = m["layout"].as_array_mut().unwrap().pop().unwrap();
+                let dropped: u64 = last["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).product();
+                let d = m["param_count"].as_u64().unwrap();
+                m["param_count"] = serde_json::json!(d - dropped);
+                std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+            },
+            &[],
+            &["decoder.onnx", "output 'params' has size", "the manifest says"],
+        );
+        // The manifest is a FIFO (reading it would block forever).
+        check(
+            &|b| {
+                let path = b.join("pdiff.json");
+                std::fs::remove_file(&path).unwrap();
+                let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            },
+            &[],
+            &["pdiff.json", "not a regular file"],
+        );
+        // A huge manifest (a sparse 65 MiB file): refused by its size, not read.
+        check(
+            &|b| {
+                let f = std::fs::OpenOptions::new().write(true).open(b.join("pdiff.json")).unwrap();
+                f.set_len(65 << 20).unwrap();
+            },
+            &[],
+            &["pdiff.json", "more than the 67108864 bytes allowed"],
+        );
+        // A schedule of 7e16 timesteps (it once aborted the host allocating its tables).
+        check(
+            &|b| {
+                let path = b.join("pdiff.json");
+                let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                m["schedule"]["timesteps"] = serde_json::json!(70_000_000_000_000_000u64);
+                std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+            },
+            &[],
+            &["schedule.timesteps", "must be 2 ..= 100000"],
+        );
+        // More DDIM steps than the schedule has timesteps.
+        check(&|_| {}, &["--steps", "100001"], &["invalid steps", "DDIM with 100001 steps", "only T ="]);
+    });
+}
