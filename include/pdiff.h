@@ -33,6 +33,15 @@
 #define PDIFF_ABI_VERSION 1
 
 /**
+ * Bit of the `flags` of `pdiff_generator_export_ex` and `pdiff_sampler_sample_to_dir_ex`:
+ * when the output directory holds files libpdiff did not write, write the new files beside
+ * them instead of refusing. Those files are never removed or overwritten: a new file whose
+ * name one of them takes is still refused (`PDIFF_ERR_OUTPUT_EXISTS`), and so is a path that
+ * is a regular file, a symbolic link or another kind of libpdiff output.
+ */
+#define PDIFF_OUTPUT_FORCE 1
+
+/**
  * Bit of `pdiff_capabilities()`: training is compiled in (`pdiff_dataset_*`,
  * `pdiff_generator_*`: a full build, linked with libtorch). Without it the library only
  * serves bundles (`pdiff_sampler_*`).
@@ -100,6 +109,12 @@ typedef enum {
      * An options struct's `struct_size` does not match this library's struct.
      */
     PDIFF_ERR_STRUCT_SIZE = 13,
+    /**
+     * An output path holds something the library did not write: a file, a link, an output of
+     * another kind, or a directory with other files (the last can be written beside with
+     * `PDIFF_OUTPUT_FORCE`). Nothing was written or removed.
+     */
+    PDIFF_ERR_OUTPUT_EXISTS = 14,
 } pdiff_status;
 
 #if defined(PDIFF_FEATURE_TRAIN)
@@ -367,6 +382,24 @@ typedef struct {
      * Seed of the initial noise (and of DDPM's noise).
      */
     uint64_t seed;
+    /**
+     * Conditional generators (`pdiff_sampler_condition_dim` > 0): the condition,
+     * `condition_len` floats: C (the same condition for every generated vector) or n x C (one
+     * per vector, row-major). NULL with `condition_len` 0: no condition (the generator's
+     * unconditional model). Must be NULL for an unconditional generator. Borrowed during the
+     * call. This field and the next two came after the struct's first layout: a host built
+     * against that older pdiff.h passes its smaller struct_size and gets the defaults.
+     */
+    const float *condition;
+    /**
+     * Number of floats at `condition`.
+     */
+    size_t condition_len;
+    /**
+     * Classifier-free guidance scale (default 1: the plain conditional model; 0: no
+     * condition; above 1: further from the unconditional model).
+     */
+    double guidance;
 } pdiff_sample_options;
 
 /**
@@ -447,6 +480,41 @@ pdiff_status pdiff_dataset_from_memory(const pdiff_tensor_decl *tensors, size_t 
 
 #if defined(PDIFF_FEATURE_TRAIN)
 /**
+ * `pdiff_dataset_load_dir` for a conditional generator: also read one condition vector per
+ * checkpoint from `conditions_file` (docs/design.md, "Conditional generation"): a `.json` file
+ * `{"names": [...], "conditions": {"<checkpoint file>": [C floats], ...}}` (`names` optional)
+ * or a `.csv` file of lines `<checkpoint file>,v0,v1,...` (an optional first line
+ * `file,<name0>,<name1>,...` names the dimensions). Every checkpoint needs exactly one vector
+ * and every entry must name a checkpoint of `dir`.
+ *
+ * Ownership: as `pdiff_dataset_load_dir`; `conditions_file` is borrowed for the call.
+ */
+pdiff_status pdiff_dataset_load_dir_conditional(const char *dir, const char *const *patterns, size_t n_patterns, const char *conditions_file, pdiff_dataset **out);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * `pdiff_dataset_from_memory` for a conditional generator: `conditions` holds `k *
+ * condition_dim` finite floats, row-major: checkpoint i's condition is
+ * `conditions[i*C .. (i+1)*C]` (C = `condition_dim` >= 1).
+ *
+ * Ownership: as `pdiff_dataset_from_memory`; `conditions` is borrowed for the call (copied).
+ */
+pdiff_status pdiff_dataset_from_memory_conditional(const pdiff_tensor_decl *tensors, size_t n_tensors, const float *data, size_t k, const float *conditions, size_t condition_dim, pdiff_dataset **out);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Dimension C of the datasets' condition vectors; 0 for a dataset without conditions (or
+ * when `dataset` is NULL).
+ *
+ * Ownership: `dataset` is borrowed for the call.
+ */
+size_t pdiff_dataset_condition_dim(const pdiff_dataset *dataset);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
  * Number of checkpoints K of `dataset` (0 when `dataset` is NULL).
  *
  * Ownership: `dataset` is borrowed for the call.
@@ -523,12 +591,32 @@ pdiff_status pdiff_generator_train(const pdiff_dataset *dataset, const pdiff_tra
 #if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Export `generator` as a bundle directory at `bundle_dir` (pdiff.json + decoder.onnx +
- * denoiser.onnx + weights), written atomically: an existing directory is replaced only once
- * the new bundle is complete. Open it with `pdiff_sampler_open`.
+ * denoiser.onnx + weights, and a marker `.pdiff-output.json` that records them). Open it with
+ * `pdiff_sampler_open`. The same as `pdiff_generator_export_ex` with no flags:
+ *
+ * - `bundle_dir` missing: created, atomically (written and fsynced in a temporary sibling
+ *   directory, then renamed);
+ * - `bundle_dir` holds a bundle libpdiff exported (nothing else): replaced atomically, the old
+ *   bundle staying in place until the new one is complete;
+ * - `bundle_dir` empty: filled;
+ * - anything else (a regular file, a symbolic link, a directory with files libpdiff did not
+ *   write, generated models): `PDIFF_ERR_OUTPUT_EXISTS`; nothing is written or removed.
  *
  * Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
  */
 pdiff_status pdiff_generator_export(const pdiff_generator *generator, const char *bundle_dir);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * `pdiff_generator_export` with `flags`: 0, or `PDIFF_OUTPUT_FORCE` to write the bundle beside
+ * files libpdiff did not write in `bundle_dir` instead of refusing. Those files are kept byte
+ * for byte; a bundle file name one of them takes is still refused (`PDIFF_ERR_OUTPUT_EXISTS`).
+ * An unknown flag bit is `PDIFF_ERR_INVALID_ARGUMENT`.
+ *
+ * Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
+ */
+pdiff_status pdiff_generator_export_ex(const pdiff_generator *generator, const char *bundle_dir, uint32_t flags);
 #endif
 
 #if defined(PDIFF_FEATURE_TRAIN)
@@ -597,6 +685,23 @@ const char *pdiff_sampler_backend(const pdiff_sampler *sampler);
 const char *pdiff_sampler_backend_detail(const pdiff_sampler *sampler);
 
 /**
+ * Dimension C of the condition of a conditional generator; 0 for an unconditional one (or
+ * when `sampler` is NULL).
+ *
+ * Ownership: `sampler` is borrowed for the call.
+ */
+size_t pdiff_sampler_condition_dim(const pdiff_sampler *sampler);
+
+/**
+ * Name of condition dimension `index` (< `pdiff_sampler_condition_dim`), or NULL when the
+ * bundle names none, `index` is out of range or `sampler` is NULL.
+ *
+ * Ownership: the string is owned by `sampler` and valid until `pdiff_sampler_free(sampler)`.
+ * Do not free it.
+ */
+const char *pdiff_sampler_condition_name(const pdiff_sampler *sampler, size_t index);
+
+/**
  * Number of scalars D in one generated parameter vector (0 when `sampler` is NULL).
  *
  * Ownership: `sampler` is borrowed for the call.
@@ -651,12 +756,32 @@ pdiff_status pdiff_sampler_best_of_n(const pdiff_sampler *sampler, const pdiff_s
 
 /**
  * Generate `n` parameter vectors and write them as `dir/gen_0000.safetensors`, ... (f32, the
- * original tensor names, ready to load). The directory is written atomically (an existing one
- * is replaced once all files are written). `options` may be NULL (defaults).
+ * original tensor names, ready to load), with a marker `.pdiff-output.json` that records them.
+ * `options` may be NULL (defaults). The same as `pdiff_sampler_sample_to_dir_ex` with no flags:
+ *
+ * - `dir` missing: created, atomically (the files are written and fsynced in a temporary
+ *   sibling directory, which is then renamed);
+ * - `dir` holds earlier output of this function (nothing else): replaced atomically, the old
+ *   files staying in place until the new ones are complete;
+ * - `dir` empty: filled;
+ * - anything else (a regular file, a symbolic link, a directory with files libpdiff did not
+ *   write, a bundle): `PDIFF_ERR_OUTPUT_EXISTS`, checked before sampling; nothing is written
+ *   or removed.
  *
  * Ownership: `sampler`, `options` and `dir` are borrowed for the duration of the call.
  */
 pdiff_status pdiff_sampler_sample_to_dir(const pdiff_sampler *sampler, const pdiff_sample_options *options, size_t n, const char *dir);
+
+/**
+ * `pdiff_sampler_sample_to_dir` with `flags`: 0, or `PDIFF_OUTPUT_FORCE` to write the files
+ * beside files libpdiff did not write in `dir` instead of refusing. Those files are kept
+ * byte for byte; a `gen_XXXX.safetensors` name one of them takes is still refused
+ * (`PDIFF_ERR_OUTPUT_EXISTS`), and only files this function wrote there before are replaced
+ * or removed. An unknown flag bit is `PDIFF_ERR_INVALID_ARGUMENT`.
+ *
+ * Ownership: `sampler`, `options` and `dir` are borrowed for the duration of the call.
+ */
+pdiff_status pdiff_sampler_sample_to_dir_ex(const pdiff_sampler *sampler, const pdiff_sample_options *options, size_t n, const char *dir, uint32_t flags);
 
 /**
  * Release a sampler. NULL is a no-op. Must not race with calls still using it.

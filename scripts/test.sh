@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite (make test). Runs after scripts/setup.sh. Every step fails the suite.
 #   1. Rust: the engine (full build), the engine serve-only (no libtorch; the unit tests too),
-#      the tools (every bad input through the CLI).
+#      the tools (every bad input through the CLI); the CUDA tests where a usable GPU is visible
+#      (SKIPPED, with the reason, elsewhere); the set-up scripts' GPU detection and the GPU
+#      check's quick tests (tests/setup/).
 #   2. Fuzzing of the loaders, bounded in time.
 #   3. A Python host that samples a bundle with onnx + onnxruntime alone.
 #   4. The C ABI: header freshness, exported symbols, no build-tree path, the C test (training
-#      included), memcheck, create/free cycles.
+#      included), memcheck, create/free cycles, the thread test under ThreadSanitizer.
 #   5. Bindings: C++ and Python (the installed package, against both builds) reproduce the C
 #      samples bit for bit; the serve-only library gives the same bits as the full one.
 #   6. Installs: the serve-only build into a prefix, a pkg-config C host and a CMake C++ host run
@@ -23,6 +25,24 @@ step "1. Rust tests: engine (full), engine (serve-only), tools"
 cargo test --release --workspace -- --test-threads=2
 # Serve-only in its own target directory (target/release keeps the full build).
 cargo test --release --no-default-features --lib --tests --target-dir "$SERVE_TARGET" -- --test-threads=2
+# The CUDA tests (tests/cuda.rs, #[ignore]d for a plain cargo test) run where scripts/lib/gpu.sh
+# finds a usable GPU, on a build linked with libtorch_cuda; elsewhere a SKIPPED line says why.
+# shellcheck source=scripts/lib/gpu.sh
+source scripts/lib/gpu.sh
+pdiff_detect_gpu
+torch_cuda=$(sed -n 's/^PDIFF_TORCH_CUDA = "\(.*\)"/\1/p' .cargo/config.toml)
+if [ "$PDIFF_GPU_USABLE" != 1 ]; then
+  echo "SKIPPED: CUDA tests ($PDIFF_GPU_REASON)"
+elif [ "${PDIFF_LEAN:-0}" = 1 ]; then
+  echo "SKIPPED: CUDA tests (PDIFF_LEAN=1: the lean CPU build, although $PDIFF_GPU_REASON)"
+elif [ "$torch_cuda" != 1 ]; then
+  echo "a usable GPU is visible ($PDIFF_GPU_REASON) but .cargo/config.toml has PDIFF_TORCH_CUDA=\"$torch_cuda\": run scripts/setup.sh, which switches to the CUDA venv" >&2
+  exit 1
+else
+  cargo test --release --test cuda -- --ignored --test-threads=1
+fi
+bash tests/setup/test_detect.sh
+bash tests/setup/test_gpu_check.sh
 
 step "2. Fuzzing"
 bash scripts/fuzz.sh "${PDIFF_FUZZ_SECONDS:-45}"
@@ -86,6 +106,36 @@ valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite
 #     held at once) within 64 MiB of peak growth (they are sampled and scored in chunks).
 cc_host tests/c/best_of_n_memory.c target/release target/best_of_n_memory
 target/best_of_n_memory tests/fixtures/tiny-bundle 400000 64
+# 4g. Data races: the C thread test alone (8 threads sharing one sampler, ONNX Runtime with one
+#     intra-op thread) under ThreadSanitizer, against a serve-only libpdiff whose Rust code (the
+#     engine and every dependency) is instrumented with -Zsanitizer=thread on the stable toolchain
+#     (RUSTC_BOOTSTRAP=1, as cargo-fuzz does for ASan; --target keeps build scripts and proc
+#     macros uninstrumented). The standard library is not rebuilt (-Zbuild-std needs the rust-src
+#     component, which cannot be installed here, hence -Cunsafe-allow-abi-mismatch): its generic
+#     and inline code (Arc, Mutex, atomics) is compiled into our crates and checked; its
+#     out-of-line code and ONNX Runtime are not, though their pthread calls are intercepted. No
+#     suppressions: any report fails the suite. The C host links the TSan runtime that rustc
+#     ships (gcc 12's libtsan lacks __tsan_memcpy, which rustc's instrumentation calls) and
+#     exports it to libpdiff.so (-rdynamic). About 3 minutes to build the first time, 1 s to run.
+HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+TSAN_TARGET=target/tsan
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=thread -Cunsafe-allow-abi-mismatch=sanitizer" \
+    cargo build --release --no-default-features --lib --target "$HOST_TRIPLE" --target-dir "$TSAN_TARGET"
+TSAN_LIBDIR=$TSAN_TARGET/$HOST_TRIPLE/release
+case "$(nm -D --undefined-only "$TSAN_LIBDIR/libpdiff.so")" in
+  *" __tsan_func_entry"*) ;;
+  *) echo "$TSAN_LIBDIR/libpdiff.so is not instrumented by ThreadSanitizer" >&2; exit 1 ;;
+esac
+TSAN_RUNTIME=$(ls "$(rustc --print target-libdir)"/librustc-*_rt.tsan.a | head -n1)
+# The serve-only header (as make install-serve writes it): the C test then leaves training out.
+mkdir "$tmp/serve-include"
+cp include/pdiff.h "$tmp/serve-include/"
+sed -e 's|^#define PDIFF_FEATURE_TRAIN 1$|/* serve-only build */|' include/pdiff_features.h > "$tmp/serve-include/pdiff_features.h"
+gcc -Wall -Werror -g -O1 -fsanitize=thread -I"$tmp/serve-include" -c tests/c/test_pdiff.c -o "$tmp/test_pdiff_tsan.o"
+gcc -rdynamic "$tmp/test_pdiff_tsan.o" -Wl,--whole-archive "$TSAN_RUNTIME" -Wl,--no-whole-archive \
+    -L"$TSAN_LIBDIR" -lpdiff -Wl,-rpath,"$ROOT/$TSAN_LIBDIR" -pthread -ldl -lm -lrt -o target/test_pdiff_tsan
+TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1" \
+    timeout 300 target/test_pdiff_tsan --bundle "$tmp/bundle" --threads-only
 
 step "5. Bindings and the serve-only library against the C reference samples"
 # Reference: n = 3, seed 42, DDIM 10 steps, CPU, as raw little-endian f32, from the full build.

@@ -1,9 +1,10 @@
 //! Generator bundle: a directory with `pdiff.json` (the manifest, a documented public format:
 //! docs/bundle-format.md), `decoder.onnx`, `denoiser.onnx` and the tch weights. Written to a
-//! temporary directory and renamed; loading verifies the format version and every file's
+//! staging directory and put in place as one output (`fsutil::OutputDir`); loading verifies the format version and every file's
 //! sha256 and names what is wrong.
 use crate::diffusion::Schedule;
 use crate::error::{Error, Result};
+use crate::fsutil::{IfForeign, OutputKind};
 use crate::model::{AutoencoderConfig, DenoiserConfig, Preset};
 use crate::params::{ConditionSpec, Layout, TensorSpec};
 use crate::train::{TrainConfig, TrainHistory};
@@ -79,21 +80,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Write a bundle directory atomically: `files` as (role, file name, bytes), each listed in the
-/// manifest's `files` and `sha256`, then `pdiff.json`. An existing `dir` is replaced only once
-/// the new bundle is complete.
-pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, Vec<u8>)>) -> Result<Manifest> {
+/// manifest's `files` and `sha256`, then `pdiff.json`, in a staging directory that is put in
+/// place as one output of kind bundle ([`crate::fsutil::OutputDir`]): a previous bundle is
+/// replaced once the new one is complete; files the library did not write are never removed
+/// or overwritten (refused, or kept beside with [`IfForeign::Force`]).
+pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, Vec<u8>)>, if_foreign: IfForeign) -> Result<Manifest> {
     manifest.files.clear();
     manifest.sha256.clear();
-    crate::fsutil::write_dir_atomic(dir, |tmp| {
+    crate::fsutil::write_output_dir(dir, OutputKind::Bundle, if_foreign, |staging| {
         for (role, name, bytes) in &files {
-            let path = tmp.join(name);
-            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+            crate::fsutil::write_atomic(&staging.join(name), bytes)?;
             manifest.files.insert(role.to_string(), name.to_string());
             manifest.sha256.insert(name.to_string(), sha256_hex(bytes));
         }
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-        let path = tmp.join(MANIFEST);
-        std::fs::write(&path, json).map_err(|e| Error::io(&path, e))
+        crate::fsutil::write_atomic(&staging.join(MANIFEST), &json)
     })?;
     Ok(manifest)
 }
@@ -222,8 +223,11 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
             return Err(Error::bundle(dir, format!("{MANIFEST}: file name {name:?} of {role} must be a plain name inside the bundle")));
         }
     }
-    if m.schedule.validate().is_err() || m.prediction != "epsilon" {
-        return Err(Error::bundle(dir, format!("{MANIFEST}: unsupported schedule or prediction")));
+    if let Err(e) = m.schedule.validate() {
+        return Err(Error::bundle(dir, format!("{MANIFEST}: unsupported schedule: {e}")));
+    }
+    if m.prediction != "epsilon" {
+        return Err(Error::bundle(dir, format!("{MANIFEST}: unsupported prediction '{}' (expected 'epsilon')", m.prediction)));
     }
     if layout.param_count() != m.param_count {
         return Err(Error::bundle(dir, format!("{MANIFEST}: layout covers {} values but param_count is {}", layout.param_count(), m.param_count)));

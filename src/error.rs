@@ -39,6 +39,11 @@ pub enum Error {
     #[error("training diverged at {stage} step {step}: loss is {loss}")]
     Diverged { stage: String, step: usize, loss: f64 },
 
+    /// An output's destination holds something the library did not write (or cannot replace):
+    /// nothing was written. `force_would` says what forcing the write would do, when it may.
+    #[error("output {} {reason}: choose another output{}", path.display(), force_would.map(|f| format!(", or force the write to {f}")).unwrap_or_default())]
+    OutputExists { path: PathBuf, reason: String, force_would: Option<&'static str> },
+
     /// The progress callback asked to stop.
     #[error("cancelled by the caller")]
     Cancelled,

@@ -107,6 +107,18 @@ fn damage_is_refused_and_named() {
         Err(e @ Error::Bundle { .. }) => assert!(e.to_string().contains("param_count"), "{e}"),
         other => panic!("expected Error::Bundle, got {other:?}"),
     }
+    // A schedule of absurd length (found by the bundle_dir fuzzer): sampling would allocate
+    // tables of T values, and an allocation of 5.6e17 bytes aborted the host process.
+    json["param_count"] = serde_json::json!(d);
+    json["schedule"]["timesteps"] = serde_json::json!(70_000_000_000_000_000u64);
+    std::fs::write(&mpath, serde_json::to_vec(&json).unwrap()).unwrap();
+    match bundle::load_manifest(&dir) {
+        Err(e @ Error::Bundle { .. }) => {
+            let s = e.to_string();
+            assert!(s.contains("schedule.timesteps") && s.contains("70000000000000000"), "{s}");
+        }
+        other => panic!("expected Error::Bundle, got {:?}", other.map(|m| m.schedule)),
+    }
     // A missing manifest, and a path that is not a directory.
     std::fs::remove_file(&mpath).unwrap();
     assert!(matches!(bundle::load_manifest(&dir), Err(Error::Bundle { .. })));

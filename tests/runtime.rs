@@ -226,6 +226,10 @@ fn cuda_failures_name_the_missing_piece() {
         ),
         ("CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version", "NVIDIA driver is missing or too old"),
         ("CUDA failure 100: no CUDA-capable device is detected", "no usable CUDA device"),
+        (
+            "denoiser.onnx: This session contains graph nodes that are assigned to the default CPU EP, but fallback to CPU EP has been explicitly disabled by the user.",
+            "has no CUDA kernel",
+        ),
         ("something else entirely", "could not be created"),
     ];
     for (message, words) in cases {
@@ -448,4 +452,23 @@ fn foreign_graphs_are_refused_with_names() {
         Sampler::open(&b, &RuntimeOptions { whole_loop: Some(true), ..cpu() }).err().unwrap(),
         &["sampler.onnx", "output 'params' is missing", "'weights'"],
     );
+}
+
+/// decoder.onnx and denoiser.onnx hold no node whose output ONNX Runtime keeps in host memory
+/// (Shape, Size): their consumers would be placed on the CPU ("CPU-preferred" nodes), and a
+/// required CUDA provider, which disables the CPU fallback, would refuse the graph. (sampler.onnx
+/// has such bookkeeping for its Loop and is opened with the fallback on: src/runtime/session.rs.)
+#[cfg(feature = "train")]
+#[test]
+fn strict_cuda_graphs_hold_no_shape_nodes() {
+    use prost::Message;
+    for file in ["decoder.onnx", "denoiser.onnx"] {
+        let bytes = std::fs::read(fixture().join(file)).unwrap();
+        let model = pdiff::onnx::proto::ModelProto::decode(bytes.as_slice()).unwrap();
+        let ops: Vec<&str> = model.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_deref().unwrap_or("")).collect();
+        assert!(ops.len() > 5, "{file}: {ops:?}");
+        for op in ["Shape", "Size"] {
+            assert!(!ops.contains(&op), "{file} has a {op} node: {ops:?}");
+        }
+    }
 }

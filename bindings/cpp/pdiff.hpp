@@ -64,6 +64,7 @@ inline const char* status_name(pdiff_status status) noexcept {
         case PDIFF_ERR_TORCH: return "PDIFF_ERR_TORCH";
         case PDIFF_ERR_PANIC: return "PDIFF_ERR_PANIC";
         case PDIFF_ERR_STRUCT_SIZE: return "PDIFF_ERR_STRUCT_SIZE";
+        case PDIFF_ERR_OUTPUT_EXISTS: return "PDIFF_ERR_OUTPUT_EXISTS";
     }
     return "PDIFF_ERR_UNKNOWN";
 }
@@ -311,9 +312,12 @@ public:
         return Generator(out);
     }
 
-    /// Write the bundle directory `dir` (atomically replaced). (`export` is a C++ keyword.)
-    void export_bundle(const std::string& dir) const {
-        detail::check(pdiff_generator_export(checked(), dir.c_str()));
+    /// Write the bundle directory `dir`: created, or a previous bundle replaced atomically.
+    /// Files libpdiff did not write there throw PDIFF_ERR_OUTPUT_EXISTS, unless `flags` is
+    /// PDIFF_OUTPUT_FORCE (the bundle is then written beside them; they are kept).
+    /// (`export` is a C++ keyword.)
+    void export_bundle(const std::string& dir, uint32_t flags = 0) const {
+        detail::check(pdiff_generator_export_ex(checked(), dir.c_str(), flags));
     }
 
     size_t param_count() const { return pdiff_generator_param_count(checked()); }
@@ -436,9 +440,12 @@ public:
         return best;
     }
 
-    /// Write `n` vectors as dir/gen_0000.safetensors, ... (atomically replaced directory).
-    void sample_to_dir(size_t n, const std::string& dir, const pdiff_sample_options& options = sample_options()) const {
-        detail::check(pdiff_sampler_sample_to_dir(checked(), &options, n, dir.c_str()));
+    /// Write `n` vectors as dir/gen_0000.safetensors, ...: created, or a previous output
+    /// replaced atomically. Files libpdiff did not write there throw PDIFF_ERR_OUTPUT_EXISTS,
+    /// unless `flags` is PDIFF_OUTPUT_FORCE (written beside them; they are kept).
+    void sample_to_dir(size_t n, const std::string& dir, const pdiff_sample_options& options = sample_options(),
+                       uint32_t flags = 0) const {
+        detail::check(pdiff_sampler_sample_to_dir_ex(checked(), &options, n, dir.c_str(), flags));
     }
 
     const pdiff_sampler* get() const noexcept { return h_.get(); }

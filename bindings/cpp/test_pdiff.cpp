@@ -135,6 +135,15 @@ static std::vector<float> reference_samples(const std::string& bundle) {
     return s.sample(3, pdiff::ddim(42, 10));
 }
 
+static void write_text(const std::string& path, const std::string& text) {
+    std::ofstream(path, std::ios::binary) << text;
+}
+
+static std::string read_text(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
 static void dataset_tests(const std::vector<float>& data) {
     auto ds = pdiff::Dataset::from_memory(LAYOUT, data);
     CHECK(ds && ds.k() == K && ds.param_count() == D, "k " << ds.k() << ", D " << ds.param_count());
@@ -222,6 +231,18 @@ static pdiff::Generator training_tests(const std::vector<float>& data, const std
     CHECK(last_step == 20 && last_total == 20, "last step " << last_step << "/" << last_total);
     CHECK(gen.param_count() == D, "generator D " << gen.param_count());
     CHECK_THROWS(pdiff::Generator().export_bundle(tmp + "/never"), PDIFF_ERR_NULL_POINTER);
+    {
+        // Never over what libpdiff did not write: refused; forced, beside it, untouched.
+        const std::string home = tmp + "/export-home";
+        fs::create_directory(home);
+        write_text(home + "/notes.txt", "my notes");
+        CHECK_THROWS(gen.export_bundle(home), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(!fs::exists(home + "/pdiff.json"), "nothing written when refused");
+        CHECK_THROWS(gen.export_bundle(home, 0x80), PDIFF_ERR_INVALID_ARGUMENT);
+        gen.export_bundle(home, PDIFF_OUTPUT_FORCE);
+        CHECK(fs::exists(home + "/pdiff.json") && read_text(home + "/notes.txt") == "my notes",
+              "forced: the bundle beside the host's file, which is unchanged");
+    }
     return gen;
 }
 
@@ -321,6 +342,22 @@ static void sampler_tests(const std::string& bundle, const std::string& tmp) {
     s.sample_to_dir(2, tmp + "/generated", opts);
     CHECK(fs::exists(tmp + "/generated/gen_0000.safetensors") && fs::exists(tmp + "/generated/gen_0001.safetensors"),
           "generated files");
+    s.sample_to_dir(1, tmp + "/generated", opts);  // a previous output: replaced
+    CHECK(!fs::exists(tmp + "/generated/gen_0001.safetensors"), "the old gen_0001 went with the previous output");
+    {
+        // Never over what libpdiff did not write: refused; forced, beside it, untouched.
+        const std::string home = tmp + "/sample-home";
+        fs::create_directory(home);
+        write_text(home + "/notes.txt", "my notes");
+        CHECK_THROWS(s.sample_to_dir(2, home, opts), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(!fs::exists(home + "/gen_0000.safetensors"), "nothing written when refused");
+        s.sample_to_dir(2, home, opts, PDIFF_OUTPUT_FORCE);
+        CHECK(fs::exists(home + "/gen_0001.safetensors") && read_text(home + "/notes.txt") == "my notes",
+              "forced: written beside the host's file, which is unchanged");
+        write_text(tmp + "/a-file", "a file");
+        CHECK_THROWS(s.sample_to_dir(2, tmp + "/a-file", opts, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(read_text(tmp + "/a-file") == "a file", "the file is unchanged");
+    }
 
     // Threads: one sampler, const calls from several threads == sequential results.
     {

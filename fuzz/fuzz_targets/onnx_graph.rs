@@ -1,8 +1,21 @@
 //! The ONNX loading path of a Sampler (ONNX Runtime session from bytes) on arbitrary bytes:
-//! malformed graphs must come back as errors. Needs $PDIFF_ORT_LIB or the project venv.
+//! malformed graphs must come back as errors. Needs ONNX Runtime ($PDIFF_ORT_LIB): before the
+//! first input, the runtime is loaded and must accept a known-good graph (else every input
+//! would merely be "an error" and nothing would be tested); afterwards an error must be the
+//! graph's rejection, never the runtime missing.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use pdiff_fuzz::{is_runtime_unavailable, require_runtime, runtime_options, verbose};
 
-fuzz_target!(|data: &[u8]| {
-    let _ = pdiff::runtime::load_graph(data, &pdiff::runtime::RuntimeOptions::default());
+fuzz_target!(init: require_runtime(), |data: &[u8]| {
+    let outcome = pdiff::runtime::load_graph(data, &runtime_options());
+    if let Err(e) = &outcome {
+        assert!(!is_runtime_unavailable(e), "ONNX Runtime became unavailable: {e}");
+    }
+    if verbose() {
+        match outcome {
+            Ok(()) => eprintln!("onnx_graph: loaded"),
+            Err(e) => eprintln!("onnx_graph: rejected: {e}"),
+        }
+    }
 });

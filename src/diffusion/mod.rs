@@ -35,13 +35,18 @@ pub struct ScheduleTables {
     pub posterior_variance: Vec<f64>,
 }
 
+/// The longest schedule accepted. Sampling builds tables of T values and DDPM runs T denoiser
+/// steps; a schedule is read from a bundle's manifest, untrusted input, where T = 7e16 made the
+/// tables' allocation abort the host process. Trained schedules use T = 1000.
+pub const MAX_TIMESTEPS: usize = 100_000;
+
 impl Schedule {
     pub fn validate(&self) -> Result<()> {
         if self.kind != "linear" {
             return Err(Error::invalid("schedule.kind", format!("'{}' (only 'linear' is supported)", self.kind)));
         }
-        if self.timesteps < 2 {
-            return Err(Error::invalid("schedule.timesteps", format!("{} (must be >= 2)", self.timesteps)));
+        if !(2..=MAX_TIMESTEPS).contains(&self.timesteps) {
+            return Err(Error::invalid("schedule.timesteps", format!("{} (must be 2 ..= {MAX_TIMESTEPS})", self.timesteps)));
         }
         if !(self.beta_start > 0.0 && self.beta_start < self.beta_end && self.beta_end < 1.0) {
             return Err(Error::invalid(

@@ -1,5 +1,5 @@
 //! `pdiff_generator`: training (autoencoder + latent DDPM, tch) and export as a bundle.
-use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure, OptionsStruct};
+use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, OptionsStruct};
 use super::{pdiff_dataset, pdiff_device, pdiff_preset, pdiff_status};
 use crate::model::Preset;
 use crate::train::{DeviceChoice, Generator, TrainConfig};
@@ -155,16 +155,40 @@ pub unsafe extern "C" fn pdiff_generator_train(
 }
 
 /// Export `generator` as a bundle directory at `bundle_dir` (pdiff.json + decoder.onnx +
-/// denoiser.onnx + weights), written atomically: an existing directory is replaced only once
-/// the new bundle is complete. Open it with `pdiff_sampler_open`.
+/// denoiser.onnx + weights, and a marker `.pdiff-output.json` that records them). Open it with
+/// `pdiff_sampler_open`. The same as `pdiff_generator_export_ex` with no flags:
+///
+/// - `bundle_dir` missing: created, atomically (written and fsynced in a temporary sibling
+///   directory, then renamed);
+/// - `bundle_dir` holds a bundle libpdiff exported (nothing else): replaced atomically, the old
+///   bundle staying in place until the new one is complete;
+/// - `bundle_dir` empty: filled;
+/// - anything else (a regular file, a symbolic link, a directory with files libpdiff did not
+///   write, generated models): `PDIFF_ERR_OUTPUT_EXISTS`; nothing is written or removed.
 ///
 /// Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_generator_export(generator: *const pdiff_generator, bundle_dir: *const c_char) -> pdiff_status {
-    call("pdiff_generator_export", || {
+    unsafe { export("pdiff_generator_export", generator, bundle_dir, 0) }
+}
+
+/// `pdiff_generator_export` with `flags`: 0, or `PDIFF_OUTPUT_FORCE` to write the bundle beside
+/// files libpdiff did not write in `bundle_dir` instead of refusing. Those files are kept byte
+/// for byte; a bundle file name one of them takes is still refused (`PDIFF_ERR_OUTPUT_EXISTS`).
+/// An unknown flag bit is `PDIFF_ERR_INVALID_ARGUMENT`.
+///
+/// Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_generator_export_ex(generator: *const pdiff_generator, bundle_dir: *const c_char, flags: u32) -> pdiff_status {
+    unsafe { export("pdiff_generator_export_ex", generator, bundle_dir, flags) }
+}
+
+unsafe fn export(name: &str, generator: *const pdiff_generator, bundle_dir: *const c_char, flags: u32) -> pdiff_status {
+    call(name, || {
         let g = try_ref!(generator, "generator");
         let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
-        g.g.export_bundle(&dir)?;
+        let if_foreign = output_flags(flags)?;
+        g.g.export_bundle_with(&dir, if_foreign)?;
         Ok(())
     })
 }

@@ -72,6 +72,26 @@ pub enum pdiff_status {
     PDIFF_ERR_PANIC = 12,
     /// An options struct's `struct_size` does not match this library's struct.
     PDIFF_ERR_STRUCT_SIZE = 13,
+    /// An output path holds something the library did not write: a file, a link, an output of
+    /// another kind, or a directory with other files (the last can be written beside with
+    /// `PDIFF_OUTPUT_FORCE`). Nothing was written or removed.
+    PDIFF_ERR_OUTPUT_EXISTS = 14,
+}
+
+/// Bit of the `flags` of `pdiff_generator_export_ex` and `pdiff_sampler_sample_to_dir_ex`:
+/// when the output directory holds files libpdiff did not write, write the new files beside
+/// them instead of refusing. Those files are never removed or overwritten: a new file whose
+/// name one of them takes is still refused (`PDIFF_ERR_OUTPUT_EXISTS`), and so is a path that
+/// is a regular file, a symbolic link or another kind of libpdiff output.
+pub const PDIFF_OUTPUT_FORCE: u32 = 1;
+
+/// The output policy of a `flags` argument; an unknown bit is an invalid argument (a newer
+/// flag this library does not have must not be ignored silently).
+pub(crate) fn output_flags(flags: u32) -> FfiResult<crate::fsutil::IfForeign> {
+    if flags & !PDIFF_OUTPUT_FORCE != 0 {
+        return Err(Failure::invalid(format!("flags {flags:#x}: unknown bits (known: PDIFF_OUTPUT_FORCE = {PDIFF_OUTPUT_FORCE:#x})")));
+    }
+    Ok(if flags & PDIFF_OUTPUT_FORCE != 0 { crate::fsutil::IfForeign::Force } else { crate::fsutil::IfForeign::Refuse })
 }
 
 // The int32 option enums of the training API live here rather than in `generator`: cbindgen
@@ -131,6 +151,7 @@ pub(crate) fn status_of(e: &Error) -> pdiff_status {
         Error::Diverged { .. } => PDIFF_ERR_DIVERGED,
         Error::Cancelled => PDIFF_ERR_CANCELLED,
         Error::Torch(_) => PDIFF_ERR_TORCH,
+        Error::OutputExists { .. } => PDIFF_ERR_OUTPUT_EXISTS,
     }
 }
 
@@ -403,8 +424,19 @@ mod tests {
         assert_eq!(s, pdiff_status::PDIFF_ERR_CANCELLED);
         let s = call("pdiff_test", || Err(Error::bundle("/x", "gone").into()));
         assert_eq!(s, pdiff_status::PDIFF_ERR_BUNDLE);
+        let s = call("pdiff_test", || Err(Error::OutputExists { path: "/x".into(), reason: "is a regular file".into(), force_would: None }.into()));
+        assert_eq!(s, pdiff_status::PDIFF_ERR_OUTPUT_EXISTS);
         assert_eq!(call("pdiff_test", || Ok(())), pdiff_status::PDIFF_OK);
         let msg = unsafe { CStr::from_ptr(pdiff_last_error()) }.to_str().unwrap().to_string();
-        assert!(msg.contains("gone"), "a success keeps the last error: {msg}");
+        assert!(msg.contains("is a regular file"), "a success keeps the last error: {msg}");
+    }
+
+    #[test]
+    fn output_flags_know_force_and_refuse_unknown_bits() {
+        assert_eq!(output_flags(0).unwrap(), crate::fsutil::IfForeign::Refuse);
+        assert_eq!(output_flags(PDIFF_OUTPUT_FORCE).unwrap(), crate::fsutil::IfForeign::Force);
+        let e = output_flags(PDIFF_OUTPUT_FORCE | 4).unwrap_err();
+        assert_eq!(e.status, pdiff_status::PDIFF_ERR_INVALID_ARGUMENT);
+        assert!(e.message.contains("0x5"), "{}", e.message);
     }
 }

@@ -1,6 +1,6 @@
 //! `pdiff_sampler`: serving an exported bundle with ONNX Runtime; generation into caller
 //! buffers, best-of-N with a host scoring callback, or to safetensors files.
-use super::{boundary, call, free_handle, nonnull, options_arg, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
+use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
 use super::pdiff_status;
 use crate::diffusion::{Conditioning, SamplerKind};
 use crate::runtime::{Provider, RuntimeOptions, Sampler};
@@ -480,8 +480,17 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
 }
 
 /// Generate `n` parameter vectors and write them as `dir/gen_0000.safetensors`, ... (f32, the
-/// original tensor names, ready to load). The directory is written atomically (an existing one
-/// is replaced once all files are written). `options` may be NULL (defaults).
+/// original tensor names, ready to load), with a marker `.pdiff-output.json` that records them.
+/// `options` may be NULL (defaults). The same as `pdiff_sampler_sample_to_dir_ex` with no flags:
+///
+/// - `dir` missing: created, atomically (the files are written and fsynced in a temporary
+///   sibling directory, which is then renamed);
+/// - `dir` holds earlier output of this function (nothing else): replaced atomically, the old
+///   files staying in place until the new ones are complete;
+/// - `dir` empty: filled;
+/// - anything else (a regular file, a symbolic link, a directory with files libpdiff did not
+///   write, a bundle): `PDIFF_ERR_OUTPUT_EXISTS`, checked before sampling; nothing is written
+///   or removed.
 ///
 /// Ownership: `sampler`, `options` and `dir` are borrowed for the duration of the call.
 #[no_mangle]
@@ -491,14 +500,44 @@ pub unsafe extern "C" fn pdiff_sampler_sample_to_dir(
     n: usize,
     dir: *const c_char,
 ) -> pdiff_status {
-    call("pdiff_sampler_sample_to_dir", || {
+    unsafe { sample_to_dir("pdiff_sampler_sample_to_dir", sampler, options, n, dir, 0) }
+}
+
+/// `pdiff_sampler_sample_to_dir` with `flags`: 0, or `PDIFF_OUTPUT_FORCE` to write the files
+/// beside files libpdiff did not write in `dir` instead of refusing. Those files are kept
+/// byte for byte; a `gen_XXXX.safetensors` name one of them takes is still refused
+/// (`PDIFF_ERR_OUTPUT_EXISTS`), and only files this function wrote there before are replaced
+/// or removed. An unknown flag bit is `PDIFF_ERR_INVALID_ARGUMENT`.
+///
+/// Ownership: `sampler`, `options` and `dir` are borrowed for the duration of the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_sample_to_dir_ex(
+    sampler: *const pdiff_sampler,
+    options: *const pdiff_sample_options,
+    n: usize,
+    dir: *const c_char,
+    flags: u32,
+) -> pdiff_status {
+    unsafe { sample_to_dir("pdiff_sampler_sample_to_dir_ex", sampler, options, n, dir, flags) }
+}
+
+unsafe fn sample_to_dir(
+    name: &str,
+    sampler: *const pdiff_sampler,
+    options: *const pdiff_sample_options,
+    n: usize,
+    dir: *const c_char,
+    flags: u32,
+) -> pdiff_status {
+    call(name, || {
         let s = try_ref!(sampler, "sampler");
         let opts = unsafe { options_arg(options, "options") }?;
         let kind = opts.kind()?;
         let dir = unsafe { path_arg(dir, "dir") }?;
+        let if_foreign = output_flags(flags)?;
         needed(s, n)?;
         let cond = unsafe { opts.conditioning() }?;
-        s.inner.sample_to_dir(n, opts.seed, kind, cond.as_ref(), &dir, &mut |_, _| true)?;
+        s.inner.sample_to_dir_with(n, opts.seed, kind, cond.as_ref(), &dir, if_foreign, &mut |_, _| true)?;
         Ok(())
     })
 }

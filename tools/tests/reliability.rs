@@ -311,12 +311,22 @@ fn interrupted_training_leaves_nothing() {
         let c = d.join("ckpt");
         good_checkpoints(&c, 4);
         let out = d.join("bundle-out");
-        let child = Command::new(env!("CARGO_BIN_EXE_pdiff"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pdiff"))
             .args(["train", "--checkpoints", c.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ae-steps", "1000000", "--device", "cpu"])
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // Interrupt only once training has begun (the "K = " line follows the handler's
+        // installation), however slowly the process started on a loaded machine.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("K = ") {
+            line.clear();
+            let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+            assert!(read > 0, "pdiff train ended before training began");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         let o = child.wait_with_output().unwrap();
         assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
@@ -463,5 +473,386 @@ fn existing_output_is_replaced_only_on_success() {
         let (o, _) = sample(&b, &["--steps", "0"]);
         assert_eq!(o.status.code(), Some(1));
         assert_eq!(std::fs::read(out.join("gen_0000.safetensors")).unwrap(), before);
+    });
+}
+
+// --- Outputs never destroy what pdiff did not write (README rows 33-42) ---------------------
+
+/// Every file and symbolic link under `dir` (relative path -> bytes, or the link's target).
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_symlink() {
+                out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
+            } else if meta.is_dir() {
+                out.insert(rel.clone(), b"<dir>".to_vec());
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// `dir` with a user's files in it: notes.txt and photos/cat.jpg.
+fn foreign_dir(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("photos")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "my notes, not pdiff's").unwrap();
+    std::fs::write(dir.join("photos/cat.jpg"), [0xffu8, 0xd8, 0xff, 0xe0]).unwrap();
+    dir.to_path_buf()
+}
+
+/// Every command that writes a directory, aimed at `out` (cheap arguments: each of these cases
+/// is refused before any work; `bundle` and `ckpts` are inputs that exist).
+fn writing_commands(out: &str, bundle: &str, ckpts: &str) -> Vec<(&'static str, Vec<String>)> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        ("collect", s(&["collect", "--k", "2", "--out", out])),
+        ("train", s(&["train", "--checkpoints", ckpts, "--out", out, "--ae-steps", "3", "--diffusion-steps", "3", "--device", "cpu"])),
+        ("export", s(&["export", "--generator", bundle, "--out", out])),
+        ("sample", s(&["sample", "--bundle", bundle, "-n", "2", "--steps", "5", "--out", out])),
+        ("demo", s(&["demo", "--k", "2", "-n", "2", "--out", out])),
+        ("ablation", s(&["ablation", "--checkpoints", ckpts, "--out", out])),
+    ]
+}
+
+fn pdiff_owned(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdiff")).args(args).output().expect("run pdiff")
+}
+
+#[test]
+fn existing_regular_file_at_out_is_refused_by_every_command() {
+    case(|d| {
+        let b = bundle(d);
+        let out = d.join("results.txt");
+        std::fs::write(&out, "a file of the user's").unwrap();
+        for (cmd, args) in writing_commands(out.to_str().unwrap(), b.to_str().unwrap(), d.join("ckpt").to_str().unwrap()) {
+            for force in [false, true] {
+                let before = snapshot(d);
+                let mut args = args.clone();
+                if force {
+                    args.push("--force".into());
+                }
+                let o = pdiff_owned(&args);
+                assert_error(&o, &["results.txt", "is a regular file, not a directory", "choose another --out"]);
+                assert!(!String::from_utf8_lossy(&o.stderr).contains("--force to"), "{cmd}: a file is never forced");
+                assert_eq!(snapshot(d), before, "{cmd} (force {force}) changed something");
+            }
+        }
+    });
+}
+
+#[test]
+fn foreign_directory_at_out_is_refused_by_every_command() {
+    case(|d| {
+        let b = bundle(d);
+        let out = foreign_dir(&d.join("home"));
+        for (cmd, args) in writing_commands(out.to_str().unwrap(), b.to_str().unwrap(), d.join("ckpt").to_str().unwrap()) {
+            let before = snapshot(d);
+            let o = pdiff_owned(&args);
+            assert_error(&o, &["home", "already exists and holds files libpdiff did not write (notes.txt, photos)", "choose another --out, or pass --force to write beside them"]);
+            assert_eq!(snapshot(d), before, "{cmd} changed something");
+        }
+    });
+}
+
+#[test]
+fn foreign_directory_with_force_keeps_the_foreign_files_byte_identical() {
+    case(|d| {
+        let b = bundle(d);
+        // sample, then export and train: each writes beside the user's files.
+        let out = foreign_dir(&d.join("home"));
+        let theirs = snapshot(&out);
+        let (o, _) = sample(&b, &["--out", out.to_str().unwrap(), "--force", "-n", "3"]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let after = snapshot(&out);
+        for (p, bytes) in &theirs {
+            assert_eq!(&after[p], bytes, "{} changed", p.display());
+        }
+        assert!(out.join("gen_0002.safetensors").is_file());
+        // Forced again with fewer models: pdiff's own extra file goes, the user's stay.
+        let (o, _) = sample(&b, &["--out", out.to_str().unwrap(), "--force", "-n", "2"]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let after = snapshot(&out);
+        for (p, bytes) in &theirs {
+            assert_eq!(&after[p], bytes, "{} changed", p.display());
+        }
+        assert!(out.join("gen_0001.safetensors").is_file() && !out.join("gen_0002.safetensors").exists());
+        // The loader still reads the generated models (it takes *.safetensors only).
+        assert_eq!(pdiff::params::list_checkpoints(&out).unwrap().len(), 2);
+
+        let bdir = foreign_dir(&d.join("exported"));
+        let theirs = snapshot(&bdir);
+        let o = pdiff(&["export", "--generator", b.to_str().unwrap(), "--out", bdir.to_str().unwrap(), "--force"]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let after = snapshot(&bdir);
+        for (p, bytes) in &theirs {
+            assert_eq!(&after[p], bytes, "{} changed", p.display());
+        }
+        pdiff::bundle::load_manifest(&bdir).expect("a verified bundle beside the user's files");
+    });
+}
+
+#[test]
+fn force_never_overwrites_a_foreign_file_with_one_of_its_names() {
+    case(|d| {
+        let b = bundle(d);
+        let out = foreign_dir(&d.join("home"));
+        std::fs::write(out.join("gen_0001.safetensors"), "someone else's model").unwrap();
+        let before = snapshot(d);
+        let (o, _) = sample(&b, &["--out", out.to_str().unwrap(), "--force"]);
+        assert_error(&o, &["home", "holds files libpdiff did not write under names this output needs (gen_0001.safetensors)"]);
+        assert_eq!(snapshot(d), before);
+    });
+}
+
+#[test]
+fn symbolic_link_at_out_is_refused_even_with_force() {
+    case(|d| {
+        let b = bundle(d);
+        let target = d.join("real");
+        std::fs::create_dir(&target).unwrap();
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let before = snapshot(d);
+        for extra in [&[][..], &["--force"][..]] {
+            let mut args = vec!["--out", link.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let (o, _) = sample(&b, &args);
+            assert_error(&o, &["link", "is a symbolic link (to ", "real", "not a directory"]);
+            assert_eq!(snapshot(d), before);
+        }
+    });
+}
+
+#[test]
+fn output_of_another_kind_at_out_is_refused_even_with_force() {
+    case(|d| {
+        // The classic slip: samples written over the bundle they come from.
+        let b = bundle(d);
+        let before = snapshot(d);
+        for extra in [&[][..], &["--force"][..]] {
+            let mut args = vec!["--out", b.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let (o, _) = sample(&b, &args);
+            assert_error(&o, &["bundle-out", "holds a libpdiff bundle output, not samples"]);
+            assert_eq!(snapshot(d), before);
+        }
+    });
+}
+
+#[test]
+fn previous_output_of_the_same_command_is_replaced() {
+    case(|d| {
+        let b = bundle(d);
+        let (o, out) = sample(&b, &["-n", "3", "--seed", "1"]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let first = std::fs::read(out.join("gen_0000.safetensors")).unwrap();
+        let (o, out) = sample(&b, &["-n", "2", "--seed", "2"]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_ne!(std::fs::read(out.join("gen_0000.safetensors")).unwrap(), first, "a new seed, new models");
+        let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, [".pdiff-output.json", "gen_0000.safetensors", "gen_0001.safetensors"], "the old gen_0002 went with the old output");
+        // A bundle re-trained into the same --out, and re-exported onto itself.
+        let (o, _) = train(&d.join("ckpt"), &["--seed", "5"]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = pdiff(&["export", "--generator", b.to_str().unwrap(), "--out", b.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        pdiff::bundle::load_manifest(&b).unwrap();
+        assert_nothing_left_beside(&out);
+    });
+}
+
+#[test]
+fn empty_directory_at_out_is_filled() {
+    case(|d| {
+        let b = bundle(d);
+        let out = d.join("empty");
+        std::fs::create_dir(&out).unwrap();
+        let (o, _) = sample(&b, &["--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.join("gen_0001.safetensors").is_file());
+        assert_nothing_left_beside(&out.join("gen_0000.safetensors"));
+    });
+}
+
+/// No staging or temporary entry next to `path`.
+fn assert_nothing_left_beside(path: &Path) {
+    let parent = path.parent().unwrap();
+    let left: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-") || n.contains(".old-") || n.starts_with(".pdiff-staging-"))
+        .collect();
+    assert!(left.is_empty(), "left beside {}: {left:?}", path.display());
+}
+
+#[test]
+fn bench_out_replaces_only_a_previous_report_unless_forced() {
+    case(|d| {
+        let b = bundle(d);
+        let out = d.join("bench.json");
+        let bench = |extra: &[&str]| {
+            let mut args = vec!["bench", "--bundle", b.to_str().unwrap(), "-n", "2", "--out", out.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            pdiff(&args)
+        };
+        // A file that is not a bench report: refused (before any benchmarking), then forced.
+        std::fs::write(&out, "my thesis draft").unwrap();
+        let o = bench(&[]);
+        assert_error(&o, &["bench.json", "already exists and is not a pdiff bench report", "choose another --out, or pass --force to replace it"]);
+        assert_eq!(std::fs::read(&out).unwrap(), b"my thesis draft");
+        let o = bench(&["--force"]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let report = std::fs::read(&out).unwrap();
+        assert!(pdiff_tools::bench::is_report(&report));
+        // A previous report: replaced without --force.
+        let o = bench(&[]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(pdiff_tools::bench::is_report(&std::fs::read(&out).unwrap()));
+        // A directory at --out: refused, even forced.
+        let dir = foreign_dir(&d.join("results"));
+        let before = snapshot(&dir);
+        for extra in [&[][..], &["--force"][..]] {
+            let mut args = vec!["bench", "--bundle", b.to_str().unwrap(), "-n", "2", "--out", dir.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            assert_error(&pdiff(&args), &["results", "is a directory, not a file"]);
+            assert_eq!(snapshot(&dir), before);
+        }
+    });
+}
+
+#[test]
+fn ablation_checkpoints_inside_its_out_are_refused() {
+    case(|d| {
+        let out = d.join("ablation-out");
+        let ckpts = out.join("checkpoints");
+        good_checkpoints(&ckpts, 2);
+        let before = snapshot(d);
+        let o = pdiff(&["ablation", "--checkpoints", ckpts.to_str().unwrap(), "--out", out.to_str().unwrap(), "--force"]);
+        assert_error(&o, &["invalid checkpoints", "is inside --out", "which this run replaces"]);
+        assert_eq!(snapshot(d), before);
+    });
+}
+
+/// A copy of the committed fixture bundle (tests/fixtures/tiny-bundle) at `dir`.
+fn fixture_copy(dir: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bundle");
+    std::fs::create_dir_all(dir).unwrap();
+    for e in std::fs::read_dir(&fixture).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// The manifest's sha256 of `file` recomputed after an edit (a bundle another tool wrote,
+/// consistent in itself).
+fn rehash(bundle: &Path, file: &str) {
+    let path = bundle.join("pdiff.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["sha256"][file] = serde_json::json!(pdiff::bundle::sha256_hex(&std::fs::read(bundle.join(file)).unwrap()));
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Bundles other tools could write, each wrong in one way, through `pdiff sample` into a
+/// previous output: exit 1 with a message naming the file and what is wrong (never 101, 134 or
+/// a signal), and the previous output byte for byte as it was.
+#[test]
+fn foreign_bundles_are_errors_and_change_nothing() {
+    case(|d| {
+        let out = d.join("samples");
+        let good = fixture_copy(&d.join("good"));
+        let first = pdiff(&["sample", "--bundle", good.to_str().unwrap(), "-n", "2", "--steps", "5", "--out", out.to_str().unwrap()]);
+        assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+        let before = snapshot(&out);
+        let mut n = 0;
+        let mut check = |edit: &dyn Fn(&Path), extra: &[&str], words: &[&str]| {
+            n += 1;
+            let b = fixture_copy(&d.join(format!("case{n}")));
+            edit(&b);
+            let mut args = vec!["sample", "--bundle", b.to_str().unwrap(), "-n", "2", "--steps", "5", "--out", out.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let o = pdiff(&args);
+            assert_error(&o, words);
+            assert_eq!(snapshot(&out), before, "case {n} ({words:?}) changed the previous output");
+        };
+        // The denoiser's output renamed 'eps' -> 'epz' (the same length, so the protobuf stays
+        // valid: the node's output (field 2) and the graph output's name (field 1)).
+        check(
+            &|b| {
+                let path = b.join("denoiser.onnx");
+                let mut bytes = std::fs::read(&path).unwrap();
+                let mut renamed = 0;
+                for i in 0..bytes.len().saturating_sub(4) {
+                    if (bytes[i] == 0x12 || bytes[i] == 0x0a) && &bytes[i + 1..i + 5] == b"\x03eps" {
+                        bytes[i + 4] = b'z';
+                        renamed += 1;
+                    }
+                }
+                assert!(renamed >= 2, "renamed {renamed} occurrences of 'eps'");
+                std::fs::write(&path, bytes).unwrap();
+                rehash(b, "denoiser.onnx");
+            },
+            &[],
+            &["denoiser.onnx", "output 'eps' is missing", "'epz'"],
+        );
+        // The manifest's widths disagree with the graphs (D one less than the decoder gives).
+        check(
+            &|b| {
+                let path = b.join("pdiff.json");
+                let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let last = m["layout"].as_array_mut().unwrap().pop().unwrap();
+                let dropped: u64 = last["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).product();
+                let d = m["param_count"].as_u64().unwrap();
+                m["param_count"] = serde_json::json!(d - dropped);
+                std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+            },
+            &[],
+            &["decoder.onnx", "output 'params' has size", "the manifest says"],
+        );
+        // The manifest is a FIFO (reading it would block forever).
+        check(
+            &|b| {
+                let path = b.join("pdiff.json");
+                std::fs::remove_file(&path).unwrap();
+                let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            },
+            &[],
+            &["pdiff.json", "not a regular file"],
+        );
+        // A huge manifest (a sparse 65 MiB file): refused by its size, not read.
+        check(
+            &|b| {
+                let f = std::fs::OpenOptions::new().write(true).open(b.join("pdiff.json")).unwrap();
+                f.set_len(65 << 20).unwrap();
+            },
+            &[],
+            &["pdiff.json", "more than the 67108864 bytes allowed"],
+        );
+        // A schedule of 7e16 timesteps (it once aborted the host allocating its tables).
+        check(
+            &|b| {
+                let path = b.join("pdiff.json");
+                let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                m["schedule"]["timesteps"] = serde_json::json!(70_000_000_000_000_000u64);
+                std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+            },
+            &[],
+            &["schedule.timesteps", "must be 2 ..= 100000"],
+        );
+        // More DDIM steps than the schedule has timesteps.
+        check(&|_| {}, &["--steps", "100001"], &["invalid steps", "DDIM with 100001 steps", "only T ="]);
     });
 }

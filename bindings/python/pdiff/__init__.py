@@ -13,8 +13,10 @@
 
 Every failing call raises a subclass of :class:`pdiff.Error` carrying ``status`` (a
 :class:`pdiff.Status`) and ``message`` (the library's ``pdiff_last_error()``). Handles are freed
-when garbage-collected, or at once by ``close()`` / a ``with`` block. The low-level layer
-(``pdiff._ffi.ffi`` / ``pdiff._ffi.lib``) is generated from include/pdiff.h at import time.
+when garbage-collected, or by ``close()`` / a ``with`` block: at once, or, when another thread is
+inside a call on the same object, as soon as that call returns (calls made after ``close()``
+raise :class:`NullPointerError`). The low-level layer (``pdiff._ffi.ffi`` / ``pdiff._ffi.lib``)
+is generated from include/pdiff.h at import time.
 
 A serve-only libpdiff (built without libtorch) has no training: :func:`has_training` is then
 False and ``Dataset.from_memory`` / ``Dataset.load_dir`` / ``Generator.train`` raise
@@ -22,9 +24,11 @@ False and ``Dataset.from_memory`` / ``Dataset.load_dir`` / ``Generator.train`` r
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import os
+import threading
 from collections import namedtuple
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -36,7 +40,7 @@ __all__ = [
     "ABI_VERSION", "Status", "Error", "InvalidArgumentError", "NullPointerError",
     "BufferTooSmallError", "IoError", "CheckpointError", "BundleError", "OnnxRuntimeError",
     "DeviceUnavailableError", "DivergedError", "CancelledError", "TorchError", "PanicError",
-    "StructSizeError", "TrainingUnavailableError", "TensorInfo", "Dataset", "Generator", "Sampler",
+    "StructSizeError", "OutputExistsError", "TrainingUnavailableError", "TensorInfo", "Dataset", "Generator", "Sampler",
     "version", "abi_version", "has_training",
 ]
 
@@ -135,6 +139,12 @@ class StructSizeError(Error):
     """An options struct of another ABI (PDIFF_ERR_STRUCT_SIZE)."""
 
 
+class OutputExistsError(Error):
+    """An output path holds something libpdiff did not write: a file, a link, another kind of
+    output, or a directory with other files (``force=True`` writes beside those). Nothing was
+    written or removed (PDIFF_ERR_OUTPUT_EXISTS)."""
+
+
 class TrainingUnavailableError(Error, NotImplementedError):
     """Training was asked of a serve-only libpdiff (no ``pdiff_dataset_*`` /
     ``pdiff_generator_*``). Raised by this module before any C call, so ``status`` is None."""
@@ -145,7 +155,7 @@ _ERRORS = {
     "BUFFER_TOO_SMALL": BufferTooSmallError, "IO": IoError, "CHECKPOINT": CheckpointError,
     "BUNDLE": BundleError, "RUNTIME": OnnxRuntimeError, "DEVICE_UNAVAILABLE": DeviceUnavailableError,
     "DIVERGED": DivergedError, "CANCELLED": CancelledError, "TORCH": TorchError, "PANIC": PanicError,
-    "STRUCT_SIZE": StructSizeError,
+    "STRUCT_SIZE": StructSizeError, "OUTPUT_EXISTS": OutputExistsError,
 }
 
 
@@ -155,6 +165,10 @@ def _error(status: int, message: str) -> Error:
     except ValueError:
         cls = Error
     return cls(status, message)
+
+
+def _output_flags(force: bool) -> int:
+    return lib.PDIFF_OUTPUT_FORCE if force else 0
 
 
 def _check(status: int) -> None:
@@ -242,28 +256,74 @@ def _fspath(path) -> bytes:
 
 
 class _Handle:
-    """Owns one C handle, freed by ``close()``, ``with`` or the garbage collector."""
+    """Owns one C handle, freed by ``close()``, ``with`` or the garbage collector.
+
+    Another thread may be inside a library call on the handle (sampling releases the GIL) when
+    this one closes it, so every call borrows the handle (:meth:`_borrow`), which counts the
+    calls in flight. ``close()`` marks the handle closed at once: calls that start afterwards
+    raise :class:`NullPointerError`. The handle is freed by whoever finishes last: ``close()``
+    itself when no call is in flight, else the last call in flight as it returns. ``close()``
+    never waits for those calls: it may be called from a callback running inside a call on the
+    same handle (``best_of_n``'s ``score_fn``, ``Generator.train``'s ``progress``), where
+    waiting would deadlock, and a ``with`` block left on an exception should not block either.
+
+    Freeing always goes through ``ffi.release`` of the ``ffi.gc`` pointer: the library's
+    ``*_free`` runs once and the garbage collector's destructor is disarmed. A handle that is
+    never closed is freed by the garbage collector, which cannot happen during a call: the call
+    holds a reference to this object and to the pointer.
+    """
 
     _kind = "handle"
 
-    def __init__(self, ptr):
-        self._ptr = ptr
+    def __init__(self, ptr=None):
+        self._lock = threading.Lock()
+        self._ptr = ptr  # the ffi.gc pointer; None before opening and once freed
+        self._closed = ptr is None
+        self._in_flight = 0
 
-    @property
-    def _h(self):
-        if self._ptr is None:
-            raise NullPointerError(Status.NULL_POINTER, f"this {self._kind} is closed")
-        return self._ptr
+    def _attach(self, ptr) -> None:
+        """Take ownership of a freshly opened ``ffi.gc`` pointer (constructors)."""
+        with self._lock:
+            self._ptr, self._closed = ptr, False
+
+    @contextlib.contextmanager
+    def _borrow(self):
+        """``with self._borrow() as h:`` the C handle, valid until the block ends even if
+        another thread closes this object meanwhile."""
+        with self._lock:
+            if self._closed:
+                raise NullPointerError(Status.NULL_POINTER, f"this {self._kind} is closed")
+            self._in_flight += 1
+            ptr = self._ptr
+        try:
+            yield ptr
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                last = self._closed and self._in_flight == 0 and self._ptr is not None
+                if last:
+                    self._ptr = None
+            if last:
+                ffi.release(ptr)  # closed while this call was in flight: it was the last one
 
     def close(self) -> None:
-        """Free the handle now (idempotent)."""
-        if self._ptr is not None:
-            ptr, self._ptr = self._ptr, None
-            ffi.release(ptr)  # runs the destructor given to ffi.gc
+        """Free the handle now, or, when calls on it are in flight (in other threads, or the call
+        whose callback is closing it), as soon as the last of them returns (idempotent; never
+        waits). Later calls raise :class:`NullPointerError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            ptr = None
+            if self._in_flight == 0:
+                ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            ffi.release(ptr)  # runs the destructor given to ffi.gc, and disarms it
 
     @property
     def closed(self) -> bool:
-        return self._ptr is None
+        """Whether ``close()`` was called (the handle may still be in use by calls in flight)."""
+        return self._closed
 
     def __enter__(self):
         return self
@@ -348,21 +408,23 @@ class Dataset(_Handle):
     @property
     def k(self) -> int:
         """Number of checkpoints K."""
-        return int(lib.pdiff_dataset_k(self._h))
+        with self._borrow() as h:
+            return int(lib.pdiff_dataset_k(h))
 
     @property
     def param_count(self) -> int:
         """Scalars D per checkpoint."""
-        return int(lib.pdiff_dataset_param_count(self._h))
+        with self._borrow() as h:
+            return int(lib.pdiff_dataset_param_count(h))
 
     @property
     def warnings(self) -> list:
         """Non-fatal warnings (e.g. permutation-misaligned checkpoints)."""
-        h = self._h
         out = []
-        for i in range(lib.pdiff_dataset_warning_count(h)):
-            s = lib.pdiff_dataset_warning(h, i)
-            out.append("" if s == ffi.NULL else ffi.string(s).decode("utf-8", "replace"))
+        with self._borrow() as h:
+            for i in range(lib.pdiff_dataset_warning_count(h)):
+                s = lib.pdiff_dataset_warning(h, i)
+                out.append("" if s == ffi.NULL else ffi.string(s).decode("utf-8", "replace"))
         return out
 
     def __repr__(self) -> str:
@@ -422,7 +484,8 @@ class Generator(_Handle):
             callback = ffi.callback("pdiff_progress_fn", _progress)
             o.progress = callback
         out = ffi.new("pdiff_generator **")
-        status = lib.pdiff_generator_train(dataset._h, o, out)
+        with dataset._borrow() as ds:
+            status = lib.pdiff_generator_train(ds, o, out)
         if status == lib.PDIFF_OK and raised:  # cannot happen (the callback cancelled); be safe
             lib.pdiff_generator_free(out[0])
         if raised:
@@ -430,13 +493,18 @@ class Generator(_Handle):
         _check(status)
         return cls(ffi.gc(out[0], lib.pdiff_generator_free))
 
-    def export(self, bundle_dir) -> None:
-        """Write the bundle directory (atomically replaced); open it with :class:`Sampler`."""
-        _check(lib.pdiff_generator_export(self._h, _fspath(bundle_dir)))
+    def export(self, bundle_dir, force: bool = False) -> None:
+        """Write the bundle directory; open it with :class:`Sampler`. A missing directory is
+        created and a bundle libpdiff exported there before is replaced, atomically. Files
+        libpdiff did not write there raise :class:`OutputExistsError`, unless ``force``: the
+        bundle is then written beside them and they are kept (a name they take still raises)."""
+        with self._borrow() as h:
+            _check(lib.pdiff_generator_export_ex(h, _fspath(bundle_dir), _output_flags(force)))
 
     @property
     def param_count(self) -> int:
-        return int(lib.pdiff_generator_param_count(self._h))
+        with self._borrow() as h:
+            return int(lib.pdiff_generator_param_count(h))
 
     def __repr__(self) -> str:
         return "Generator(closed)" if self.closed else f"Generator(d={self.param_count})"
@@ -450,7 +518,8 @@ TensorInfo.__doc__ = "One tensor of a generated vector: name, shape (tuple) and 
 
 class Sampler(_Handle):
     """An exported bundle served by ONNX Runtime (``pdiff_sampler``). Thread-safe: sampling
-    releases the GIL and several threads may sample from one Sampler at once."""
+    releases the GIL and several threads may sample from one Sampler at once; closing it while
+    they do is safe too (it is freed when the last of their calls returns)."""
 
     _kind = "sampler"
 
@@ -474,33 +543,35 @@ class Sampler(_Handle):
         out = ffi.new("pdiff_sampler **")
         _check(lib.pdiff_sampler_open(_fspath(bundle_dir), o, out))
         del keep
-        self._ptr = ffi.gc(out[0], lib.pdiff_sampler_free)
         self._layout = None
+        self._attach(ffi.gc(out[0], lib.pdiff_sampler_free))
 
     @property
     def backend(self) -> str:
         """"onnxruntime-cpu" or "onnxruntime-cuda"."""
-        return ffi.string(lib.pdiff_sampler_backend(self._h)).decode()
+        with self._borrow() as h:
+            return ffi.string(lib.pdiff_sampler_backend(h)).decode()
 
     @property
     def param_count(self) -> int:
         """Scalars D per generated vector."""
-        return int(lib.pdiff_sampler_param_count(self._h))
+        with self._borrow() as h:
+            return int(lib.pdiff_sampler_param_count(h))
 
     @property
     def layout(self) -> list:
         """[TensorInfo(name, shape, offset)] of one generated vector, in order."""
-        h = self._h
-        if self._layout is None:
-            name, ndim = ffi.new("const char **"), ffi.new("size_t *")
-            shape, offset = ffi.new("const size_t **"), ffi.new("size_t *")
-            layout = []
-            for i in range(lib.pdiff_sampler_tensor_count(h)):
-                _check(lib.pdiff_sampler_tensor_info(h, i, name, ndim, shape, offset))
-                dims = tuple(int(shape[0][j]) for j in range(ndim[0])) if shape[0] != ffi.NULL else ()
-                layout.append(TensorInfo(ffi.string(name[0]).decode("utf-8"), dims, int(offset[0])))
-            self._layout = layout
-        return list(self._layout)
+        with self._borrow() as h:
+            if self._layout is None:
+                name, ndim = ffi.new("const char **"), ffi.new("size_t *")
+                shape, offset = ffi.new("const size_t **"), ffi.new("size_t *")
+                layout = []
+                for i in range(lib.pdiff_sampler_tensor_count(h)):
+                    _check(lib.pdiff_sampler_tensor_info(h, i, name, ndim, shape, offset))
+                    dims = tuple(int(shape[0][j]) for j in range(ndim[0])) if shape[0] != ffi.NULL else ()
+                    layout.append(TensorInfo(ffi.string(name[0]).decode("utf-8"), dims, int(offset[0])))
+                self._layout = layout
+            return list(self._layout)
 
     def sample(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
                out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -509,19 +580,20 @@ class Sampler(_Handle):
         ``out``: optional C-contiguous float32 array of at least n x D elements to write into
         (returned, reshaped to [n, D] when it has exactly n x D elements)."""
         o = _sample_options(seed, sampler, steps)
-        h = self._h
         if n < 0:
             raise _invalid(f"invalid n {n}")
-        if out is None:
-            result = np.empty((n, self.param_count), dtype=np.float32)
-            buf = result
-        else:
-            if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous \
-                    or not out.flags.writeable:
-                raise _invalid("out must be a writable C-contiguous float32 numpy array")
-            buf = out
-            result = out.reshape(n, -1) if out.size == n * self.param_count and n > 0 else out
-        _check(lib.pdiff_sampler_sample(h, o, n, ffi.cast("float *", ffi.from_buffer(buf)), buf.size))
+        with self._borrow() as h:
+            d = int(lib.pdiff_sampler_param_count(h))
+            if out is None:
+                result = np.empty((n, d), dtype=np.float32)
+                buf = result
+            else:
+                if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous \
+                        or not out.flags.writeable:
+                    raise _invalid("out must be a writable C-contiguous float32 numpy array")
+                buf = out
+                result = out.reshape(n, -1) if out.size == n * d and n > 0 else out
+            _check(lib.pdiff_sampler_sample(h, o, n, ffi.cast("float *", ffi.from_buffer(buf)), buf.size))
         return result
 
     def sample_named(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50) -> list:
@@ -540,8 +612,6 @@ class Sampler(_Handle):
         last), and return ``(best params [D], its index, its score)``. An exception raised by
         ``score_fn`` is re-raised here (the remaining candidates are not scored)."""
         o = _sample_options(seed, sampler, steps)
-        h = self._h
-        d = self.param_count
         raised = []
 
         def _score(_user, params, length):
@@ -555,20 +625,27 @@ class Sampler(_Handle):
                 return math.nan
 
         callback = ffi.callback("pdiff_score_fn", _score)
-        best = np.empty(d, dtype=np.float32)
         index, score = ffi.new("size_t *"), ffi.new("double *")
-        status = lib.pdiff_sampler_best_of_n(h, o, n, callback, ffi.NULL,
-                                             ffi.cast("float *", ffi.from_buffer(best)), d, index, score)
+        with self._borrow() as h:
+            d = int(lib.pdiff_sampler_param_count(h))
+            best = np.empty(d, dtype=np.float32)
+            status = lib.pdiff_sampler_best_of_n(h, o, n, callback, ffi.NULL,
+                                                 ffi.cast("float *", ffi.from_buffer(best)), d, index, score)
         if raised:
             raise raised[0]
         _check(status)
         return best, int(index[0]), float(score[0])
 
-    def sample_to_dir(self, n: int, directory, seed: int = 0, sampler="ddim", steps: Optional[int] = 50) -> None:
+    def sample_to_dir(self, n: int, directory, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
+                      force: bool = False) -> None:
         """Write ``n`` vectors as ``directory/gen_0000.safetensors``, ... (original tensor names,
-        f32; the directory is replaced atomically)."""
+        f32) and a marker ``.pdiff-output.json`` listing them. A missing directory is created
+        and an earlier output of this method replaced, atomically. Files libpdiff did not write
+        there raise :class:`OutputExistsError`, unless ``force``: the models are then written
+        beside them and they are kept (a name they take still raises)."""
         o = _sample_options(seed, sampler, steps)
-        _check(lib.pdiff_sampler_sample_to_dir(self._h, o, n, _fspath(directory)))
+        with self._borrow() as h:
+            _check(lib.pdiff_sampler_sample_to_dir_ex(h, o, n, _fspath(directory), _output_flags(force)))
 
     def __repr__(self) -> str:
         if self.closed:

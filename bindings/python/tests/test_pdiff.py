@@ -368,6 +368,25 @@ def test_train_progress_and_export(data, tmp_path):
     assert gen.param_count == D
     gen.export(tmp_path / "b")
     assert (tmp_path / "b" / "pdiff.json").is_file()
+    gen.export(tmp_path / "b")  # a bundle exported before: replaced
+    # never over what libpdiff did not write: refused; forced, beside it, untouched
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("my notes")
+    with pytest.raises(pdiff.OutputExistsError) as e:
+        gen.export(home)
+    assert e.value.status == pdiff.Status.OUTPUT_EXISTS and "notes.txt" in e.value.message
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+    gen.export(home, force=True)
+    assert (home / "notes.txt").read_text() == "my notes"
+    pdiff.Sampler(home, provider="cpu").close()
+    # another kind of output (generated models): refused even forced
+    with pdiff.Sampler(tmp_path / "b", provider="cpu") as s:
+        s.sample_to_dir(1, tmp_path / "gen-out", steps=2)
+    before = _tree(tmp_path / "gen-out")
+    with pytest.raises(pdiff.OutputExistsError, match="holds a libpdiff samples output, not bundle"):
+        gen.export(tmp_path / "gen-out", force=True)
+    assert _tree(tmp_path / "gen-out") == before
     gen.close()
     with pytest.raises(pdiff.NullPointerError):
         gen.export(tmp_path / "c")
@@ -503,8 +522,46 @@ def test_best_of_n(sampler):
 
 
 def test_sample_to_dir(sampler, tmp_path):
-    sampler.sample_to_dir(2, tmp_path / "gen", seed=3, steps=5)
-    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["gen_0000.safetensors", "gen_0001.safetensors"]
+    sampler.sample_to_dir(3, tmp_path / "gen", seed=3, steps=5)
+    sampler.sample_to_dir(2, tmp_path / "gen", seed=3, steps=5)  # an earlier output: replaced
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == [
+        ".pdiff-output.json", "gen_0000.safetensors", "gen_0001.safetensors"]
+
+
+def _tree(path):
+    """Every file under ``path`` (relative name -> bytes)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_sample_to_dir_never_destroys_what_libpdiff_did_not_write(sampler, tmp_path):
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    (home / "notes.txt").write_text("my notes")
+    (home / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    theirs = _tree(home)
+    with pytest.raises(pdiff.OutputExistsError) as e:
+        sampler.sample_to_dir(2, home, seed=3, steps=5)
+    assert e.value.status == pdiff.Status.OUTPUT_EXISTS
+    assert "holds files libpdiff did not write (notes.txt, photos)" in e.value.message
+    assert _tree(home) == theirs
+    # forced: written beside them, which stay byte for byte
+    sampler.sample_to_dir(2, home, seed=3, steps=5, force=True)
+    after = _tree(home)
+    assert {k: after[k] for k in theirs} == theirs
+    assert "gen_0001.safetensors" in after
+    # forced, but one of the names is theirs: refused, nothing changed
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "gen_0000.safetensors").write_bytes(b"their own model")
+    with pytest.raises(pdiff.OutputExistsError, match="under names this output needs"):
+        sampler.sample_to_dir(2, taken, seed=3, steps=5, force=True)
+    assert _tree(taken) == {"gen_0000.safetensors": b"their own model"}
+    # a regular file, even forced
+    f = tmp_path / "a-file"
+    f.write_text("a file")
+    with pytest.raises(pdiff.OutputExistsError, match="is a regular file"):
+        sampler.sample_to_dir(2, f, seed=3, steps=5, force=True)
+    assert f.read_text() == "a file"
 
 
 def test_threads_share_a_sampler(sampler):
@@ -529,6 +586,39 @@ def test_closed_sampler(bundle):
     with pytest.raises(pdiff.NullPointerError):
         s.sample(1)
     assert repr(s) == "Sampler(closed)"
+
+
+def test_close_while_another_thread_samples(bundle):
+    """close(), a with block's exit, or dropping the last reference while another thread is
+    inside a library call on the same Sampler: the call returns the reference samples, later
+    calls raise, the handle is freed exactly once. In a child process (tests/close_race.py),
+    since the bug it guards against (freeing the handle under the call) crashes the
+    interpreter; glibc's MALLOC_CHECK_=3 aborts on a double free."""
+    env = dict(os.environ, MALLOC_CHECK_="3", PDIFF_LIB=str(_ffi.LIBRARY_PATH),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(pathlib.Path(pdiff.__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("close_race.py")), str(bundle)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.count("\nok ") + proc.stdout.startswith("ok ") == 5, proc.stdout
+
+
+def test_closed_handles_raise_and_close_is_idempotent(data, bundle):
+    s = pdiff.Sampler(bundle, provider="cpu", intra_threads=1)
+    assert not s.closed
+    s.close()
+    s.close()
+    assert s.closed
+    for call in (lambda: s.backend, lambda: s.param_count, lambda: s.layout, lambda: s.sample(1),
+                 lambda: s.sample_named(1), lambda: s.best_of_n(2, lambda p: 0.0),
+                 lambda: s.sample_to_dir(1, "unused")):
+        with pytest.raises(pdiff.NullPointerError, match="this sampler is closed"):
+            call()
+    if pdiff.has_training():
+        ds = pdiff.Dataset.from_memory(LAYOUT, data)
+        ds.close()
+        with pytest.raises(pdiff.NullPointerError, match="this dataset is closed"):
+            pdiff.Generator.train(ds, **C_TEST_OPTIONS)
 
 
 # ---- cross-language reproducibility ----

@@ -1,0 +1,92 @@
+//! `pdiff bench --batch-sizes`: the throughput sweep of the ONNX Runtime sampler, on the CPU
+//! provider and the committed fixture bundle (scripts/gpu-check.sh runs the same sweep on the
+//! CUDA provider). Timings are only checked for consistency, never against a speed.
+use pdiff_tools::bench::{parse_batch_sizes, BatchSweep, SWEEP_MAX_CALLS, SWEEP_MIN_CALLS};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pdiff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdiff")).args(args).output().expect("run pdiff")
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bundle")
+}
+
+#[test]
+fn sweep_measures_each_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep.json");
+    let o = pdiff(&["bench", "--bundle", fixture().to_str().unwrap(), "--batch-sizes", "1,3,7", "--provider", "cpu", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let r: BatchSweep = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture().join("pdiff.json")).unwrap()).unwrap();
+    assert_eq!(r.param_count as u64, manifest["param_count"].as_u64().unwrap());
+    assert_eq!(r.preset, manifest["preset"].as_str().unwrap());
+    assert_eq!((r.provider.as_str(), r.backend.as_str(), r.sampler.as_str()), ("cpu", "onnxruntime-cpu", "ddim-50"));
+    assert_eq!(r.rows.iter().map(|row| row.batch).collect::<Vec<_>>(), [1, 3, 7]);
+    for row in &r.rows {
+        assert!(row.first_call_s > 0.0 && row.min_s > 0.0 && row.min_s <= row.median_s, "{row:?}");
+        // The fixture's calls take milliseconds: the first is never counted, at least 3 follow.
+        assert!(!row.first_call_counted && (SWEEP_MIN_CALLS..=SWEEP_MAX_CALLS).contains(&row.calls), "{row:?}");
+        let expected = row.batch as f64 / row.median_s;
+        assert!((row.models_per_second - expected).abs() <= 1e-9 * expected, "{row:?}");
+    }
+    // The printed table names the backend and every batch size.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("onnxruntime-cpu (cpu requested), ddim-50"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.split_whitespace().next().is_some_and(|b| ["1", "3", "7"].contains(&b))).count(), 3, "{stdout}");
+}
+
+#[test]
+fn batch_size_lists() {
+    assert_eq!(parse_batch_sizes("1,100,1000").unwrap(), [1, 100, 1000]);
+    assert_eq!(parse_batch_sizes(" 4 , 2").unwrap(), [4, 2]);
+    for (list, words) in [("0", "a batch size of 0"), ("1,,2", "'' is not a positive integer"), ("x", "'x' is not"), ("-3", "'-3' is not"), ("5,5", "5 appears twice"), ("", "'' is not")] {
+        let e = parse_batch_sizes(list).unwrap_err().to_string();
+        assert!(e.contains("invalid batch_sizes") && e.contains(words), "{list:?}: {e}");
+    }
+}
+
+#[test]
+fn bad_sweeps_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep.json");
+    let bundle = fixture();
+    let b = bundle.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    for (args, words) in [
+        (vec!["--batch-sizes", "0"], "invalid batch_sizes: '0'"),
+        (vec!["--batch-sizes", "1,x"], "'x' is not a positive integer"),
+        (vec!["--batch-sizes", "1", "--callers", "0"], "invalid callers: '0'"),
+        (vec!["--batch-sizes", "1", "--backend", "tch"], "--backend tch is not swept"),
+        (vec!["--batch-sizes", "1", "--task", "mnist-mlp3"], "sampling speed only"),
+        (vec!["--batch-sizes", "1", "--checkpoints", b], "sampling speed only"),
+    ] {
+        let mut all = vec!["bench", "--bundle", b, "--out", o];
+        all.extend(&args);
+        let r = pdiff(&all);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(words) && !err.contains("panicked"), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+}
+
+/// `--callers 1,2`: each batch size also with two threads sampling from the one sampler at once;
+/// their models count together. `--whole-loop` is reported.
+#[test]
+fn sweep_with_concurrent_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep.json");
+    let o = pdiff(&["bench", "--bundle", fixture().to_str().unwrap(), "--batch-sizes", "2,5", "--callers", "1,2", "--provider", "cpu", "--whole-loop", "on", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let r: BatchSweep = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(r.whole_loop);
+    assert_eq!(r.rows.iter().map(|row| (row.batch, row.callers)).collect::<Vec<_>>(), [(2, 1), (2, 2), (5, 1), (5, 2)]);
+    for row in &r.rows {
+        let expected = (row.callers * row.batch) as f64 / row.median_s;
+        assert!((row.models_per_second - expected).abs() <= 1e-9 * expected, "{row:?}");
+    }
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ddim-50 whole loop"));
+}
