@@ -1,7 +1,7 @@
 //! The training loop on tch and the trained [`Generator`] (feature `train`): autoencoder, then
 //! latent diffusion, then the statistics that map latents back to parameters; tch backends of
 //! the shared sampler loop; a generator's bundle (export and load).
-use super::{available_memory_bytes, estimate_training_bytes, DeviceChoice, Progress, Stage, TrainConfig, TrainHistory};
+use super::{check_memory, DeviceChoice, Progress, Stage, TrainConfig, TrainHistory};
 use crate::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
 use crate::diffusion::{DecoderBackend, DenoiserBackend};
 use crate::error::{Error, Result};
@@ -54,6 +54,9 @@ pub struct Generator {
     pub latent_clip: Vec<f32>,
     pub history: TrainHistory,
     pub sources: Vec<String>,
+    /// Health warnings: the dataset's (few checkpoints, misaligned ones) and training's
+    /// (reconstruction error large against the checkpoints' spread). Recorded in the bundle.
+    pub warnings: Vec<String>,
     pub device: Device,
     pub(crate) ae_vs: nn::VarStore,
     pub(crate) ae: Autoencoder,
@@ -113,6 +116,7 @@ impl Generator {
             latent_clip: vec![f32::MAX; ld],
             history: TrainHistory::default(),
             sources: Vec::new(),
+            warnings: Vec::new(),
             device,
             ae_vs,
             ae,
@@ -125,21 +129,7 @@ impl Generator {
     pub fn train(set: &ParamSet, config: &TrainConfig, progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Self> {
         config.validate()?;
         // Refuse sizes that cannot fit before allocating anything.
-        let need = estimate_training_bytes(set.layout.param_count(), set.k(), config);
-        if let Some(avail) = available_memory_bytes() {
-            if need > avail as u128 {
-                return Err(Error::invalid(
-                    "parameters",
-                    format!(
-                        "D = {}, K = {} needs about {:.1} GiB to train but {:.1} GiB of memory is available; select fewer tensors or a smaller latent",
-                        set.layout.param_count(),
-                        set.k(),
-                        need as f64 / (1u64 << 30) as f64,
-                        avail as f64 / (1u64 << 30) as f64
-                    ),
-                ));
-            }
-        }
+        check_memory(set.layout.param_count(), set.k(), config)?;
         let device = config.device.resolve()?;
         let mut g = Generator::build(set.layout.clone(), config.clone(), device)?;
         g.sources = set.sources.clone();
@@ -185,6 +175,9 @@ impl Generator {
         g.history.final_reconstruction_mse = tch::no_grad(|| {
             g.ae.decode(&latents).narrow(1, 0, d as i64).mse_loss(&data.narrow(1, 0, d as i64), tch::Reduction::Mean).double_value(&[])
         });
+        g.history.checkpoint_variance = set.checkpoint_variance();
+        g.warnings = set.warnings.clone();
+        g.warnings.extend(g.history.reconstruction_warning());
         let mean = latents.mean_dim(0, false, Kind::Float);
         let std = latents.std_dim(0, false, false).clamp_min(LATENT_STD_FLOOR as f64);
         g.latent_mean = Vec::<f32>::try_from(&mean.to_device(Device::Cpu))?;
@@ -367,6 +360,7 @@ impl Generator {
             training: self.config.clone(),
             history: self.history.clone(),
             sources: self.sources.clone(),
+            warnings: self.warnings.clone(),
             files: Default::default(),
             sha256: Default::default(),
         }
@@ -400,6 +394,7 @@ impl Generator {
         g.latent_clip = m.latent.clip.clone();
         g.history = m.history.clone();
         g.sources = m.sources.clone();
+        g.warnings = m.warnings.clone();
         g.padded_len = m.padded_len;
         Ok(g)
     }
