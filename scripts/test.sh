@@ -25,7 +25,7 @@ cargo test --release --workspace -- --test-threads=2
 cargo test --release --no-default-features --lib --tests --target-dir "$SERVE_TARGET" -- --test-threads=2
 
 step "2. Fuzzing"
-bash scripts/fuzz.sh "${PDIFF_FUZZ_SECONDS:-45}"
+bash scripts/fuzz.sh   # 45 s per target, or $PDIFF_FUZZ_SECONDS
 
 step "3. A Python host with nothing of libpdiff"
 cargo build --release --workspace
