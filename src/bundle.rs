@@ -59,6 +59,11 @@ pub struct Manifest {
     pub training: TrainConfig,
     pub history: TrainHistory,
     pub sources: Vec<String>,
+    /// Health warnings of the training run (few checkpoints, misaligned ones, a reconstruction
+    /// error large against the checkpoints' spread). Absent in bundles written before it
+    /// existed: read as none.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Role -> file name: decoder, denoiser, autoencoder_weights, denoiser_weights.
     pub files: BTreeMap<String, String>,
     /// File name -> lowercase hex sha256.
