@@ -282,7 +282,7 @@ typedef struct {
      */
     size_t ae_steps;
     /**
-     * Diffusion training steps (0: the preset's, 3000 for compact).
+     * Diffusion training steps (0: the preset's, 8000 for compact).
      */
     size_t diffusion_steps;
     /**
@@ -533,8 +533,9 @@ size_t pdiff_dataset_param_count(const pdiff_dataset *dataset);
 
 #if defined(PDIFF_FEATURE_TRAIN)
 /**
- * Number of non-fatal warnings found while building `dataset` (e.g. checkpoints that look
- * permutation-misaligned, which p-diff usually fails to learn). 0 when `dataset` is NULL.
+ * Number of non-fatal warnings found while building `dataset`: fewer than 50 checkpoints
+ * (too few to learn their distribution reliably), checkpoints that look
+ * permutation-misaligned (which p-diff usually fails to learn). 0 when `dataset` is NULL.
  *
  * Ownership: `dataset` is borrowed for the call.
  */
@@ -626,6 +627,29 @@ pdiff_status pdiff_generator_export_ex(const pdiff_generator *generator, const c
  * Ownership: `generator` is borrowed for the call.
  */
 size_t pdiff_generator_param_count(const pdiff_generator *generator);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Number of health warnings of `generator` (0 when NULL): its dataset's warnings (fewer than
+ * 50 checkpoints, permutation-misaligned checkpoints) and training's (an autoencoder whose
+ * reconstruction error is a large fraction of the checkpoints' spread across K, so that the
+ * generated models lose what distinguishes the checkpoints). The bundle records them too.
+ *
+ * Ownership: `generator` is borrowed for the call.
+ */
+size_t pdiff_generator_warning_count(const pdiff_generator *generator);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Warning `index` (< `pdiff_generator_warning_count`) of `generator`, or NULL when `generator`
+ * is NULL or `index` is out of range.
+ *
+ * Ownership: the string is owned by `generator` and valid until
+ * `pdiff_generator_free(generator)`. Do not free it.
+ */
+const char *pdiff_generator_warning(const pdiff_generator *generator, size_t index);
 #endif
 
 #if defined(PDIFF_FEATURE_TRAIN)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Run the cargo-fuzz (libFuzzer) targets for a bounded time each: scripts/fuzz.sh [SECONDS].
+# SECONDS defaults to $PDIFF_FUZZ_SECONDS, else 45 (what `make test` runs; `make fuzz` passes 600).
 # The committed corpus under fuzz/corpus/<target> seeds each run; new inputs go to a scratch
 # directory, crashes to fuzz/artifacts/<target>/ (and the run fails).
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_EACH=${1:-60}
+SECONDS_EACH=${1:-${PDIFF_FUZZ_SECONDS:-45}}
 TARGETS=(checkpoint manifest onnx_graph bundle_dir)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 export RUSTC_BOOTSTRAP=1

@@ -63,6 +63,11 @@ pub struct Manifest {
     /// (and in bundles written before conditions existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<ConditionSpec>,
+    /// Health warnings of the training run (few checkpoints, misaligned ones, a reconstruction
+    /// error large against the checkpoints' spread). Absent in bundles written before it
+    /// existed: read as none.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Role -> file name: decoder, denoiser, autoencoder_weights, denoiser_weights.
     pub files: BTreeMap<String, String>,
     /// File name -> lowercase hex sha256.

@@ -49,6 +49,12 @@ fn export_and_reload() {
     assert_eq!((m.training.ae_steps, m.training.diffusion_steps, m.training.batch_size), (30, 30, 4));
     assert_eq!((m.training.seed, m.training.device, m.training.preset), (cfg.seed, cfg.device, cfg.preset));
     assert_eq!(m.sha256, saved.sha256);
+    // Health: the warnings and the spread the reconstruction error is judged against.
+    assert_eq!(m.warnings, g.warnings);
+    assert!(!m.warnings.is_empty() && m.warnings[0].starts_with("K = 8 checkpoints is few"), "{:?}", m.warnings);
+    // (serde_json reads f64 to within an ulp, not always exactly)
+    let v = set.checkpoint_variance();
+    assert!((m.history.checkpoint_variance - v).abs() <= 1e-12 * v, "{} vs {v}", m.history.checkpoint_variance);
     for f in [bundle::AE_WEIGHTS, bundle::DENOISER_WEIGHTS, bundle::DECODER_ONNX, bundle::DENOISER_ONNX] {
         let hex = &m.sha256[f];
         assert_eq!(hex, &bundle::sha256_hex(&std::fs::read(dir.join(f)).unwrap()), "{f}");
@@ -62,6 +68,7 @@ fn export_and_reload() {
         let _guard = torch_lock();
         Generator::load_bundle(&dir, DeviceChoice::Cpu).unwrap()
     };
+    assert_eq!(g2.warnings, g.warnings);
     let a2 = sample(&g2, 5, 11);
     assert_eq!(bits(a2.as_slice().unwrap()), bits(a.as_slice().unwrap()), "the reloaded generator samples the same parameters");
 }
@@ -88,6 +95,14 @@ fn damage_is_refused_and_named() {
     bytes[at] ^= 0x01;
     std::fs::write(&ae, &bytes).unwrap();
     bundle::load_manifest(&dir).unwrap();
+
+    // A manifest written before the health fields existed (the fixture's) reads as no warning
+    // and an unknown spread.
+    let m = bundle::load_manifest(&dir).unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(bundle::MANIFEST)).unwrap()).unwrap();
+    assert!(raw.get("warnings").is_none() && raw["history"].get("checkpoint_variance").is_none());
+    assert!(m.warnings.is_empty());
+    assert_eq!(m.history.reconstruction_ratio(), None);
 
     // An unknown format version is refused before anything else.
     let mpath = dir.join(bundle::MANIFEST);

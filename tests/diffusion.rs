@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use ndarray::{Array2, ArrayView2};
-use pdiff::diffusion::{ddim_timesteps, sample_latent_rows, sample_latents, CondInput, DenoiserBackend, SamplerKind, Schedule};
+use pdiff::diffusion::{count_outside_clip, ddim_timesteps, sample_latent_rows, sample_latents, ClipCount, CondInput, DenoiserBackend, SamplerKind, Schedule};
 use pdiff::Error;
 use std::cell::RefCell;
 
@@ -278,4 +278,21 @@ fn sampler_cancel_and_errors() {
         Err(Error::Runtime(m)) => assert!(m.contains("[2, 3]"), "{m}"),
         other => panic!("expected Error::Runtime, got {other:?}"),
     }
+}
+
+#[test]
+fn latents_outside_the_clip_bounds_are_counted() {
+    let clip = [1.0f32, 2.0, 0.5];
+    let z = ndarray::arr2(&[
+        [0.0f32, 0.0, 0.0],   // inside
+        [1.0, -2.0, 0.5],     // on the bounds: inside (the decoder leaves them unchanged)
+        [1.01, 0.0, 0.0],     // one value outside
+        [-3.0, 2.5, -0.6],    // three
+        [f32::NAN, 0.0, 0.0], // a non-finite value counts as outside
+    ]);
+    assert_eq!(count_outside_clip(z.view(), &clip).unwrap(), ClipCount { rows: 3, values: 5 });
+    assert_eq!(count_outside_clip(z.slice(ndarray::s![..2, ..]), &clip).unwrap(), ClipCount::default());
+    let (field, msg) = invalid_err(count_outside_clip(z.view(), &clip[..2]));
+    assert_eq!(field, "latents");
+    assert!(msg.contains("3 dimensions") && msg.contains("2 clip bounds"), "{msg}");
 }

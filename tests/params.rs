@@ -58,7 +58,9 @@ fn normalization_stats_and_round_trip() {
     let data: Vec<f32> = (0..k).flat_map(|i| trajectory_row(i, d).into_iter().map(move |x| x * 3.0 + i as f32 * 0.01 - 7.0)).collect();
     let set = ParamSet::from_rows(l, data.clone(), (0..k).map(|i| format!("memory[{i}]")).collect()).unwrap();
     assert_eq!(set.k(), k);
-    assert!(set.warnings.is_empty(), "one trajectory must not look misaligned: {:?}", set.warnings);
+    // One trajectory does not look misaligned; 5 checkpoints are few (the only warning).
+    assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+    assert!(set.warnings[0].starts_with("K = 5 checkpoints is few"), "{:?}", set.warnings);
 
     // Per-tensor stats recomputed independently in f64 (population std over all K rows).
     for t in &set.layout.tensors {
@@ -413,4 +415,81 @@ fn from_rows_rejects_bad_input() {
     // Length not a multiple of D, and a wrong number of source names.
     assert_eq!(invalid_err(ParamSet::from_rows(l.clone(), vec![0.0; d + 1], vec!["a".into()])).0, "data");
     assert_eq!(invalid_err(ParamSet::from_rows(l, vec![0.0; 2 * d], vec!["a".into()])).0, "sources");
+}
+
+#[test]
+fn few_checkpoints_get_a_warning() {
+    let l = small_layout();
+    let d = l.param_count();
+    let set_of = |k: usize| {
+        let data: Vec<f32> = (0..k).flat_map(|i| trajectory_row(i, d)).collect();
+        ParamSet::from_rows(l.clone(), data, (0..k).map(|i| format!("memory[{i}]")).collect()).unwrap()
+    };
+    let below = set_of(pdiff::params::MIN_RECOMMENDED_K - 1);
+    assert_eq!(below.warnings.len(), 1, "{:?}", below.warnings);
+    assert!(below.warnings[0].contains("K = 49 checkpoints is few") && below.warnings[0].contains("at least 50"), "{}", below.warnings[0]);
+    assert!(set_of(pdiff::params::MIN_RECOMMENDED_K).warnings.is_empty());
+    // Files: the same warning.
+    let dir = tempfile::tempdir().unwrap();
+    good_checkpoints(dir.path(), 3);
+    let set = ParamSet::load_dir(dir.path(), &Selection::AllFloat).unwrap();
+    assert_eq!(set.warnings.len(), 1);
+    assert!(set.warnings[0].starts_with("K = 3 checkpoints is few"), "{}", set.warnings[0]);
+}
+
+#[test]
+fn checkpoint_variance_is_the_error_of_the_mean() {
+    // Two tensors of very different scales: the spread is measured per coordinate after each
+    // tensor's standardization, so both count alike.
+    let l = Layout::from_shapes(&[("big", vec![3]), ("small", vec![2])]).unwrap();
+    let rows: [[f32; 5]; 4] = [
+        [100.0, 200.0, -50.0, 0.001, 0.002],
+        [101.0, 198.0, -51.0, 0.003, 0.002],
+        [99.0, 203.0, -49.0, 0.001, 0.001],
+        [102.0, 199.0, -52.0, 0.002, 0.004],
+    ];
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let set = ParamSet::from_rows(l, data, (0..4).map(|i| format!("memory[{i}]")).collect()).unwrap();
+    // Independently: normalize, then the MSE of predicting every row by the mean row.
+    let norm = set.normalized();
+    let mean: Vec<f64> = (0..5).map(|j| (0..4).map(|i| norm[i * 5 + j] as f64).sum::<f64>() / 4.0).collect();
+    let mse = (0..4).flat_map(|i| (0..5).map(move |j| (i, j))).map(|(i, j)| (norm[i * 5 + j] as f64 - mean[j]).powi(2)).sum::<f64>() / 20.0;
+    let v = set.checkpoint_variance();
+    assert!((v - mse).abs() <= 1e-9 * mse, "{v} vs {mse}");
+    assert!(v > 0.0 && v <= 1.0, "{v}: at most the whole (normalized) variance");
+    // Identical checkpoints have no spread.
+    let same = ParamSet::from_rows(small_layout(), [trajectory_row(0, 36), trajectory_row(0, 36)].concat(), vec!["a".into(), "b".into()]).unwrap();
+    assert_eq!(same.checkpoint_variance(), 0.0);
+}
+
+#[test]
+fn peek_dir_reads_the_headers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = good_checkpoints(dir.path(), 4);
+    for selection in [Selection::AllFloat, Selection::patterns(&["a.b*"])] {
+        let set = ParamSet::load_dir(dir.path(), &selection).unwrap();
+        let (layout, k) = pdiff::params::peek_dir(dir.path(), &selection).unwrap();
+        assert_eq!(k, 4);
+        let shape = |l: &Layout| l.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.offset)).collect::<Vec<_>>();
+        assert_eq!(shape(&layout), shape(&set.layout));
+    }
+    // Data that is not there is not read: a header promising more data than the file holds is
+    // refused by its length, a selection error is the full load's.
+    let bytes = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], &bytes[..bytes.len() - 4]).unwrap();
+    let (file, msg, _) = checkpoint_err(pdiff::params::peek_dir(dir.path(), &Selection::AllFloat));
+    assert_eq!(file, files[0]);
+    assert!(msg.contains("not a readable safetensors file") && msg.contains("the file has"), "{msg}");
+    std::fs::write(&files[0], &bytes).unwrap();
+    let (_, tensor, msg, _) = tensor_err(pdiff::params::peek_dir(dir.path(), &Selection::patterns(&["conv*"])));
+    assert_eq!((tensor.as_str(), msg.as_str()), ("conv*", "no floating-point tensor matches this selection"));
+    // Header garbage and fewer than 2 files.
+    std::fs::write(&files[1], b"\xff\xff\xff\xff\xff\xff\xff\x7f not a header").unwrap();
+    std::fs::rename(&files[1], dir.path().join("a.safetensors")).unwrap();
+    let (file, msg, _) = checkpoint_err(pdiff::params::peek_dir(dir.path(), &Selection::AllFloat));
+    assert_eq!(file, dir.path().join("a.safetensors"));
+    assert!(msg.contains("header length"), "{msg}");
+    let one = tempfile::tempdir().unwrap();
+    good_checkpoints(one.path(), 1);
+    assert!(invalid_err(pdiff::params::peek_dir(one.path(), &Selection::AllFloat)).1.contains("K = 1"));
 }

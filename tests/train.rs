@@ -108,6 +108,60 @@ fn training_cancel_and_device_errors() {
     assert_eq!(invalid_err(Generator::train(&set, &c, &mut |_| true).map(|_| ())).0, "batch_size");
 }
 
+#[cfg(feature = "train")]
+#[test]
+fn reconstruction_health_warning() {
+    let set = trajectory_set();
+    // An autoencoder trained for one step still outputs (nearly) the mean checkpoint: its
+    // zero-initialised output layer has barely moved, so its error is the whole spread.
+    let mut undertrained = small_config(0);
+    undertrained.ae_steps = 1;
+    let (g, _) = train(&set, &undertrained);
+    let h = &g.history;
+    assert_eq!(h.checkpoint_variance, set.checkpoint_variance());
+    let ratio = h.reconstruction_ratio().unwrap();
+    assert_eq!(ratio, h.final_reconstruction_mse / h.checkpoint_variance);
+    assert!((0.8..1.2).contains(&ratio), "one step: reconstruction / spread = {ratio}");
+    // The dataset's warning (K = 8 is few) first, then training's.
+    assert_eq!(g.warnings.len(), 2, "{:?}", g.warnings);
+    assert_eq!(g.warnings[0], set.warnings[0]);
+    assert!(g.warnings[1].starts_with("the autoencoder reconstructs the checkpoints") && g.warnings[1].contains("% of their spread"), "{}", g.warnings[1]);
+    assert_eq!(Some(g.warnings[1].clone()), h.reconstruction_warning());
+
+    // Trained long enough, the error is a small fraction of the spread: no training warning.
+    let mut trained = small_config(0);
+    trained.ae_steps = 300;
+    trained.diffusion_steps = 1;
+    let (g, _) = train(&set, &trained);
+    let ratio = g.history.reconstruction_ratio().unwrap();
+    assert!(ratio < pdiff::train::RECONSTRUCTION_WARN_RATIO, "300 steps: reconstruction / spread = {ratio}");
+    assert_eq!(g.warnings, set.warnings);
+
+    // The threshold itself, on a history alone; an unknown spread (older bundles) warns of nothing.
+    let mut h = pdiff::train::TrainHistory { final_reconstruction_mse: 1.0, checkpoint_variance: 2.0, ..Default::default() };
+    let at = pdiff::train::RECONSTRUCTION_WARN_RATIO * 2.0;
+    h.final_reconstruction_mse = at;
+    assert!(h.reconstruction_warning().is_some());
+    h.final_reconstruction_mse = at * 0.999;
+    assert!(h.reconstruction_warning().is_none());
+    h.checkpoint_variance = 0.0;
+    assert_eq!((h.reconstruction_ratio(), h.reconstruction_warning()), (None, None));
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn memory_check_refuses_absurd_sizes() {
+    let mut config = TrainConfig::new(Preset::Compact);
+    config.device = pdiff::train::DeviceChoice::Cpu;
+    pdiff::train::check_memory(36, 8, &config).unwrap();
+    let d = 1usize << 36;
+    let (field, msg) = invalid_err(pdiff::train::check_memory(d, 200, &config));
+    assert_eq!(field, "parameters");
+    let need = pdiff::train::estimate_training_bytes(d, 200, &config) as f64 / (1u64 << 30) as f64;
+    assert!(msg.starts_with(&format!("D = {d}, K = 200 needs about {need:.1} GiB to train but ")), "{msg}");
+    assert!(msg.contains("GiB of memory is available"), "{msg}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Configuration
 // ---------------------------------------------------------------------------------------------

@@ -368,6 +368,19 @@ public:
 
     size_t param_count() const { return pdiff_generator_param_count(checked()); }
 
+    /// Health warnings: the dataset's (few or misaligned checkpoints), then training's (a
+    /// reconstruction error large against the checkpoints' spread).
+    std::vector<std::string> warnings() const {
+        const pdiff_generator* h = checked();
+        std::vector<std::string> w;
+        const size_t n = pdiff_generator_warning_count(h);
+        for (size_t i = 0; i < n; i++) {
+            const char* s = pdiff_generator_warning(h, i);
+            w.emplace_back(s ? s : "");
+        }
+        return w;
+    }
+
     const pdiff_generator* get() const noexcept { return h_.get(); }
     pdiff_generator* release() noexcept { return h_.release(); }
     explicit operator bool() const noexcept { return static_cast<bool>(h_); }

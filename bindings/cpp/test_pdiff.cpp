@@ -147,7 +147,9 @@ static std::string read_text(const std::string& path) {
 static void dataset_tests(const std::vector<float>& data) {
     auto ds = pdiff::Dataset::from_memory(LAYOUT, data);
     CHECK(ds && ds.k() == K && ds.param_count() == D, "k " << ds.k() << ", D " << ds.param_count());
-    CHECK(ds.warnings().empty(), ds.warnings().size() << " warnings");
+    // K = 6 is below the 50 checkpoints recommended: one warning.
+    CHECK(ds.warnings().size() == 1 && ds.warnings()[0].rfind("K = 6 checkpoints is few", 0) == 0,
+          ds.warnings().size() << " warnings");
     // pointer + length overload
     auto ds2 = pdiff::Dataset::from_memory(LAYOUT, data.data(), data.size());
     CHECK(ds2.k() == K, "k " << ds2.k());
@@ -230,6 +232,11 @@ static pdiff::Generator training_tests(const std::vector<float>& data, const std
           "progress " << calls << " (ae " << ae << ", diffusion " << diffusion << ", bad " << bad << ")");
     CHECK(last_step == 20 && last_total == 20, "last step " << last_step << "/" << last_total);
     CHECK(gen.param_count() == D, "generator D " << gen.param_count());
+    // The dataset's warning first, then training's, if any (20 autoencoder steps).
+    const std::vector<std::string> w = gen.warnings();
+    CHECK(!w.empty() && w.size() <= 2 && w[0] == ds.warnings()[0], w.size() << " generator warnings");
+    for (size_t i = 1; i < w.size(); i++) CHECK(w[i].rfind("the autoencoder reconstructs", 0) == 0, w[i]);
+    CHECK_THROWS(pdiff::Generator().warnings(), PDIFF_ERR_NULL_POINTER);
     CHECK_THROWS(pdiff::Generator().export_bundle(tmp + "/never"), PDIFF_ERR_NULL_POINTER);
     {
         // Never over what libpdiff did not write: refused; forced, beside it, untouched.

@@ -395,3 +395,30 @@ pub fn sample_param_rows(
     }
     Ok(params)
 }
+
+/// How many generated standardized latents fall outside the training range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipCount {
+    /// Latents (rows) with at least one dimension outside its bound.
+    pub rows: usize,
+    /// Values outside their bound, over all rows and dimensions.
+    pub values: usize,
+}
+
+/// Count, in a batch of standardized latents `[n, d]`, the values and rows outside the
+/// per-dimension bounds `clip` (`[d]`, the manifest's `latent.clip`: 1.5 x the largest training
+/// magnitude). The decoder clips such values to the bound, so a generated model whose latent was
+/// clipped comes from outside the region the autoencoder was trained on. A non-finite value
+/// counts as outside.
+pub fn count_outside_clip(latents: ArrayView2<'_, f32>, clip: &[f32]) -> Result<ClipCount> {
+    if latents.ncols() != clip.len() {
+        return Err(Error::invalid("latents", format!("{} dimensions, but {} clip bounds", latents.ncols(), clip.len())));
+    }
+    let mut count = ClipCount::default();
+    for row in latents.rows() {
+        let outside = row.iter().zip(clip).filter(|(v, c)| !(v.abs() <= **c)).count();
+        count.values += outside;
+        count.rows += usize::from(outside > 0);
+    }
+    Ok(count)
+}

@@ -15,9 +15,14 @@ pub struct pdiff_dataset {
 
 impl pdiff_dataset {
     fn new(set: ParamSet) -> Self {
-        let warnings = set.warnings.iter().map(|w| CString::new(w.replace('\0', " ")).unwrap_or_default()).collect();
+        let warnings = warning_cstrings(&set.warnings);
         pdiff_dataset { set, warnings }
     }
+}
+
+/// Warnings as C strings owned by their handle (a NUL inside a message becomes a space).
+pub(super) fn warning_cstrings(warnings: &[String]) -> Vec<CString> {
+    warnings.iter().map(|w| CString::new(w.replace('\0', " ")).unwrap_or_default()).collect()
 }
 
 /// Declaration of one tensor of a parameter vector pushed from memory: its name and shape.
@@ -211,8 +216,9 @@ pub unsafe extern "C" fn pdiff_dataset_param_count(dataset: *const pdiff_dataset
     boundary("pdiff_dataset_param_count", || Ok(try_ref!(dataset, "dataset").set.layout.param_count()))
 }
 
-/// Number of non-fatal warnings found while building `dataset` (e.g. checkpoints that look
-/// permutation-misaligned, which p-diff usually fails to learn). 0 when `dataset` is NULL.
+/// Number of non-fatal warnings found while building `dataset`: fewer than 50 checkpoints
+/// (too few to learn their distribution reliably), checkpoints that look
+/// permutation-misaligned (which p-diff usually fails to learn). 0 when `dataset` is NULL.
 ///
 /// Ownership: `dataset` is borrowed for the call.
 #[no_mangle]

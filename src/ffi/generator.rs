@@ -1,9 +1,9 @@
 //! `pdiff_generator`: training (autoencoder + latent DDPM, tch) and export as a bundle.
 use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, OptionsStruct};
-use super::{pdiff_dataset, pdiff_device, pdiff_preset, pdiff_status};
+use super::{dataset::warning_cstrings, pdiff_dataset, pdiff_device, pdiff_preset, pdiff_status};
 use crate::model::Preset;
 use crate::train::{DeviceChoice, Generator, TrainConfig};
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CString};
 
 /// Progress callback of training, called on the training thread after every step.
 /// `stage` is "autoencoder" or "diffusion" (a static string), `step` runs from 1 to `total`,
@@ -23,7 +23,7 @@ pub struct pdiff_train_options {
     pub preset: i32,
     /// Autoencoder training steps (0: the preset's, 1000 for compact).
     pub ae_steps: usize,
-    /// Diffusion training steps (0: the preset's, 3000 for compact).
+    /// Diffusion training steps (0: the preset's, 8000 for compact).
     pub diffusion_steps: usize,
     /// Mini-batch size, capped at K (0: the preset's, 50).
     pub batch_size: usize,
@@ -119,6 +119,14 @@ pub unsafe extern "C" fn pdiff_train_options_default(options: *mut pdiff_train_o
 /// `pdiff_generator_free`. Not safe for concurrent use from several threads.
 pub struct pdiff_generator {
     pub(crate) g: Generator,
+    warnings: Vec<CString>,
+}
+
+impl pdiff_generator {
+    fn new(g: Generator) -> Self {
+        let warnings = warning_cstrings(&g.warnings);
+        pdiff_generator { g, warnings }
+    }
 }
 
 /// Train a generator on `dataset`: the autoencoder, then the latent diffusion model. Blocks
@@ -149,7 +157,7 @@ pub unsafe extern "C" fn pdiff_generator_train(
             }
         };
         let g = Generator::train(&ds.set, &config, &mut progress)?;
-        put_handle(out, pdiff_generator { g });
+        put_handle(out, pdiff_generator::new(g));
         Ok(())
     })
 }
@@ -199,6 +207,33 @@ unsafe fn export(name: &str, generator: *const pdiff_generator, bundle_dir: *con
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_generator_param_count(generator: *const pdiff_generator) -> usize {
     boundary("pdiff_generator_param_count", || Ok(try_ref!(generator, "generator").g.layout.param_count()))
+}
+
+/// Number of health warnings of `generator` (0 when NULL): its dataset's warnings (fewer than
+/// 50 checkpoints, permutation-misaligned checkpoints) and training's (an autoencoder whose
+/// reconstruction error is a large fraction of the checkpoints' spread across K, so that the
+/// generated models lose what distinguishes the checkpoints). The bundle records them too.
+///
+/// Ownership: `generator` is borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_generator_warning_count(generator: *const pdiff_generator) -> usize {
+    boundary("pdiff_generator_warning_count", || Ok(try_ref!(generator, "generator").warnings.len()))
+}
+
+/// Warning `index` (< `pdiff_generator_warning_count`) of `generator`, or NULL when `generator`
+/// is NULL or `index` is out of range.
+///
+/// Ownership: the string is owned by `generator` and valid until
+/// `pdiff_generator_free(generator)`. Do not free it.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_generator_warning(generator: *const pdiff_generator, index: usize) -> *const c_char {
+    boundary("pdiff_generator_warning", || {
+        let g = try_ref!(generator, "generator");
+        g.warnings
+            .get(index)
+            .map(|w| w.as_ptr())
+            .ok_or_else(|| Failure::invalid(format!("index {index} >= warning count {}", g.warnings.len())))
+    })
 }
 
 /// Release a generator. NULL is a no-op. Bundles exported from it stay valid.

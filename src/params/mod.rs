@@ -16,6 +16,14 @@ use std::path::{Path, PathBuf};
 /// Below this a tensor's std is treated as this value (a constant tensor must not divide by 0).
 pub const STD_FLOOR: f64 = 1e-8;
 
+/// Fewer checkpoints than this get a dataset warning. In the mnist-mlp3 ablation (README,
+/// "Ablations") every generated model collapsed with K = 2; K = 10 was fragile (some generated
+/// models collapsed in one run of it; in another none did, but 16 of 100 generated latents fell
+/// outside the training range and the autoencoder kept 28% of the checkpoints' spread as
+/// error, against 12.5% with K = 200); from K = 50 on every run was sound, with no latent
+/// clipped: below 50 the generator has too few examples of the distribution it must learn.
+pub const MIN_RECOMMENDED_K: usize = 50;
+
 /// One modelled tensor: its name, shape, place in the flat vector and normalization.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorSpec {
@@ -173,7 +181,8 @@ pub struct ParamSet {
     pub data: Vec<f32>,
     /// Where each row came from (file path or "memory[i]").
     pub sources: Vec<String>,
-    /// Non-fatal findings (e.g. checkpoints that look permutation-misaligned).
+    /// Non-fatal findings: fewer than [`MIN_RECOMMENDED_K`] checkpoints, checkpoints that look
+    /// permutation-misaligned.
     pub warnings: Vec<String>,
     /// One condition vector per checkpoint, for a conditional generator.
     pub conditions: Option<Conditions>,
@@ -236,10 +245,7 @@ impl ParamSet {
             return Err(Error::invalid("sources", format!("{} names for {k} checkpoints", sources.len())));
         }
         if k < 2 {
-            return Err(Error::invalid(
-                "checkpoints",
-                format!("K = {k}: at least 2 checkpoints are needed to learn a distribution"),
-            ));
+            return Err(too_few_checkpoints(k));
         }
         for (i, row) in data.chunks_exact(d).enumerate() {
             for t in &layout.tensors {
@@ -254,6 +260,7 @@ impl ParamSet {
         }
         let mut set = ParamSet { layout, data, sources, warnings: Vec::new(), conditions: None };
         set.compute_stats();
+        set.check_k();
         set.check_alignment();
         Ok(set)
     }
@@ -272,10 +279,7 @@ impl ParamSet {
 
     fn load_with(paths: &[PathBuf], selection: &Selection, read: impl Fn(&Path) -> Result<Vec<u8>>) -> Result<Self> {
         if paths.len() < 2 {
-            return Err(Error::invalid(
-                "checkpoints",
-                format!("K = {}: at least 2 checkpoints are needed to learn a distribution", paths.len()),
-            ));
+            return Err(too_few_checkpoints(paths.len()));
         }
         let mut layout: Option<Layout> = None;
         let mut data = Vec::new();
@@ -287,7 +291,7 @@ impl ParamSet {
             })?;
             let layout = match &layout {
                 Some(l) => l,
-                None => layout.insert(select_layout(path, &st, &bytes, selection)?),
+                None => layout.insert(select_layout(path, stored_tensors(&st, &bytes), selection)?),
             };
             for t in &layout.tensors {
                 let view = st.tensor(&t.name).map_err(|_| Error::Tensor {
@@ -324,6 +328,7 @@ impl ParamSet {
         let sources = paths.iter().map(|p| p.display().to_string()).collect();
         let mut set = ParamSet { layout, data, sources, warnings: Vec::new(), conditions: None };
         set.compute_stats();
+        set.check_k();
         set.check_alignment();
         Ok(set)
     }
@@ -349,6 +354,17 @@ impl ParamSet {
             }
             t.mean = mean as f32;
             t.std = (var / n).sqrt().max(STD_FLOOR) as f32;
+        }
+    }
+
+    /// Too few checkpoints to learn their distribution: see [`MIN_RECOMMENDED_K`].
+    fn check_k(&mut self) {
+        let k = self.k();
+        if k < MIN_RECOMMENDED_K {
+            self.warnings.push(format!(
+                "K = {k} checkpoints is few: at least {MIN_RECOMMENDED_K} are recommended (in the mnist-mlp3 ablation \
+                 every generated model collapsed with K = 2, K = 10 was fragile, K = 50 sound); collect more checkpoints"
+            ));
         }
     }
 
@@ -388,6 +404,26 @@ impl ParamSet {
         out
     }
 
+    /// The checkpoints' spread, in normalized units: the variance across the K checkpoints of
+    /// each of the D coordinates (population variance), averaged over D. It is the mean squared
+    /// error of reproducing every checkpoint by their mean, the error of an autoencoder that
+    /// learned nothing, and so the scale against which its reconstruction error is judged.
+    pub fn checkpoint_variance(&self) -> f64 {
+        let d = self.layout.param_count();
+        let k = self.k() as f64;
+        let norm = self.normalized();
+        let mut sum = vec![0f64; d];
+        let mut sum_sq = vec![0f64; d];
+        for row in norm.chunks_exact(d) {
+            for ((s, q), &x) in sum.iter_mut().zip(&mut sum_sq).zip(row) {
+                *s += x as f64;
+                *q += x as f64 * x as f64;
+            }
+        }
+        let total: f64 = sum.iter().zip(&sum_sq).map(|(s, q)| (q / k - (s / k).powi(2)).max(0.0)).sum();
+        total / d as f64
+    }
+
     /// Uniform average of the K rows ("model soup").
     pub fn mean_row(&self) -> Vec<f32> {
         let d = self.layout.param_count();
@@ -401,6 +437,10 @@ impl ParamSet {
     }
 }
 
+fn too_few_checkpoints(k: usize) -> Error {
+    Error::invalid("checkpoints", format!("K = {k}: at least 2 checkpoints are needed to learn a distribution"))
+}
+
 /// `*.safetensors` files of a directory, sorted by file name.
 pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -412,18 +452,65 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-fn select_layout(path: &Path, st: &SafeTensors<'_>, bytes: &[u8], selection: &Selection) -> Result<Layout> {
-    // Storage order in the file (data offset), so layouts are stable across runs.
-    let mut all: Vec<(String, Dtype, Vec<usize>, usize)> = st
-        .tensors()
+/// A tensor as a checkpoint's header declares it: name, dtype, shape, data offset in the file.
+type StoredTensor = (String, Dtype, Vec<usize>, usize);
+
+/// The tensors of a deserialized checkpoint with their data offsets in `bytes`.
+fn stored_tensors(st: &SafeTensors<'_>, bytes: &[u8]) -> Vec<StoredTensor> {
+    st.tensors()
         .into_iter()
         .map(|(name, v)| {
             let off = v.data().as_ptr() as usize - bytes.as_ptr() as usize;
             (name, v.dtype(), v.shape().to_vec(), off)
         })
-        .collect();
+        .collect()
+}
+
+/// Largest safetensors header accepted (the safetensors crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The tensors declared by the header of the checkpoint at `path`, read without its data:
+/// the 8-byte header length, the JSON header (validated by the safetensors crate: dtypes,
+/// shapes and contiguous offsets), and a file length that matches the header.
+fn read_header(path: &Path) -> Result<Vec<StoredTensor>> {
+    use std::io::Read;
+    let unreadable = |message: String| Error::Checkpoint { file: path.to_path_buf(), message: format!("not a readable safetensors file ({message})") };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| unreadable(format!("header length: {e}")))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER_BYTES || n > file_len.saturating_sub(8) {
+        return Err(unreadable(format!("header length {n} in a file of {file_len} bytes")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| unreadable(format!("header: {e}")))?;
+    let meta: safetensors::tensor::Metadata = serde_json::from_slice(&header).map_err(|e| unreadable(e.to_string()))?;
+    let expected_len = 8 + n + meta.data_len() as u64;
+    if file_len != expected_len {
+        return Err(unreadable(format!("the header describes {expected_len} bytes, the file has {file_len}")));
+    }
+    Ok(meta.tensors().into_iter().map(|(name, t)| (name, t.dtype, t.shape.clone(), 8 + n as usize + t.data_offsets.0)).collect())
+}
+
+/// The layout and K that [`ParamSet::load_dir`] would give, from the checkpoints' headers
+/// alone: no tensor data is read (the layout's normalization stats are left neutral). A caller
+/// checks with it what a training run would need (`train::check_memory`) before loading
+/// checkpoints that may not even fit in memory. The layout comes from the first file, as in
+/// [`ParamSet::load`]; the other files are checked by the full load.
+pub fn peek_dir(dir: &Path, selection: &Selection) -> Result<(Layout, usize)> {
+    let paths = list_checkpoints(dir)?;
+    if paths.len() < 2 {
+        return Err(too_few_checkpoints(paths.len()));
+    }
+    let layout = select_layout(&paths[0], read_header(&paths[0])?, selection)?;
+    Ok((layout, paths.len()))
+}
+
+fn select_layout(path: &Path, mut all: Vec<StoredTensor>, selection: &Selection) -> Result<Layout> {
+    // Storage order in the file (data offset), so layouts are stable across runs.
     all.sort_by(|a, b| a.3.cmp(&b.3).then_with(|| a.0.cmp(&b.0)));
-    let chosen: Vec<&(String, Dtype, Vec<usize>, usize)> = match selection {
+    let chosen: Vec<&StoredTensor> = match selection {
         Selection::AllFloat => all.iter().filter(|t| is_float(t.1) && t.2.iter().product::<usize>() > 0).collect(),
         Selection::Patterns(patterns) => {
             let mut chosen = Vec::new();
@@ -452,7 +539,7 @@ fn select_layout(path: &Path, st: &SafeTensors<'_>, bytes: &[u8], selection: &Se
                             message: format!("dtype {:?} is not floating point and cannot be modelled", h.1),
                         });
                     }
-                    if !chosen.iter().any(|c: &&(String, Dtype, Vec<usize>, usize)| c.0 == h.0) {
+                    if !chosen.iter().any(|c: &&StoredTensor| c.0 == h.0) {
                         chosen.push(h);
                     }
                 }

@@ -11,7 +11,11 @@ use super::library;
 use crate::error::{Error, Result};
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
-use std::sync::{Condvar, Mutex};
+// parking_lot rather than std's: its locking is Rust code compiled with our crate, so the
+// ThreadSanitizer build of the C thread test sees every acquire and release (std's contended
+// paths live in the uninstrumented standard library, and TSan then reports the pool's Vec as
+// racing under its own lock).
+use parking_lot::{Condvar, Mutex};
 
 /// How every session of a sampler is created.
 #[derive(Clone, Debug)]
@@ -179,7 +183,7 @@ impl SessionPool {
     }
 
     fn take(&self) -> Result<Session> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock();
         loop {
             if let Some(s) = state.idle.pop() {
                 return Ok(s);
@@ -189,21 +193,21 @@ impl SessionPool {
                 drop(state);
                 // Created outside the lock: other threads keep taking and returning sessions.
                 return create(&self.bytes, &self.settings, &self.file).inspect_err(|_| {
-                    self.state.lock().unwrap_or_else(|p| p.into_inner()).created -= 1;
+                    self.state.lock().created -= 1;
                 });
             }
-            state = self.returned.wait(state).unwrap_or_else(|p| p.into_inner());
+            self.returned.wait(&mut state);
         }
     }
 
     fn give_back(&self, session: Session) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).idle.push(session);
+        self.state.lock().idle.push(session);
         self.returned.notify_one();
     }
 
     /// Sessions created so far (for tests and the benchmark).
     pub fn created(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).created
+        self.state.lock().created
     }
 }
 

@@ -1,7 +1,7 @@
 //! The training loop on tch and the trained [`Generator`] (feature `train`): autoencoder, then
 //! latent diffusion, then the statistics that map latents back to parameters; tch backends of
 //! the shared sampler loop; a generator's bundle (export and load).
-use super::{available_memory_bytes, estimate_training_bytes, DeviceChoice, DiffusionTarget, Progress, Stage, TrainConfig, TrainHistory};
+use super::{available_memory_bytes, check_memory_against, DeviceChoice, DiffusionTarget, Progress, Stage, TrainConfig, TrainHistory};
 use crate::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
 use crate::diffusion::{check_condition_input, CondInput, DecoderBackend, DenoiserBackend};
 use crate::error::{Error, Result};
@@ -57,6 +57,9 @@ pub struct Generator {
     pub sources: Vec<String>,
     /// What a conditional generator is conditioned on (None: unconditional).
     pub condition: Option<ConditionSpec>,
+    /// Health warnings: the dataset's (few checkpoints, misaligned ones) and training's
+    /// (reconstruction error large against the checkpoints' spread). Recorded in the bundle.
+    pub warnings: Vec<String>,
     pub device: Device,
     pub(crate) ae_vs: nn::VarStore,
     pub(crate) ae: Autoencoder,
@@ -123,6 +126,7 @@ impl Generator {
             latent_clip: vec![f32::MAX; ld],
             history: TrainHistory::default(),
             sources: Vec::new(),
+            warnings: Vec::new(),
             device,
             ae_vs,
             ae,
@@ -136,27 +140,8 @@ impl Generator {
     pub fn train(set: &ParamSet, config: &TrainConfig, progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Self> {
         config.validate()?;
         let device = config.device.resolve()?;
-        // Refuse sizes that cannot fit before allocating anything: against the GPU's free
-        // memory when training on CUDA, the host's available memory otherwise.
-        let need = estimate_training_bytes(set.layout.param_count(), set.k(), config);
-        let (avail, what) = match device {
-            Device::Cuda(i) => (cuda_free_memory(i), format!("free on CUDA device {i}")),
-            _ => (available_memory_bytes(), "of memory is available".to_string()),
-        };
-        if let Some(avail) = avail {
-            if need > avail as u128 {
-                return Err(Error::invalid(
-                    "parameters",
-                    format!(
-                        "D = {}, K = {} needs about {:.1} GiB to train but {:.1} GiB {what}; select fewer tensors or a smaller latent",
-                        set.layout.param_count(),
-                        set.k(),
-                        need as f64 / (1u64 << 30) as f64,
-                        avail as f64 / (1u64 << 30) as f64
-                    ),
-                ));
-            }
-        }
+        // Refuse sizes that cannot fit before allocating anything.
+        check_memory_on(set.layout.param_count(), set.k(), config, device)?;
         let _one_at_a_time = libtorch_rng();
         torch_boundary("training", || Self::train_on(set, config, device, progress))
     }
@@ -206,6 +191,9 @@ impl Generator {
         g.history.final_reconstruction_mse = tch::no_grad(|| {
             g.ae.decode(&latents).narrow(1, 0, d as i64).mse_loss(&data.narrow(1, 0, d as i64), tch::Reduction::Mean).double_value(&[])
         });
+        g.history.checkpoint_variance = set.checkpoint_variance();
+        g.warnings = set.warnings.clone();
+        g.warnings.extend(g.history.reconstruction_warning());
         let mean = latents.mean_dim(0, false, Kind::Float);
         let std = latents.std_dim(0, false, false).clamp_min(LATENT_STD_FLOOR as f64);
         g.latent_mean = Vec::<f32>::try_from(&mean.to_device(Device::Cpu))?;
@@ -440,6 +428,7 @@ impl Generator {
             history: self.history.clone(),
             sources: self.sources.clone(),
             condition: self.condition.clone(),
+            warnings: self.warnings.clone(),
             files: Default::default(),
             sha256: Default::default(),
         }
@@ -486,6 +475,7 @@ impl Generator {
         g.latent_clip = m.latent.clip.clone();
         g.history = m.history.clone();
         g.sources = m.sources.clone();
+        g.warnings = m.warnings.clone();
         g.padded_len = m.padded_len;
         Ok(g)
     }
@@ -537,6 +527,19 @@ fn torch_message(panic: &str) -> Option<String> {
 
 /// Free memory of CUDA device `index` (cudaMemGetInfo), through the CUDA runtime that libtorch
 /// loaded; None when it cannot be asked.
+/// Refuse a training run on `config.device` that cannot fit (see [`check_memory_against`]):
+/// against the GPU's free memory when it trains on CUDA, the host's available memory otherwise.
+pub fn check_memory(d: usize, k: usize, config: &TrainConfig) -> Result<()> {
+    check_memory_on(d, k, config, config.device.resolve()?)
+}
+
+fn check_memory_on(d: usize, k: usize, config: &TrainConfig, device: Device) -> Result<()> {
+    match device {
+        Device::Cuda(i) => check_memory_against(d, k, config, cuda_free_memory(i), &format!("free on CUDA device {i}")),
+        _ => check_memory_against(d, k, config, available_memory_bytes(), "of memory is available"),
+    }
+}
+
 fn cuda_free_memory(index: usize) -> Option<u64> {
     type GetDevice = unsafe extern "C" fn(*mut i32) -> i32;
     type SetDevice = unsafe extern "C" fn(i32) -> i32;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "train")]
 mod generator;
 #[cfg(feature = "train")]
-pub use generator::{device_name, torch_boundary, Generator, TchDecoder, TchDenoiser, LATENT_CLIP_MARGIN, LATENT_STD_FLOOR};
+pub use generator::{check_memory, device_name, torch_boundary, Generator, TchDecoder, TchDenoiser, LATENT_CLIP_MARGIN, LATENT_STD_FLOOR};
 
 /// Where training runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,7 +208,52 @@ pub struct TrainHistory {
     pub diffusion_seconds: f64,
     /// Reconstruction error (MSE, normalized units) of the K inputs after training.
     pub final_reconstruction_mse: f64,
+    /// The checkpoints' spread in the same units (`ParamSet::checkpoint_variance`): the MSE of
+    /// reproducing every checkpoint by their mean. 0 in bundles written before it was recorded.
+    #[serde(default)]
+    pub checkpoint_variance: f64,
 }
+
+impl TrainHistory {
+    /// Reconstruction error as a fraction of the checkpoints' spread: near 0 when the
+    /// autoencoder reproduces each checkpoint, near 1 when it outputs their mean (what its
+    /// zero-initialised output layer does before training). `None` when the spread is unknown
+    /// (older bundles) or 0 (identical checkpoints).
+    pub fn reconstruction_ratio(&self) -> Option<f64> {
+        (self.checkpoint_variance > 0.0).then(|| self.final_reconstruction_mse / self.checkpoint_variance)
+    }
+
+    /// The training-quality warning, if the reconstruction error is at least
+    /// [`RECONSTRUCTION_WARN_RATIO`] of the checkpoints' spread.
+    pub fn reconstruction_warning(&self) -> Option<String> {
+        let ratio = self.reconstruction_ratio()?;
+        (ratio >= RECONSTRUCTION_WARN_RATIO).then(|| {
+            format!(
+                "the autoencoder reconstructs the checkpoints with MSE {:.2e} (normalized units), {:.0}% of their spread \
+                 across K ({:.2e}): generated models will lose what distinguishes the checkpoints; train the autoencoder \
+                 longer (ae_steps) or check the checkpoints",
+                self.final_reconstruction_mse,
+                100.0 * ratio,
+                self.checkpoint_variance
+            )
+        })
+    }
+}
+
+/// A reconstruction error at least this fraction of the checkpoints' spread gets a generator
+/// warning: the autoencoder then loses half of what distinguishes the checkpoints. Measured with
+/// the compact preset, seed 0, K = 200 (reconstruction / spread after N autoencoder steps;
+/// `pdiff train` on the demos' checkpoints with every float tensor selected: all 13,002
+/// parameters of mnist-mlp3, the whole CNN for mnist-cnn-bn):
+///
+/// | N | 10 | 30 | 100 | 300 | 1000 (the default) |
+/// |---|---|---|---|---|---|
+/// | mnist-mlp3 | 0.99 | 0.95 | 0.66 | 0.33 | 0.12 |
+/// | mnist-cnn-bn | 0.96 | 0.79 | 0.26 | 0.07 | 0.04 |
+///
+/// Trained generators sit at 0.12 and below, 4x under the threshold; the mean checkpoint alone
+/// (an untrained autoencoder) is 1.
+pub const RECONSTRUCTION_WARN_RATIO: f64 = 0.5;
 
 /// Rough upper estimate of the host memory a training run needs (bytes): the K padded inputs,
 /// the autoencoder's parameters with gradients and two AdamW moments, and a batch's activations
@@ -236,6 +281,25 @@ pub fn estimate_training_bytes(d: usize, k: usize, config: &TrainConfig) -> u128
     }
     let floats = k as u128 * padded + 4 * params + 4 * batch * activations;
     floats * 4
+}
+
+/// Refuse a training run that cannot fit before anything is allocated: the estimate of
+/// [`estimate_training_bytes`] against `avail` bytes (when known), `what` saying where they are
+/// ("of memory is available", "free on CUDA device 0"). `check_memory` (feature `train`) picks
+/// the device's figure.
+pub fn check_memory_against(d: usize, k: usize, config: &TrainConfig, avail: Option<u64>, what: &str) -> Result<()> {
+    let need = estimate_training_bytes(d, k, config);
+    match avail {
+        Some(avail) if need > avail as u128 => Err(Error::invalid(
+            "parameters",
+            format!(
+                "D = {d}, K = {k} needs about {:.1} GiB to train but {:.1} GiB {what}; select fewer tensors or a smaller latent",
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// MemAvailable of /proc/meminfo, if readable.

@@ -309,8 +309,14 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     if (!ds) return 0;
     CHECK(pdiff_dataset_k(ds) == K, "k = %zu", pdiff_dataset_k(ds));
     CHECK(pdiff_dataset_param_count(ds) == D, "D = %zu", pdiff_dataset_param_count(ds));
-    CHECK(pdiff_dataset_warning_count(ds) == 0, "warnings: %zu", pdiff_dataset_warning_count(ds));
-    CHECK(pdiff_dataset_warning(ds, 0) == NULL, "warning out of range is NULL");
+    /* K = 6 is below the 50 checkpoints recommended: one warning, owned by the dataset. */
+    CHECK(pdiff_dataset_warning_count(ds) == 1, "warnings: %zu", pdiff_dataset_warning_count(ds));
+    const char *few = pdiff_dataset_warning(ds, 0);
+    CHECK(few != NULL && strncmp(few, "K = 6 checkpoints is few", 24) == 0, "warning: %s", few ? few : "(null)");
+    CHECK(pdiff_dataset_warning(ds, 1) == NULL, "warning out of range is NULL");
+    CHECK(pdiff_dataset_warning(NULL, 0) == NULL && pdiff_dataset_warning_count(NULL) == 0, "warnings of NULL");
+    char dataset_warning[1024];
+    snprintf(dataset_warning, sizeof dataset_warning, "%s", few ? few : "");
 
     /* options */
     pdiff_train_options opts;
@@ -358,6 +364,18 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     pdiff_dataset_free(ds); /* the generator does not depend on it */
     if (!gen) return 0;
     CHECK(pdiff_generator_param_count(gen) == D, "generator D");
+    /* Generator warnings: the dataset's first (it was freed: the generator owns its copy), then
+       training's, if any (20 autoencoder steps reconstruct poorly). */
+    size_t n_warnings = pdiff_generator_warning_count(gen);
+    CHECK(n_warnings >= 1 && n_warnings <= 2, "generator warnings: %zu", n_warnings);
+    CHECK(pdiff_generator_warning(gen, 0) != NULL && strcmp(pdiff_generator_warning(gen, 0), dataset_warning) == 0,
+          "first generator warning is the dataset's: %s", pdiff_generator_warning(gen, 0));
+    for (size_t i = 1; i < n_warnings; i++) {
+        const char *w = pdiff_generator_warning(gen, i);
+        CHECK(w != NULL && strncmp(w, "the autoencoder reconstructs", 28) == 0, "warning %zu: %s", i, w ? w : "(null)");
+    }
+    CHECK(pdiff_generator_warning(gen, n_warnings) == NULL, "generator warning out of range is NULL");
+    CHECK(pdiff_generator_warning(NULL, 0) == NULL && pdiff_generator_warning_count(NULL) == 0, "generator warnings of NULL");
 
     CHECK_FAILS(pdiff_generator_export(NULL, bundle), PDIFF_ERR_NULL_POINTER);
     CHECK_FAILS(pdiff_generator_export(gen, NULL), PDIFF_ERR_NULL_POINTER);

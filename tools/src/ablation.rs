@@ -1,8 +1,9 @@
 //! Ablations of the paper on a reference task: the number of training checkpoints K, and the
 //! autoencoder's noise augmentation (none, input only, latent only, both). Every variant trains
 //! a generator, samples N models and reports their test accuracy and how closely their mistakes
-//! match the originals (max IoU).
-use pdiff::diffusion::{sample_params, SamplerKind};
+//! match the originals (max IoU), with the health checks of each generator (warnings,
+//! reconstruction error against the checkpoints' spread, generated latents clipped).
+use pdiff::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
 use pdiff::error::{Error, Result};
 use crate::eval::{accuracies, evaluate_rows, max_iou_to, Summary};
 use pdiff::params::{list_checkpoints, ParamSet};
@@ -16,6 +17,9 @@ use std::path::Path;
 pub struct AblationRow {
     pub study: String,
     pub k: usize,
+    /// Generated models per variant.
+    #[serde(default)]
+    pub n: usize,
     pub input_noise: f64,
     pub latent_noise: f64,
     pub generated: Summary,
@@ -24,6 +28,15 @@ pub struct AblationRow {
     pub originals: Summary,
     pub soup: f64,
     pub train_seconds: f64,
+    /// Reconstruction MSE / the checkpoints' spread across K (`TrainHistory::reconstruction_ratio`).
+    #[serde(default)]
+    pub reconstruction_ratio: Option<f64>,
+    /// Generated latents (of N) with a value outside the training range.
+    #[serde(default)]
+    pub latents_clipped: usize,
+    /// The generator's health warnings.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 pub const K_VALUES: [usize; 4] = [2, 10, 50, 200];
@@ -31,12 +44,15 @@ pub const NOISE_VARIANTS: [(&str, f64, f64); 4] = [("none", 0.0, 0.0), ("input o
 
 fn variant(task: &dyn Task, set: &ParamSet, config: &TrainConfig, n: usize, study: &str) -> Result<AblationRow> {
     let g = Generator::train(set, config, &mut |_| true)?;
-    let gen = sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, SamplerKind::Ddim { steps: 50 }, n, 7, &mut |_, _| true)?;
+    let z = sample_latents(&g.tch_denoiser(), &g.config.schedule, SamplerKind::Ddim { steps: 50 }, n, 7, &mut |_, _| true)?;
+    let clipped = count_outside_clip(z.view(), &g.latent_clip)?;
+    let gen = g.tch_decoder().decode(z.view())?;
     let orig = evaluate_rows(task, &set.layout, &set.data, false)?;
     let ev = evaluate_rows(task, &set.layout, gen.as_slice().expect("standard layout"), false)?;
     Ok(AblationRow {
         study: study.into(),
         k: set.k(),
+        n,
         input_noise: config.input_noise,
         latent_noise: config.latent_noise,
         generated: Summary::of(&accuracies(&ev)),
@@ -44,6 +60,9 @@ fn variant(task: &dyn Task, set: &ParamSet, config: &TrainConfig, n: usize, stud
         originals: Summary::of(&accuracies(&orig)),
         soup: evaluate_rows(task, &set.layout, &set.mean_row(), false)?[0].accuracy,
         train_seconds: g.history.ae_seconds + g.history.diffusion_seconds,
+        reconstruction_ratio: g.history.reconstruction_ratio(),
+        latents_clipped: clipped.rows,
+        warnings: g.warnings.clone(),
     })
 }
 
@@ -85,14 +104,30 @@ pub fn markdown(task: &str, rows: &[AblationRow]) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Ablations on {task}\n");
     let _ = writeln!(md, "N = 100 generated models per variant (DDIM-50, seed 7); test accuracy; max IoU of each generated model's misclassified test images to any training original. K = 1 is not run: the library refuses fewer than 2 checkpoints (a single checkpoint defines no distribution and no latent statistics).\n");
-    let _ = writeln!(md, "| study | K | input noise | latent noise | originals median | soup | generated median | generated min | generated std | max IoU median | train s |\n|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| study | K | input noise | latent noise | originals median | soup | generated median | generated min | generated std | max IoU median | reconstruction / spread | latents clipped | train s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} |",
+            "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} of {n} | {:.1} |",
             r.study, r.k, r.input_noise, r.latent_noise, r.originals.median, r.soup, r.generated.median, r.generated.min, r.generated.std,
-            r.generated_max_iou_to_originals.median, r.train_seconds
+            r.generated_max_iou_to_originals.median,
+            r.reconstruction_ratio.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
+            r.latents_clipped,
+            r.train_seconds,
+            n = r.n
         );
+    }
+    let mut warned: Vec<(&str, usize, &String)> = Vec::new();
+    for r in rows {
+        for w in &r.warnings {
+            warned.push((&r.study, r.k, w));
+        }
+    }
+    if !warned.is_empty() {
+        let _ = writeln!(md, "\nWarnings:\n");
+        for (study, k, w) in warned {
+            let _ = writeln!(md, "- {study}, K = {k}: {w}");
+        }
     }
     md
 }

@@ -1,5 +1,7 @@
 //! `pdiff bench`: sampling speed, latency and peak memory of the tch and ONNX Runtime backends
-//! with DDPM-1000 and DDIM-50, plus the accuracy their models reach on a reference task.
+//! with DDPM-1000 and DDIM-50, plus the accuracy their models reach on a reference task. Every
+//! sampling measurement is one warm-up run (not counted: first-call allocations, lazy
+//! initialisation, cold caches), then the median of `runs` (>= 3) timed runs.
 use pdiff::diffusion::{sample_params, SamplerKind};
 use pdiff::error::Result;
 use crate::eval::{accuracies, evaluate_rows, Summary};
@@ -15,9 +17,14 @@ pub struct BenchRow {
     pub backend: String,
     pub sampler: String,
     pub n: usize,
+    /// Median of the timed runs (after one warm-up run).
     pub seconds: f64,
+    /// Every timed run, in order.
+    pub run_seconds: Vec<f64>,
+    /// N / median seconds.
     pub models_per_second: f64,
-    /// Peak resident memory of the process during this run (MiB), after a reset of the peak.
+    /// Peak resident memory of the process over the timed runs (MiB): the peak is reset after
+    /// the warm-up, before the first timed run.
     pub peak_rss_mib: Option<f64>,
     pub test_accuracy: Option<Summary>,
 }
@@ -26,11 +33,19 @@ pub struct BenchRow {
 pub struct BenchReport {
     pub machine: String,
     pub cores: usize,
+    /// libtorch's intra-op threads (the tch rows and training).
+    #[serde(default)]
+    pub torch_threads: usize,
     pub bundle: String,
     pub param_count: usize,
+    /// Warm-up runs before each measurement (not timed) and timed runs per measurement.
+    pub warmup_runs: usize,
+    pub runs: usize,
     pub rows: Vec<BenchRow>,
-    /// Median latency of one model (n = 1, DDIM-50), seconds, per backend.
+    /// Median latency of one model (n = 1, DDIM-50) over `latency_runs` timed runs after a
+    /// warm-up, seconds, per backend.
     pub single_sample_latency_s: Vec<(String, f64)>,
+    pub latency_runs: usize,
     /// DDPM-1000 on tch time / DDIM-50 on ONNX Runtime time, for N models.
     pub speedup_ddim_ort_vs_ddpm_tch: f64,
     /// Training of a generator on the given checkpoints (when asked for).
@@ -56,7 +71,8 @@ pub fn is_report(bytes: &[u8]) -> bool {
     serde_json::from_slice::<BenchReport>(bytes).is_ok() || serde_json::from_slice::<BatchSweep>(bytes).is_ok()
 }
 
-/// Train a generator on `set` with `config` and measure time and peak memory.
+/// Train a generator on `set` with `config` and measure time and peak memory: one run (a
+/// training run takes minutes; its times per step are means over every step).
 pub fn train(set: &pdiff::params::ParamSet, config: &pdiff::train::TrainConfig) -> Result<TrainingBench> {
     reset_peak_rss();
     let g = pdiff::train::Generator::train(set, config, &mut |_| true)?;
@@ -101,66 +117,103 @@ pub fn machine_description() -> String {
     format!("{cpu}, {} cores{mem}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
-pub fn run(bundle: &Path, n: usize, rt: &RuntimeOptions, task: Option<&dyn Task>, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
+/// Timed runs of one measurement, after a warm-up run.
+#[derive(Clone, Debug)]
+pub struct Measured<T> {
+    /// The output of the last timed run.
+    pub output: T,
+    pub seconds: Vec<f64>,
+    pub median_seconds: f64,
+    /// Peak RSS over the timed runs (the peak is reset after the warm-up).
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The least number of timed runs a median is taken over.
+pub const MIN_RUNS: usize = 3;
+/// Timed runs of the single-model latency.
+pub const LATENCY_RUNS: usize = 5;
+
+/// Median of a non-empty list (mean of the middle two for an even length).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+}
+
+/// Run `work` once untimed (warm-up), then `runs` (>= [`MIN_RUNS`]) timed times.
+pub fn measure<T>(runs: usize, mut work: impl FnMut(usize) -> Result<T>) -> Result<Measured<T>> {
+    if runs < MIN_RUNS {
+        return Err(pdiff::Error::invalid("runs", format!("{runs}: a median needs at least {MIN_RUNS} timed runs")));
+    }
+    work(0)?;
+    reset_peak_rss();
+    let mut seconds = Vec::with_capacity(runs);
+    let mut output = None;
+    for i in 1..=runs {
+        let t0 = Instant::now();
+        let out = work(i)?;
+        seconds.push(t0.elapsed().as_secs_f64());
+        output = Some(out);
+    }
+    let peak_rss_mib = peak_rss_mib();
+    Ok(Measured { output: output.expect("runs >= 1"), median_seconds: median(&seconds), seconds, peak_rss_mib })
+}
+
+pub fn run(bundle: &Path, n: usize, runs: usize, rt: &RuntimeOptions, task: Option<&dyn Task>, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     let g = pdiff::train::Generator::load_bundle(bundle, DeviceChoice::Cpu)?;
     let sampler = Sampler::open(bundle, rt)?;
     let layout = sampler.layout().clone();
     let schedule = sampler.manifest().schedule.clone();
     let kinds = [SamplerKind::Ddpm, SamplerKind::Ddim { steps: 50 }];
+    let sample = |backend: &str, kind: SamplerKind, n: usize, seed: u64| {
+        if backend == "tch" {
+            sample_params(&g.tch_denoiser(), &g.tch_decoder(), &schedule, kind, n, seed, &mut |_, _| true)
+        } else {
+            sampler.sample(n, seed, kind, &mut |_, _| true)
+        }
+    };
     let mut rows = Vec::new();
     for backend in ["tch", sampler.backend_name()] {
         for kind in kinds {
-            progress(&format!("{backend} {}", kind.label()));
-            reset_peak_rss();
-            let t0 = Instant::now();
-            let out = if backend == "tch" {
-                sample_params(&g.tch_denoiser(), &g.tch_decoder(), &schedule, kind, n, 7, &mut |_, _| true)?
-            } else {
-                sampler.sample(n, 7, kind, &mut |_, _| true)?
-            };
-            let seconds = t0.elapsed().as_secs_f64();
-            let peak = peak_rss_mib();
+            progress(&format!("{backend} {}: 1 warm-up + {runs} runs", kind.label()));
+            // Same seed every run: the same models, so the accuracy is that of any run.
+            let m = measure(runs, |_| sample(backend, kind, n, 7))?;
             let test_accuracy = match task {
-                Some(t) => Some(Summary::of(&accuracies(&evaluate_rows(t, &layout, out.as_slice().unwrap(), false)?))),
+                Some(t) => Some(Summary::of(&accuracies(&evaluate_rows(t, &layout, m.output.as_slice().expect("row-major"), false)?))),
                 None => None,
             };
             rows.push(BenchRow {
                 backend: backend.to_string(),
                 sampler: kind.label(),
                 n,
-                seconds,
-                models_per_second: n as f64 / seconds,
-                peak_rss_mib: peak,
+                seconds: m.median_seconds,
+                run_seconds: m.seconds,
+                models_per_second: n as f64 / m.median_seconds,
+                peak_rss_mib: m.peak_rss_mib,
                 test_accuracy,
             });
         }
     }
     let mut latency = Vec::new();
     for backend in ["tch", sampler.backend_name()] {
-        let mut times: Vec<f64> = (0..5)
-            .map(|i| {
-                let t0 = Instant::now();
-                let kind = SamplerKind::Ddim { steps: 50 };
-                let r = if backend == "tch" {
-                    sample_params(&g.tch_denoiser(), &g.tch_decoder(), &schedule, kind, 1, i, &mut |_, _| true).map(|_| ())
-                } else {
-                    sampler.sample(1, i, kind, &mut |_, _| true).map(|_| ())
-                };
-                r.map(|_| t0.elapsed().as_secs_f64())
-            })
-            .collect::<Result<_>>()?;
-        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        latency.push((backend.to_string(), times[2]));
+        progress(&format!("{backend} single-model latency: 1 warm-up + {LATENCY_RUNS} runs"));
+        let m = measure(LATENCY_RUNS, |i| sample(backend, SamplerKind::Ddim { steps: 50 }, 1, i as u64).map(|_| ()))?;
+        latency.push((backend.to_string(), m.median_seconds));
     }
     let ddpm_tch = rows.iter().find(|r| r.backend == "tch" && r.sampler == "ddpm").map(|r| r.seconds).unwrap_or(f64::NAN);
     let ddim_ort = rows.iter().find(|r| r.backend != "tch" && r.sampler == "ddim-50").map(|r| r.seconds).unwrap_or(f64::NAN);
     Ok(BenchReport {
         machine: machine_description(),
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        torch_threads: tch::get_num_threads().max(0) as usize,
         bundle: bundle.display().to_string(),
         param_count: layout.param_count(),
+        warmup_runs: 1,
+        runs,
         rows,
         single_sample_latency_s: latency,
+        latency_runs: LATENCY_RUNS,
         speedup_ddim_ort_vs_ddpm_tch: ddpm_tch / ddim_ort,
         training: None,
     })

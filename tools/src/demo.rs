@@ -6,10 +6,10 @@
 //! a previous demo is replaced whole, and files pdiff did not write are refused (or kept, with
 //! force). Its parts are outputs of their own kinds (checkpoints, bundle, samples), so that the
 //! single commands can later replace them.
-use crate::eval::evaluate_all;
-use crate::results::{DemoResults, Timings};
+use crate::eval::{evaluate_all, novelty};
+use crate::results::{DemoResults, LatentClipping, Timings};
 use crate::zoo;
-use pdiff::diffusion::{sample_params, SamplerKind};
+use pdiff::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
 use pdiff::error::Result;
 use pdiff::fsutil::{IfForeign, OutputDir, OutputKind};
 use pdiff::params::ParamSet;
@@ -60,20 +60,25 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let gen_dir = out.join("generator");
     g.export_bundle(&gen_dir)?;
 
-    // 3. Generate N models.
+    // 3. Generate N models: latents with the reverse process, counted against the training
+    //    range (the decoder clips what falls outside), then decoded. The same loop and seed as
+    //    Sampler::sample, in two halves so that the latents can be inspected.
     let mut on_step = |i, n| progress("sample", i, n, None);
     let t0 = Instant::now();
-    let (params, backend) = match &opts.runtime {
+    let schedule = &g.config.schedule;
+    let (params, latents, backend) = match &opts.runtime {
         Some(rt) => {
             let sampler = pdiff::runtime::Sampler::open(&gen_dir, rt)?;
-            (sampler.sample(opts.n, opts.sample_seed, opts.sampler, &mut on_step)?, sampler.backend_name().to_string())
+            let z = sample_latents(&sampler, schedule, opts.sampler, opts.n, opts.sample_seed, &mut on_step)?;
+            (sampler.decode(z.view())?, z, sampler.backend_name().to_string())
         }
-        None => (
-            sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, opts.sampler, opts.n, opts.sample_seed, &mut on_step)?,
-            "tch".to_string(),
-        ),
+        None => {
+            let z = sample_latents(&g.tch_denoiser(), schedule, opts.sampler, opts.n, opts.sample_seed, &mut on_step)?;
+            (g.tch_decoder().decode(z.view())?, z, "tch".to_string())
+        }
     };
     let sample_s = t0.elapsed().as_secs_f64();
+    let latent_clipping = LatentClipping { generated: opts.n, latent_dim: g.latent_dim(), clipped: count_outside_clip(latents.view(), &g.latent_clip)? };
     let d = set.layout.param_count();
     let rows = params.as_slice().expect("row-major").to_vec();
     pdiff::runtime::write_models(&set.layout, &rows, &out.join("generated"), IfForeign::Refuse)?;
@@ -84,6 +89,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         progress("evaluate", i, n, None);
     })?;
     let evaluate_s = t0.elapsed().as_secs_f64();
+    let novelty = novelty(&set, &rows);
 
     let results = DemoResults {
         task: opts.task.clone(),
@@ -91,6 +97,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         k: set.k(),
         n_generated: opts.n,
         device: device_name(g.device),
+        torch_threads: tch::get_num_threads().max(0) as usize,
         preset: g.config.preset.to_string(),
         sampler: opts.sampler.label(),
         backend,
@@ -103,6 +110,10 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
             evaluate: evaluate_s,
         },
         reconstruction_mse: g.history.final_reconstruction_mse,
+        checkpoint_variance: g.history.checkpoint_variance,
+        warnings: g.warnings.clone(),
+        latent_clipping,
+        novelty,
         seed: opts.train.seed,
     };
     crate::report::write(out, &results, Some(&g.history))?;

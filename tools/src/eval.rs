@@ -1,5 +1,7 @@
 //! Evaluation of parameter vectors on a reference task: accuracy summaries (best / mean /
-//! median / min / std), the soup baseline and train-selected generated model.
+//! median / min / std), the soup baseline and train-selected generated model, verdicts on
+//! integer counts of test images; and a novelty measure that needs no task (distances to the
+//! nearest original in normalized units).
 use pdiff::error::Result;
 use pdiff::params::Layout;
 use crate::zoo::Task;
@@ -35,10 +37,12 @@ pub fn accuracy(pred: &[i64], labels: &[i64]) -> f64 {
     right as f64 / labels.len().max(1) as f64
 }
 
-/// Per-model evaluation on one split: accuracy and the indices of misclassified examples.
+/// Per-model evaluation on one split: accuracy, the number of correctly classified examples
+/// and the indices of misclassified ones.
 #[derive(Clone, Debug, Default)]
 pub struct ModelEval {
     pub accuracy: f64,
+    pub correct: usize,
     pub wrong: Vec<u32>,
 }
 
@@ -48,14 +52,44 @@ pub fn evaluate_rows(task: &dyn Task, layout: &Layout, rows: &[f32], train: bool
     rows.chunks_exact(layout.param_count())
         .map(|row| {
             let pred = task.predict(layout, row, train)?;
-            let wrong = pred.iter().zip(labels).enumerate().filter(|(_, (p, l))| p != l).map(|(i, _)| i as u32).collect();
-            Ok(ModelEval { accuracy: accuracy(&pred, labels), wrong })
+            let wrong: Vec<u32> = pred.iter().zip(labels).enumerate().filter(|(_, (p, l))| p != l).map(|(i, _)| i as u32).collect();
+            Ok(ModelEval { accuracy: accuracy(&pred, labels), correct: labels.len() - wrong.len(), wrong })
         })
         .collect()
 }
 
 pub fn accuracies(evals: &[ModelEval]) -> Vec<f64> {
     evals.iter().map(|e| e.accuracy).collect()
+}
+
+/// Median of integer counts, exact: an integer, or halfway between two (an even number of
+/// values), both exactly representable in f64.
+pub fn median_count(counts: &[usize]) -> f64 {
+    let mut v = counts.to_vec();
+    v.sort_unstable();
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2] as f64,
+        n => (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0,
+    }
+}
+
+fn correct_counts(evals: &[ModelEval]) -> Vec<usize> {
+    evals.iter().map(|e| e.correct).collect()
+}
+
+/// Verdict of the generated median against a baseline, from counts of correctly classified test
+/// images: "better" / "worse" when they differ by at least one image, else "equal" (a median of
+/// an even number of models can fall halfway between two counts).
+pub fn verdict(generated_correct: f64, baseline_correct: f64) -> &'static str {
+    let diff = generated_correct - baseline_correct;
+    if diff >= 1.0 {
+        "better"
+    } else if diff <= -1.0 {
+        "worse"
+    } else {
+        "equal"
+    }
 }
 
 /// Intersection over union of two sorted index sets (1 when both are empty).
@@ -151,14 +185,23 @@ pub struct Similarity {
     pub generated_max_iou_to_originals: Summary,
 }
 
-/// One line of the plain comparison of generated models against a baseline.
+/// One line of the plain comparison of generated models against a baseline. The verdict is
+/// decided on counts of correctly classified test images (exact), the accuracies are those
+/// counts divided by `test_images`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     pub baseline: String,
     pub baseline_accuracy: f64,
     pub generated_median: f64,
     pub difference: f64,
-    /// "better", "equal" (within one test example) or "worse".
+    /// Number of test images.
+    pub test_images: usize,
+    /// Correctly classified test images: the baseline's, the generated models' median (both
+    /// integers or halfway between two, for medians of an even number of models), difference.
+    pub baseline_correct: f64,
+    pub generated_median_correct: f64,
+    pub difference_images: f64,
+    /// "better" / "worse" (at least one test image apart) or "equal".
     pub verdict: String,
 }
 
@@ -200,7 +243,7 @@ pub fn evaluate_all(
     progress(0, total);
     let orig = evaluate_rows(task, layout, &set.data, false)?;
     progress(1, total);
-    let soup = evaluate_rows(task, layout, &set.mean_row(), false)?[0].accuracy;
+    let soup = evaluate_rows(task, layout, &set.mean_row(), false)?.remove(0);
     let gen_test = evaluate_rows(task, layout, generated, false)?;
     progress(2, total);
     let gen_train = evaluate_rows(task, layout, generated, true)?;
@@ -214,34 +257,47 @@ pub fn evaluate_all(
     points.extend(orig.iter().zip(&orig_self).map(|(e, m)| ("originals".to_string(), e.accuracy, *m)));
     points.extend(gen_test.iter().zip(&gen_max).map(|(e, m)| ("generated".to_string(), e.accuracy, *m)));
     let mut noise_baselines = Vec::new();
+    let mut noise_counts = Vec::new();
     for (i, &sigma) in NOISE_SIGMAS.iter().enumerate() {
         let rows = noise_baseline(set, sigma, seed.wrapping_add(i as u64 + 1));
         let ev = evaluate_rows(task, layout, &rows, false)?;
         let m = max_iou_to(&ev, &orig, false);
         points.extend(ev.iter().zip(&m).map(|(e, mi)| (format!("noise {sigma}"), e.accuracy, *mi)));
         noise_baselines.push(NoiseBaseline { sigma_rel: sigma, accuracy: Summary::of(&accuracies(&ev)), max_iou_to_originals: Summary::of(&m) });
+        noise_counts.push(correct_counts(&ev));
         progress(4 + i, total);
     }
     let originals = Summary::of(&accuracies(&orig));
     let generated_s = Summary::of(&accuracies(&gen_test));
-    let one_example = 1.0 / task.labels(false).len().max(1) as f64;
-    let compare = |name: String, acc: f64| {
-        let diff = generated_s.median - acc;
-        let verdict = if diff.abs() < one_example { "equal" } else if diff > 0.0 { "better" } else { "worse" };
-        Comparison { baseline: name, baseline_accuracy: acc, generated_median: generated_s.median, difference: diff, verdict: verdict.into() }
+    let test_images = task.labels(false).len();
+    let generated_correct = median_count(&correct_counts(&gen_test));
+    let compare = |name: String, baseline_correct: f64| {
+        let n = test_images.max(1) as f64;
+        Comparison {
+            baseline: name,
+            baseline_accuracy: baseline_correct / n,
+            generated_median: generated_correct / n,
+            difference: (generated_correct - baseline_correct) / n,
+            test_images,
+            baseline_correct,
+            generated_median_correct: generated_correct,
+            difference_images: generated_correct - baseline_correct,
+            verdict: verdict(generated_correct, baseline_correct).into(),
+        }
     };
+    let orig_counts = correct_counts(&orig);
     let mut comparisons = vec![
-        compare("originals (median)".into(), originals.median),
-        compare("originals (best)".into(), originals.best),
-        compare("soup".into(), soup),
+        compare("originals (median)".into(), median_count(&orig_counts)),
+        compare("originals (best)".into(), orig_counts.iter().copied().max().unwrap_or(0) as f64),
+        compare("soup".into(), soup.correct as f64),
     ];
-    for nb in &noise_baselines {
-        comparisons.push(compare(format!("noise {} (median)", nb.sigma_rel), nb.accuracy.median));
+    for (nb, counts) in noise_baselines.iter().zip(&noise_counts) {
+        comparisons.push(compare(format!("noise {} (median)", nb.sigma_rel), median_count(counts)));
     }
     progress(total, total);
     Ok(Evaluation {
         originals,
-        soup,
+        soup: soup.accuracy,
         generated: generated_s,
         selected_on_train: SelectedOnTrain { train: gen_train[best].accuracy, test: gen_test[best].accuracy, index: best },
         noise_baselines,
@@ -255,4 +311,109 @@ pub fn evaluate_all(
         comparisons,
         points,
     })
+}
+
+/// Median, min and max of a set of distances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Self {
+        let s = Summary::of(values);
+        Spread { median: s.median, min: s.min, max: s.best }
+    }
+}
+
+/// Novelty without a task: how far each generated vector is from its nearest original, against
+/// how far each original is from its nearest other original (L2 distances over the D
+/// parameters in normalized units: each tensor standardized with the originals' mean and std).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Novelty {
+    pub generated_to_nearest_original: Spread,
+    pub original_to_nearest_other_original: Spread,
+    /// Distances between every two originals: the extent of the region the originals cover
+    /// (checkpoints of one trajectory are each other's close neighbours, yet far apart overall).
+    pub original_to_original: Spread,
+    /// Median generated-to-original distance / median original-to-original distance: about 1
+    /// for new draws from the originals' distribution, near 0 for copies of originals. None
+    /// when the originals' median distance is 0 (duplicated originals: no scale to compare to).
+    pub ratio_of_medians: Option<f64>,
+    /// "copies", "like the originals", "farther" (see [`NOVELTY_COPY_RATIO`]) or "undefined".
+    pub reading: String,
+}
+
+/// A ratio of medians below this reads "likely copies", above its inverse "farther from the
+/// originals than they are from each other": a factor of two either side of 1, the ratio of new
+/// draws from the distribution of the originals.
+pub const NOVELTY_COPY_RATIO: f64 = 0.5;
+
+impl Novelty {
+    /// The plain-language reading of [`Novelty::reading`].
+    pub fn sentence(&self) -> String {
+        let Some(r) = self.ratio_of_medians else {
+            return "undefined: the originals' median distance to their nearest other original is 0 (duplicated checkpoints)".into();
+        };
+        match self.reading.as_str() {
+            "copies" => format!("generated models are much closer to an original than the originals are to each other (ratio of medians {r:.2}): likely copies of originals"),
+            "farther" if self.generated_to_nearest_original.median <= self.original_to_original.median => format!(
+                "generated models are farther from their nearest original than the originals are from each other (ratio of medians {r:.2}), \
+                 yet closer to it than two originals typically are to each other ({:.3} against {:.3}): not copies, new points within the region of the originals",
+                self.generated_to_nearest_original.median,
+                self.original_to_original.median
+            ),
+            "farther" => format!(
+                "generated models are farther from their nearest original than the originals are from each other (ratio of medians {r:.2}), \
+                 and than two originals typically are ({:.3} against {:.3}): outside the region of the originals, check that they work",
+                self.generated_to_nearest_original.median,
+                self.original_to_original.median
+            ),
+            _ => format!("generated models are about as far from their nearest original as the originals are from each other (ratio of medians {r:.2}): new points among the originals, not copies"),
+        }
+    }
+}
+
+/// Euclidean distance, accumulated in f64.
+fn l2(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// [`Novelty`] of `generated` (rows of D values, host units) against the originals of `set`.
+pub fn novelty(set: &pdiff::params::ParamSet, generated: &[f32]) -> Novelty {
+    let d = set.layout.param_count();
+    let originals = set.normalized();
+    let mut gen_norm = vec![0f32; generated.len()];
+    for (src, dst) in generated.chunks_exact(d).zip(gen_norm.chunks_exact_mut(d)) {
+        set.layout.normalize(src, dst);
+    }
+    let nearest = |row: &[f32], skip: Option<usize>| {
+        originals
+            .chunks_exact(d)
+            .enumerate()
+            .filter(|(j, _)| Some(*j) != skip)
+            .map(|(_, o)| l2(row, o))
+            .fold(f64::INFINITY, f64::min)
+    };
+    let gen_dist: Vec<f64> = gen_norm.chunks_exact(d).map(|g| nearest(g, None)).collect();
+    let orig_dist: Vec<f64> = originals.chunks_exact(d).enumerate().map(|(i, o)| nearest(o, Some(i))).collect();
+    let rows: Vec<&[f32]> = originals.chunks_exact(d).collect();
+    let pairwise: Vec<f64> = (0..rows.len()).flat_map(|i| (i + 1..rows.len()).map(move |j| (i, j))).map(|(i, j)| l2(rows[i], rows[j])).collect();
+    let (g, o) = (Spread::of(&gen_dist), Spread::of(&orig_dist));
+    let ratio = (o.median > 0.0).then(|| g.median / o.median);
+    let reading = match ratio {
+        None => "undefined",
+        Some(r) if r < NOVELTY_COPY_RATIO => "copies",
+        Some(r) if r > 1.0 / NOVELTY_COPY_RATIO => "farther",
+        Some(_) => "like the originals",
+    };
+    Novelty {
+        generated_to_nearest_original: g,
+        original_to_nearest_other_original: o,
+        original_to_original: Spread::of(&pairwise),
+        ratio_of_medians: ratio,
+        reading: reading.into(),
+    }
 }

@@ -100,6 +100,9 @@ enum Command {
         data: Option<PathBuf>,
         #[arg(short = 'n', long, default_value_t = 100)]
         n: usize,
+        /// Timed runs per measurement (after one warm-up run); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
         #[command(flatten)]
         runtime: RuntimeArgs,
         /// Also measure training (time per step, peak memory) on these checkpoints.
@@ -408,7 +411,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train { checkpoints, select, out, conditions, force, train } => {
             let config = train.config()?;
             fsutil::check_output_dir(&out, OutputKind::Bundle, force.policy())?;
-            let mut set = ParamSet::load_dir(&checkpoints, &Selection::patterns(&select))?;
+            let selection = Selection::patterns(&select);
+            // From the checkpoints' headers alone: a size that cannot be trained is refused
+            // before any tensor is read.
+            let (layout, k) = pdiff::params::peek_dir(&checkpoints, &selection)?;
+            pdiff::train::check_memory(layout.param_count(), k, &config)?;
+            let mut set = ParamSet::load_dir(&checkpoints, &selection)?;
             if let Some(file) = conditions {
                 set = set.with_conditions_file(&file)?;
                 println!("conditional: C = {}", set.conditions.as_ref().map(|c| c.spec.dim).unwrap_or(0));
@@ -419,13 +427,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("K = {}, D = {} ({} tensors)", set.k(), set.layout.param_count(), set.layout.tensors.len());
             let g = Generator::train(&set, &config, &mut |p| bars.update(p.stage.name(), p.step, p.total, Some(p.loss)))?;
             bars.finish();
+            for w in g.warnings.iter().filter(|w| !set.warnings.contains(w)) {
+                eprintln!("warning: {w}");
+            }
             g.export_bundle_with(&out, force.policy())?;
             println!(
-                "trained on {}: autoencoder {:.1}s, diffusion {:.1}s, reconstruction mse {:.2e}; bundle written to {}",
+                "trained on {}: autoencoder {:.1}s, diffusion {:.1}s, reconstruction mse {:.2e} ({} of the checkpoints' spread {:.2e}); bundle written to {}",
                 pdiff::train::device_name(g.device),
                 g.history.ae_seconds,
                 g.history.diffusion_seconds,
                 g.history.final_reconstruction_mse,
+                g.history.reconstruction_ratio().map(|r| format!("{:.1}%", 100.0 * r)).unwrap_or_else(|| "-".into()),
+                g.history.checkpoint_variance,
                 out.display()
             );
         }
@@ -484,12 +497,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("written: {}", out.display());
         }
-        Command::Bench { batch_sizes: None, bundle: dir, task, data, n, runtime, checkpoints, train, out, force, .. } => {
+        Command::Bench { batch_sizes: None, bundle: dir, task, data, n, runs, runtime, checkpoints, train, out, force, .. } => {
             let opts = runtime.options()?.unwrap_or_default();
             let report_kind = "pdiff bench report";
             fsutil::check_output_file(&out, if_foreign(force), report_kind, pdiff_tools::bench::is_report)?;
             let task = task.map(|t| zoo::task(&t, data.as_deref())).transpose()?;
-            let mut report = pdiff_tools::bench::run(&dir, n, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
+            let mut report = pdiff_tools::bench::run(&dir, n, runs, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
             if let Some(c) = checkpoints {
                 eprintln!("bench: training");
                 let sel = task.as_ref().map(|t| t.selection()).unwrap_or_default();
@@ -504,7 +517,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let json = serde_json::to_vec_pretty(&report).expect("a bench report serializes");
             fsutil::write_output_file(&out, &json, if_foreign(force), report_kind, pdiff_tools::bench::is_report)?;
-            println!("machine: {}", report.machine);
+            println!("machine: {} (libtorch threads: {})", report.machine, report.torch_threads);
+            println!("sampling: median of {} timed runs after {} warm-up run(s)", report.runs, report.warmup_runs);
             println!("{:<18} {:<9} {:>5} {:>9} {:>10} {:>10} {:>9}", "backend", "sampler", "n", "seconds", "models/s", "peak MiB", "test acc");
             for r in &report.rows {
                 println!(
@@ -515,7 +529,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             for (b, s) in &report.single_sample_latency_s {
-                println!("single-sample latency (DDIM-50) {b}: {:.1} ms", s * 1e3);
+                println!("single-sample latency (DDIM-50, median of {}) {b}: {:.1} ms", report.latency_runs, s * 1e3);
             }
             println!("speed-up DDIM-50 on ONNX Runtime vs DDPM-1000 on tch: {:.1}x", report.speedup_ddim_ort_vs_ddpm_tch);
             println!("written: {}", out.display());
@@ -530,6 +544,13 @@ fn run(cli: Cli) -> Result<()> {
                 let gen = ParamSet::load_dir(&gdir, &task.selection())?;
                 let s = eval::Summary::of(&eval::accuracies(&eval::evaluate_rows(task.as_ref(), &gen.layout, &gen.data, false)?));
                 println!("generated (N = {}): {}", gen.k(), fmt_summary(&s));
+                // Novelty compares vectors coordinate by coordinate: only for the same layout.
+                let shape = |l: &pdiff::params::Layout| l.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.offset)).collect::<Vec<_>>();
+                if shape(&gen.layout) == shape(&set.layout) {
+                    println!("novelty: {}", eval::novelty(&set, &gen.data).sentence());
+                } else {
+                    println!("novelty: not computed: the generated models' tensors differ from the originals' (names, shapes or order)");
+                }
             }
         }
         Command::Ablation { task, checkpoints, out, force, data, n, train } => {
@@ -616,6 +637,17 @@ fn print_results(r: &results::DemoResults) {
     }
     println!("{:<22} {:>8.4}", "soup (uniform avg)", r.evaluation.soup);
     println!("{:<22} {:>8.4}  (train {:.4})", "selected on train", r.evaluation.selected_on_train.test, r.evaluation.selected_on_train.train);
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    match r.latent_clipping.warning() {
+        Some(w) => eprintln!("warning: {w}"),
+        None => println!("{}", r.latent_clipping.sentence()),
+    }
+    println!("novelty: {}", r.novelty.sentence());
+    for c in &r.evaluation.comparisons {
+        println!("generated median vs {}: {} ({:+} test images)", c.baseline, c.verdict, c.difference_images);
+    }
     let t = &r.timings_s;
     println!(
         "timings (s): collect {:.1}  autoencoder {:.1}  diffusion {:.1}  sample {:.1}  evaluate {:.1}",

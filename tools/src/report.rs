@@ -50,8 +50,13 @@ fn groups(points: &[(String, f64, f64)]) -> Vec<String> {
     g
 }
 
+/// The range of `values` padded by 8% on each side; 0..1 when there is no finite value (an
+/// inverted or infinite range would make the plotting library draw forever).
 fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
-    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi {
+        return 0.0..1.0;
+    }
     let pad = ((hi - lo) * 0.08).max(1e-3);
     (lo - pad)..(hi + pad)
 }
@@ -164,8 +169,24 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
     let _ = writeln!(md, "# p-diff report: {}\n", r.task);
     let _ = writeln!(
         md,
-        "D = {} parameters, K = {} originals, N = {} generated; preset `{}`, trained on {}, sampled with {} on {}.\n",
-        r.num_params, r.k, r.n_generated, r.preset, r.device, r.sampler, r.backend
+        "D = {} parameters, K = {} originals, N = {} generated; preset `{}`, trained on {} ({} libtorch threads), sampled with {} on {}.\n",
+        r.num_params, r.k, r.n_generated, r.preset, r.device, r.torch_threads, r.sampler, r.backend
+    );
+    let _ = writeln!(md, "## Health\n");
+    let warnings: Vec<String> = r.warnings.iter().cloned().chain(r.latent_clipping.warning()).collect();
+    if warnings.is_empty() {
+        let _ = writeln!(md, "No warning: enough checkpoints, none misaligned, a faithful autoencoder, no generated latent clipped.");
+    }
+    for w in &warnings {
+        let _ = writeln!(md, "- warning: {w}");
+    }
+    let ratio = if r.checkpoint_variance > 0.0 { format!("{:.1}%", 100.0 * r.reconstruction_mse / r.checkpoint_variance) } else { "-".into() };
+    let _ = writeln!(
+        md,
+        "\nReconstruction MSE {:.2e} against a spread of the checkpoints across K of {:.2e} (normalized units): {ratio}. {}.\n",
+        r.reconstruction_mse,
+        r.checkpoint_variance,
+        r.latent_clipping.sentence()
     );
     let _ = writeln!(md, "## Test accuracy\n\n| models | best | mean | median | min | std |\n|---|---|---|---|---|---|");
     let row = |md: &mut String, name: &str, s: &crate::eval::Summary| {
@@ -183,10 +204,21 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
         ev.selected_on_train.train, ev.selected_on_train.test
     );
     let _ = writeln!(md, "## Generated against the baselines\n");
-    let _ = writeln!(md, "Generated median test accuracy {:.4}. \"equal\" means within one test example.\n", ev.generated.median);
-    let _ = writeln!(md, "| baseline | its accuracy | difference | generated are |\n|---|---|---|---|");
+    let test_images = ev.comparisons.first().map(|c| c.test_images).unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "Generated median test accuracy {:.4}. Verdicts compare counts of correctly classified test images (of {test_images}): \
+         \"better\" or \"worse\" when they differ by at least one image, else \"equal\" (a median of an even number of models \
+         can fall halfway between two counts).\n",
+        ev.generated.median
+    );
+    let _ = writeln!(md, "| baseline | its accuracy | correct images | generated median | difference (images) | generated are |\n|---|---|---|---|---|---|");
     for c in &ev.comparisons {
-        let _ = writeln!(md, "| {} | {:.4} | {:+.4} | **{}** |", c.baseline, c.baseline_accuracy, c.difference, c.verdict);
+        let _ = writeln!(
+            md,
+            "| {} | {:.4} | {} | {} | {:+} | **{}** |",
+            c.baseline, c.baseline_accuracy, c.baseline_correct, c.generated_median_correct, c.difference_images, c.verdict
+        );
     }
     let s = &ev.similarity;
     let _ = writeln!(md, "\n## Memorization: IoU of misclassified test images\n");
@@ -216,8 +248,27 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
         "the generated models' mistakes overlap less with any original than the originals' do with each other: by this measure they differ from every training checkpoint"
     };
     let _ = writeln!(md, "\nReading: {novelty}.\n");
-    let plots = ensure_font();
-    if plots {
+    let nv = &r.novelty;
+    let _ = writeln!(md, "## Novelty without a task: distance to the nearest original\n");
+    let _ = writeln!(
+        md,
+        "L2 distance over the {} parameters in normalized units (each tensor standardized with the originals' mean and std).\n",
+        r.num_params
+    );
+    let _ = writeln!(md, "| distance | median | min | max |\n|---|---|---|---|");
+    for (name, d) in [
+        ("generated to the nearest original", &nv.generated_to_nearest_original),
+        ("original to the nearest other original", &nv.original_to_nearest_other_original),
+        ("original to original (every pair)", &nv.original_to_original),
+    ] {
+        let _ = writeln!(md, "| {name} | {:.4} | {:.4} | {:.4} |", d.median, d.min, d.max);
+    }
+    let _ = writeln!(md, "\nReading: {}.\n", nv.sentence());
+    // The per-model points are not part of results.json: a report rendered again from that file
+    // (no evaluation in memory) has no plots.
+    if ev.points.is_empty() {
+        let _ = writeln!(md, "(Plots skipped: no per-model evaluation in memory; they are drawn by the run that evaluates the models.)\n");
+    } else if ensure_font() {
         let title = format!("{}: test accuracy", r.task);
         plot_accuracy(&dir.join("accuracy.png"), ev, &title)?;
         plot_similarity(&dir.join("similarity.png"), ev, &format!("{}: accuracy vs similarity to the originals", r.task))?;

@@ -246,13 +246,52 @@ fn missing_directory() {
     });
 }
 
+/// A checkpoint of one f32 tensor of `shape` whose data is a hole of the file (sparse: no disk
+/// space), so that it can be absurdly large and still a well-formed safetensors file.
+fn sparse_checkpoint(path: &Path, name: &str, shape: &[usize]) {
+    let bytes = 4 * shape.iter().product::<usize>() as u64;
+    let mut header = format!(r#"{{"{name}":{{"dtype":"F32","shape":{shape:?},"data_offsets":[0,{bytes}]}}}}"#).into_bytes();
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut file_bytes = (header.len() as u64).to_le_bytes().to_vec();
+    file_bytes.extend_from_slice(&header);
+    std::fs::write(path, &file_bytes).unwrap();
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(file_bytes.len() as u64 + bytes).unwrap();
+}
+
+/// The number after `prefix` in `text`, up to the next space.
+fn number_after(text: &str, prefix: &str) -> f64 {
+    let rest = &text[text.find(prefix).unwrap_or_else(|| panic!("{prefix:?} not in {text}")) + prefix.len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap_or_else(|e| panic!("number after {prefix:?} in {text}: {e}"))
+}
+
 #[test]
 fn absurd_size_is_refused_up_front() {
-    // A layout of 2^36 parameters: refused with an estimate before anything is allocated.
-    let l = Layout::from_shapes(&[("huge", vec![1 << 18, 1 << 18])]).unwrap();
-    let need = pdiff::train::estimate_training_bytes(l.param_count(), 200, &pdiff::train::TrainConfig::new(pdiff::model::Preset::Compact));
-    let avail = pdiff::train::available_memory_bytes().expect("linux meminfo");
-    assert!(need > avail as u128, "estimate {need} should exceed available {avail}");
+    // Two checkpoints of 2^36 parameters (256 GiB each, sparse files): reading either one would
+    // exhaust memory, so `pdiff train` must refuse from the headers alone, before any data is read.
+    case(|d| {
+        let c = d.join("ckpt");
+        std::fs::create_dir_all(&c).unwrap();
+        let shape = [1usize << 18, 1 << 18];
+        for i in 0..2 {
+            sparse_checkpoint(&c.join(format!("c{i}.safetensors")), "huge", &shape);
+        }
+        let d_params = shape[0] * shape[1];
+        let need = pdiff::train::estimate_training_bytes(d_params, 2, &pdiff::train::TrainConfig::new(pdiff::model::Preset::Compact));
+        let avail = pdiff::train::available_memory_bytes().expect("linux meminfo");
+        assert!(need > avail as u128, "estimate {need} should exceed available {avail}");
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+
+        let (o, out) = train(&c, &[]);
+        let need_text = format!("D = {d_params}, K = 2 needs about {:.1} GiB to train but ", gib(need as f64));
+        assert_error(&o, &["invalid parameters", &need_text, "GiB of memory is available"]);
+        // The available figure is the system's MemAvailable when the CLI ran: close to ours.
+        let err = String::from_utf8_lossy(&o.stderr);
+        let shown = number_after(&err, "to train but ");
+        assert!((shown - gib(avail as f64)).abs() < 2.0, "available {shown} GiB shown, {:.1} GiB now: {err}", gib(avail as f64));
+        assert_nothing_written(&out);
+    });
 }
 
 #[test]

@@ -447,7 +447,7 @@ class Dataset(_Handle):
 
     @property
     def warnings(self) -> list:
-        """Non-fatal warnings (e.g. permutation-misaligned checkpoints)."""
+        """Non-fatal warnings: fewer than 50 checkpoints, permutation-misaligned checkpoints."""
         out = []
         with self._borrow() as h:
             for i in range(lib.pdiff_dataset_warning_count(h)):
@@ -533,6 +533,17 @@ class Generator(_Handle):
     def param_count(self) -> int:
         with self._borrow() as h:
             return int(lib.pdiff_generator_param_count(h))
+
+    @property
+    def warnings(self) -> list:
+        """Health warnings: the dataset's (few or misaligned checkpoints), then training's (a
+        reconstruction error large against the checkpoints' spread). The bundle records them."""
+        out = []
+        with self._borrow() as h:
+            for i in range(lib.pdiff_generator_warning_count(h)):
+                s = lib.pdiff_generator_warning(h, i)
+                out.append("" if s == ffi.NULL else ffi.string(s).decode("utf-8", "replace"))
+        return out
 
     def __repr__(self) -> str:
         return "Generator(closed)" if self.closed else f"Generator(d={self.param_count})"

@@ -24,6 +24,7 @@ the C++ test, when given). Without them, both C programs are compiled and run he
 """
 import ctypes
 import importlib.metadata
+import json
 import math
 import os
 import pathlib
@@ -309,7 +310,9 @@ def test_header_lookup_order(monkeypatch, tmp_path):
 @needs_training
 def test_dataset_from_memory(data):
     with pdiff.Dataset.from_memory(LAYOUT, data) as ds:
-        assert (ds.k, ds.param_count, ds.warnings) == (K, D, [])
+        assert (ds.k, ds.param_count) == (K, D)
+        # K = 6 is below the 50 checkpoints recommended: one warning
+        assert len(ds.warnings) == 1 and ds.warnings[0].startswith("K = 6 checkpoints is few"), ds.warnings
     assert ds.closed
     with pytest.raises(pdiff.NullPointerError) as e:
         ds.k
@@ -361,13 +364,20 @@ def test_train_progress_and_export(data, tmp_path):
     calls = []
     options = {**C_TEST_OPTIONS, "ae_steps": 5, "diffusion_steps": 4}
     gen = pdiff.Generator.train(ds, progress=lambda *a: calls.append(a), **options)  # None: go on
+    dataset_warnings = ds.warnings
     ds.close()  # the generator does not depend on it
     assert [c[0] for c in calls] == ["autoencoder"] * 5 + ["diffusion"] * 4
     assert [c[1:3] for c in calls] == [(i, 5) for i in range(1, 6)] + [(i, 4) for i in range(1, 5)]
     assert all(math.isfinite(c[3]) for c in calls)
     assert gen.param_count == D
+    # 5 autoencoder steps reproduce little more than the mean checkpoint: after the dataset's
+    # warning (K = 6 is few), training's
+    assert len(gen.warnings) == 2, gen.warnings
+    assert gen.warnings[0] == dataset_warnings[0]
+    assert gen.warnings[1].startswith("the autoencoder reconstructs the checkpoints"), gen.warnings
     gen.export(tmp_path / "b")
-    assert (tmp_path / "b" / "pdiff.json").is_file()
+    manifest = json.loads((tmp_path / "b" / "pdiff.json").read_text())
+    assert manifest["warnings"] == gen.warnings
     gen.export(tmp_path / "b")  # a bundle exported before: replaced
     # never over what libpdiff did not write: refused; forced, beside it, untouched
     home = tmp_path / "home"
@@ -388,6 +398,8 @@ def test_train_progress_and_export(data, tmp_path):
         gen.export(tmp_path / "gen-out", force=True)
     assert _tree(tmp_path / "gen-out") == before
     gen.close()
+    with pytest.raises(pdiff.NullPointerError):
+        gen.warnings
     with pytest.raises(pdiff.NullPointerError):
         gen.export(tmp_path / "c")
 

@@ -1,0 +1,100 @@
+//! Health checks as users read them: `pdiff train` prints the generator's warnings and records
+//! them in the bundle; the demo's report.md lists the warnings (latents clipped included), the
+//! reconstruction error against the checkpoints' spread, verdicts in test images and the
+//! task-free novelty table.
+use pdiff::params::Layout;
+use pdiff_tools::results::DemoResults;
+use std::path::Path;
+use std::process::Command;
+
+fn layout() -> Layout {
+    Layout::from_shapes(&[("fc.weight", vec![4, 6]), ("fc.bias", vec![4])]).unwrap()
+}
+
+/// K well-formed checkpoints of one trajectory (base + a small perturbation).
+fn good_checkpoints(dir: &Path, k: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let l = layout();
+    for i in 0..k {
+        let v: Vec<f32> = (0..l.param_count()).map(|j| (j as f32 * 0.37).sin() + 0.01 * ((i * 7 + j) as f32).cos()).collect();
+        l.save_safetensors(&v, &dir.join(format!("c{i:03}.safetensors"))).unwrap();
+    }
+}
+
+#[test]
+fn train_prints_and_records_the_warnings() {
+    let d = tempfile::tempdir().unwrap();
+    let ckpts = d.path().join("ckpts");
+    good_checkpoints(&ckpts, 4);
+    let out = d.path().join("bundle");
+    // 2 autoencoder steps: the reconstruction error is still about the whole spread.
+    let o = Command::new(env!("CARGO_BIN_EXE_pdiff"))
+        .args(["train", "--checkpoints", ckpts.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--ae-steps", "2", "--diffusion-steps", "2", "--device", "cpu"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    let printed: Vec<&str> = stderr.lines().filter_map(|l| l.strip_prefix("warning: ")).collect();
+    assert_eq!(printed.len(), 2, "each warning once: {stderr}");
+    assert!(printed[0].starts_with("K = 4 checkpoints is few: at least 50 are recommended"), "{}", printed[0]);
+    assert!(printed[1].starts_with("the autoencoder reconstructs the checkpoints with MSE"), "{}", printed[1]);
+    assert!(stdout.contains("of the checkpoints' spread"), "{stdout}");
+    // The bundle records the same warnings and the spread they were judged against.
+    let m = pdiff::bundle::load_manifest(&out).unwrap();
+    assert_eq!(m.warnings, printed);
+    let ratio = m.history.reconstruction_ratio().expect("a recorded spread");
+    assert!(ratio >= pdiff::train::RECONSTRUCTION_WARN_RATIO, "{ratio}");
+}
+
+fn committed_results(task: &str) -> DemoResults {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("docs/results").join(format!("{task}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn report_of(r: &DemoResults, dir: &Path) -> String {
+    pdiff_tools::report::write(dir, r, None).unwrap();
+    std::fs::read_to_string(dir.join("report.md")).unwrap()
+}
+
+#[test]
+fn report_shows_health_verdicts_and_novelty() {
+    let d = tempfile::tempdir().unwrap();
+    let r = committed_results("mnist-mlp3");
+    let md = report_of(&r, d.path());
+    assert!(md.contains("## Health\n\nNo warning: "), "{md}");
+    let ratio = 100.0 * r.reconstruction_mse / r.checkpoint_variance;
+    assert!(md.contains(&format!("Reconstruction MSE {:.2e} against a spread of the checkpoints across K of {:.2e} (normalized units): {ratio:.1}%.", r.reconstruction_mse, r.checkpoint_variance)), "{md}");
+    assert!(md.contains("0 of 100 generated latents were clipped to the training range (0 of 6400 values)"), "{md}");
+    // Verdicts in test images: one row per comparison, with its counts.
+    for c in &r.evaluation.comparisons {
+        let row = format!("| {} | {:.4} | {} | {} | {:+} | **{}** |", c.baseline, c.baseline_accuracy, c.baseline_correct, c.generated_median_correct, c.difference_images, c.verdict);
+        assert!(md.contains(&row), "no row {row:?} in\n{md}");
+    }
+    // The novelty table and its reading.
+    let nv = &r.novelty;
+    let g = &nv.generated_to_nearest_original;
+    assert!(md.contains(&format!("| generated to the nearest original | {:.4} | {:.4} | {:.4} |", g.median, g.min, g.max)), "{md}");
+    assert!(md.contains(&format!("Reading: {}.", nv.sentence())), "{md}");
+    // results.json holds no per-model points: rendered again from it, the report has no plots
+    // (and says why) instead of plotting empty ranges.
+    assert!(md.contains("(Plots skipped: no per-model evaluation in memory"), "{md}");
+    assert!(!d.path().join("accuracy.png").exists());
+
+    // A run with warnings and clipped latents lists each as a warning.
+    let mut bad = r.clone();
+    bad.warnings = vec!["K = 10 checkpoints is few: ...".into()];
+    bad.latent_clipping.clipped = pdiff::diffusion::ClipCount { rows: 3, values: 4 };
+    bad.evaluation.points = vec![("originals".into(), 0.880, 0.98), ("generated".into(), 0.882, 0.95), ("generated".into(), 0.881, 0.96)];
+    let d2 = tempfile::tempdir().unwrap();
+    let md = report_of(&bad, d2.path());
+    assert!(md.contains("- warning: K = 10 checkpoints is few: ...\n"), "{md}");
+    assert!(md.contains("- warning: 3 of 100 generated latents were clipped to the training range (4 of 6400 values): the models decoded"), "{md}");
+    assert!(!md.contains("No warning"), "{md}");
+    // With points, the plots are drawn (when a font is installed).
+    if md.contains("![accuracy](accuracy.png)") {
+        assert!(d2.path().join("accuracy.png").is_file() && d2.path().join("similarity.png").is_file());
+    } else {
+        assert!(md.contains("(Plots skipped: no TrueType font found"), "{md}");
+    }
+}
