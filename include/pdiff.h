@@ -382,6 +382,24 @@ typedef struct {
      * Seed of the initial noise (and of DDPM's noise).
      */
     uint64_t seed;
+    /**
+     * Conditional generators (`pdiff_sampler_condition_dim` > 0): the condition,
+     * `condition_len` floats: C (the same condition for every generated vector) or n x C (one
+     * per vector, row-major). NULL with `condition_len` 0: no condition (the generator's
+     * unconditional model). Must be NULL for an unconditional generator. Borrowed during the
+     * call. This field and the next two came after the struct's first layout: a host built
+     * against that older pdiff.h passes its smaller struct_size and gets the defaults.
+     */
+    const float *condition;
+    /**
+     * Number of floats at `condition`.
+     */
+    size_t condition_len;
+    /**
+     * Classifier-free guidance scale (default 1: the plain conditional model; 0: no
+     * condition; above 1: further from the unconditional model).
+     */
+    double guidance;
 } pdiff_sample_options;
 
 /**
@@ -458,6 +476,41 @@ pdiff_status pdiff_dataset_load_dir(const char *dir, const char *const *patterns
  * by the caller, to be released with `pdiff_dataset_free`; on error `*out` is left untouched.
  */
 pdiff_status pdiff_dataset_from_memory(const pdiff_tensor_decl *tensors, size_t n_tensors, const float *data, size_t k, pdiff_dataset **out);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * `pdiff_dataset_load_dir` for a conditional generator: also read one condition vector per
+ * checkpoint from `conditions_file` (docs/design.md, "Conditional generation"): a `.json` file
+ * `{"names": [...], "conditions": {"<checkpoint file>": [C floats], ...}}` (`names` optional)
+ * or a `.csv` file of lines `<checkpoint file>,v0,v1,...` (an optional first line
+ * `file,<name0>,<name1>,...` names the dimensions). Every checkpoint needs exactly one vector
+ * and every entry must name a checkpoint of `dir`.
+ *
+ * Ownership: as `pdiff_dataset_load_dir`; `conditions_file` is borrowed for the call.
+ */
+pdiff_status pdiff_dataset_load_dir_conditional(const char *dir, const char *const *patterns, size_t n_patterns, const char *conditions_file, pdiff_dataset **out);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * `pdiff_dataset_from_memory` for a conditional generator: `conditions` holds `k *
+ * condition_dim` finite floats, row-major: checkpoint i's condition is
+ * `conditions[i*C .. (i+1)*C]` (C = `condition_dim` >= 1).
+ *
+ * Ownership: as `pdiff_dataset_from_memory`; `conditions` is borrowed for the call (copied).
+ */
+pdiff_status pdiff_dataset_from_memory_conditional(const pdiff_tensor_decl *tensors, size_t n_tensors, const float *data, size_t k, const float *conditions, size_t condition_dim, pdiff_dataset **out);
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Dimension C of the datasets' condition vectors; 0 for a dataset without conditions (or
+ * when `dataset` is NULL).
+ *
+ * Ownership: `dataset` is borrowed for the call.
+ */
+size_t pdiff_dataset_condition_dim(const pdiff_dataset *dataset);
 #endif
 
 #if defined(PDIFF_FEATURE_TRAIN)
@@ -654,6 +707,23 @@ const char *pdiff_sampler_backend(const pdiff_sampler *sampler);
  * Do not free it.
  */
 const char *pdiff_sampler_backend_detail(const pdiff_sampler *sampler);
+
+/**
+ * Dimension C of the condition of a conditional generator; 0 for an unconditional one (or
+ * when `sampler` is NULL).
+ *
+ * Ownership: `sampler` is borrowed for the call.
+ */
+size_t pdiff_sampler_condition_dim(const pdiff_sampler *sampler);
+
+/**
+ * Name of condition dimension `index` (< `pdiff_sampler_condition_dim`), or NULL when the
+ * bundle names none, `index` is out of range or `sampler` is NULL.
+ *
+ * Ownership: the string is owned by `sampler` and valid until `pdiff_sampler_free(sampler)`.
+ * Do not free it.
+ */
+const char *pdiff_sampler_condition_name(const pdiff_sampler *sampler, size_t index);
 
 /**
  * Number of scalars D in one generated parameter vector (0 when `sampler` is NULL).

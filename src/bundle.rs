@@ -6,7 +6,7 @@ use crate::diffusion::Schedule;
 use crate::error::{Error, Result};
 use crate::fsutil::{IfForeign, OutputKind};
 use crate::model::{AutoencoderConfig, DenoiserConfig, Preset};
-use crate::params::{Layout, TensorSpec};
+use crate::params::{ConditionSpec, Layout, TensorSpec};
 use crate::train::{TrainConfig, TrainHistory};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -59,6 +59,10 @@ pub struct Manifest {
     pub training: TrainConfig,
     pub history: TrainHistory,
     pub sources: Vec<String>,
+    /// What a conditional generator is conditioned on; absent for unconditional generators
+    /// (and in bundles written before conditions existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<ConditionSpec>,
     /// Health warnings of the training run (few checkpoints, misaligned ones, a reconstruction
     /// error large against the checkpoints' spread). Absent in bundles written before it
     /// existed: read as none.
@@ -232,6 +236,9 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
     }
     if layout.param_count() != m.param_count {
         return Err(Error::bundle(dir, format!("{MANIFEST}: layout covers {} values but param_count is {}", layout.param_count(), m.param_count)));
+    }
+    if let Some(c) = &m.condition {
+        c.validate().map_err(|e| Error::bundle(dir, format!("{MANIFEST}: condition: {e}")))?;
     }
     if m.latent.mean.len() != m.latent_dim || m.latent.std.len() != m.latent_dim || m.latent.clip.len() != m.latent_dim {
         return Err(Error::bundle(dir, format!("{MANIFEST}: latent stats do not have latent_dim = {} entries", m.latent_dim)));

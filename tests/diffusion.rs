@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use ndarray::{Array2, ArrayView2};
-use pdiff::diffusion::{count_outside_clip, ddim_timesteps, sample_latent_rows, sample_latents, ClipCount, DenoiserBackend, SamplerKind, Schedule};
+use pdiff::diffusion::{count_outside_clip, ddim_timesteps, sample_latent_rows, sample_latents, ClipCount, CondInput, DenoiserBackend, SamplerKind, Schedule};
 use pdiff::Error;
 use std::cell::RefCell;
 
@@ -101,7 +101,7 @@ impl DenoiserBackend for Linear<'_> {
     fn latent_dim(&self) -> usize {
         self.d
     }
-    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64]) -> pdiff::Result<Array2<f32>> {
+    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64], _cond: Option<CondInput<'_>>) -> pdiff::Result<Array2<f32>> {
         self.calls.borrow_mut().push((x.to_owned(), t.to_vec()));
         Ok(Array2::from_shape_fn(x.dim(), |(i, j)| 0.1 * x[[i, j]] + 0.001 * t[i] as f32))
     }
@@ -113,7 +113,7 @@ impl DenoiserBackend for Broken {
     fn latent_dim(&self) -> usize {
         3
     }
-    fn predict_noise(&self, x: ArrayView2<'_, f32>, _t: &[i64]) -> pdiff::Result<Array2<f32>> {
+    fn predict_noise(&self, x: ArrayView2<'_, f32>, _t: &[i64], _cond: Option<CondInput<'_>>) -> pdiff::Result<Array2<f32>> {
         Ok(Array2::zeros((x.nrows(), 2)))
     }
 }
@@ -244,7 +244,7 @@ fn rows_do_not_depend_on_the_batch() {
         let (all, _, _) = run(kind, 7, d, 5);
         for rows in [0..1, 2..5, 6..7, 0..7] {
             let calls = RefCell::new(Vec::new());
-            let part = sample_latent_rows(&Linear { d, calls: &calls }, &Schedule::default(), kind, 5, rows.clone(), &mut |_, _| true).unwrap();
+            let part = sample_latent_rows(&Linear { d, calls: &calls }, &Schedule::default(), kind, None, 5, rows.clone(), &mut |_, _| true).unwrap();
             let want = all.slice(ndarray::s![rows.clone(), ..]).to_owned();
             assert_eq!(bits(part.as_slice().unwrap()), bits(want.as_slice().unwrap()), "{kind:?} rows {rows:?}");
         }

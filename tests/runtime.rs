@@ -88,8 +88,8 @@ fn check_preset(preset: Preset) {
     for (b, seed) in [(1usize, 3u64), (5, 4), (17, 5)] {
         let x = random(b, d, seed);
         let t: Vec<i64> = (0..b as i64).map(|i| (i * 97) % 1000).collect();
-        let eps_tch = g.tch_denoiser().predict_noise(x.view(), &t).unwrap();
-        let eps_ort = sampler.predict_noise(x.view(), &t).unwrap();
+        let eps_tch = g.tch_denoiser().predict_noise(x.view(), &t, None).unwrap();
+        let eps_ort = sampler.predict_noise(x.view(), &t, None).unwrap();
         let r = max_rel_diff(&eps_tch, &eps_ort);
         assert!(r < 1e-4, "{preset}: denoiser relative difference {r}");
         let p_tch = g.tch_decoder().decode(x.view()).unwrap();
@@ -261,15 +261,15 @@ fn runtime_errors_are_clear() {
     let s = Sampler::open(&bundle, &cpu).unwrap();
     let latent_dim = s.manifest().latent_dim;
     let bad = Array2::<f32>::zeros((2, latent_dim + 1));
-    let err = s.predict_noise(bad.view(), &[0, 0]).err().unwrap();
+    let err = s.predict_noise(bad.view(), &[0, 0], None).err().unwrap();
     assert!(err.to_string().contains("denoiser input"), "{err}");
     let err = s.decode(bad.view()).err().unwrap();
     assert!(err.to_string().contains("decoder input"), "{err}");
-    let err = s.predict_noise(Array2::<f32>::zeros((2, latent_dim)).view(), &[0]).err().unwrap();
+    let err = s.predict_noise(Array2::<f32>::zeros((2, latent_dim)).view(), &[0], None).err().unwrap();
     assert!(err.to_string().contains("t [1]"), "{err}");
     // Caller buffer too small.
     let mut buf = vec![0f32; 3];
-    let err = s.sample_into(2, 0, SamplerKind::Ddim { steps: 5 }, &mut buf, &mut |_, _| true).err().unwrap();
+    let err = s.sample_into(2, 0, SamplerKind::Ddim { steps: 5 }, None, &mut buf, &mut |_, _| true).err().unwrap();
     assert!(err.to_string().contains("needed"), "{err}");
 
     // Missing and corrupt graph files.

@@ -165,6 +165,18 @@ inline pdiff_sample_options ddim(uint64_t seed, size_t steps = 0) {
     return o;
 }
 
+/// `options` for a conditional generator: `condition` holds C floats (one condition for every
+/// vector) or n x C (one per vector); `guidance` is the classifier-free guidance scale (1: the
+/// plain conditional model). The options borrow `condition`: it must outlive the calls that
+/// use them.
+inline pdiff_sample_options with_condition(pdiff_sample_options options, const std::vector<float>& condition,
+                                           double guidance = 1.0) {
+    options.condition = condition.empty() ? nullptr : condition.data();
+    options.condition_len = condition.size();
+    options.guidance = guidance;
+    return options;
+}
+
 /// Ancestral DDPM sampling (all T steps) with `seed`.
 inline pdiff_sample_options ddpm(uint64_t seed) {
     pdiff_sample_options o = sample_options();
@@ -230,6 +242,40 @@ public:
     static Dataset from_memory(const std::vector<TensorDecl>& layout, const std::vector<float>& data) {
         return from_memory(layout, data.data(), data.size());
     }
+
+    /// As from_memory, for a conditional generator: `conditions` holds K x `condition_dim`
+    /// floats, row-major, checkpoint i's condition in row i. Copied.
+    static Dataset from_memory_conditional(const std::vector<TensorDecl>& layout, const std::vector<float>& data,
+                                           const std::vector<float>& conditions, size_t condition_dim) {
+        if (condition_dim == 0 || conditions.size() % condition_dim != 0)
+            throw Error(PDIFF_ERR_INVALID_ARGUMENT, "conditions hold " + std::to_string(conditions.size()) +
+                                                        " floats, not a multiple of C = " + std::to_string(condition_dim));
+        std::vector<pdiff_tensor_decl> decls;
+        decls.reserve(layout.size());
+        for (const TensorDecl& t : layout)
+            decls.push_back(pdiff_tensor_decl{t.name.c_str(), t.shape.size(), t.shape.empty() ? nullptr : t.shape.data()});
+        const size_t k = conditions.size() / condition_dim;
+        pdiff_dataset* out = nullptr;
+        detail::check(pdiff_dataset_from_memory_conditional(decls.data(), decls.size(), data.data(), k, conditions.data(),
+                                                            condition_dim, &out));
+        return Dataset(out);
+    }
+
+    /// As load_dir, with each checkpoint's condition vector from `conditions_file` (.json or
+    /// .csv; see the README, "Conditional generation").
+    static Dataset load_dir_conditional(const std::string& dir, const std::string& conditions_file,
+                                        const std::vector<std::string>& patterns = {}) {
+        std::vector<const char*> p;
+        p.reserve(patterns.size());
+        for (const std::string& s : patterns) p.push_back(s.c_str());
+        pdiff_dataset* out = nullptr;
+        detail::check(pdiff_dataset_load_dir_conditional(dir.c_str(), p.empty() ? nullptr : p.data(), p.size(),
+                                                         conditions_file.c_str(), &out));
+        return Dataset(out);
+    }
+
+    /// C of the checkpoints' condition vectors; 0 without conditions.
+    size_t condition_dim() const { return pdiff_dataset_condition_dim(checked()); }
 
     /// Every *.safetensors file of `dir` (sorted by name) as one checkpoint. `patterns`: exact
     /// tensor names or globs; empty: every floating-point tensor.
@@ -380,6 +426,20 @@ public:
     /// D: floats per generated vector.
     size_t param_count() const { return pdiff_sampler_param_count(checked()); }
     size_t tensor_count() const { return pdiff_sampler_tensor_count(checked()); }
+    /// C of a conditional generator's condition; 0 for an unconditional one.
+    size_t condition_dim() const { return pdiff_sampler_condition_dim(checked()); }
+    /// The names of the condition's dimensions, or an empty vector when the bundle gives none.
+    std::vector<std::string> condition_names() const {
+        const pdiff_sampler* h = checked();
+        std::vector<std::string> names;
+        const size_t c = pdiff_sampler_condition_dim(h);
+        for (size_t i = 0; i < c; i++) {
+            const char* s = pdiff_sampler_condition_name(h, i);
+            if (!s) return {};
+            names.emplace_back(s);
+        }
+        return names;
+    }
 
     /// The named tensors of one generated vector, in order.
     std::vector<TensorInfo> layout() const {

@@ -385,6 +385,45 @@ static void sampler_tests(const std::string& bundle, const std::string& tmp) {
     CHECK_THROWS(s.backend(), PDIFF_ERR_NULL_POINTER);
 }
 
+// A conditional generator through the C++ API: the C test's checkpoints split into two tasks,
+// conditioned on (1, 0) and (0, 1). Short training: the API's contract, not the quality
+// (tests/conditional.rs and the Python test check that).
+static void conditional_tests(const std::vector<float>& data, const std::string& tmp) {
+    const size_t k = data.size() / D;
+    std::vector<float> conditions;
+    for (size_t i = 0; i < k; i++) {
+        conditions.push_back(i % 2 == 0 ? 1.0f : 0.0f);
+        conditions.push_back(i % 2 == 0 ? 0.0f : 1.0f);
+    }
+    auto ds = pdiff::Dataset::from_memory_conditional(LAYOUT, data, conditions, 2);
+    CHECK(ds.condition_dim() == 2 && ds.k() == k, "conditional dataset: C " << ds.condition_dim());
+    CHECK_THROWS(pdiff::Dataset::from_memory_conditional(LAYOUT, data, std::vector<float>(3, 0.0f), 2),
+                 PDIFF_ERR_INVALID_ARGUMENT);
+    pdiff::Generator gen = pdiff::Generator::train(ds, c_test_options());
+    gen.export_bundle(tmp + "/cond-bundle");
+    pdiff::Sampler s(tmp + "/cond-bundle");
+    CHECK(s.condition_dim() == 2 && s.condition_names().empty(), "sampler condition dim " << s.condition_dim());
+    const std::vector<float> a = {1.0f, 0.0f}, b = {0.0f, 1.0f};
+    std::vector<float> to_a = s.sample(4, pdiff::with_condition(pdiff::ddim(5, 10), a));
+    std::vector<float> to_b = s.sample(4, pdiff::with_condition(pdiff::ddim(5, 10), b));
+    CHECK(to_a.size() == 4 * D && all_finite(to_a) && !same_bits(to_a, to_b), "conditions give different vectors");
+    CHECK(same_bits(to_a, s.sample(4, pdiff::with_condition(pdiff::ddim(5, 10), a))), "same condition, same bits");
+    // One condition per vector: row i as if sampled with its own condition alone.
+    std::vector<float> per_row = {1.0f, 0.0f, 0.0f, 1.0f, 1.0f, 0.0f, 0.0f, 1.0f};
+    std::vector<float> mixed = s.sample(4, pdiff::with_condition(pdiff::ddim(5, 10), per_row));
+    CHECK(std::equal(mixed.begin(), mixed.begin() + D, to_a.begin()) &&
+              std::equal(mixed.begin() + D, mixed.begin() + 2 * D, to_b.begin() + D),
+          "per-row conditions");
+    std::vector<float> guided = s.sample(4, pdiff::with_condition(pdiff::ddim(5, 10), a, 3.0));
+    CHECK(!same_bits(guided, to_a), "guidance 3 differs from guidance 1");
+    std::vector<float> three = {1.0f, 0.0f, 0.0f};
+    CHECK_THROWS(s.sample(4, pdiff::with_condition(pdiff::ddim(5, 10), three)), PDIFF_ERR_INVALID_ARGUMENT);
+    // The unconditional bundle refuses a condition.
+    pdiff::Sampler plain(tmp + "/bundle");
+    CHECK(plain.condition_dim() == 0, "unconditional bundle");
+    CHECK_THROWS(plain.sample(1, pdiff::with_condition(pdiff::ddim(5, 10), a)), PDIFF_ERR_INVALID_ARGUMENT);
+}
+
 int main(int argc, char** argv) {
     std::string given_bundle, expect_file, out_file;
     for (int i = 1; i < argc; i++) {
@@ -417,6 +456,7 @@ int main(int argc, char** argv) {
             gen.export_bundle(tmp + "/bundle");
         }  // the bundle outlives the generator
         sampler_tests(tmp + "/bundle", tmp);
+        conditional_tests(data, tmp);
 
         if (!given_bundle.empty()) {
             std::vector<float> theirs = reference_samples(given_bundle);

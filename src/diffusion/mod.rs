@@ -78,7 +78,116 @@ impl Schedule {
 /// Runs the denoiser network: x_t [B, d] and per-row timesteps -> predicted noise [B, d].
 pub trait DenoiserBackend {
     fn latent_dim(&self) -> usize;
-    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64]) -> Result<Array2<f32>>;
+    /// C, for a denoiser conditioned on a C-dimensional vector.
+    fn condition_dim(&self) -> Option<usize> {
+        None
+    }
+    /// `cond` is given exactly when [`DenoiserBackend::condition_dim`] is.
+    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64], cond: Option<CondInput<'_>>) -> Result<Array2<f32>>;
+}
+
+/// A batch's conditions for a conditional denoiser: values [B, C] and a mask [B] (1: the row
+/// is conditioned on its values, 0: the learned "no condition" embedding is used instead).
+#[derive(Clone, Copy, Debug)]
+pub struct CondInput<'a> {
+    pub values: ArrayView2<'a, f32>,
+    pub mask: &'a [f32],
+}
+
+/// Check what a caller gives a denoiser backend against its condition dimension: conditions
+/// exactly when it is conditional, [B, C] values and B mask entries.
+pub fn check_condition_input(condition_dim: Option<usize>, rows: usize, cond: Option<&CondInput<'_>>) -> Result<()> {
+    match (condition_dim, cond) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(Error::invalid("condition", "this denoiser is unconditional")),
+        (Some(c), None) => Err(Error::invalid("condition", format!("this denoiser is conditioned on {c} values: give a condition and its mask"))),
+        (Some(c), Some(ci)) => {
+            if ci.values.dim() != (rows, c) || ci.mask.len() != rows {
+                return Err(Error::invalid(
+                    "condition",
+                    format!("values {:?} and mask [{}]; expected [{rows}, {c}] and [{rows}]", ci.values.dim(), ci.mask.len()),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The condition of a sampling call on a conditional generator.
+#[derive(Clone, Copy, Debug)]
+pub struct Conditioning<'a> {
+    /// C floats shared by every generated row, or one vector per row (n x C, row-major).
+    pub values: &'a [f32],
+    /// Classifier-free guidance scale g: eps = eps_none + g (eps_cond - eps_none). 1 is the plain
+    /// conditional model (one pass), 0 the unconditional one, above 1 pushes further from it.
+    pub guidance: f32,
+}
+
+/// What a sampling call feeds the denoiser, decided once per call.
+pub enum RowCondition {
+    /// An unconditional denoiser.
+    Unconditional,
+    /// A conditional denoiser asked for no condition: the "no condition" embedding ([n, C] zeros,
+    /// mask 0).
+    Null(Array2<f32>),
+    /// Conditioned on `values` [n, C] with guidance scale `guidance`.
+    Guided { values: Array2<f32>, guidance: f32 },
+}
+
+impl RowCondition {
+    /// Check `cond` against the denoiser and lay it out for rows `rows`.
+    pub fn new(condition_dim: Option<usize>, cond: Option<&Conditioning<'_>>, rows: &std::ops::Range<usize>) -> Result<Self> {
+        let n = rows.len();
+        match (condition_dim, cond) {
+            (None, None) => Ok(RowCondition::Unconditional),
+            (None, Some(_)) => Err(Error::invalid("condition", "this generator is unconditional: sample it without a condition")),
+            (Some(c), None) => Ok(RowCondition::Null(Array2::zeros((n, c)))),
+            (Some(c), Some(cond)) => {
+                if !cond.guidance.is_finite() {
+                    return Err(Error::invalid("guidance", format!("{} (must be a finite number)", cond.guidance)));
+                }
+                if let Some(v) = cond.values.iter().find(|v| !v.is_finite()) {
+                    return Err(Error::invalid("condition", format!("value {v} is not finite")));
+                }
+                let values = if cond.values.len() == c {
+                    Array2::from_shape_fn((n, c), |(_, j)| cond.values[j])
+                } else if cond.values.len() % c == 0 && cond.values.len() / c >= rows.end {
+                    let start = rows.start * c;
+                    Array2::from_shape_vec((n, c), cond.values[start..start + n * c].to_vec()).expect("n x c values")
+                } else {
+                    return Err(Error::invalid(
+                        "condition",
+                        format!("{} values: expected C = {c} (one condition for every row) or n x C = {} (one per row)", cond.values.len(), rows.end * c),
+                    ));
+                };
+                Ok(RowCondition::Guided { values, guidance: cond.guidance })
+            }
+        }
+    }
+
+    /// The denoiser's noise prediction for x_t under this condition: one pass, or two (the
+    /// conditioned rows, then the same rows without condition, in one batch) combined by
+    /// classifier-free guidance.
+    pub fn predict(&self, denoiser: &dyn DenoiserBackend, x: ArrayView2<'_, f32>, t: i64) -> Result<Array2<f32>> {
+        let n = x.nrows();
+        match self {
+            RowCondition::Unconditional => denoiser.predict_noise(x, &vec![t; n], None),
+            RowCondition::Null(zeros) => denoiser.predict_noise(x, &vec![t; n], Some(CondInput { values: zeros.view(), mask: &vec![0.0; n] })),
+            RowCondition::Guided { values, guidance } if *guidance == 1.0 => {
+                denoiser.predict_noise(x, &vec![t; n], Some(CondInput { values: values.view(), mask: &vec![1.0; n] }))
+            }
+            RowCondition::Guided { values, guidance } => {
+                let x2 = ndarray::concatenate(ndarray::Axis(0), &[x, x]).expect("same widths");
+                let v2 = ndarray::concatenate(ndarray::Axis(0), &[values.view(), values.view()]).expect("same widths");
+                let mask: Vec<f32> = (0..2 * n).map(|i| if i < n { 1.0 } else { 0.0 }).collect();
+                let eps2 = denoiser.predict_noise(x2.view(), &vec![t; 2 * n], Some(CondInput { values: v2.view(), mask: &mask }))?;
+                check_shape(&eps2, 2 * n, x.ncols())?;
+                let (cond, none) = eps2.view().split_at(ndarray::Axis(0), n);
+                let g = *guidance;
+                Ok(ndarray::Zip::from(&cond).and(&none).map_collect(|&c, &u| u + g * (c - u)))
+            }
+        }
+    }
 }
 
 /// Runs the decoder: standardized latents [B, d] -> parameters [B, D] in the host's units.
@@ -170,17 +279,20 @@ pub fn sample_latents(
     seed: u64,
     on_step: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Array2<f32>> {
-    sample_latent_rows(denoiser, schedule, kind, seed, 0..n, on_step)
+    sample_latent_rows(denoiser, schedule, kind, None, seed, 0..n, on_step)
 }
 
 /// Rows `rows` of what [`sample_latents`] gives for `seed`: each row's noise comes from its own
 /// stream (ChaCha8 seeded with `seed`, stream = the row's index), so a row is the same whether
 /// it is sampled alone, in a chunk, or among any number of others. This is what lets a caller
 /// sample N models in bounded chunks.
+/// `cond`: the condition of a conditional generator (None: the "no condition" embedding;
+/// unconditional generators take none).
 pub fn sample_latent_rows(
     denoiser: &dyn DenoiserBackend,
     schedule: &Schedule,
     kind: SamplerKind,
+    cond: Option<&Conditioning<'_>>,
     seed: u64,
     rows: std::ops::Range<usize>,
     on_step: &mut dyn FnMut(usize, usize) -> bool,
@@ -190,6 +302,7 @@ pub fn sample_latent_rows(
         return Err(Error::invalid("n", "number of samples must be at least 1"));
     }
     check_kind(schedule, kind)?;
+    let condition = RowCondition::new(denoiser.condition_dim(), cond, &rows)?;
     let tab = schedule.tables();
     let d = denoiser.latent_dim();
     let n = rows.len();
@@ -199,7 +312,7 @@ pub fn sample_latent_rows(
         SamplerKind::Ddpm => {
             let total = schedule.timesteps;
             for (done, t) in (0..total).rev().enumerate() {
-                let eps = denoiser.predict_noise(x.view(), &vec![t as i64; n])?;
+                let eps = condition.predict(denoiser, x.view(), t as i64)?;
                 check_shape(&eps, n, d)?;
                 let coef = (tab.betas[t] / (1.0 - tab.alpha_bars[t]).sqrt()) as f32;
                 let inv_sqrt_alpha = (1.0 / tab.alphas[t].sqrt()) as f32;
@@ -221,7 +334,7 @@ pub fn sample_latent_rows(
                 let t = seq[i];
                 let ab = tab.alpha_bars[t];
                 let ab_prev = if i == 0 { 1.0 } else { tab.alpha_bars[seq[i - 1]] };
-                let eps = denoiser.predict_noise(x.view(), &vec![t as i64; n])?;
+                let eps = condition.predict(denoiser, x.view(), t as i64)?;
                 check_shape(&eps, n, d)?;
                 let (sa, s1a) = (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32);
                 let (sp, s1p) = (ab_prev.sqrt() as f32, (1.0 - ab_prev).sqrt() as f32);
@@ -255,21 +368,23 @@ pub fn sample_params(
     seed: u64,
     on_step: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Array2<f32>> {
-    sample_param_rows(denoiser, decoder, schedule, kind, seed, 0..n, on_step)
+    sample_param_rows(denoiser, decoder, schedule, kind, None, seed, 0..n, on_step)
 }
 
 /// Rows `rows` of what [`sample_params`] gives for `seed` (see [`sample_latent_rows`]).
+#[allow(clippy::too_many_arguments)]
 pub fn sample_param_rows(
     denoiser: &dyn DenoiserBackend,
     decoder: &dyn DecoderBackend,
     schedule: &Schedule,
     kind: SamplerKind,
+    cond: Option<&Conditioning<'_>>,
     seed: u64,
     rows: std::ops::Range<usize>,
     on_step: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Array2<f32>> {
     let n = rows.len();
-    let z = sample_latent_rows(denoiser, schedule, kind, seed, rows, on_step)?;
+    let z = sample_latent_rows(denoiser, schedule, kind, cond, seed, rows, on_step)?;
     let params = decoder.decode(z.view())?;
     if params.dim() != (n, decoder.param_count()) {
         return Err(Error::Runtime(format!(

@@ -2,7 +2,7 @@
 //! memory with a declared layout.
 use super::{boundary, call, free_handle, nonnull, path_arg, put_handle, str_arg, try_ref, Failure, FfiResult};
 use super::pdiff_status;
-use crate::params::{Layout, ParamSet, Selection};
+use crate::params::{ConditionSpec, Conditions, Layout, ParamSet, Selection};
 use std::ffi::{c_char, CString};
 
 /// K checkpoints of one network (or of a subset of its tensors) and their layout. Opaque.
@@ -93,42 +93,111 @@ pub unsafe extern "C" fn pdiff_dataset_from_memory(
 ) -> pdiff_status {
     call("pdiff_dataset_from_memory", || {
         nonnull!(out, "out");
-        nonnull!(tensors, "tensors");
-        if n_tensors == 0 {
-            return Err(Failure::invalid("n_tensors is 0: the layout needs at least one tensor"));
-        }
-        let decls = unsafe { std::slice::from_raw_parts(tensors, n_tensors) };
-        let mut entries = Vec::with_capacity(n_tensors);
-        for (i, t) in decls.iter().enumerate() {
-            let name = unsafe { str_arg(t.name, &format!("tensors[{i}].name")) }?;
-            let shape = if t.ndim == 0 {
-                Vec::new()
-            } else {
-                if t.shape.is_null() {
-                    return Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("tensors[{i}].shape is NULL")));
-                }
-                unsafe { std::slice::from_raw_parts(t.shape, t.ndim) }.to_vec()
-            };
-            let numel = shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s));
-            if numel.is_none() {
-                return Err(Failure::invalid(format!("tensor '{name}': shape {shape:?} overflows")));
-            }
-            entries.push((name.to_string(), shape));
-        }
-        let layout = Layout::from_shapes(&entries)?;
-        let d = layout.param_count();
-        let len = k.checked_mul(d).ok_or_else(|| Failure::invalid(format!("k = {k} times D = {d} overflows")))?;
-        let values = if len == 0 {
-            Vec::new()
-        } else {
-            nonnull!(data, "data");
-            unsafe { std::slice::from_raw_parts(data, len) }.to_vec()
-        };
-        let sources = (0..k).map(|i| format!("memory[{i}]")).collect();
-        let set = ParamSet::from_rows(layout, values, sources)?;
+        let set = unsafe { set_from_memory(tensors, n_tensors, data, k) }?;
         put_handle(out, pdiff_dataset::new(set));
         Ok(())
     })
+}
+
+/// The ParamSet of `pdiff_dataset_from_memory`'s arguments.
+unsafe fn set_from_memory(tensors: *const pdiff_tensor_decl, n_tensors: usize, data: *const f32, k: usize) -> FfiResult<ParamSet> {
+    nonnull!(tensors, "tensors");
+    if n_tensors == 0 {
+        return Err(Failure::invalid("n_tensors is 0: the layout needs at least one tensor"));
+    }
+    let decls = unsafe { std::slice::from_raw_parts(tensors, n_tensors) };
+    let mut entries = Vec::with_capacity(n_tensors);
+    for (i, t) in decls.iter().enumerate() {
+        let name = unsafe { str_arg(t.name, &format!("tensors[{i}].name")) }?;
+        let shape = if t.ndim == 0 {
+            Vec::new()
+        } else {
+            if t.shape.is_null() {
+                return Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("tensors[{i}].shape is NULL")));
+            }
+            unsafe { std::slice::from_raw_parts(t.shape, t.ndim) }.to_vec()
+        };
+        let numel = shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s));
+        if numel.is_none() {
+            return Err(Failure::invalid(format!("tensor '{name}': shape {shape:?} overflows")));
+        }
+        entries.push((name.to_string(), shape));
+    }
+    let layout = Layout::from_shapes(&entries)?;
+    let d = layout.param_count();
+    let len = k.checked_mul(d).ok_or_else(|| Failure::invalid(format!("k = {k} times D = {d} overflows")))?;
+    let values = if len == 0 {
+        Vec::new()
+    } else {
+        nonnull!(data, "data");
+        unsafe { std::slice::from_raw_parts(data, len) }.to_vec()
+    };
+    let sources = (0..k).map(|i| format!("memory[{i}]")).collect();
+    Ok(ParamSet::from_rows(layout, values, sources)?)
+}
+
+/// `pdiff_dataset_load_dir` for a conditional generator: also read one condition vector per
+/// checkpoint from `conditions_file` (docs/design.md, "Conditional generation"): a `.json` file
+/// `{"names": [...], "conditions": {"<checkpoint file>": [C floats], ...}}` (`names` optional)
+/// or a `.csv` file of lines `<checkpoint file>,v0,v1,...` (an optional first line
+/// `file,<name0>,<name1>,...` names the dimensions). Every checkpoint needs exactly one vector
+/// and every entry must name a checkpoint of `dir`.
+///
+/// Ownership: as `pdiff_dataset_load_dir`; `conditions_file` is borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_dataset_load_dir_conditional(
+    dir: *const c_char,
+    patterns: *const *const c_char,
+    n_patterns: usize,
+    conditions_file: *const c_char,
+    out: *mut *mut pdiff_dataset,
+) -> pdiff_status {
+    call("pdiff_dataset_load_dir_conditional", || {
+        nonnull!(out, "out");
+        let dir = unsafe { path_arg(dir, "dir") }?;
+        let file = unsafe { path_arg(conditions_file, "conditions_file") }?;
+        let patterns = collect_patterns(patterns, n_patterns)?;
+        let set = ParamSet::load_dir(&dir, &Selection::patterns(&patterns))?.with_conditions_file(&file)?;
+        put_handle(out, pdiff_dataset::new(set));
+        Ok(())
+    })
+}
+
+/// `pdiff_dataset_from_memory` for a conditional generator: `conditions` holds `k *
+/// condition_dim` finite floats, row-major: checkpoint i's condition is
+/// `conditions[i*C .. (i+1)*C]` (C = `condition_dim` >= 1).
+///
+/// Ownership: as `pdiff_dataset_from_memory`; `conditions` is borrowed for the call (copied).
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_dataset_from_memory_conditional(
+    tensors: *const pdiff_tensor_decl,
+    n_tensors: usize,
+    data: *const f32,
+    k: usize,
+    conditions: *const f32,
+    condition_dim: usize,
+    out: *mut *mut pdiff_dataset,
+) -> pdiff_status {
+    call("pdiff_dataset_from_memory_conditional", || {
+        nonnull!(out, "out");
+        nonnull!(conditions, "conditions");
+        let set = unsafe { set_from_memory(tensors, n_tensors, data, k) }?;
+        let len = k.checked_mul(condition_dim).ok_or_else(|| Failure::invalid(format!("k = {k} times condition_dim = {condition_dim} overflows")))?;
+        let values = unsafe { std::slice::from_raw_parts(conditions, len) }.to_vec();
+        let spec = ConditionSpec { dim: condition_dim, names: None };
+        let set = set.with_conditions(Conditions::new(spec, values)?)?;
+        put_handle(out, pdiff_dataset::new(set));
+        Ok(())
+    })
+}
+
+/// Dimension C of the datasets' condition vectors; 0 for a dataset without conditions (or
+/// when `dataset` is NULL).
+///
+/// Ownership: `dataset` is borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_dataset_condition_dim(dataset: *const pdiff_dataset) -> usize {
+    boundary("pdiff_dataset_condition_dim", || Ok(try_ref!(dataset, "dataset").set.conditions.as_ref().map(|c| c.spec.dim).unwrap_or(0)))
 }
 
 /// Number of checkpoints K of `dataset` (0 when `dataset` is NULL).

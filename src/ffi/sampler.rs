@@ -2,7 +2,7 @@
 //! buffers, best-of-N with a host scoring callback, or to safetensors files.
 use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
 use super::pdiff_status;
-use crate::diffusion::SamplerKind;
+use crate::diffusion::{Conditioning, SamplerKind};
 use crate::runtime::{Provider, RuntimeOptions, Sampler};
 use std::ffi::{c_char, c_void, CString};
 use std::sync::Arc;
@@ -102,10 +102,22 @@ pub struct pdiff_sample_options {
     pub ddim_steps: usize,
     /// Seed of the initial noise (and of DDPM's noise).
     pub seed: u64,
+    /// Conditional generators (`pdiff_sampler_condition_dim` > 0): the condition,
+    /// `condition_len` floats: C (the same condition for every generated vector) or n x C (one
+    /// per vector, row-major). NULL with `condition_len` 0: no condition (the generator's
+    /// unconditional model). Must be NULL for an unconditional generator. Borrowed during the
+    /// call. This field and the next two came after the struct's first layout: a host built
+    /// against that older pdiff.h passes its smaller struct_size and gets the defaults.
+    pub condition: *const f32,
+    /// Number of floats at `condition`.
+    pub condition_len: usize,
+    /// Classifier-free guidance scale (default 1: the plain conditional model; 0: no
+    /// condition; above 1: further from the unconditional model).
+    pub guidance: f64,
 }
 
 impl OptionsStruct for pdiff_sample_options {
-    const SIZES: &'static [usize] = &[std::mem::size_of::<pdiff_sample_options>()];
+    const SIZES: &'static [usize] = &[std::mem::offset_of!(pdiff_sample_options, condition), std::mem::size_of::<pdiff_sample_options>()];
 }
 
 impl Default for pdiff_sample_options {
@@ -115,11 +127,29 @@ impl Default for pdiff_sample_options {
             sampler: pdiff_sampler_kind::PDIFF_SAMPLER_DDIM as i32,
             ddim_steps: 50,
             seed: 0,
+            condition: std::ptr::null(),
+            condition_len: 0,
+            guidance: 1.0,
         }
     }
 }
 
 impl pdiff_sample_options {
+    /// The condition of the call (borrowed from the caller's buffer for the call's duration).
+    unsafe fn conditioning(&self) -> FfiResult<Option<Conditioning<'_>>> {
+        match (self.condition.is_null(), self.condition_len) {
+            (true, 0) => {
+                if self.guidance != 1.0 {
+                    return Err(Failure::invalid(format!("guidance {} without a condition", self.guidance)));
+                }
+                Ok(None)
+            }
+            (true, _) => Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("options.condition is NULL but condition_len is {}", self.condition_len))),
+            (false, 0) => Err(Failure::invalid("options.condition_len is 0 but options.condition is not NULL")),
+            (false, len) => Ok(Some(Conditioning { values: unsafe { std::slice::from_raw_parts(self.condition, len) }, guidance: self.guidance as f32 })),
+        }
+    }
+
     fn kind(&self) -> FfiResult<SamplerKind> {
         match self.sampler {
             0 => Ok(SamplerKind::Ddpm),
@@ -162,6 +192,7 @@ pub struct pdiff_sampler {
     names: Vec<CString>,
     shapes: Vec<Vec<usize>>,
     backend_detail: CString,
+    condition_names: Vec<CString>,
 }
 
 /// Open the bundle directory `bundle_dir` (written by `pdiff_generator_export` or
@@ -216,7 +247,11 @@ pub unsafe extern "C" fn pdiff_sampler_open(
             .collect::<FfiResult<Vec<_>>>()?;
         let shapes = layout.tensors.iter().map(|t| t.shape.clone()).collect();
         let backend_detail = CString::new(sampler.backend().detail.replace('\0', " ")).unwrap_or_default();
-        put_handle(out, pdiff_sampler { inner: Arc::new(sampler), names, shapes, backend_detail });
+        let condition_names = match sampler.manifest().condition.as_ref().and_then(|c| c.names.as_ref()) {
+            Some(names) => names.iter().map(|n| CString::new(n.replace('\0', " ")).unwrap_or_default()).collect(),
+            None => Vec::new(),
+        };
+        put_handle(out, pdiff_sampler { inner: Arc::new(sampler), names, shapes, backend_detail, condition_names });
         Ok(())
     })
 }
@@ -240,6 +275,31 @@ pub unsafe extern "C" fn pdiff_sampler_backend(sampler: *const pdiff_sampler) ->
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_backend_detail(sampler: *const pdiff_sampler) -> *const c_char {
     boundary("pdiff_sampler_backend_detail", || Ok(try_ref!(sampler, "sampler").backend_detail.as_ptr()))
+}
+
+/// Dimension C of the condition of a conditional generator; 0 for an unconditional one (or
+/// when `sampler` is NULL).
+///
+/// Ownership: `sampler` is borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_condition_dim(sampler: *const pdiff_sampler) -> usize {
+    boundary("pdiff_sampler_condition_dim", || Ok(try_ref!(sampler, "sampler").inner.condition_dim().unwrap_or(0)))
+}
+
+/// Name of condition dimension `index` (< `pdiff_sampler_condition_dim`), or NULL when the
+/// bundle names none, `index` is out of range or `sampler` is NULL.
+///
+/// Ownership: the string is owned by `sampler` and valid until `pdiff_sampler_free(sampler)`.
+/// Do not free it.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_condition_name(sampler: *const pdiff_sampler, index: usize) -> *const c_char {
+    boundary("pdiff_sampler_condition_name", || {
+        let s = try_ref!(sampler, "sampler");
+        s.condition_names
+            .get(index)
+            .map(|n| n.as_ptr())
+            .ok_or_else(|| Failure::invalid(format!("index {index}: the bundle names {} condition dimensions", s.condition_names.len())))
+    })
 }
 
 /// Number of scalars D in one generated parameter vector (0 when `sampler` is NULL).
@@ -343,7 +403,8 @@ pub unsafe extern "C" fn pdiff_sampler_sample(
         let kind = opts.kind()?;
         let need = needed(s, n)?;
         let buf = out_buffer(out, out_len, need, "pdiff_sampler_sample")?;
-        s.inner.sample_into(n, opts.seed, kind, buf, &mut |_, _| true)?;
+        let cond = unsafe { opts.conditioning() }?;
+        s.inner.sample_into(n, opts.seed, kind, cond.as_ref(), buf, &mut |_, _| true)?;
         Ok(())
     })
 }
@@ -392,7 +453,8 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
         // far: memory stays bounded whatever n is, and `out` is written only on success.
         let mut best: Option<(usize, f64)> = None;
         let mut best_params = vec![0f32; d];
-        s.inner.sample_chunked(n, opts.seed, kind, s.inner.rows_within(BEST_OF_N_CHUNK_BYTES), &mut |first, rows| {
+        let cond = unsafe { opts.conditioning() }?;
+        s.inner.sample_chunked(n, opts.seed, kind, cond.as_ref(), s.inner.rows_within(BEST_OF_N_CHUNK_BYTES), &mut |first, rows| {
             for (j, row) in rows.rows().into_iter().enumerate() {
                 let row = row.as_slice().expect("standard layout");
                 let v = unsafe { score(user_data, row.as_ptr(), d) };
@@ -474,7 +536,8 @@ unsafe fn sample_to_dir(
         let dir = unsafe { path_arg(dir, "dir") }?;
         let if_foreign = output_flags(flags)?;
         needed(s, n)?;
-        s.inner.sample_to_dir_with(n, opts.seed, kind, &dir, if_foreign, &mut |_, _| true)?;
+        let cond = unsafe { opts.conditioning() }?;
+        s.inner.sample_to_dir_with(n, opts.seed, kind, cond.as_ref(), &dir, if_foreign, &mut |_, _| true)?;
         Ok(())
     })
 }

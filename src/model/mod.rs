@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "train")]
 mod nets;
 #[cfg(feature = "train")]
-pub use nets::{timestep_embedding, Autoencoder, Denoiser};
+pub use nets::{timestep_embedding, Autoencoder, ConditionBatch, Denoiser};
 
 /// Number of GroupNorm groups for a layer of `channels` channels.
 pub fn norm_groups(channels: i64) -> i64 {

@@ -189,7 +189,31 @@ pub struct Denoiser {
     pub latent_dim: i64,
     time_fc1: nn::Linear,
     time_fc2: nn::Linear,
+    /// Conditional generators: the condition's embedding, added to the time embedding.
+    condition: Option<ConditionEmbedding>,
     body: DenoiserBody,
+}
+
+/// The condition c [B, C] embedded by one Linear layer to the width of the time embedding; a
+/// row whose mask is 0 gets a learned "no condition" embedding instead (classifier-free
+/// guidance: the same network is also the unconditional model).
+///
+/// One linear layer, on purpose: a task code's embedding is then the sum of its bits' columns,
+/// an inductive bias towards composing unseen codes from seen bits. And it trains: with a
+/// second, 512-wide layer behind it, the few distinct codes of a dataset made Adam move every
+/// weight of that layer the same way at once, the embedding grew past the time embedding within
+/// a few hundred steps and the denoiser stopped learning (diffusion loss stuck at 1.0).
+#[derive(Debug)]
+struct ConditionEmbedding {
+    fc: nn::Linear,
+    null: Tensor,
+}
+
+/// A batch's conditions: values [B, C] and mask [B] (1: conditioned on the row's values, 0: the
+/// unconditional "no condition" embedding).
+pub struct ConditionBatch<'a> {
+    pub values: &'a Tensor,
+    pub mask: &'a Tensor,
 }
 
 #[derive(Debug)]
@@ -199,9 +223,9 @@ enum DenoiserBody {
 }
 
 impl Denoiser {
-    /// Variable names (for export): time.fc1, time.fc2, then cnn: conv.{i}, norm.{i};
-    /// mlp: in, block.{i}.fc1, block.{i}.fc2, out.
-    pub fn new(vs: &nn::Path, config: &DenoiserConfig, latent_dim: i64) -> Self {
+    /// Variable names (for export): time.fc1, time.fc2, cond.fc, cond.null (with a
+    /// condition), then cnn: conv.{i}, norm.{i}; mlp: in, block.{i}.fc1, block.{i}.fc2, out.
+    pub fn new(vs: &nn::Path, config: &DenoiserConfig, latent_dim: i64, condition_dim: Option<i64>) -> Self {
         let tdim = config.time_dim();
         let time_fc1 = nn::linear(vs / "time" / "fc1", tdim, tdim, Default::default());
         let (emb_out, body) = match config {
@@ -236,11 +260,43 @@ impl Denoiser {
             }
         };
         let time_fc2 = nn::linear(vs / "time" / "fc2", tdim, emb_out, Default::default());
-        Denoiser { config: config.clone(), latent_dim, time_fc1, time_fc2, body }
+        let condition = condition_dim.map(|c| {
+            let mut fc = nn::linear(vs / "cond" / "fc", c, emb_out, Default::default());
+            // Zero-initialised: the condition enters as nothing and grows as training finds it
+            // useful (as the autoencoder's output layer does).
+            tch::no_grad(|| {
+                let _ = fc.ws.zero_();
+                if let Some(b) = fc.bs.as_mut() {
+                    let _ = b.zero_();
+                }
+            });
+            ConditionEmbedding { fc, null: (vs / "cond").zeros("null", &[emb_out]) }
+        });
+        Denoiser { config: config.clone(), latent_dim, time_fc1, time_fc2, condition, body }
     }
 
-    pub fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
+    /// The embedding added in every block: time, plus the condition's (conditional generators;
+    /// `cond` None means "no condition" for every row).
+    fn embedding(&self, t: &Tensor, cond: Option<ConditionBatch<'_>>) -> Tensor {
         let temb = timestep_embedding(t, self.config.time_dim()).apply(&self.time_fc1).silu().apply(&self.time_fc2);
+        let Some(ce) = &self.condition else {
+            return temb;
+        };
+        let null = ce.null.unsqueeze(0);
+        match cond {
+            Some(c) => {
+                let mask = c.mask.to_kind(Kind::Float).unsqueeze(1);
+                let cemb = c.values.apply(&ce.fc);
+                temb + &cemb * &mask + null * (1.0 - mask)
+            }
+            None => temb + null,
+        }
+    }
+
+    /// Predicted noise [B, d] for x_t [B, d], t [B] and, for a conditional denoiser, the batch's
+    /// conditions.
+    pub fn forward(&self, x: &Tensor, t: &Tensor, cond: Option<ConditionBatch<'_>>) -> Tensor {
+        let temb = self.embedding(t, cond);
         match &self.body {
             DenoiserBody::Cnn { convs, norms } => {
                 // temb: [B, d], broadcast over channels of the [B, C, d] sequence.

@@ -18,6 +18,8 @@ pub enum Attr {
     Float(f32),
     /// A subgraph (e.g. the `body` of a `Loop`), from [`GraphBuilder::end_subgraph`].
     Graph(GraphProto),
+    /// A one-element float tensor (e.g. `ConstantOfShape`'s `value`).
+    Tensor1F32(f32),
 }
 
 pub fn attr(name: &str, value: Attr) -> (String, Attr) {
@@ -200,6 +202,15 @@ impl GraphBuilder {
                     Attr::Graph(g) => {
                         p.g = Some(g);
                         p.r#type = Some(AttributeType::Graph as i32);
+                    }
+                    Attr::Tensor1F32(v) => {
+                        p.t = Some(TensorProto {
+                            dims: vec![1],
+                            data_type: Some(DataType::Float as i32),
+                            float_data: vec![v],
+                            ..Default::default()
+                        });
+                        p.r#type = Some(AttributeType::Tensor as i32);
                     }
                 }
                 p

@@ -15,7 +15,7 @@ pub mod proto {
 
 use crate::error::{Error, Result};
 use crate::model::{norm_groups, timestep_frequencies, DenoiserConfig, NORM_EPS};
-use crate::train::Generator;
+use crate::train::{DiffusionTarget, Generator};
 use graph::{attr, Attr, Dim, GraphBuilder};
 use proto::tensor_proto::DataType;
 use std::collections::HashMap;
@@ -150,9 +150,11 @@ pub fn export_decoder(g: &Generator) -> Result<Vec<u8>> {
     Ok(b.finish("pdiff_decoder", "p-diff decoder: standardized latent z [B, d] -> parameters [B, D] in host units"))
 }
 
-/// The denoiser's nodes: noisy latent `x` [B, d] and timesteps `t` i64 [B] -> predicted noise
-/// [B, d] (the sinusoidal time embedding inside). Returns the output's name.
-fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str) -> Result<String> {
+/// The denoiser's nodes: noisy latent `x` [B, d] and timesteps `t` i64 [B] (and, for a
+/// conditional generator, `cond` = (condition [B, C], condition_mask [B])) -> predicted noise
+/// [B, d]; the sinusoidal time embedding and the condition embedding are inside. Returns the
+/// output's name.
+fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str, cond: Option<(&str, &str)>) -> Result<String> {
     let w = Weights(g.denoiser_variables());
     // Sinusoidal time embedding -> Linear -> SiLU -> Linear.
     let tdim = g.denoiser_config.time_dim();
@@ -167,6 +169,22 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str) -> Resu
     let emb = linear(b, &w, "time.fc1", &emb)?;
     let emb = silu(b, &emb);
     let temb = linear(b, &w, "time.fc2", &emb)?;
+    // Conditional: temb + mask * embed(condition) + (1 - mask) * null, as model::Denoiser.
+    let temb = match cond {
+        None => temb,
+        Some((values, mask)) => {
+            let c = linear(b, &w, "cond.fc", values)?;
+            let m = b.op("Unsqueeze", &[mask, &ax1]);
+            let one = b.f32_scalar("one", 1.0);
+            let not_m = b.op("Sub", &[&one, &m]);
+            let (_, null) = w.get("cond.null")?;
+            let null = b.f32("cond.null", &[1, null.len() as i64], &null);
+            let kept = b.op("Mul", &[&c, &m]);
+            let dropped = b.op("Mul", &[&null, &not_m]);
+            let with_c = b.op("Add", &[&temb, &kept]);
+            b.op("Add", &[&with_c, &dropped])
+        }
+    };
     let out = match &g.denoiser_config {
         DenoiserConfig::Mlp { blocks, .. } => {
             let mut h = linear(b, &w, "in", x)?;
@@ -205,7 +223,26 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str) -> Resu
             b.op("Squeeze", &[&h, &ax1])
         }
     };
-    Ok(out)
+    // A v-predicting network's output becomes the noise: eps = sqrt(abar_t) v + sqrt(1 - abar_t)
+    // x_t (as TchDenoiser does), so the graph's output is the noise for every generator.
+    match g.target() {
+        DiffusionTarget::Epsilon => Ok(out),
+        DiffusionTarget::V => {
+            let tab = g.config.schedule.tables();
+            let len = tab.alpha_bars.len() as i64;
+            let sqrt_ab: Vec<f32> = tab.alpha_bars.iter().map(|a| a.sqrt() as f32).collect();
+            let sqrt_1mab: Vec<f32> = tab.alpha_bars.iter().map(|a| (1.0 - a).sqrt() as f32).collect();
+            let sa = b.f32("v_sqrt_alpha_bar", &[len], &sqrt_ab);
+            let s1a = b.f32("v_sqrt_one_minus_alpha_bar", &[len], &sqrt_1mab);
+            let sa = b.op("Gather", &[&sa, t]);
+            let s1a = b.op("Gather", &[&s1a, t]);
+            let sa = b.op("Unsqueeze", &[&sa, &ax1]);
+            let s1a = b.op("Unsqueeze", &[&s1a, &ax1]);
+            let from_v = b.op("Mul", &[&out, &sa]);
+            let from_x = b.op("Mul", &[x, &s1a]);
+            Ok(b.op("Add", &[&from_v, &from_x]))
+        }
+    }
 }
 
 /// denoiser.onnx for a trained generator.
@@ -214,10 +251,22 @@ pub fn export_denoiser(g: &Generator) -> Result<Vec<u8>> {
     let mut b = GraphBuilder::default();
     let x = b.input("x", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
     let t = b.input("t", DataType::Int64, &[Dim::Named("batch")]);
-    let out = denoiser_nodes(&mut b, g, &x, &t)?;
+    let cond = g.condition.as_ref().map(|c| {
+        let values = b.input("condition", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(c.dim as i64)]);
+        let mask = b.input("condition_mask", DataType::Float, &[Dim::Named("batch")]);
+        (values, mask)
+    });
+    let out = denoiser_nodes(&mut b, g, &x, &t, cond.as_ref().map(|(v, m)| (v.as_str(), m.as_str())))?;
     b.node("Identity", &[&out], vec![], Some("eps"));
     b.output("eps", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
-    Ok(b.finish("pdiff_denoiser", "p-diff denoiser: x_t [B, d], t [B] -> predicted noise [B, d]"))
+    let doc = match &g.condition {
+        None => "p-diff denoiser: x_t [B, d], t [B] -> predicted noise [B, d]".to_string(),
+        Some(c) => format!(
+            "p-diff conditional denoiser: x_t [B, d], t [B], condition [B, {}], condition_mask [B] (1: conditioned, 0: no condition) -> predicted noise [B, d]",
+            c.dim
+        ),
+    };
+    Ok(b.finish("pdiff_denoiser", &doc))
 }
 
 /// sampler.onnx: the whole DDIM loop (eta = 0) and the decoder in one graph, so that a host —
@@ -236,6 +285,12 @@ pub fn export_sampler(g: &Generator) -> Result<Vec<u8>> {
     let mut b = GraphBuilder::default();
     let noise = b.input("noise", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
     let seq = b.input("timesteps", DataType::Int64, &[Dim::Named("steps")]);
+    // Conditional: the condition [B, C] and the guidance scale (0: no condition).
+    let cond = g.condition.as_ref().map(|c| {
+        let values = b.input("condition", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(c.dim as i64)]);
+        let guidance = b.input("guidance", DataType::Float, &[]);
+        (values, guidance)
+    });
 
     // The coefficients of every step, gathered once: sqrt(abar) and sqrt(1 - abar) at the
     // step's timestep and at the previous (smaller) one; before the first step they are 1 and 0.
@@ -270,8 +325,30 @@ pub fn export_sampler(g: &Generator) -> Result<Vec<u8>> {
     let x_shape = b.op("Shape", &[&x]);
     let one_1d = b.i64("one_1d", &[1]);
     let batch = b.op("Slice", &[&x_shape, &start, &one_1d, &axis0]);
-    let t_batch = b.op("Expand", &[&t_k, &batch]);
-    let eps = denoiser_nodes(&mut b, g, &x, &t_batch)?;
+    let eps = match &cond {
+        None => {
+            let t_batch = b.op("Expand", &[&t_k, &batch]);
+            denoiser_nodes(&mut b, g, &x, &t_batch, None)?
+        }
+        Some((values, guidance)) => {
+            // Classifier-free guidance in one batch: the rows conditioned, then the same rows
+            // with no condition; eps = eps_none + g (eps_cond - eps_none).
+            let x2 = b.node("Concat", &[&x, &x], vec![attr("axis", Attr::Int(0))], None);
+            let v2 = b.node("Concat", &[values, values], vec![attr("axis", Attr::Int(0))], None);
+            let ones = b.node("ConstantOfShape", &[&batch], vec![attr("value", Attr::Tensor1F32(1.0))], None);
+            let zeros = b.node("ConstantOfShape", &[&batch], vec![attr("value", Attr::Tensor1F32(0.0))], None);
+            let mask = b.node("Concat", &[&ones, &zeros], vec![attr("axis", Attr::Int(0))], None);
+            let batch2 = b.op("Shape", &[&mask]);
+            let t2 = b.op("Expand", &[&t_k, &batch2]);
+            let eps2 = denoiser_nodes(&mut b, g, &x2, &t2, Some((&v2, &mask)))?;
+            let (e_cond, e_none) = (b.name("eps_cond"), b.name("eps_none"));
+            // Opset 17's Split without a `split` input cuts into equal parts, one per output.
+            b.node_multi("Split", &[&eps2], vec![attr("axis", Attr::Int(0))], &[e_cond.clone(), e_none.clone()]);
+            let diff = b.op("Sub", &[&e_cond, &e_none]);
+            let pushed = b.op("Mul", &[guidance, &diff]);
+            b.op("Add", &[&e_none, &pushed])
+        }
+    };
     // x0 = (x - sqrt(1 - abar) eps) / sqrt(abar); x = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps
     let scaled = b.op("Mul", &[&s1a_k, &eps]);
     let x0 = b.op("Sub", &[&x, &scaled]);
@@ -290,8 +367,12 @@ pub fn export_sampler(g: &Generator) -> Result<Vec<u8>> {
     b.node_multi("Loop", &[&steps, &keep_going, &noise], vec![attr("body", Attr::Graph(body))], std::slice::from_ref(&z));
     decoder_nodes(&mut b, g, &z, Some("params"))?;
     b.output("params", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(g.layout.param_count() as i64)]);
-    Ok(b.finish(
-        "pdiff_sampler",
-        "p-diff DDIM sampler: noise x_T [B, d], timesteps [S] (ascending DDIM sequence) -> parameters [B, D] in host units",
-    ))
+    let doc = match &g.condition {
+        None => "p-diff DDIM sampler: noise x_T [B, d], timesteps [S] (ascending DDIM sequence) -> parameters [B, D] in host units".to_string(),
+        Some(c) => format!(
+            "p-diff conditional DDIM sampler: noise x_T [B, d], timesteps [S] (ascending DDIM sequence), condition [B, {}], guidance [] (classifier-free guidance scale; 0: no condition) -> parameters [B, D] in host units",
+            c.dim
+        ),
+    };
+    Ok(b.finish("pdiff_sampler", &doc))
 }

@@ -4,6 +4,10 @@
 //! Normalization is per tensor: one scalar mean and std over that tensor's values in all K
 //! checkpoints (docs/design.md, "Data and layout"). Padding (to the autoencoder's stride
 //! multiple) is applied by the model stage; this module only knows the unpadded length D.
+mod conditions;
+
+pub use conditions::{ConditionSpec, Conditions};
+
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -180,6 +184,8 @@ pub struct ParamSet {
     /// Non-fatal findings: fewer than [`MIN_RECOMMENDED_K`] checkpoints, checkpoints that look
     /// permutation-misaligned.
     pub warnings: Vec<String>,
+    /// One condition vector per checkpoint, for a conditional generator.
+    pub conditions: Option<Conditions>,
 }
 
 fn is_float(d: Dtype) -> bool {
@@ -201,6 +207,22 @@ impl ParamSet {
     /// K = number of checkpoints.
     pub fn k(&self) -> usize {
         self.sources.len()
+    }
+
+    /// Attach one condition vector per checkpoint (in the checkpoints' order): the data of a
+    /// conditional generator.
+    pub fn with_conditions(mut self, conditions: Conditions) -> Result<Self> {
+        if conditions.len() != self.k() {
+            return Err(Error::invalid("conditions", format!("{} condition vectors for K = {} checkpoints", conditions.len(), self.k())));
+        }
+        self.conditions = Some(conditions);
+        Ok(self)
+    }
+
+    /// Attach the vectors of a conditions file (see [`Conditions::from_file`]).
+    pub fn with_conditions_file(self, path: &Path) -> Result<Self> {
+        let c = Conditions::from_file(path, &self.sources)?;
+        self.with_conditions(c)
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
@@ -236,7 +258,7 @@ impl ParamSet {
                 }
             }
         }
-        let mut set = ParamSet { layout, data, sources, warnings: Vec::new() };
+        let mut set = ParamSet { layout, data, sources, warnings: Vec::new(), conditions: None };
         set.compute_stats();
         set.check_k();
         set.check_alignment();
@@ -304,7 +326,7 @@ impl ParamSet {
         }
         let layout = layout.expect("K >= 2");
         let sources = paths.iter().map(|p| p.display().to_string()).collect();
-        let mut set = ParamSet { layout, data, sources, warnings: Vec::new() };
+        let mut set = ParamSet { layout, data, sources, warnings: Vec::new(), conditions: None };
         set.compute_stats();
         set.check_k();
         set.check_alignment();

@@ -8,7 +8,7 @@ mod session;
 pub use library::{cuda_library_dirs, init, library_path, preload_cuda_libraries, CudaPreload};
 
 use crate::bundle::{Bundle, Manifest};
-use crate::diffusion::{sample_param_rows, DecoderBackend, DenoiserBackend, SamplerKind};
+use crate::diffusion::{check_condition_input, sample_param_rows, CondInput, Conditioning, DecoderBackend, DenoiserBackend, RowCondition, SamplerKind};
 use crate::error::{Error, Result};
 use crate::fsutil::{IfForeign, OutputDir, OutputKind};
 use crate::params::Layout;
@@ -96,17 +96,21 @@ fn decoder_ports(m: &Manifest) -> (Vec<Port>, Vec<Port>) {
 }
 
 fn sampler_ports(m: &Manifest) -> (Vec<Port>, Vec<Port>) {
-    (
-        vec![Port::f32("noise", &[Dim::Batch, Dim::Is(m.latent_dim)]), Port::i64("timesteps", &[Dim::Batch])],
-        vec![Port::f32("params", &[Dim::Batch, Dim::Is(m.param_count)])],
-    )
+    let mut inputs = vec![Port::f32("noise", &[Dim::Batch, Dim::Is(m.latent_dim)]), Port::i64("timesteps", &[Dim::Batch])];
+    if let Some(c) = &m.condition {
+        inputs.push(Port::f32("condition", &[Dim::Batch, Dim::Is(c.dim)]));
+        inputs.push(Port::f32("guidance", &[]));
+    }
+    (inputs, vec![Port::f32("params", &[Dim::Batch, Dim::Is(m.param_count)])])
 }
 
 fn denoiser_ports(m: &Manifest) -> (Vec<Port>, Vec<Port>) {
-    (
-        vec![Port::f32("x", &[Dim::Batch, Dim::Is(m.latent_dim)]), Port::i64("t", &[Dim::Batch])],
-        vec![Port::f32("eps", &[Dim::Batch, Dim::Is(m.latent_dim)])],
-    )
+    let mut inputs = vec![Port::f32("x", &[Dim::Batch, Dim::Is(m.latent_dim)]), Port::i64("t", &[Dim::Batch])];
+    if let Some(c) = &m.condition {
+        inputs.push(Port::f32("condition", &[Dim::Batch, Dim::Is(c.dim)]));
+        inputs.push(Port::f32("condition_mask", &[Dim::Batch]));
+    }
+    (inputs, vec![Port::f32("eps", &[Dim::Batch, Dim::Is(m.latent_dim)])])
 }
 
 /// Turn ONNX Runtime's message about a CUDA session that could not be created into one that
@@ -274,18 +278,40 @@ impl Sampler {
 
     /// DDIM through sampler.onnx: rows `rows` of the step-by-step loop's initial noise for
     /// `seed`, the DDIM timesteps, one run.
-    fn sample_whole_loop(&self, pool: &SessionPool, rows: std::ops::Range<usize>, seed: u64, steps: usize, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
+    #[allow(clippy::too_many_arguments)]
+    fn sample_whole_loop(
+        &self,
+        pool: &SessionPool,
+        rows: std::ops::Range<usize>,
+        seed: u64,
+        steps: usize,
+        cond: Option<&Conditioning<'_>>,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Array2<f32>> {
         let schedule = &self.manifest.schedule;
         crate::diffusion::check_kind(schedule, SamplerKind::Ddim { steps })?;
         if rows.is_empty() {
             return Err(Error::invalid("n", "number of samples must be at least 1"));
         }
+        let condition = RowCondition::new(self.condition_dim(), cond, &rows)?;
         let (n, d) = (rows.len(), self.manifest.latent_dim);
         let noise = crate::diffusion::initial_noise(seed, rows, d);
         let seq: Vec<i64> = crate::diffusion::ddim_timesteps(schedule.timesteps, steps).into_iter().map(|t| t as i64).collect();
         let noise = Tensor::from_array(([n, d], noise.into_raw_vec_and_offset().0)).map_err(tensor_err("noise"))?;
         let seq = Tensor::from_array(([seq.len()], seq)).map_err(tensor_err("timesteps"))?;
-        let params = pool.with(|s| run_f32(s, ort::inputs!["noise" => noise, "timesteps" => seq], "params", n, self.manifest.param_count))?;
+        let mut inputs = ort::inputs!["noise" => noise, "timesteps" => seq];
+        // The graph's guidance 0 is "no condition" (eps = eps_none).
+        let (values, guidance) = match condition {
+            RowCondition::Unconditional => (None, 0.0),
+            RowCondition::Null(zeros) => (Some(zeros), 0.0),
+            RowCondition::Guided { values, guidance } => (Some(values), guidance),
+        };
+        if let Some(v) = values {
+            let c = v.ncols();
+            inputs.push(("condition".into(), Tensor::from_array(([n, c], v.into_raw_vec_and_offset().0)).map_err(tensor_err("condition"))?.into()));
+            inputs.push(("guidance".into(), Tensor::from_array((Vec::<usize>::new(), vec![guidance])).map_err(tensor_err("guidance"))?.into()));
+        }
+        let params = pool.with(|s| run_f32(s, inputs, "params", n, self.manifest.param_count))?;
         if !on_step(steps, steps) {
             return Err(Error::Cancelled);
         }
@@ -314,28 +340,50 @@ impl Sampler {
     /// Generate `n` parameter vectors ([n, D], host units).
     /// DDIM runs as one graph when [`Sampler::runs_whole_loop`] (`on_step` is then called once,
     /// at the end), else step by step through the shared loop of [`crate::diffusion`].
+    /// A conditional generator samples with "no condition" here: see
+    /// [`Sampler::sample_conditional`].
     pub fn sample(&self, n: usize, seed: u64, kind: SamplerKind, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
-        self.sample_rows(0..n, seed, kind, on_step)
+        self.sample_rows(0..n, seed, kind, None, on_step)
     }
 
-    /// Rows `rows` of what [`Sampler::sample`] gives for `seed` with any n >= `rows.end`: each
-    /// generated model depends only on the seed and its index.
-    pub fn sample_rows(&self, rows: std::ops::Range<usize>, seed: u64, kind: SamplerKind, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
+    /// Generate `n` parameter vectors for a condition (a conditional generator only).
+    pub fn sample_conditional(&self, n: usize, seed: u64, kind: SamplerKind, cond: &Conditioning<'_>, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
+        self.sample_rows(0..n, seed, kind, Some(cond), on_step)
+    }
+
+    /// Rows `rows` of what [`Sampler::sample`] (or, with a condition,
+    /// [`Sampler::sample_conditional`]) gives for `seed` with any n >= `rows.end`: each generated
+    /// model depends only on the seed, the condition and its index.
+    pub fn sample_rows(
+        &self,
+        rows: std::ops::Range<usize>,
+        seed: u64,
+        kind: SamplerKind,
+        cond: Option<&Conditioning<'_>>,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Array2<f32>> {
         match (kind, &self.whole_loop) {
-            (SamplerKind::Ddim { steps }, Some(pool)) => self.sample_whole_loop(pool, rows, seed, steps, on_step),
-            _ => sample_param_rows(self, self, &self.manifest.schedule, kind, seed, rows, on_step),
+            (SamplerKind::Ddim { steps }, Some(pool)) => self.sample_whole_loop(pool, rows, seed, steps, cond, on_step),
+            _ => sample_param_rows(self, self, &self.manifest.schedule, kind, cond, seed, rows, on_step),
         }
+    }
+
+    /// C, for a conditional generator.
+    pub fn condition_dim(&self) -> Option<usize> {
+        self.manifest.condition.as_ref().map(|c| c.dim)
     }
 
     /// Generate `n` models in chunks of at most `chunk` rows and hand each chunk to
     /// `on_chunk(first_row, rows)`: memory stays bounded by `chunk` x D whatever `n`, and the
     /// models are those of [`Sampler::sample`]. `on_step(done, total)` counts the steps of all
     /// chunks.
+    #[allow(clippy::too_many_arguments)]
     pub fn sample_chunked(
         &self,
         n: usize,
         seed: u64,
         kind: SamplerKind,
+        cond: Option<&Conditioning<'_>>,
         chunk: usize,
         on_chunk: &mut dyn FnMut(usize, ArrayView2<'_, f32>) -> Result<()>,
         on_step: &mut dyn FnMut(usize, usize) -> bool,
@@ -348,7 +396,7 @@ impl Sampler {
         for c in 0..chunks {
             let rows = c * chunk..((c + 1) * chunk).min(n);
             let first = rows.start;
-            let params = self.sample_rows(rows, seed, kind, &mut |done, total| on_step(c * total + done, chunks * total))?;
+            let params = self.sample_rows(rows, seed, kind, cond, &mut |done, total| on_step(c * total + done, chunks * total))?;
             on_chunk(first, params.view())?;
         }
         Ok(())
@@ -360,20 +408,37 @@ impl Sampler {
     }
 
     /// Generate into a caller buffer of at least n * D floats (row-major).
-    pub fn sample_into(&self, n: usize, seed: u64, kind: SamplerKind, out: &mut [f32], on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_into(
+        &self,
+        n: usize,
+        seed: u64,
+        kind: SamplerKind,
+        cond: Option<&Conditioning<'_>>,
+        out: &mut [f32],
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<()> {
         let need = n.checked_mul(self.layout.param_count()).ok_or_else(|| Error::invalid("n", "too large"))?;
         if out.len() < need {
             return Err(Error::invalid("buffer", format!("{} floats given, {n} x {} = {need} needed", out.len(), self.layout.param_count())));
         }
-        let a = self.sample(n, seed, kind, on_step)?;
+        let a = self.sample_rows(0..n, seed, kind, cond, on_step)?;
         out[..need].copy_from_slice(a.as_slice().expect("standard layout"));
         Ok(())
     }
 
     /// Generate `n` models as named tensors: for each model, (name, shape, values) in layout
     /// order, ready to place into the host's own network.
-    pub fn sample_named(&self, n: usize, seed: u64, kind: SamplerKind, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<Vec<(String, Vec<usize>, Vec<f32>)>>> {
-        let a = self.sample(n, seed, kind, on_step)?;
+    #[allow(clippy::type_complexity)]
+    pub fn sample_named(
+        &self,
+        n: usize,
+        seed: u64,
+        kind: SamplerKind,
+        cond: Option<&Conditioning<'_>>,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<Vec<(String, Vec<usize>, Vec<f32>)>>> {
+        let a = self.sample_rows(0..n, seed, kind, cond, on_step)?;
         Ok(a.rows()
             .into_iter()
             .map(|row| {
@@ -385,15 +450,25 @@ impl Sampler {
 
     /// Generate and write `gen_XXXX.safetensors` files with the original tensor names (see
     /// [`write_models`]; files libpdiff did not write at `dir` are refused).
-    pub fn sample_to_dir(&self, n: usize, seed: u64, kind: SamplerKind, dir: &Path, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>> {
-        self.sample_to_dir_with(n, seed, kind, dir, IfForeign::Refuse, on_step)
+    pub fn sample_to_dir(&self, n: usize, seed: u64, kind: SamplerKind, cond: Option<&Conditioning<'_>>, dir: &Path, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>> {
+        self.sample_to_dir_with(n, seed, kind, cond, dir, IfForeign::Refuse, on_step)
     }
 
     /// [`Sampler::sample_to_dir`] with the policy for files libpdiff did not write at `dir`.
-    pub fn sample_to_dir_with(&self, n: usize, seed: u64, kind: SamplerKind, dir: &Path, if_foreign: IfForeign, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_to_dir_with(
+        &self,
+        n: usize,
+        seed: u64,
+        kind: SamplerKind,
+        cond: Option<&Conditioning<'_>>,
+        dir: &Path,
+        if_foreign: IfForeign,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<PathBuf>> {
         // Refuse an unusable destination before sampling.
         let out = OutputDir::begin(dir, OutputKind::Samples, if_foreign)?;
-        let a = self.sample(n, seed, kind, on_step)?;
+        let a = self.sample_rows(0..n, seed, kind, cond, on_step)?;
         write_models_into(out, &self.layout, a.as_slice().expect("standard layout"))
     }
 }
@@ -437,15 +512,26 @@ impl DenoiserBackend for Sampler {
     fn latent_dim(&self) -> usize {
         self.manifest.latent_dim
     }
-    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64]) -> Result<Array2<f32>> {
+    fn condition_dim(&self) -> Option<usize> {
+        Sampler::condition_dim(self)
+    }
+    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64], cond: Option<CondInput<'_>>) -> Result<Array2<f32>> {
         let (b, d) = x.dim();
         if d != self.latent_dim() || t.len() != b {
             return Err(Error::invalid("denoiser input", format!("x [{b}, {d}], t [{}]; expected [B, {}] and [B]", t.len(), self.latent_dim())));
         }
+        check_condition_input(Sampler::condition_dim(self), b, cond.as_ref())?;
         let xv: Vec<f32> = x.iter().copied().collect();
         let xt = Tensor::from_array(([b, d], xv)).map_err(tensor_err("x"))?;
         let tt = Tensor::from_array(([b], t.to_vec())).map_err(tensor_err("t"))?;
-        self.denoiser.with(|s| run_f32(s, ort::inputs!["x" => xt, "t" => tt], "eps", b, d))
+        let mut inputs = ort::inputs!["x" => xt, "t" => tt];
+        if let Some(c) = cond {
+            let values = Tensor::from_array(([b, c.values.ncols()], c.values.iter().copied().collect::<Vec<f32>>())).map_err(tensor_err("condition"))?;
+            let mask = Tensor::from_array(([b], c.mask.to_vec())).map_err(tensor_err("condition_mask"))?;
+            inputs.push(("condition".into(), values.into()));
+            inputs.push(("condition_mask".into(), mask.into()));
+        }
+        self.denoiser.with(|s| run_f32(s, inputs, "eps", b, d))
     }
 }
 

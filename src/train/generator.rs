@@ -1,13 +1,13 @@
 //! The training loop on tch and the trained [`Generator`] (feature `train`): autoencoder, then
 //! latent diffusion, then the statistics that map latents back to parameters; tch backends of
 //! the shared sampler loop; a generator's bundle (export and load).
-use super::{available_memory_bytes, check_memory_against, DeviceChoice, Progress, Stage, TrainConfig, TrainHistory};
+use super::{available_memory_bytes, check_memory_against, DeviceChoice, DiffusionTarget, Progress, Stage, TrainConfig, TrainHistory};
 use crate::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
-use crate::diffusion::{DecoderBackend, DenoiserBackend};
+use crate::diffusion::{check_condition_input, CondInput, DecoderBackend, DenoiserBackend};
 use crate::error::{Error, Result};
 use crate::fsutil::IfForeign;
-use crate::model::{Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig};
-use crate::params::{Layout, ParamSet, STD_FLOOR};
+use crate::model::{Autoencoder, AutoencoderConfig, ConditionBatch, Denoiser, DenoiserConfig};
+use crate::params::{ConditionSpec, Layout, ParamSet, STD_FLOOR};
 use ndarray::{Array2, ArrayView2};
 use std::path::Path;
 use std::time::Instant;
@@ -55,6 +55,8 @@ pub struct Generator {
     pub latent_clip: Vec<f32>,
     pub history: TrainHistory,
     pub sources: Vec<String>,
+    /// What a conditional generator is conditioned on (None: unconditional).
+    pub condition: Option<ConditionSpec>,
     /// Health warnings: the dataset's (few checkpoints, misaligned ones) and training's
     /// (reconstruction error large against the checkpoints' spread). Recorded in the bundle.
     pub warnings: Vec<String>,
@@ -84,8 +86,14 @@ fn check_loss(stage: Stage, step: usize, loss: f64) -> Result<()> {
 
 impl Generator {
     /// Build the networks (untrained) for a layout; used by training and by loading.
-    pub(crate) fn build(layout: Layout, config: TrainConfig, device: Device) -> Result<Self> {
+    pub(crate) fn build(layout: Layout, mut config: TrainConfig, condition: Option<ConditionSpec>, device: Device) -> Result<Self> {
         config.validate()?;
+        // The target is recorded in the bundle's training config: a loaded generator converts
+        // its network's output to the noise the same way.
+        config.target.get_or_insert(DiffusionTarget::default_for(condition.is_some()));
+        if let Some(c) = &condition {
+            c.validate()?;
+        }
         let d = layout.param_count();
         let (ae_default, den_default) = config.preset.architecture(d);
         let ae_config = config.autoencoder.clone().unwrap_or(ae_default);
@@ -104,11 +112,12 @@ impl Generator {
         let ae_vs = nn::VarStore::new(device);
         let ae = Autoencoder::new(&ae_vs.root(), &ae_config, padded_len);
         let den_vs = nn::VarStore::new(device);
-        let den = Denoiser::new(&den_vs.root(), &denoiser_config, ae_config.latent_dim);
+        let den = Denoiser::new(&den_vs.root(), &denoiser_config, ae_config.latent_dim, condition.as_ref().map(|c| c.dim as i64));
         let ld = ae_config.latent_dim as usize;
         Ok(Generator {
             layout,
             config,
+            condition,
             ae_config,
             denoiser_config,
             padded_len,
@@ -138,7 +147,7 @@ impl Generator {
     }
 
     fn train_on(set: &ParamSet, config: &TrainConfig, device: Device, progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Self> {
-        let mut g = Generator::build(set.layout.clone(), config.clone(), device)?;
+        let mut g = Generator::build(set.layout.clone(), config.clone(), set.conditions.as_ref().map(|c| c.spec.clone()), device)?;
         g.sources = set.sources.clone();
         let k = set.k() as i64;
         let d = set.layout.param_count();
@@ -205,6 +214,13 @@ impl Generator {
             g.den_vs.trainable_variables().into_iter().map(|v| (v.detach().copy(), v)).collect()
         });
         let timesteps = config.schedule.timesteps as i64;
+        // Conditional generators: every checkpoint's condition; each step drops a row's
+        // condition with probability `condition_dropout` (the same network then also learns the
+        // unconditional model that classifier-free guidance needs).
+        let conditions = match &set.conditions {
+            Some(c) => Some(Tensor::from_slice(&c.values).view([k, c.spec.dim as i64]).to_device(device)),
+            None => None,
+        };
         for step in 0..config.diffusion_steps {
             opt.set_lr(cosine_lr(config.diffusion_lr, step, config.diffusion_steps));
             let idx = Tensor::randint(k, [batch], (Kind::Int64, device));
@@ -213,7 +229,21 @@ impl Generator {
             let t = Tensor::randint(timesteps, [batch], (Kind::Int64, device));
             let eps = Tensor::randn_like(&x0);
             let xt = &x0 * sqrt_ab.index_select(0, &t).unsqueeze(1) + &eps * sqrt_1mab.index_select(0, &t).unsqueeze(1);
-            let loss = g.den.forward(&xt, &t).mse_loss(&eps, tch::Reduction::Mean);
+            let mask;
+            let values;
+            let cond = match &conditions {
+                Some(all) => {
+                    values = all.index_select(0, &idx);
+                    mask = Tensor::rand([batch], (Kind::Float, device)).ge(config.condition_dropout).to_kind(Kind::Float);
+                    Some(ConditionBatch { values: &values, mask: &mask })
+                }
+                None => None,
+            };
+            let target = match g.target() {
+                DiffusionTarget::Epsilon => eps.shallow_clone(),
+                DiffusionTarget::V => &eps * sqrt_ab.index_select(0, &t).unsqueeze(1) - &x0 * sqrt_1mab.index_select(0, &t).unsqueeze(1),
+            };
+            let loss = g.den.forward(&xt, &t, cond).mse_loss(&target, tch::Reduction::Mean);
             opt.backward_step(&loss);
             if let (Some(decay), Some(ema)) = (config.ema, ema.as_mut()) {
                 tch::no_grad(|| {
@@ -276,6 +306,11 @@ impl Generator {
     }
 
     /// tch backends over this generator, for the shared sampler loop.
+    /// What the denoiser network predicts (its output is converted to the noise for sampling).
+    pub fn target(&self) -> DiffusionTarget {
+        self.config.target.unwrap_or(DiffusionTarget::default_for(self.condition.is_some()))
+    }
+
     pub fn tch_denoiser(&self) -> TchDenoiser<'_> {
         TchDenoiser { g: self }
     }
@@ -306,14 +341,35 @@ impl DenoiserBackend for TchDenoiser<'_> {
     fn latent_dim(&self) -> usize {
         self.g.latent_dim()
     }
-    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64]) -> Result<Array2<f32>> {
+    fn condition_dim(&self) -> Option<usize> {
+        self.g.condition.as_ref().map(|c| c.dim)
+    }
+    fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64], cond: Option<CondInput<'_>>) -> Result<Array2<f32>> {
         if x.ncols() != self.latent_dim() || t.len() != x.nrows() {
             return Err(Error::invalid("denoiser input", format!("x {:?}, t [{}]; expected [B, {}] and [B]", x.dim(), t.len(), self.latent_dim())));
         }
+        check_condition_input(self.condition_dim(), x.nrows(), cond.as_ref())?;
         torch_boundary("denoiser", || {
-            let xt = array_to_tensor(x, self.g.device);
-            let tt = Tensor::from_slice(t).to_device(self.g.device);
-            tensor_to_array(&tch::no_grad(|| self.g.den.forward(&xt, &tt)))
+            let device = self.g.device;
+            let xt = array_to_tensor(x, device);
+            let tt = Tensor::from_slice(t).to_device(device);
+            let values = cond.map(|c| array_to_tensor(c.values, device));
+            let mask = cond.map(|c| Tensor::from_slice(c.mask).to_device(device));
+            let batch = values.as_ref().zip(mask.as_ref()).map(|(values, mask)| ConditionBatch { values, mask });
+            let out = tch::no_grad(|| self.g.den.forward(&xt, &tt, batch));
+            let eps = match self.g.target() {
+                DiffusionTarget::Epsilon => out,
+                // eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t, with the f32 coefficients the
+                // exported graph uses.
+                DiffusionTarget::V => {
+                    let tab = self.g.config.schedule.tables();
+                    let (a, b): (Vec<f32>, Vec<f32>) = t.iter().map(|&ti| (tab.alpha_bars[ti as usize].sqrt() as f32, (1.0 - tab.alpha_bars[ti as usize]).sqrt() as f32)).unzip();
+                    let a = Tensor::from_slice(&a).to_device(device).unsqueeze(1);
+                    let b = Tensor::from_slice(&b).to_device(device).unsqueeze(1);
+                    out * a + &xt * b
+                }
+            };
+            tensor_to_array(&eps)
         })
     }
 }
@@ -371,6 +427,7 @@ impl Generator {
             training: self.config.clone(),
             history: self.history.clone(),
             sources: self.sources.clone(),
+            condition: self.condition.clone(),
             warnings: self.warnings.clone(),
             files: Default::default(),
             sha256: Default::default(),
@@ -409,7 +466,7 @@ impl Generator {
         let mut config = m.training.clone();
         config.autoencoder = Some(m.autoencoder.clone());
         config.denoiser = Some(m.denoiser.clone());
-        let mut g = Generator::build(m.layout(), config, device.resolve()?)?;
+        let mut g = Generator::build(m.layout(), config, m.condition.clone(), device.resolve()?)?;
         for (vs, role) in [(&g.ae_vs, "autoencoder_weights"), (&g.den_vs, "denoiser_weights")] {
             load_safetensors_into(vs, b.file(role)?).map_err(|e| Error::bundle(dir, format!("{}: {e}", m.files[role])))?;
         }

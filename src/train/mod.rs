@@ -69,6 +69,14 @@ pub struct TrainConfig {
     pub latent_noise_relative: bool,
     /// Exponential moving average of the denoiser's weights (decay), if any.
     pub ema: Option<f64>,
+    /// Conditional generators: the probability that a training row's condition is replaced by
+    /// "no condition" (classifier-free guidance needs the unconditional model too).
+    #[serde(default = "default_condition_dropout")]
+    pub condition_dropout: f64,
+    /// What the denoiser is trained to predict (None: [`DiffusionTarget::default_for`]). The
+    /// exported denoiser outputs the noise either way.
+    #[serde(default)]
+    pub target: Option<DiffusionTarget>,
     pub schedule: Schedule,
     pub seed: u64,
     pub device: DeviceChoice,
@@ -95,6 +103,8 @@ impl TrainConfig {
             latent_noise: 0.1,
             latent_noise_relative: false,
             ema: None,
+            condition_dropout: default_condition_dropout(),
+            target: None,
             schedule: Schedule::default(),
             seed: 0,
             device: DeviceChoice::Auto,
@@ -116,6 +126,9 @@ impl TrainConfig {
                 return Err(Error::invalid(name, format!("{v} (must be >= 0)")));
             }
         }
+        if !(0.0..1.0).contains(&self.condition_dropout) {
+            return Err(Error::invalid("condition_dropout", format!("{} (must be in [0, 1))", self.condition_dropout)));
+        }
         if let Some(e) = self.ema {
             if !(0.0..1.0).contains(&e) {
                 return Err(Error::invalid("ema", format!("{e} (decay must be in [0, 1))")));
@@ -123,6 +136,40 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// The denoiser's training target.
+///
+/// `Epsilon` is the paper's: the network predicts the noise. At large t, x_t is almost pure
+/// noise, so predicting the noise is almost copying x_t and needs no condition: a conditional
+/// generator trained this way learns to ignore its condition where it matters most, at the
+/// start of sampling, which decides which task's region a sample lands in (measured: two tasks,
+/// 1,500 steps, 32 of 64 samples on their own task with epsilon, 64 of 64 with v). `V`, the
+/// velocity v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022), is x0-like at large t
+/// and eps-like at small t, so the condition is needed at every step. The sampler needs the
+/// noise: eps = sqrt(abar) v + sqrt(1 - abar) x_t, computed inside the exported denoiser (and by
+/// the tch backend), so a bundle's interface is the same for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffusionTarget {
+    Epsilon,
+    V,
+}
+
+impl DiffusionTarget {
+    /// Epsilon for unconditional generators (the paper's, and the published mnist numbers), v
+    /// for conditional ones.
+    pub fn default_for(conditional: bool) -> Self {
+        if conditional {
+            DiffusionTarget::V
+        } else {
+            DiffusionTarget::Epsilon
+        }
+    }
+}
+
+fn default_condition_dropout() -> f64 {
+    0.1
 }
 
 /// Training stage reported to a progress callback.

@@ -643,6 +643,100 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
     pdiff_sampler_free(s);
 }
 
+#if defined(PDIFF_FEATURE_TRAIN)
+/* ---- part 3: a conditional generator (two tasks, conditions (1,0) and (0,1)) ---- */
+static void conditional_tests(const char *tmp) {
+    float data[K * D], cond[K * 2];
+    fill_dataset(data);
+    for (int i = 0; i < K; i++) {
+        cond[2 * i] = i % 2 == 0 ? 1.0f : 0.0f;
+        cond[2 * i + 1] = i % 2 == 0 ? 0.0f : 1.0f;
+    }
+    size_t shape_w[2] = {ROWS, COLS}, shape_b[1] = {ROWS};
+    pdiff_tensor_decl layout[2] = {{"w", 2, shape_w}, {"b", 1, shape_b}};
+    pdiff_dataset *ds = NULL;
+    CHECK_FAILS(pdiff_dataset_from_memory_conditional(layout, 2, data, K, cond, 0, &ds), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK_FAILS(pdiff_dataset_from_memory_conditional(layout, 2, data, K, NULL, 2, &ds), PDIFF_ERR_NULL_POINTER);
+    cond[3] = NAN;
+    CHECK_FAILS(pdiff_dataset_from_memory_conditional(layout, 2, data, K, cond, 2, &ds), PDIFF_ERR_INVALID_ARGUMENT);
+    cond[3] = 1.0f;
+    CHECK_OK(pdiff_dataset_from_memory_conditional(layout, 2, data, K, cond, 2, &ds));
+    if (!ds) return;
+    CHECK(pdiff_dataset_condition_dim(ds) == 2, "dataset C = %zu", pdiff_dataset_condition_dim(ds));
+    pdiff_train_options opts;
+    CHECK_OK(pdiff_train_options_default(&opts));
+    opts.ae_steps = 20;
+    opts.diffusion_steps = 20;
+    opts.batch_size = 4;
+    opts.seed = 3;
+    opts.device = PDIFF_DEVICE_CPU;
+    pdiff_generator *gen = NULL;
+    CHECK_OK(pdiff_generator_train(ds, &opts, &gen));
+    pdiff_dataset_free(ds);
+    if (!gen) return;
+    char bundle[600];
+    snprintf(bundle, sizeof bundle, "%s/cond-bundle", tmp);
+    CHECK_OK(pdiff_generator_export(gen, bundle));
+    pdiff_generator_free(gen);
+
+    pdiff_sampler *s = NULL;
+    CHECK_OK(pdiff_sampler_open(bundle, NULL, &s));
+    if (!s) return;
+    CHECK(pdiff_sampler_condition_dim(s) == 2, "sampler C = %zu", pdiff_sampler_condition_dim(s));
+    CHECK(pdiff_sampler_condition_name(s, 0) == NULL, "no names given");
+    enum { N = 4 };
+    static float to_a[N * D], to_b[N * D], again[N * D], mixed[N * D];
+    const float a[2] = {1.0f, 0.0f}, b[2] = {0.0f, 1.0f};
+    const float per_row[N * 2] = {1, 0, 0, 1, 1, 0, 0, 1};
+    pdiff_sample_options o;
+    CHECK_OK(pdiff_sample_options_default(&o));
+    CHECK(o.condition == NULL && o.condition_len == 0 && o.guidance == 1.0, "condition defaults");
+    o.seed = 5;
+    o.ddim_steps = 10;
+    o.condition = a;
+    o.condition_len = 2;
+    CHECK_OK(pdiff_sampler_sample(s, &o, N, to_a, N * D));
+    CHECK_OK(pdiff_sampler_sample(s, &o, N, again, N * D));
+    CHECK(memcmp(to_a, again, sizeof to_a) == 0, "same condition, same bits");
+    o.condition = b;
+    CHECK_OK(pdiff_sampler_sample(s, &o, N, to_b, N * D));
+    CHECK(memcmp(to_a, to_b, sizeof to_a) != 0, "another condition, other vectors");
+    o.condition = per_row;
+    o.condition_len = N * 2;
+    CHECK_OK(pdiff_sampler_sample(s, &o, N, mixed, N * D));
+    CHECK(memcmp(mixed, to_a, D * sizeof(float)) == 0 && memcmp(mixed + D, to_b + D, D * sizeof(float)) == 0,
+          "one condition per vector");
+    o.condition = a;
+    o.condition_len = 2;
+    o.guidance = 3.0;
+    CHECK_OK(pdiff_sampler_sample(s, &o, N, again, N * D));
+    CHECK(memcmp(to_a, again, sizeof to_a) != 0, "guidance 3 differs from guidance 1");
+    /* Errors: a condition of another length, NULL with a length, a non-finite guidance. */
+    o.guidance = 1.0;
+    o.condition_len = 3;
+    CHECK_FAILS(pdiff_sampler_sample(s, &o, N, again, N * D), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("expected C = 2"), "names C: %s", pdiff_last_error());
+    o.condition = NULL;
+    o.condition_len = 2;
+    CHECK_FAILS(pdiff_sampler_sample(s, &o, N, again, N * D), PDIFF_ERR_NULL_POINTER);
+    o.condition = a;
+    o.guidance = NAN;
+    CHECK_FAILS(pdiff_sampler_sample(s, &o, N, again, N * D), PDIFF_ERR_INVALID_ARGUMENT);
+    /* A host built against the first layout (no condition fields): no condition, the
+       unconditional model, as with condition NULL. */
+    pdiff_sample_options old;
+    CHECK_OK(pdiff_sample_options_default(&old));
+    old.seed = 5;
+    old.ddim_steps = 10;
+    old.struct_size = offsetof(pdiff_sample_options, condition);
+    CHECK_OK(pdiff_sampler_sample(s, &old, N, again, N * D));
+    old.struct_size = sizeof old;
+    CHECK_OK(pdiff_sampler_sample(s, &old, N, mixed, N * D));
+    CHECK(memcmp(again, mixed, sizeof again) == 0, "older struct = no condition");
+    pdiff_sampler_free(s);
+}
+#endif /* PDIFF_FEATURE_TRAIN */
+
 int main(int argc, char **argv) {
     const char *given_bundle = NULL, *export_to = NULL;
     int with_threads = 1, threads_only_mode = 0;
@@ -702,6 +796,9 @@ int main(int argc, char **argv) {
 
     if (have_bundle) sampler_tests(bundle, tmp, with_threads, given_bundle == NULL);
     else CHECK(0, "no bundle: sampler tests skipped");
+#if defined(PDIFF_FEATURE_TRAIN)
+    if (given_bundle == NULL) conditional_tests(tmp);
+#endif
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);

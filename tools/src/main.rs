@@ -1,7 +1,7 @@
 //! `pdiff`: the command line of libpdiff (collect, train, export, sample, eval, demo, bench).
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pdiff::diffusion::SamplerKind;
+use pdiff::diffusion::{Conditioning, SamplerKind};
 use pdiff::model::Preset;
 use pdiff::params::{ParamSet, Selection};
 use pdiff::train::{DeviceChoice, Generator, TrainConfig};
@@ -47,6 +47,10 @@ enum Command {
         /// Output bundle directory.
         #[arg(long)]
         out: PathBuf,
+        /// Conditional generator: one condition vector per checkpoint, a .json or .csv file
+        /// (README, "Conditional generation").
+        #[arg(long)]
+        conditions: Option<PathBuf>,
         #[command(flatten)]
         force: ForceArg,
         #[command(flatten)]
@@ -73,6 +77,13 @@ enum Command {
         sampler: SamplerArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
+        /// Conditional generator: the condition, comma-separated (e.g. 0,1,1,0,1,0,0,1,0,1).
+        /// Without it, a conditional generator samples with no condition.
+        #[arg(long)]
+        condition: Option<String>,
+        /// Classifier-free guidance scale (1: the plain conditional model).
+        #[arg(long, default_value_t = 1.0)]
+        guidance: f32,
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -263,6 +274,9 @@ struct TrainArgs {
     /// EMA decay of the denoiser's weights (e.g. 0.999); off by default.
     #[arg(long)]
     ema: Option<f64>,
+    /// Conditional generators: probability of dropping a training row's condition (0.1).
+    #[arg(long)]
+    condition_dropout: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
@@ -282,6 +296,7 @@ impl TrainArgs {
         if let Some(v) = self.latent_noise { c.latent_noise = v; }
         if self.latent_noise_relative { c.latent_noise_relative = true; }
         c.ema = self.ema;
+        if let Some(v) = self.condition_dropout { c.condition_dropout = v; }
         c.seed = self.seed;
         c.device = self.device.parse::<DeviceChoice>()?;
         c.validate()?;
@@ -393,7 +408,7 @@ fn run(cli: Cli) -> Result<()> {
             bars.finish();
             println!("wrote {} checkpoints to {}", files.len(), out.display());
         }
-        Command::Train { checkpoints, select, out, force, train } => {
+        Command::Train { checkpoints, select, out, conditions, force, train } => {
             let config = train.config()?;
             fsutil::check_output_dir(&out, OutputKind::Bundle, force.policy())?;
             let selection = Selection::patterns(&select);
@@ -401,7 +416,11 @@ fn run(cli: Cli) -> Result<()> {
             // before any tensor is read.
             let (layout, k) = pdiff::params::peek_dir(&checkpoints, &selection)?;
             pdiff::train::check_memory(layout.param_count(), k, &config)?;
-            let set = ParamSet::load_dir(&checkpoints, &selection)?;
+            let mut set = ParamSet::load_dir(&checkpoints, &selection)?;
+            if let Some(file) = conditions {
+                set = set.with_conditions_file(&file)?;
+                println!("conditional: C = {}", set.conditions.as_ref().map(|c| c.spec.dim).unwrap_or(0));
+            }
             for w in &set.warnings {
                 eprintln!("warning: {w}");
             }
@@ -430,19 +449,24 @@ fn run(cli: Cli) -> Result<()> {
             bundle::load_manifest(&out)?;
             println!("bundle {}: D = {}, d = {}, files {:?}", out.display(), m.param_count, m.latent_dim, m.files.values().collect::<Vec<_>>());
         }
-        Command::Sample { bundle: dir, n, seed, sampler, runtime, out, force } => {
+        Command::Sample { bundle: dir, n, seed, sampler, runtime, condition, guidance, out, force } => {
             let kind = sampler.kind()?;
+            let values = condition.as_deref().map(parse_condition).transpose()?;
+            if values.is_none() && guidance != 1.0 {
+                return Err(pdiff::Error::invalid("guidance", "a guidance scale needs --condition"));
+            }
+            let cond = values.as_deref().map(|values| Conditioning { values, guidance });
             fsutil::check_output_dir(&out, OutputKind::Samples, force.policy())?;
             let mut on_step = |i, t| bars.update("sample", i, t, None);
             let (files, backend) = match runtime.options()? {
                 Some(opts) => {
                     let s = Sampler::open(&dir, &opts)?;
                     eprintln!("backend: {} ({})", s.backend_name(), s.backend().detail);
-                    (s.sample_to_dir_with(n, seed, kind, &out, force.policy(), &mut on_step)?, s.backend_name().to_string())
+                    (s.sample_to_dir_with(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, s.backend_name().to_string())
                 }
                 None => {
                     let g = Generator::load_bundle(&dir, DeviceChoice::Auto)?;
-                    let p = pdiff::diffusion::sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, n, seed, &mut on_step)?;
+                    let p = pdiff::diffusion::sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, cond.as_ref(), seed, 0..n, &mut on_step)?;
                     (pdiff::runtime::write_models(&g.layout, p.as_slice().unwrap(), &out, force.policy())?, "tch".to_string())
                 }
             };
@@ -578,6 +602,13 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A condition given on the command line: comma-separated numbers.
+fn parse_condition(text: &str) -> Result<Vec<f32>> {
+    text.split(',')
+        .map(|v| v.trim().parse::<f32>().map_err(|_| pdiff::Error::invalid("condition", format!("'{v}' in '{text}' is not a number"))))
+        .collect()
 }
 
 /// Refuse an input directory inside the output directory: replacing the output would delete

@@ -241,14 +241,23 @@ def _device(value):
     return value, None
 
 
-def _sample_options(seed: int, sampler, steps: Optional[int]):
+def _sample_options(seed: int, sampler, steps: Optional[int], condition=None, guidance: float = 1.0):
+    """The options struct and what must stay alive while it is used (the condition's buffer)."""
     o = ffi.new("pdiff_sample_options *")
     _check(lib.pdiff_sample_options_default(o))
     _set(o, "sampler", _choice(_SAMPLERS, sampler, "sampler"))
     _set(o, "seed", seed)
     if steps is not None:
         _set(o, "ddim_steps", steps)
-    return o
+    keep = None
+    if condition is not None:
+        keep = np.ascontiguousarray(condition, dtype=np.float32).reshape(-1)
+        o.condition = ffi.cast("const float *", ffi.from_buffer(keep))
+        o.condition_len = keep.size
+    elif guidance != 1.0:
+        raise _invalid("invalid guidance: a guidance scale needs a condition")
+    _set(o, "guidance", float(guidance))
+    return o, keep
 
 
 def _fspath(path) -> bytes:
@@ -377,24 +386,34 @@ class Dataset(_Handle):
     _kind = "dataset"
 
     @classmethod
-    def from_memory(cls, layout: LayoutSpec, array) -> "Dataset":
+    def from_memory(cls, layout: LayoutSpec, array, conditions=None) -> "Dataset":
         """K flat parameter vectors: ``array`` is [K, D] (converted to float32), ``layout`` a list
         of (name, shape) pairs or a {name: shape} dict, whose element counts sum to D; each row is
-        the tensors one after the other, row-major. The values are copied."""
+        the tensors one after the other, row-major. The values are copied. ``conditions``
+        ([K, C], optional): one condition vector per checkpoint, for a conditional generator."""
         _require_training("Dataset.from_memory")
         decls, keep, n, d = _layout_decls(layout)
         data = np.ascontiguousarray(array, dtype=np.float32)
         if data.ndim != 2 or data.shape[1] != d:
             raise _invalid(f"array of shape {data.shape}: expected [K, {d}] (D = {d} by the layout)")
         out = ffi.new("pdiff_dataset **")
-        _check(lib.pdiff_dataset_from_memory(decls, n, _as_f32_buffer(data), data.shape[0], out))
+        if conditions is None:
+            _check(lib.pdiff_dataset_from_memory(decls, n, _as_f32_buffer(data), data.shape[0], out))
+        else:
+            cond = np.ascontiguousarray(conditions, dtype=np.float32)
+            if cond.ndim != 2 or cond.shape[0] != data.shape[0] or cond.shape[1] < 1:
+                raise _invalid(f"invalid conditions: shape {cond.shape}, expected [K, C] with K = {data.shape[0]}")
+            _check(lib.pdiff_dataset_from_memory_conditional(decls, n, _as_f32_buffer(data), data.shape[0],
+                                                             _as_f32_buffer(cond), cond.shape[1], out))
         del keep
         return cls(ffi.gc(out[0], lib.pdiff_dataset_free))
 
     @classmethod
-    def load_dir(cls, path, patterns: Union[None, str, Sequence[str]] = None) -> "Dataset":
+    def load_dir(cls, path, patterns: Union[None, str, Sequence[str]] = None, conditions_file=None) -> "Dataset":
         """Every ``*.safetensors`` file of ``path`` (sorted by name) as one checkpoint; ``patterns``
-        selects tensors (exact names or globs; None: every floating-point tensor)."""
+        selects tensors (exact names or globs; None: every floating-point tensor).
+        ``conditions_file``: a .json or .csv file giving each checkpoint its condition vector
+        (a conditional generator; format in the README)."""
         _require_training("Dataset.load_dir")
         if isinstance(patterns, str):
             patterns = [patterns]
@@ -402,8 +421,17 @@ class Dataset(_Handle):
         cstrs = [ffi.new("char[]", p.encode("utf-8")) for p in patterns]
         arr = ffi.new("const char *[]", cstrs) if cstrs else ffi.NULL
         out = ffi.new("pdiff_dataset **")
-        _check(lib.pdiff_dataset_load_dir(_fspath(path), arr, len(cstrs), out))
+        if conditions_file is None:
+            _check(lib.pdiff_dataset_load_dir(_fspath(path), arr, len(cstrs), out))
+        else:
+            _check(lib.pdiff_dataset_load_dir_conditional(_fspath(path), arr, len(cstrs), _fspath(conditions_file), out))
         return cls(ffi.gc(out[0], lib.pdiff_dataset_free))
+
+    @property
+    def condition_dim(self) -> int:
+        """Dimension C of the checkpoints' condition vectors; 0 without conditions."""
+        with self._borrow() as h:
+            return int(lib.pdiff_dataset_condition_dim(h))
 
     @property
     def k(self) -> int:
@@ -570,6 +598,22 @@ class Sampler(_Handle):
             return int(lib.pdiff_sampler_param_count(h))
 
     @property
+    def condition_dim(self) -> int:
+        """Dimension C of a conditional generator's condition; 0 for an unconditional one."""
+        with self._borrow() as h:
+            return int(lib.pdiff_sampler_condition_dim(h))
+
+    @property
+    def condition_names(self) -> Optional[list]:
+        """The names of the condition's dimensions, when the bundle gives them; else None."""
+        with self._borrow() as h:
+            c = int(lib.pdiff_sampler_condition_dim(h))
+            names = [lib.pdiff_sampler_condition_name(h, i) for i in range(c)]
+            if c == 0 or any(p == ffi.NULL for p in names):
+                return None
+            return [ffi.string(p).decode("utf-8") for p in names]
+
+    @property
     def layout(self) -> list:
         """[TensorInfo(name, shape, offset)] of one generated vector, in order."""
         with self._borrow() as h:
@@ -585,12 +629,15 @@ class Sampler(_Handle):
             return list(self._layout)
 
     def sample(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
-               out: Optional[np.ndarray] = None) -> np.ndarray:
+               out: Optional[np.ndarray] = None, condition=None, guidance: float = 1.0) -> np.ndarray:
         """Generate ``n`` parameter vectors: float32 ndarray [n, D]. Same arguments, same bits.
         ``sampler``: "ddim" (``steps`` steps, deterministic) or "ddpm" (all T steps).
         ``out``: optional C-contiguous float32 array of at least n x D elements to write into
-        (returned, reshaped to [n, D] when it has exactly n x D elements)."""
-        o = _sample_options(seed, sampler, steps)
+        (returned, reshaped to [n, D] when it has exactly n x D elements).
+        ``condition`` (conditional generators, see :attr:`condition_dim`): C floats for every
+        vector, or [n, C] (one per vector); None: the generator's unconditional model.
+        ``guidance``: classifier-free guidance scale (1: the plain conditional model)."""
+        o, keep = _sample_options(seed, sampler, steps, condition, guidance)
         if n < 0:
             raise _invalid(f"invalid n {n}")
         with self._borrow() as h:
@@ -605,11 +652,13 @@ class Sampler(_Handle):
                 buf = out
                 result = out.reshape(n, -1) if out.size == n * d and n > 0 else out
             _check(lib.pdiff_sampler_sample(h, o, n, ffi.cast("float *", ffi.from_buffer(buf)), buf.size))
+        del keep
         return result
 
-    def sample_named(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50) -> list:
+    def sample_named(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
+                     condition=None, guidance: float = 1.0) -> list:
         """As :meth:`sample`, split into ``n`` dicts {tensor name: ndarray of its shape}."""
-        flat = self.sample(n, seed=seed, sampler=sampler, steps=steps)
+        flat = self.sample(n, seed=seed, sampler=sampler, steps=steps, condition=condition, guidance=guidance)
         layout = self.layout
         return [
             {t.name: row[t.offset:t.offset + math.prod(t.shape)].reshape(t.shape) for t in layout}
@@ -617,12 +666,13 @@ class Sampler(_Handle):
         ]
 
     def best_of_n(self, n: int, score_fn: Callable[[np.ndarray], float], seed: int = 0, sampler="ddim",
-                  steps: Optional[int] = 50):
+                  steps: Optional[int] = 50, condition=None, guidance: float = 1.0):
         """Generate ``n`` candidates (as :meth:`sample` would), score each with
         ``score_fn(params)`` (a float32 array of D values, a copy; higher is better, NaN ranks
         last), and return ``(best params [D], its index, its score)``. An exception raised by
-        ``score_fn`` is re-raised here (the remaining candidates are not scored)."""
-        o = _sample_options(seed, sampler, steps)
+        ``score_fn`` is re-raised here (the remaining candidates are not scored). ``condition``
+        and ``guidance`` as in :meth:`sample` (one condition for every candidate, or [n, C])."""
+        o, keep = _sample_options(seed, sampler, steps, condition, guidance)
         raised = []
 
         def _score(_user, params, length):
@@ -642,21 +692,24 @@ class Sampler(_Handle):
             best = np.empty(d, dtype=np.float32)
             status = lib.pdiff_sampler_best_of_n(h, o, n, callback, ffi.NULL,
                                                  ffi.cast("float *", ffi.from_buffer(best)), d, index, score)
+        del keep
         if raised:
             raise raised[0]
         _check(status)
         return best, int(index[0]), float(score[0])
 
     def sample_to_dir(self, n: int, directory, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
-                      force: bool = False) -> None:
+                      force: bool = False, condition=None, guidance: float = 1.0) -> None:
         """Write ``n`` vectors as ``directory/gen_0000.safetensors``, ... (original tensor names,
         f32) and a marker ``.pdiff-output.json`` listing them. A missing directory is created
         and an earlier output of this method replaced, atomically. Files libpdiff did not write
         there raise :class:`OutputExistsError`, unless ``force``: the models are then written
-        beside them and they are kept (a name they take still raises)."""
-        o = _sample_options(seed, sampler, steps)
+        beside them and they are kept (a name they take still raises). ``condition`` and
+        ``guidance`` as in :meth:`sample`."""
+        o, keep = _sample_options(seed, sampler, steps, condition, guidance)
         with self._borrow() as h:
             _check(lib.pdiff_sampler_sample_to_dir_ex(h, o, n, _fspath(directory), _output_flags(force)))
+        del keep
 
     def __repr__(self) -> str:
         if self.closed:

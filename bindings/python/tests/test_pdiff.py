@@ -652,3 +652,61 @@ def test_training_reproduces_the_c_program(c_reference, sampler):
     _, expect, _ = c_reference
     got = sampler.sample(3, seed=42, sampler="ddim", steps=10)
     assert got.tobytes() == expect.astype("<f4").tobytes()
+
+
+# ---- conditional generation ----
+
+def _two_tasks():
+    """Two tasks whose checkpoints sit around points A and B, conditioned on (1, 0) and (0, 1)
+    (the Rust test tests/conditional.rs uses the same data)."""
+    d = 28
+    j = np.arange(d, dtype=np.float32)
+    a = np.sin(j * 0.37).astype(np.float32)
+    b = a + np.where(j % 2 == 0, 0.6, -0.6).astype(np.float32)
+    rows, cond = [], []
+    for i in range(24):
+        base, c = (a, [1.0, 0.0]) if i % 2 == 0 else (b, [0.0, 1.0])
+        rows.append(base + 0.01 * np.sin((i * 5 + j * 3) * 0.71).astype(np.float32))
+        cond.append(c)
+    return np.array(rows, dtype=np.float32), np.array(cond, dtype=np.float32), a, b
+
+
+@pytest.mark.skipif(not pdiff.has_training(), reason="training needs the full build")
+def test_conditional_generation(tmp_path):
+    data, cond, a, b = _two_tasks()
+    layout = [("net.w", (4, 6)), ("net.b", (4,))]
+    ds = pdiff.Dataset.from_memory(layout, data, conditions=cond)
+    assert ds.condition_dim == 2
+    with pytest.raises(pdiff.InvalidArgumentError, match="conditions"):
+        pdiff.Dataset.from_memory(layout, data, conditions=cond[:5])
+    gen = pdiff.Generator.train(ds, ae_steps=300, diffusion_steps=1500, batch_size=12, seed=0, device="cpu")
+    gen.export(tmp_path / "bundle")
+    s = pdiff.Sampler(tmp_path / "bundle", provider="cpu")
+    assert s.condition_dim == 2 and s.condition_names is None
+
+    def on_own(rows, own, other):
+        return int(sum(np.sum((r - own) ** 2) < np.sum((r - other) ** 2) for r in rows))
+
+    to_a = s.sample(32, seed=3, steps=20, condition=[1.0, 0.0])
+    to_b = s.sample(32, seed=3, steps=20, condition=[0.0, 1.0])
+    assert on_own(to_a, a, b) >= 28 and on_own(to_b, b, a) >= 28
+    # Same arguments, same bits; one condition per row = each row's own condition.
+    assert np.array_equal(to_a, s.sample(32, seed=3, steps=20, condition=np.array([1.0, 0.0])))
+    per_row = np.array([[1.0, 0.0] if i % 2 == 0 else [0.0, 1.0] for i in range(32)], dtype=np.float32)
+    mixed = s.sample(32, seed=3, steps=20, condition=per_row)
+    assert np.array_equal(mixed[0::2], to_a[0::2]) and np.array_equal(mixed[1::2], to_b[1::2])
+    guided = s.sample(8, seed=3, steps=20, condition=[1.0, 0.0], guidance=3.0)
+    assert guided.shape == (8, 28) and not np.array_equal(guided, to_a[:8])
+    # No condition: the unconditional model (both tasks).
+    plain = s.sample(32, seed=3, steps=20)
+    assert 4 <= on_own(plain, a, b) <= 28
+    # Errors: a condition of the wrong size, guidance without a condition, a condition for an
+    # unconditional bundle.
+    with pytest.raises(pdiff.InvalidArgumentError, match="expected C = 2"):
+        s.sample(2, condition=[1.0, 0.0, 0.0])
+    with pytest.raises(pdiff.InvalidArgumentError, match="guidance"):
+        s.sample(2, guidance=2.0)
+    best, index, score = s.best_of_n(6, lambda p: -float(np.sum((p - a) ** 2)), seed=3, steps=20, condition=[1.0, 0.0])
+    assert 0 <= index < 6 and np.sum((best - a) ** 2) < np.sum((best - b) ** 2)
+    s.sample_to_dir(2, tmp_path / "out", seed=3, steps=20, condition=[0.0, 1.0])
+    assert (tmp_path / "out" / "gen_0001.safetensors").exists()
