@@ -1,7 +1,7 @@
 //! `pdiff`: the command line of libpdiff (collect, train, export, sample, eval, demo, bench).
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pdiff::diffusion::{Conditioning, SamplerKind};
+use pdiff::diffusion::{Conditioning, DecoderBackend, SamplerKind};
 use pdiff::model::Preset;
 use pdiff::params::{ParamSet, Selection};
 use pdiff::train::{DeviceChoice, Generator, TrainConfig};
@@ -462,12 +462,24 @@ fn run(cli: Cli) -> Result<()> {
                 Some(opts) => {
                     let s = Sampler::open(&dir, &opts)?;
                     eprintln!("backend: {} ({})", s.backend_name(), s.backend().detail);
-                    (s.sample_to_dir_with(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, s.backend_name().to_string())
+                    if s.runs_whole_loop() {
+                        // One graph from noise to parameters: its latents are not seen here.
+                        (s.sample_to_dir_with(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, s.backend_name().to_string())
+                    } else {
+                        // The sampler's own two halves (its sample() is exactly this), so that the
+                        // latents can be checked against the training range before decoding.
+                        let z = pdiff::diffusion::sample_latent_rows(&s, &s.manifest().schedule, kind, cond.as_ref(), seed, 0..n, &mut on_step)?;
+                        warn_clipped(n, z.view(), &s.manifest().latent.clip)?;
+                        let p = s.decode(z.view())?;
+                        (pdiff::runtime::write_models(s.layout(), p.as_slice().expect("row-major"), &out, force.policy())?, s.backend_name().to_string())
+                    }
                 }
                 None => {
                     let g = Generator::load_bundle(&dir, DeviceChoice::Auto)?;
-                    let p = pdiff::diffusion::sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, cond.as_ref(), seed, 0..n, &mut on_step)?;
-                    (pdiff::runtime::write_models(&g.layout, p.as_slice().unwrap(), &out, force.policy())?, "tch".to_string())
+                    let z = pdiff::diffusion::sample_latent_rows(&g.tch_denoiser(), &g.config.schedule, kind, cond.as_ref(), seed, 0..n, &mut on_step)?;
+                    warn_clipped(n, z.view(), &g.latent_clip)?;
+                    let p = g.tch_decoder().decode(z.view())?;
+                    (pdiff::runtime::write_models(&g.layout, p.as_slice().expect("row-major"), &out, force.policy())?, "tch".to_string())
                 }
             };
             bars.finish();
@@ -600,6 +612,17 @@ fn run(cli: Cli) -> Result<()> {
             print_results(&r);
             println!("results: {}", out.join("results.json").display());
         }
+    }
+    Ok(())
+}
+
+/// Warn when generated latents fall outside the training range (the decoder clips them to it):
+/// such models come from where the autoencoder never saw a checkpoint.
+fn warn_clipped(n: usize, latents: ndarray::ArrayView2<'_, f32>, clip: &[f32]) -> Result<()> {
+    let c = pdiff::diffusion::count_outside_clip(latents, clip)?;
+    if c.rows > 0 {
+        let clipping = pdiff_tools::results::LatentClipping { generated: n, latent_dim: latents.ncols(), clipped: c };
+        eprintln!("warning: {}: those models come from outside what the autoencoder was trained on", clipping.sentence());
     }
     Ok(())
 }

@@ -98,3 +98,47 @@ fn report_shows_health_verdicts_and_novelty() {
         assert!(md.contains("(Plots skipped: no TrueType font found"), "{md}");
     }
 }
+
+/// `pdiff sample` warns when generated latents fall outside the training range (the decoder
+/// clips them), on both backends; within it, it says nothing. The committed fixture bundle, with
+/// its manifest's `latent.clip` narrowed so that every latent falls outside, or widened.
+#[test]
+fn sample_warns_of_latents_outside_the_training_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bundle");
+    // The fixture (a tiny, briefly trained generator) itself strays outside its range, so the
+    // quiet case is a copy with a wide range.
+    let with_clip = |name: &str, bound: f32| {
+        let b = dir.path().join(name);
+        std::fs::create_dir(&b).unwrap();
+        for e in std::fs::read_dir(&fixture).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), b.join(e.file_name())).unwrap();
+        }
+        let path = b.join("pdiff.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let d = m["latent_dim"].as_u64().unwrap() as usize;
+        m["latent"]["clip"] = serde_json::json!(vec![bound; d]);
+        std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        (b, d)
+    };
+    let (narrow, d) = with_clip("narrow", 1e-6);
+    let (wide, _) = with_clip("wide", 1e6);
+    let sample = |bundle: &Path, backend: &str, out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_pdiff"))
+            .args(["sample", "--bundle", bundle.to_str().unwrap(), "-n", "3", "--steps", "5", "--provider", "cpu", "--backend", backend])
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    for backend in ["onnxruntime", "tch"] {
+        let err = sample(&narrow, backend, &format!("out-narrow-{backend}"));
+        // (A few standardized values may sit within 1e-6 of 0: not every value is outside.)
+        assert!(err.contains("warning: 3 of 3 generated latents were clipped to the training range (") && err.contains(&format!(" of {} values)", 3 * d)), "{backend}: {err}");
+        let err = sample(&wide, backend, &format!("out-{backend}"));
+        assert!(!err.contains("clipped"), "{backend}: {err}");
+    }
+}
