@@ -39,7 +39,7 @@ fn run(input: &BundleInput, dir: &Path) -> pdiff::Result<String> {
         assert_eq!(covered, d, "the layout does not cover D");
     }
     if input.flags & WRITE_FILES != 0 {
-        let written = sampler.sample_to_dir(input.n, seed, kind, &dir.join("generated"), &mut |_, _| true)?;
+        let written = sampler.sample_to_dir(input.n, seed, kind, None, &dir.join("generated"), &mut |_, _| true)?;
         assert_eq!(written.len(), input.n, "sample_to_dir wrote {} files for n = {}", written.len(), input.n);
     }
     Ok(format!("sampled [{}, {d}] with {kind:?}", input.n))
