@@ -1,26 +1,15 @@
 //! Bundles: the manifest a trained generator exports, its hashes, reloading, and the refusal of
 //! tampered files, unknown format versions, inconsistent or missing manifests.
 mod common;
+use common::fixture_copy;
 use pdiff::bundle;
 use pdiff::Error;
-use std::path::Path;
 #[cfg(feature = "train")]
 use {
     common::*,
     pdiff::{diffusion::Schedule, train::{DeviceChoice, Generator}},
 };
 
-/// A copy of tests/fixtures/tiny-bundle (see tests/runtime.rs) in `dir`.
-fn fixture_copy(dir: &Path) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bundle");
-    let b = dir.join("bundle");
-    std::fs::create_dir(&b).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), b.join(e.file_name())).unwrap();
-    }
-    b
-}
 
 #[cfg(feature = "train")]
 #[test]

@@ -10,7 +10,6 @@ mod common;
 #[cfg(feature = "train")]
 use {
     common::*,
-    ndarray::Array2,
     pdiff::diffusion::{sample_params, SamplerKind},
     pdiff::train::{DeviceChoice, Generator, Progress},
 };
@@ -25,13 +24,6 @@ fn require_cuda() {
     );
 }
 
-/// Largest absolute difference between `a` and `b`, relative to the largest |value| of `a`.
-#[cfg(feature = "train")]
-fn max_rel_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
-    assert_eq!(a.dim(), b.dim());
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
 
 /// Tolerance between the same generator sampled on CUDA and on the CPU, relative to the largest
 /// parameter. Both runs share the weights (exported from the CUDA generator, f32 exact), the
@@ -125,7 +117,7 @@ fn cuda_runtime(whole_loop: Option<bool>) -> RuntimeOptions {
 #[ignore = "needs a CUDA GPU and onnxruntime-gpu: run by scripts/test.sh and scripts/gpu-check.sh when one is visible"]
 fn required_cuda_sampler_runs_on_cuda() {
     require_ort_cuda();
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bundle");
+    let fixture = common::fixture();
     let cpu = Sampler::open(&fixture, &RuntimeOptions { provider: Provider::Cpu, intra_threads: Some(1), ..Default::default() }).unwrap();
     let kind = pdiff::diffusion::SamplerKind::Ddim { steps: 10 };
     let reference = cpu.sample(6, 3, kind, &mut |_, _| true).unwrap();
@@ -135,8 +127,7 @@ fn required_cuda_sampler_runs_on_cuda() {
         assert_eq!(b.name, "onnxruntime-cuda", "{whole_loop:?}: {}", b.detail);
         assert!(b.detail.contains("CUDA execution provider") && b.detail.contains("asked for"), "{}", b.detail);
         let got = s.sample(6, 3, kind, &mut |_, _| true).unwrap();
-        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let diff = reference.iter().zip(&got).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+        let diff = common::max_rel_diff(&reference, &got);
         assert!(diff < 1e-3, "{whole_loop:?}: CUDA and CPU samples differ by {diff:.3e} (relative)");
     }
 }
@@ -151,13 +142,8 @@ fn required_cuda_sampler_runs_on_cuda() {
 fn required_cuda_has_no_cpu_fallback() {
     require_ort_cuda();
     let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("bundle");
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bundle");
-    std::fs::create_dir(&bundle).unwrap();
-    for e in std::fs::read_dir(&fixture).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), bundle.join(e.file_name())).unwrap();
-    }
+    let bundle = fixture_copy(dir.path());
+    let fixture = fixture();
     route_noise_through_det(&bundle.join("denoiser.onnx"));
     let manifest_path = bundle.join("pdiff.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();

@@ -2,10 +2,16 @@
 //! (no libtorch needed: these run in the serve-only build too), and, with feature `train`,
 //! export parity (the graphs run by ONNX Runtime agree with the tch networks for both presets;
 //! the shared sampler loop gives the same parameters on both backends).
+mod common;
+use common::{fixture, fixture_copy};
+#[cfg(feature = "train")]
+use common::max_rel_diff;
 use ndarray::Array2;
 use pdiff::diffusion::{DecoderBackend, DenoiserBackend, SamplerKind};
 use pdiff::runtime::{Provider, RuntimeOptions, Sampler};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+#[cfg(feature = "train")]
+use std::path::Path;
 #[cfg(feature = "train")]
 use {
     pdiff::diffusion::sample_params,
@@ -14,23 +20,6 @@ use {
     pdiff::train::{DeviceChoice, Generator, TrainConfig},
     rand::{Rng, SeedableRng},
 };
-
-/// tests/fixtures/tiny-bundle: a bundle of a tiny generator (D = 144, latent 16, written by
-/// `regenerate_fixture_bundle` below), so that serving is tested without training anything.
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bundle")
-}
-
-/// A copy of the fixture in a temporary directory, to damage.
-fn fixture_copy(dir: &Path) -> PathBuf {
-    let b = dir.join("b");
-    std::fs::create_dir(&b).unwrap();
-    for e in std::fs::read_dir(fixture()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), b.join(e.file_name())).unwrap();
-    }
-    b
-}
 
 fn cpu() -> RuntimeOptions {
     RuntimeOptions { provider: Provider::Cpu, intra_threads: Some(1), ..Default::default() }
@@ -59,13 +48,6 @@ fn train(preset: Preset) -> Generator {
     c.batch_size = 4;
     c.device = DeviceChoice::Cpu;
     Generator::train(&synthetic_set(6), &c, &mut |_| true).unwrap()
-}
-
-#[cfg(feature = "train")]
-fn max_rel_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
-    assert_eq!(a.dim(), b.dim());
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[cfg(feature = "train")]

@@ -14,6 +14,30 @@ use {
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 
+/// tests/fixtures/tiny-bundle: a bundle of a tiny generator (D = 144, latent 16, written by
+/// `regenerate_fixture_bundle` in tests/runtime.rs), so that serving is tested without training.
+pub fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bundle")
+}
+
+/// A copy of the fixture at `dir/bundle`, to damage or rewrite.
+pub fn fixture_copy(dir: &Path) -> PathBuf {
+    let b = dir.join("bundle");
+    std::fs::create_dir(&b).unwrap();
+    for e in std::fs::read_dir(fixture()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), b.join(e.file_name())).unwrap();
+    }
+    b
+}
+
+/// Largest absolute difference between `a` and `b`, relative to the largest |value| of `a`.
+pub fn max_rel_diff(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> f32 {
+    assert_eq!(a.dim(), b.dim());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
 /// libtorch's RNG is process-global and `cargo test` runs tests on several threads: every
 /// operation that seeds or draws from it (training, `Generator::load_bundle`) holds this lock,
 /// so reproducibility checks are not disturbed by a concurrent test.
