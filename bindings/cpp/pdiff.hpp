@@ -230,10 +230,7 @@ public:
         if (len % d != 0)
             throw Error(PDIFF_ERR_INVALID_ARGUMENT, "data holds " + std::to_string(len) +
                                                         " floats, not a multiple of D = " + std::to_string(d));
-        std::vector<pdiff_tensor_decl> decls;
-        decls.reserve(layout.size());
-        for (const TensorDecl& t : layout)
-            decls.push_back(pdiff_tensor_decl{t.name.c_str(), t.shape.size(), t.shape.empty() ? nullptr : t.shape.data()});
+        const std::vector<pdiff_tensor_decl> decls = tensor_decls(layout);
         pdiff_dataset* out = nullptr;
         detail::check(pdiff_dataset_from_memory(decls.data(), decls.size(), data, len / d, &out));
         return Dataset(out);
@@ -250,10 +247,7 @@ public:
         if (condition_dim == 0 || conditions.size() % condition_dim != 0)
             throw Error(PDIFF_ERR_INVALID_ARGUMENT, "conditions hold " + std::to_string(conditions.size()) +
                                                         " floats, not a multiple of C = " + std::to_string(condition_dim));
-        std::vector<pdiff_tensor_decl> decls;
-        decls.reserve(layout.size());
-        for (const TensorDecl& t : layout)
-            decls.push_back(pdiff_tensor_decl{t.name.c_str(), t.shape.size(), t.shape.empty() ? nullptr : t.shape.data()});
+        const std::vector<pdiff_tensor_decl> decls = tensor_decls(layout);
         const size_t k = conditions.size() / condition_dim;
         pdiff_dataset* out = nullptr;
         detail::check(pdiff_dataset_from_memory_conditional(decls.data(), decls.size(), data.data(), k, conditions.data(),
@@ -265,9 +259,7 @@ public:
     /// .csv; see the README, "Conditional generation").
     static Dataset load_dir_conditional(const std::string& dir, const std::string& conditions_file,
                                         const std::vector<std::string>& patterns = {}) {
-        std::vector<const char*> p;
-        p.reserve(patterns.size());
-        for (const std::string& s : patterns) p.push_back(s.c_str());
+        const std::vector<const char*> p = c_strings(patterns);
         pdiff_dataset* out = nullptr;
         detail::check(pdiff_dataset_load_dir_conditional(dir.c_str(), p.empty() ? nullptr : p.data(), p.size(),
                                                          conditions_file.c_str(), &out));
@@ -280,9 +272,7 @@ public:
     /// Every *.safetensors file of `dir` (sorted by name) as one checkpoint. `patterns`: exact
     /// tensor names or globs; empty: every floating-point tensor.
     static Dataset load_dir(const std::string& dir, const std::vector<std::string>& patterns = {}) {
-        std::vector<const char*> p;
-        p.reserve(patterns.size());
-        for (const std::string& s : patterns) p.push_back(s.c_str());
+        const std::vector<const char*> p = c_strings(patterns);
         pdiff_dataset* out = nullptr;
         detail::check(pdiff_dataset_load_dir(dir.c_str(), p.empty() ? nullptr : p.data(), p.size(), &out));
         return Dataset(out);
@@ -307,6 +297,21 @@ public:
     explicit operator bool() const noexcept { return static_cast<bool>(h_); }
 
 private:
+    /// The C declarations of `layout` (borrowing its names and shapes).
+    static std::vector<pdiff_tensor_decl> tensor_decls(const std::vector<TensorDecl>& layout) {
+        std::vector<pdiff_tensor_decl> decls;
+        decls.reserve(layout.size());
+        for (const TensorDecl& t : layout)
+            decls.push_back(pdiff_tensor_decl{t.name.c_str(), t.shape.size(), t.shape.empty() ? nullptr : t.shape.data()});
+        return decls;
+    }
+    /// The C strings of `strings` (borrowed).
+    static std::vector<const char*> c_strings(const std::vector<std::string>& strings) {
+        std::vector<const char*> p;
+        p.reserve(strings.size());
+        for (const std::string& s : strings) p.push_back(s.c_str());
+        return p;
+    }
     const pdiff_dataset* checked() const {
         detail::require(h_.get(), "pdiff::Dataset");
         return h_.get();

@@ -271,6 +271,16 @@ static void fill_dataset(float *data) {
         for (int j = 0; j < D; j++) data[i * D + j] = base[j] + 0.02f * (float)(i + 1) * pert[j];
 }
 
+/* The C test's training: 20 + 20 steps on the CPU, batch 4, seed 3 (the C++ and Python tests
+   train the same, and reproduce this program's samples bit for bit). */
+static void small_training(pdiff_train_options *o) {
+    o->ae_steps = 20;
+    o->diffusion_steps = 20;
+    o->batch_size = 4;
+    o->seed = 3;
+    o->device = PDIFF_DEVICE_CPU;
+}
+
 /* With train = 0 (valgrind runs): everything but the real training and export. */
 static void export_output_cases(const pdiff_generator *gen, const char *bundle, const char *tmp);
 
@@ -324,11 +334,7 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     CHECK_OK(pdiff_train_options_default(&opts));
     CHECK(opts.struct_size == sizeof opts, "struct_size %zu", opts.struct_size);
     CHECK(opts.preset == PDIFF_PRESET_COMPACT && opts.device == PDIFF_DEVICE_AUTO && opts.progress == NULL, "defaults");
-    opts.ae_steps = 20;
-    opts.diffusion_steps = 20;
-    opts.batch_size = 4;
-    opts.seed = 3;
-    opts.device = PDIFF_DEVICE_CPU;
+    small_training(&opts);
 
     pdiff_generator *gen = NULL;
     pdiff_train_options wrong = opts;
@@ -665,11 +671,7 @@ static void conditional_tests(const char *tmp) {
     CHECK(pdiff_dataset_condition_dim(ds) == 2, "dataset C = %zu", pdiff_dataset_condition_dim(ds));
     pdiff_train_options opts;
     CHECK_OK(pdiff_train_options_default(&opts));
-    opts.ae_steps = 20;
-    opts.diffusion_steps = 20;
-    opts.batch_size = 4;
-    opts.seed = 3;
-    opts.device = PDIFF_DEVICE_CPU;
+    small_training(&opts);
     pdiff_generator *gen = NULL;
     CHECK_OK(pdiff_generator_train(ds, &opts, &gen));
     pdiff_dataset_free(ds);
