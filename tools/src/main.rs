@@ -38,9 +38,11 @@ enum Command {
     },
     /// Train a generator on a directory of safetensors checkpoints and write its bundle.
     Train {
-        /// Directory of *.safetensors checkpoints (K >= 2).
-        #[arg(long)]
-        checkpoints: PathBuf,
+        /// Directory of *.safetensors checkpoints (K >= 2 in all); repeatable, the directories'
+        /// checkpoints are taken in the order given (e.g. every task's directory of a
+        /// mnist-tasks demo).
+        #[arg(long, required = true)]
+        checkpoints: Vec<PathBuf>,
         /// Tensor names or glob patterns to model (repeatable); default: every float tensor.
         #[arg(long = "select")]
         select: Vec<String>,
@@ -469,9 +471,15 @@ fn run(cli: Cli) -> Result<()> {
             let selection = Selection::patterns(&select);
             // From the checkpoints' headers alone: a size that cannot be trained is refused
             // before any tensor is read.
-            let (layout, k) = pdiff::params::peek_dir(&checkpoints, &selection)?;
-            pdiff::train::check_memory(layout.param_count(), k, &config)?;
-            let mut set = ParamSet::load_dir(&checkpoints, &selection)?;
+            let mut k = 0;
+            let mut paths = Vec::new();
+            for dir in &checkpoints {
+                let (layout, k_dir) = pdiff::params::peek_dir(dir, &selection)?;
+                k += k_dir;
+                pdiff::train::check_memory(layout.param_count(), k, &config)?;
+                paths.extend(pdiff::params::list_checkpoints(dir)?);
+            }
+            let mut set = ParamSet::load(&paths, &selection)?;
             if let Some(file) = conditions {
                 set = set.with_conditions_file(&file)?;
                 println!("conditional: C = {}", set.conditions.as_ref().map(|c| c.spec.dim).unwrap_or(0));

@@ -126,6 +126,26 @@ fn demo_writes_the_task_layout_and_results() {
         assert!(report.contains(words), "report.md lacks {words:?}");
     }
 
+    // The demo's files train a generator from the command line: every seen task's directory and
+    // conditions.json.
+    let retrained = tmp.path().join("retrained");
+    let dirs: Vec<String> = seen.iter().map(|c| out.join("seen").join(c).join("checkpoints").display().to_string()).collect();
+    let mut args = vec!["train", "--out", retrained.to_str().unwrap(), "--ae-steps", "3", "--diffusion-steps", "3", "--device", "cpu"];
+    let cond_file = out.join("conditions.json");
+    args.extend(["--conditions", cond_file.to_str().unwrap()]);
+    for d in &dirs {
+        args.extend(["--checkpoints", d.as_str()]);
+    }
+    let t = pdiff(&args);
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    let stdout = String::from_utf8_lossy(&t.stdout);
+    assert!(stdout.contains("conditional: C = 10") && stdout.contains("K = 12,"), "{stdout}");
+    // One task's directory alone does not cover conditions.json: refused, naming an entry.
+    let t = pdiff(&["train", "--out", retrained.to_str().unwrap(), "--force", "--checkpoints", &dirs[0], "--conditions", cond_file.to_str().unwrap(), "--ae-steps", "3", "--diffusion-steps", "3"]);
+    let err = String::from_utf8_lossy(&t.stderr);
+    assert_eq!(t.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not one of the 3 checkpoints"), "{err}");
+
     // The bundle serves a condition from the command line.
     let bundle = out.join("generator");
     let samples = tmp.path().join("samples");

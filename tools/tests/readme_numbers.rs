@@ -271,3 +271,56 @@ fn formatting_helpers() {
     let t = table_after("x\n## H\ntext\n| a | b |\n|---|---|\n| **1** | 2 |\n| 3 | |\n\nafter\n", "## H");
     assert_eq!(t, vec![vec!["1".to_string(), "2".into()], vec!["3".into(), "".into()]]);
 }
+
+#[test]
+fn mnist_tasks_tables_match_the_result_file() {
+    use pdiff_tools::tasks_demo::TasksResults;
+    let text = readme();
+    let r: TasksResults = json("docs/results/mnist-tasks.json");
+    assert_eq!(r.task, "mnist-tasks");
+    let s = &r.summary;
+    let e = String::new;
+    assert_table(
+        &text,
+        "### mnist-tasks (conditional generation on held-out tasks)",
+        vec![
+            row(&["generated".into(), acc(s.heldout_generated), acc(s.seen_generated)]),
+            row(&["scratch (trained on the task: the upper reference)".into(), acc(s.heldout_scratch), e()]),
+            row(&["originals".into(), e(), acc(s.seen_originals)]),
+            row(&["nearest seen task's checkpoints (memorization)".into(), acc(s.heldout_nearest_seen), e()]),
+            row(&["the same generator without condition".into(), acc(s.heldout_unconditional), e()]),
+        ],
+    );
+    let abl = r
+        .guidance_ablation
+        .iter()
+        .map(|g| {
+            row(&[
+                format!("{}", g.guidance),
+                g.validation_generated.map(acc).unwrap_or_else(|| "-".into()),
+                acc(g.heldout_generated),
+                acc(g.seen_generated),
+            ])
+        })
+        .collect();
+    assert_table(&text, "Guidance (chosen on the validation tasks):", abl);
+    let abl = r
+        .seen_tasks_ablation
+        .iter()
+        .map(|a| row(&[a.seen_tasks.to_string(), acc(a.heldout_generated), acc(a.heldout_nearest_seen), acc(a.seen_generated), acc(a.seen_originals)]))
+        .collect();
+    assert_table(&text, "Number of seen tasks:", abl);
+    let t = &r.timings_s;
+    assert_contains(
+        &text,
+        &format!(
+            "Time: collect {:.0} s, autoencoder {:.0} s, diffusion {:.0} s, generation and evaluation {:.0} s, ablations {:.0} s; {:.0} s in all",
+            t.collect,
+            t.train_autoencoder,
+            t.train_diffusion,
+            t.sample + t.evaluate,
+            t.ablation,
+            t.total
+        ),
+    );
+}

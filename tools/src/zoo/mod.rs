@@ -36,6 +36,6 @@ pub fn task(name: &str, data_dir: Option<&std::path::Path>) -> Result<Box<dyn Ta
     match name {
         "mnist-mlp3" => Ok(Box::new(mlp3::Mlp3::new(data_dir)?)),
         "mnist-cnn-bn" => Ok(Box::new(cnn_bn::CnnBn::new(data_dir)?)),
-        _ => Err(pdiff::Error::invalid("task", format!("'{name}' (known: mnist-mlp3, mnist-cnn-bn)"))),
+        _ => Err(pdiff::Error::invalid("task", format!("'{name}' (known: mnist-mlp3, mnist-cnn-bn; mnist-tasks for pdiff demo)"))),
     }
 }
