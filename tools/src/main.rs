@@ -64,6 +64,11 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         force: ForceArg,
+        /// A graph larger than this many bytes keeps its largest initializers in an external
+        /// data file (`<graph>.data`); default and maximum: the 2 GiB protobuf limit. 0 moves
+        /// every initializer out (to test hosts on such bundles).
+        #[arg(long, value_name = "BYTES")]
+        inline_graph_limit: Option<u64>,
     },
     /// Sample N parameter sets from a bundle into safetensors files (ONNX Runtime by default).
     Sample {
@@ -442,10 +447,11 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
-        Command::Export { generator, out, force } => {
+        Command::Export { generator, out, force, inline_graph_limit } => {
             fsutil::check_output_dir(&out, OutputKind::Bundle, force.policy())?;
             let g = Generator::load_bundle(&generator, DeviceChoice::Cpu)?;
-            let m = g.export_bundle_with(&out, force.policy())?;
+            let opts = bundle::ExportOptions { if_foreign: force.policy(), inline_graph_limit: inline_graph_limit.unwrap_or(bundle::PROTOBUF_LIMIT) };
+            let m = g.export_bundle_opts(&out, &opts)?;
             bundle::load_manifest(&out)?;
             println!("bundle {}: D = {}, d = {}, files {:?}", out.display(), m.param_count, m.latent_dim, m.files.values().collect::<Vec<_>>());
         }
