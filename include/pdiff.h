@@ -828,6 +828,8 @@ pdiff_status pdiff_sampler_best_of_n(const pdiff_sampler *sampler, const pdiff_s
 /**
  * Generate `n` parameter vectors and write them as `dir/gen_0000.safetensors`, ... (f32, the
  * original tensor names, ready to load), with a marker `.pdiff-output.json` that records them.
+ * The models are sampled and written chunk by chunk (about 16 MiB of generated parameters at a
+ * time), so memory does not grow with n; they are those of `pdiff_sampler_sample`, bit for bit.
  * `options` may be NULL (defaults). The same as `pdiff_sampler_sample_to_dir_ex` with no flags:
  *
  * - `dir` missing: created, atomically (the files are written and fsynced in a temporary
