@@ -414,6 +414,12 @@ impl ParamSet {
     /// error of reproducing every checkpoint by their mean, the error of an autoencoder that
     /// learned nothing, and so the scale against which its reconstruction error is judged.
     pub fn checkpoint_variance(&self) -> f64 {
+        self.checkpoint_variance_weighted(None)
+    }
+
+    /// [`ParamSet::checkpoint_variance`] with coordinate j weighted by `weights[j]` (the
+    /// autoencoder's reconstruction weighting; None: uniform).
+    pub fn checkpoint_variance_weighted(&self, weights: Option<&[f32]>) -> f64 {
         let d = self.layout.param_count();
         let k = self.k() as f64;
         let norm = self.normalized();
@@ -425,7 +431,12 @@ impl ParamSet {
                 *q += x as f64 * x as f64;
             }
         }
-        let total: f64 = sum.iter().zip(&sum_sq).map(|(s, q)| (q / k - (s / k).powi(2)).max(0.0)).sum();
+        let total: f64 = sum
+            .iter()
+            .zip(&sum_sq)
+            .enumerate()
+            .map(|(j, (s, q))| (q / k - (s / k).powi(2)).max(0.0) * weights.map_or(1.0, |w| w[j] as f64))
+            .sum();
         total / d as f64
     }
 

@@ -161,6 +161,8 @@ impl Generator {
 
         // Autoencoder.
         let start = Instant::now();
+        let weight_values = config.reconstruction_weighting.weights(&set.layout);
+        let weights = weight_values.as_ref().map(|w| Tensor::from_slice(w).unsqueeze(0).to_device(device));
         let mut opt = nn::AdamW { wd: config.weight_decay, ..Default::default() }.build(&g.ae_vs, config.ae_lr)?;
         for step in 0..config.ae_steps {
             opt.set_lr(cosine_lr(config.ae_lr, step, config.ae_steps));
@@ -175,7 +177,10 @@ impl Generator {
             };
             let z = &z + Tensor::randn_like(&z) * sigma;
             let recon = g.ae.decode(&z);
-            let loss = recon.narrow(1, 0, d as i64).mse_loss(&x.narrow(1, 0, d as i64), tch::Reduction::Mean);
+            let loss = match &weights {
+                None => recon.narrow(1, 0, d as i64).mse_loss(&x.narrow(1, 0, d as i64), tch::Reduction::Mean),
+                Some(w) => ((recon.narrow(1, 0, d as i64) - x.narrow(1, 0, d as i64)).square() * w).mean(Kind::Float),
+            };
             opt.backward_step(&loss);
             let l = loss.double_value(&[]);
             check_loss(Stage::Autoencoder, step, l)?;
@@ -188,10 +193,16 @@ impl Generator {
 
         // Latent statistics (no noise).
         let latents = tch::no_grad(|| g.ae.encode(&data));
+        // Both in the loss's weighting, so that their ratio judges what training optimised.
         g.history.final_reconstruction_mse = tch::no_grad(|| {
-            g.ae.decode(&latents).narrow(1, 0, d as i64).mse_loss(&data.narrow(1, 0, d as i64), tch::Reduction::Mean).double_value(&[])
+            let err = (g.ae.decode(&latents).narrow(1, 0, d as i64) - data.narrow(1, 0, d as i64)).square();
+            match &weights {
+                None => err.mean(Kind::Float),
+                Some(w) => (err * w).mean(Kind::Float),
+            }
+            .double_value(&[])
         });
-        g.history.checkpoint_variance = set.checkpoint_variance();
+        g.history.checkpoint_variance = set.checkpoint_variance_weighted(weight_values.as_deref());
         g.warnings = set.warnings.clone();
         g.warnings.extend(g.history.reconstruction_warning());
         let mean = latents.mean_dim(0, false, Kind::Float);

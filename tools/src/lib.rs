@@ -11,6 +11,8 @@ pub mod eval;
 pub mod results;
 pub mod report;
 pub mod demo;
+pub mod tasks_demo;
+pub mod tasks_report;
 pub mod bench;
 pub mod ablation;
 pub mod ort_library;

@@ -169,10 +169,12 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         force: ForceArg,
-        #[arg(long, default_value_t = 200)]
-        k: usize,
-        #[arg(short = 'n', long, default_value_t = 100)]
-        n: usize,
+        /// Checkpoints to collect (mnist-tasks: per task) [default: 200; mnist-tasks: 10].
+        #[arg(long)]
+        k: Option<usize>,
+        /// Models to generate (mnist-tasks: per task) [default: 100; mnist-tasks: 20].
+        #[arg(short = 'n', long)]
+        n: Option<usize>,
         #[arg(long)]
         data: Option<PathBuf>,
         #[arg(long, default_value_t = 7)]
@@ -183,7 +185,46 @@ enum Command {
         runtime: RuntimeArgs,
         #[command(flatten)]
         train: TrainArgs,
+        #[command(flatten)]
+        tasks: TasksArgs,
     },
+}
+
+/// Options of the conditional reference task (`pdiff demo --task mnist-tasks`).
+#[derive(Args, Clone)]
+struct TasksArgs {
+    /// mnist-tasks: number of seen tasks (the generator's training data).
+    #[arg(long, default_value_t = 48)]
+    seen: usize,
+    /// mnist-tasks: number of held-out tasks (never seen in training).
+    #[arg(long, default_value_t = 8)]
+    heldout: usize,
+    /// mnist-tasks: classifier-free guidance of the main results (1 = plain conditional)
+    /// [default: chosen from --guidance-sweep on seen tasks that the largest --seen-ablation
+    /// generator did not see; 1 without that ablation].
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// mnist-tasks: guidance scales of the ablation.
+    #[arg(long, value_name = "G,G,...", default_value = "1,2,4")]
+    guidance_sweep: String,
+    /// mnist-tasks: steps of the shared initialization (joint training on the seen tasks).
+    #[arg(long, default_value_t = 2000)]
+    shared_steps: usize,
+    /// mnist-tasks: fine-tuning steps of each task's models before their checkpoints.
+    #[arg(long, default_value_t = 500)]
+    finetune_steps: usize,
+    /// mnist-tasks: numbers of seen tasks of the ablation (each trains a generator; "" for none).
+    #[arg(long, value_name = "M,M,...", default_value = "12,24")]
+    seen_ablation: String,
+}
+
+/// "1,2,4" -> [1, 2, 4]; "" -> [].
+fn parse_list<T: std::str::FromStr>(flag: &str, text: &str) -> Result<Vec<T>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| pdiff::Error::invalid(flag, format!("'{s}' in '{text}' is not a number"))))
+        .collect()
 }
 
 /// `--force` of the commands that write a directory. Without it, an --out that holds files
@@ -282,6 +323,10 @@ struct TrainArgs {
     /// Conditional generators: probability of dropping a training row's condition (0.1).
     #[arg(long)]
     condition_dropout: Option<f64>,
+    /// Weight of each parameter in the autoencoder's loss: uniform (the paper's MSE), or
+    /// per-tensor (every tensor weighs the same, whatever its size).
+    #[arg(long)]
+    reconstruction_weighting: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
@@ -291,7 +336,16 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
-        let mut c = TrainConfig::new(self.preset.parse::<Preset>()?);
+        self.config_from(TrainConfig::new(self.preset.parse::<Preset>()?))
+    }
+
+    /// `base` (a task's own defaults) with the options given on the command line.
+    fn config_from(&self, base: TrainConfig) -> Result<TrainConfig> {
+        let mut c = base;
+        let preset = self.preset.parse::<Preset>()?;
+        if preset != c.preset {
+            c = TrainConfig::new(preset);
+        }
         if let Some(v) = self.ae_steps { c.ae_steps = v; }
         if let Some(v) = self.diffusion_steps { c.diffusion_steps = v; }
         if let Some(v) = self.batch_size { c.batch_size = v; }
@@ -300,8 +354,9 @@ impl TrainArgs {
         if let Some(v) = self.input_noise { c.input_noise = v; }
         if let Some(v) = self.latent_noise { c.latent_noise = v; }
         if self.latent_noise_relative { c.latent_noise_relative = true; }
-        c.ema = self.ema;
+        if self.ema.is_some() { c.ema = self.ema; }
         if let Some(v) = self.condition_dropout { c.condition_dropout = v; }
+        if let Some(v) = &self.reconstruction_weighting { c.reconstruction_weighting = v.parse()?; }
         c.seed = self.seed;
         c.device = self.device.parse::<DeviceChoice>()?;
         c.validate()?;
@@ -597,7 +652,32 @@ fn run(cli: Cli) -> Result<()> {
             output.commit()?;
             println!("{md}");
         }
-        Command::Demo { task, out, force, k, n, data, sample_seed, sampler, runtime, train } => {
+        Command::Demo { task, out, force, k, n, data, sample_seed, sampler, runtime, train, tasks } if task == pdiff_tools::zoo::mnist_tasks::NAME => {
+            let mut opts = pdiff_tools::tasks_demo::TasksDemoOptions::new(out.clone(), train.config_from(pdiff_tools::tasks_demo::default_train_config())?);
+            opts.if_foreign = force.policy();
+            opts.data_dir = data;
+            opts.seen = tasks.seen;
+            opts.heldout = tasks.heldout;
+            opts.k = k.unwrap_or(opts.k);
+            opts.n = n.unwrap_or(opts.n);
+            opts.guidance = tasks.guidance;
+            opts.guidance_sweep = parse_list("--guidance-sweep", &tasks.guidance_sweep)?;
+            opts.seen_ablation = parse_list("--seen-ablation", &tasks.seen_ablation)?;
+            opts.recipe.shared_steps = tasks.shared_steps;
+            opts.recipe.finetune_steps = tasks.finetune_steps;
+            opts.sampler = sampler.kind()?;
+            opts.sample_seed = sample_seed;
+            opts.runtime = runtime.options()?;
+            let r = pdiff_tools::tasks_demo::run(&opts, &mut |s, i, t, l| bars.update(s, i, t, l))?;
+            bars.finish();
+            for (line, ok) in pdiff_tools::tasks_report::verdicts(&r) {
+                println!("{} {line}", if ok { "met:" } else { "NOT met:" });
+            }
+            println!("held-out tasks without condition: {:.4}; total {:.0} s", r.summary.heldout_unconditional, r.timings_s.total);
+            println!("results: {}", out.join("results.json").display());
+        }
+        Command::Demo { task, out, force, k, n, data, sample_seed, sampler, runtime, train, tasks: _ } => {
+            let (k, n) = (k.unwrap_or(200), n.unwrap_or(100));
             let opts = demo::DemoOptions {
                 task,
                 out_dir: out.clone(),

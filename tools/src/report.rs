@@ -17,7 +17,7 @@ const FONT_CANDIDATES: [&str; 3] = [
 
 /// Register a TrueType font for plot labels once; false when none is found ($PDIFF_FONT or
 /// DejaVu Sans from the fonts-dejavu-core package).
-fn ensure_font() -> bool {
+pub(crate) fn ensure_font() -> bool {
     static REGISTERED: once_cell::sync::OnceCell<bool> = once_cell::sync::OnceCell::new();
     *REGISTERED.get_or_init(|| {
         let mut paths: Vec<String> = std::env::var("PDIFF_FONT").into_iter().collect();
@@ -34,11 +34,11 @@ fn ensure_font() -> bool {
     })
 }
 
-fn plot_err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> Error + '_ {
+pub(crate) fn plot_err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> Error + '_ {
     move |e| Error::invalid("plot", format!("{}: {e}", path.display()))
 }
 
-const GROUP_COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
+pub(crate) const GROUP_COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
 
 fn groups(points: &[(String, f64, f64)]) -> Vec<String> {
     let mut g: Vec<String> = Vec::new();
@@ -52,7 +52,7 @@ fn groups(points: &[(String, f64, f64)]) -> Vec<String> {
 
 /// The range of `values` padded by 8% on each side; 0..1 when there is no finite value (an
 /// inverted or infinite range would make the plotting library draw forever).
-fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+pub(crate) fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return 0.0..1.0;
@@ -137,7 +137,7 @@ fn plot_similarity(path: &Path, ev: &Evaluation, title: &str) -> Result<()> {
 }
 
 /// Loss curves of autoencoder and diffusion training (log scale).
-fn plot_losses(path: &Path, h: &TrainHistory) -> Result<()> {
+pub(crate) fn plot_losses(path: &Path, h: &TrainHistory) -> Result<()> {
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err(path))?;
     let (left, right) = root.split_horizontally(500);

@@ -3,6 +3,7 @@
 pub mod cnn_bn;
 pub mod mlp3;
 pub mod mnist;
+pub mod mnist_tasks;
 
 use pdiff::error::Result;
 use pdiff::params::{Layout, Selection};
