@@ -403,6 +403,31 @@ typedef struct {
 } pdiff_sample_options;
 
 /**
+ * One host buffer of `pdiff_sampler_sample_tensors`: where one tensor of the generated models
+ * goes. Borrowed for the call.
+ */
+typedef struct {
+    /**
+     * The tensor's name (as `pdiff_sampler_tensor_info` gives it), or NULL to name it by
+     * `index`.
+     */
+    const char *name;
+    /**
+     * The tensor's index (< `pdiff_sampler_tensor_count`); used only when `name` is NULL.
+     */
+    size_t index;
+    /**
+     * Host memory of `len` floats (4-byte aligned) that receives the tensor, row-major in
+     * its shape: n x numel floats, model i's values at `data[i * numel .. (i + 1) * numel]`.
+     */
+    float *data;
+    /**
+     * Floats at `data`: exactly n x numel(tensor).
+     */
+    size_t len;
+} pdiff_tensor_buffer;
+
+/**
  * Host scoring callback of `pdiff_sampler_best_of_n`: a score for one generated parameter
  * vector `params[0..len]` (len = D; higher is better, e.g. an accuracy on training data).
  * A NaN score ranks below every other score. `params` is valid only during the call.
@@ -764,6 +789,28 @@ pdiff_status pdiff_sampler_tensor_info(const pdiff_sampler *sampler, size_t inde
 pdiff_status pdiff_sampler_sample(const pdiff_sampler *sampler, const pdiff_sample_options *options, size_t n, float *out, size_t out_len);
 
 /**
+ * Generate `n` models, as `pdiff_sampler_sample` with the same options would (bit for bit),
+ * and write each tensor straight into the host's own buffer for it: an engine places
+ * generated weights directly into its tensors, with no n x D copy in between (the library
+ * holds about 4 MiB of generated parameters at a time, whatever n). `buffers[0 ..
+ * buffer_count]` name each tensor once, by name or index; tensors without a buffer are
+ * generated and dropped.
+ *
+ * Every buffer is checked before any work, and the first bad one is refused with a last-error
+ * message naming its tensor (or its position in `buffers`): `PDIFF_ERR_NULL_POINTER` for a
+ * NULL `data` (or `buffers`); `PDIFF_ERR_INVALID_ARGUMENT` for an unknown name, an index out
+ * of range, a tensor given twice, a `len` other than n x numel, a misaligned `data`,
+ * buffers that overlap in memory, or `buffer_count` 0. Nothing is written then; after a later
+ * failure (a cancelled or failing run) the buffers' contents are unspecified.
+ *
+ * Thread-safe: several threads may sample from one sampler at once (into distinct buffers).
+ *
+ * Ownership: `sampler`, `options`, `buffers` and every `name` are borrowed for the call; each
+ * `data` is caller-owned memory of `len` floats, all written on `PDIFF_OK`.
+ */
+pdiff_status pdiff_sampler_sample_tensors(const pdiff_sampler *sampler, const pdiff_sample_options *options, size_t n, const pdiff_tensor_buffer *buffers, size_t buffer_count);
+
+/**
  * Generate `n` candidates (as `pdiff_sampler_sample` with the same options would), score each
  * with `score` (called n times, in order, on the calling thread), and copy the best one (the
  * first of the highest score) into `out[0..D]`. The paper picks the best of 100.
@@ -781,6 +828,8 @@ pdiff_status pdiff_sampler_best_of_n(const pdiff_sampler *sampler, const pdiff_s
 /**
  * Generate `n` parameter vectors and write them as `dir/gen_0000.safetensors`, ... (f32, the
  * original tensor names, ready to load), with a marker `.pdiff-output.json` that records them.
+ * The models are sampled and written chunk by chunk (about 16 MiB of generated parameters at a
+ * time), so memory does not grow with n; they are those of `pdiff_sampler_sample`, bit for bit.
  * `options` may be NULL (defaults). The same as `pdiff_sampler_sample_to_dir_ex` with no flags:
  *
  * - `dir` missing: created, atomically (the files are written and fsynced in a temporary

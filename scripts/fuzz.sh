@@ -35,13 +35,15 @@ for target in onnx_graph bundle_dir; do
 done
 # - the committed seeds reach what they are meant to: the fixture's graph loads, the valid
 #   bundle seeds open and sample (DDIM, DDPM, and an empty edit script of the fixture's
-#   manifest), the others stop where they should; regress-* are the fuzzer's past finds.
+#   manifest), the others stop where they should (a graph with external data is refused: no data
+#   file is given to the bare graph loader); regress-* are the fuzzer's past finds.
 expect_outcome() {  # TARGET SEED EXPECTED-LINE-FRAGMENT
   local out
   out=$(PDIFF_FUZZ_VERBOSE=1 "$BIN/$1" "fuzz/corpus/$1/$2" 2>&1) || { echo "$out" | tail -n 20 >&2; exit 1; }
   grep "^$1: " <<<"$out" | grep -qF "$3" || { echo "[fuzz] $1 on seed $2: expected '$3', got:" >&2; grep "^$1: " <<<"$out" >&2; exit 1; }
 }
 expect_outcome onnx_graph decoder.onnx "onnx_graph: loaded"
+expect_outcome onnx_graph external-data-decoder.onnx "keeps its data in external file 'decoder.onnx.data', which is not given"
 expect_outcome bundle_dir fixture-ddim-fixhashes "bundle_dir: sampled [2, 144] with Ddim { steps: 10 }"
 expect_outcome bundle_dir fixture-ddpm-files "bundle_dir: sampled [1, 144] with Ddpm"
 expect_outcome bundle_dir fixture-stale-hash "decoder.onnx: sha256 mismatch"

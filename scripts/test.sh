@@ -106,6 +106,10 @@ valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite
 #     held at once) within 64 MiB of peak growth (they are sampled and scored in chunks).
 cc_host tests/c/best_of_n_memory.c target/release target/best_of_n_memory
 target/best_of_n_memory tests/fixtures/tiny-bundle 400000 64
+# 4f'. Streaming into host tensors holds no n x D copy: one tensor of 400,000 models into the
+#      host's own buffer (touched before), peak growth within 64 MiB (n x D would be 220 MiB).
+cc_host tests/c/stream_memory.c target/release target/stream_memory
+target/stream_memory tests/fixtures/tiny-bundle 400000 64
 # 4g. Data races: the C thread test alone (8 threads sharing one sampler, ONNX Runtime with one
 #     intra-op thread) under ThreadSanitizer, against a serve-only libpdiff whose Rust code (the
 #     engine and every dependency) is instrumented with -Zsanitizer=thread on the stable toolchain

@@ -13,7 +13,16 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The format version of a bundle whose graphs hold all their data (every reader of version 1
+/// reads it).
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of a bundle with external data files (a graph too large for one ONNX
+/// protobuf): a reader of version 1 only would hand such a graph to ONNX Runtime without its
+/// data, so those bundles say 2 and older libpdiff refuse them by their version.
+pub const FORMAT_VERSION_EXTERNAL_DATA: u32 = 2;
+/// The roles of the ONNX graphs; a graph of role R keeps any external data in the file of role
+/// `R_data` ([`data_role`]).
+pub const GRAPH_ROLES: [&str; 3] = ["decoder", "denoiser", "sampler"];
 pub const MANIFEST: &str = "pdiff.json";
 pub const DECODER_ONNX: &str = "decoder.onnx";
 pub const DENOISER_ONNX: &str = "denoiser.onnx";
@@ -80,6 +89,37 @@ impl Manifest {
     }
 }
 
+/// The role of graph role `role`'s external data file ("decoder" -> "decoder_data").
+pub fn data_role(role: &str) -> String {
+    format!("{role}_data")
+}
+
+/// The graph role whose external data `role` is, if it is one ("decoder_data" -> "decoder").
+fn graph_of_data_role(role: &str) -> Option<&'static str> {
+    GRAPH_ROLES.into_iter().find(|g| role.strip_suffix("_data") == Some(g))
+}
+
+/// The largest ONNX protobuf: protobuf's 2 GiB limit on one message (2^31 - 1 bytes).
+pub const PROTOBUF_LIMIT: u64 = (1 << 31) - 1;
+
+/// How a generator's bundle is written.
+#[derive(Clone, Copy, Debug)]
+pub struct ExportOptions {
+    /// Files libpdiff did not write at the destination: refused, or kept beside.
+    pub if_foreign: IfForeign,
+    /// A graph whose protobuf would exceed this many bytes keeps its largest initializers'
+    /// data in an external file (`<graph>.data`), until it fits. The default, and the most
+    /// that is ever stored inline, is [`PROTOBUF_LIMIT`]; tests lower it (0: every
+    /// initializer with raw data goes to the file) so that small bundles take that path.
+    pub inline_graph_limit: u64,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions { if_foreign: IfForeign::Refuse, inline_graph_limit: PROTOBUF_LIMIT }
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -89,9 +129,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// place as one output of kind bundle ([`crate::fsutil::OutputDir`]): a previous bundle is
 /// replaced once the new one is complete; files the library did not write are never removed
 /// or overwritten (refused, or kept beside with [`IfForeign::Force`]).
-pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, Vec<u8>)>, if_foreign: IfForeign) -> Result<Manifest> {
+pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, &[u8])>, if_foreign: IfForeign) -> Result<Manifest> {
     manifest.files.clear();
     manifest.sha256.clear();
+    manifest.format_version =
+        if files.iter().any(|(role, _, _)| graph_of_data_role(role).is_some()) { FORMAT_VERSION_EXTERNAL_DATA } else { FORMAT_VERSION };
     crate::fsutil::write_output_dir(dir, OutputKind::Bundle, if_foreign, |staging| {
         for (role, name, bytes) in &files {
             crate::fsutil::write_atomic(&staging.join(name), bytes)?;
@@ -108,6 +150,17 @@ pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, Vec<u8>
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 /// One ONNX protobuf cannot exceed 2 GiB; larger weights live in external data files.
 pub const MAX_GRAPH_BYTES: u64 = 2 << 30;
+/// An external data file larger than this is refused before it is read (it is read whole
+/// into memory, and ONNX Runtime copies it into each session).
+pub const MAX_EXTERNAL_DATA_BYTES: u64 = 64 << 30;
+
+/// The verified external data file of a graph: its name (the `location` the graph's
+/// initializers give) and its bytes, shared with every session created from the graph.
+#[derive(Clone, Debug)]
+pub struct GraphData {
+    pub name: String,
+    pub bytes: std::sync::Arc<[u8]>,
+}
 
 /// A bundle read from disk: its validated manifest and the bytes of the files asked for,
 /// each checked against the manifest's sha256. Whoever uses those bytes (ONNX Runtime, tch)
@@ -116,6 +169,8 @@ pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
     files: BTreeMap<String, Vec<u8>>,
+    /// Graph role -> its verified external data, for graphs that have some.
+    data: BTreeMap<String, GraphData>,
 }
 
 impl Bundle {
@@ -131,12 +186,28 @@ impl Bundle {
     pub fn read_chosen(dir: &Path, choose: impl FnOnce(&Manifest) -> Result<Vec<String>>) -> Result<Bundle> {
         let manifest = read_manifest(dir)?;
         let mut files = BTreeMap::new();
+        let mut data = BTreeMap::new();
         for role in choose(&manifest)? {
             let name = manifest.files.get(&role).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: files.{role} is missing")))?;
             let bytes = read_verified(dir, &manifest, &role, name)?;
+            if GRAPH_ROLES.contains(&role.as_str()) {
+                if let Some(d) = read_graph_data(dir, &manifest, &role, name, &bytes)? {
+                    data.insert(role.clone(), d);
+                }
+            }
             files.insert(role, bytes);
         }
-        Ok(Bundle { dir: dir.to_path_buf(), manifest, files })
+        Ok(Bundle { dir: dir.to_path_buf(), manifest, files, data })
+    }
+
+    /// The verified external data of graph `role`, if it has some (taken out of the bundle).
+    pub fn take_data(&mut self, role: &str) -> Option<GraphData> {
+        self.data.remove(role)
+    }
+
+    /// The verified external data of graph `role`, if it has some.
+    pub fn data(&self, role: &str) -> Option<&GraphData> {
+        self.data.get(role)
     }
 
     /// Take the verified bytes of `role` out of the bundle (they are not copied).
@@ -165,6 +236,70 @@ fn read_verified(dir: &Path, m: &Manifest, role: &str, name: &str) -> Result<Vec
     Ok(bytes)
 }
 
+/// The external data of graph `role` (file `name`, whose verified bytes are `graph`): every
+/// external reference of the graph is checked against the manifest — the location must be the
+/// graph's own data file (`files.<role>_data`, a plain name inside the bundle: nothing outside
+/// the bundle is ever read), which is read bounded by what the graph references, verified
+/// against its sha256, and must hold every referenced byte range. None when the graph
+/// references no external data (and then the manifest must list none for it). Errors name the
+/// file, and the tensor when one is at fault.
+fn read_graph_data(dir: &Path, m: &Manifest, role: &str, name: &str, graph: &[u8]) -> Result<Option<GraphData>> {
+    let refs = crate::external_data::scan(graph).map_err(|e| Error::bundle(dir, format!("{name}: {e}")))?;
+    let listed = m.files.get(&data_role(role));
+    let Some(first) = refs.first() else {
+        return match listed {
+            Some(data) => Err(Error::bundle(
+                dir,
+                format!("{MANIFEST}: files.{} lists {data} as the external data of {name}, but {name} references none", data_role(role)),
+            )),
+            None => Ok(None),
+        };
+    };
+    let data = listed.ok_or_else(|| {
+        Error::bundle(
+            dir,
+            format!(
+                "{name}: tensor '{}' keeps its data in external file '{}', but {MANIFEST} lists no external data for {role} (files.{})",
+                first.tensor,
+                first.location,
+                data_role(role)
+            ),
+        )
+    })?;
+    if let Some(r) = refs.iter().find(|r| &r.location != data) {
+        return Err(Error::bundle(
+            dir,
+            format!("{name}: tensor '{}' keeps its data in '{}', which is not {role}'s data file {data} (files.{})", r.tensor, r.location, data_role(role)),
+        ));
+    }
+    let expected = m.sha256.get(data).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: no sha256 for {data}")))?;
+    // The file holds exactly the bytes the graph references: its size is the end of the last
+    // range, which bounds the read before anything is hashed.
+    let end = refs.iter().map(|r| r.end()).max().unwrap_or(0);
+    let bound = end.min(MAX_EXTERNAL_DATA_BYTES);
+    let bytes = crate::fsutil::read_regular_shared(&dir.join(data), bound).map_err(|e| {
+        let why = if end > MAX_EXTERNAL_DATA_BYTES {
+            format!("{e} (external data is limited to {MAX_EXTERNAL_DATA_BYTES} bytes)")
+        } else if e.kind() == std::io::ErrorKind::InvalidData {
+            format!("{e}: {name} references {end} bytes of it")
+        } else {
+            e.to_string()
+        };
+        Error::bundle(dir, format!("{role} external data file {data}: {why}"))
+    })?;
+    let got = sha256_hex(&bytes);
+    if &got != expected {
+        return Err(Error::bundle(dir, format!("{data}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
+    }
+    if let Some(r) = refs.iter().find(|r| r.end() > bytes.len() as u64) {
+        return Err(Error::bundle(
+            dir,
+            format!("{data}: {} bytes, but tensor '{}' of {name} needs bytes {}..{}", bytes.len(), r.tensor, r.offset, r.end()),
+        ));
+    }
+    Ok(Some(GraphData { name: data.clone(), bytes }))
+}
+
 /// Read and validate `dir/pdiff.json` (bounded, regular files only); no other file is read.
 fn read_manifest(dir: &Path) -> Result<Manifest> {
     if !dir.is_dir() {
@@ -179,7 +314,13 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
 pub fn load_manifest(dir: &Path) -> Result<Manifest> {
     let m = read_manifest(dir)?;
     for (role, name) in &m.files {
-        read_verified(dir, &m, role, name)?;
+        if graph_of_data_role(role).is_some() {
+            continue; // verified with its graph, below
+        }
+        let bytes = read_verified(dir, &m, role, name)?;
+        if GRAPH_ROLES.contains(&role.as_str()) {
+            read_graph_data(dir, &m, role, name, &bytes)?;
+        }
     }
     Ok(m)
 }
@@ -190,11 +331,11 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
     let value: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| Error::bundle(dir, format!("{MANIFEST} is not valid JSON: {e}")))?;
     match value.get("format_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == FORMAT_VERSION as u64 => {}
+        Some(v) if v == FORMAT_VERSION as u64 || v == FORMAT_VERSION_EXTERNAL_DATA as u64 => {}
         Some(v) => {
             return Err(Error::bundle(
                 dir,
-                format!("{MANIFEST}: format_version {v} is not supported (this library reads version {FORMAT_VERSION})"),
+                format!("{MANIFEST}: format_version {v} is not supported (this library reads versions {FORMAT_VERSION} and {FORMAT_VERSION_EXTERNAL_DATA})"),
             ))
         }
         None => return Err(Error::bundle(dir, format!("{MANIFEST}: field format_version is missing or not an integer"))),
@@ -226,6 +367,19 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
     for (role, name) in &m.files {
         if name.is_empty() || name.contains('/') || name.contains('\\') || name == "." || name == ".." || name == MANIFEST {
             return Err(Error::bundle(dir, format!("{MANIFEST}: file name {name:?} of {role} must be a plain name inside the bundle")));
+        }
+    }
+    for role in m.files.keys() {
+        if let Some(graph) = graph_of_data_role(role) {
+            if !m.files.contains_key(graph) {
+                return Err(Error::bundle(dir, format!("{MANIFEST}: files.{role} is the external data of a {graph} graph the bundle does not have")));
+            }
+            if m.format_version != FORMAT_VERSION_EXTERNAL_DATA {
+                return Err(Error::bundle(
+                    dir,
+                    format!("{MANIFEST}: files.{role} (external data) needs format_version {FORMAT_VERSION_EXTERNAL_DATA}, the manifest says {}", m.format_version),
+                ));
+            }
         }
     }
     if let Err(e) = m.schedule.validate() {

@@ -677,3 +677,37 @@ fn read_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Resul
     }
     Ok(bytes)
 }
+
+/// [`read_regular`] into shared memory, for large files handed to several users (ONNX Runtime
+/// sessions keep an `Arc<[u8]>` of the external data they load): read straight into the shared
+/// allocation, so a multi-GiB file is never held twice.
+pub fn read_regular_shared(path: &Path, max_bytes: u64) -> std::io::Result<std::sync::Arc<[u8]>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes is more than the {max_bytes} bytes allowed for this file", meta.len()),
+        ));
+    }
+    let len = usize::try_from(meta.len()).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "file too large for this machine"))?;
+    let mut shared = std::sync::Arc::<[u8]>::new_uninit_slice(len);
+    let buf = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
+    // Zeroed first: read_exact needs initialized bytes.
+    for b in buf.iter_mut() {
+        b.write(0);
+    }
+    // SAFETY: every element was just initialized.
+    let mut shared = unsafe { shared.assume_init() };
+    let buf = std::sync::Arc::get_mut(&mut shared).expect("still unique");
+    file.read_exact(buf).map_err(|e| std::io::Error::new(e.kind(), format!("the file shrank while being read ({e})")))?;
+    if file.read(&mut [0u8; 1])? != 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the file grew beyond {len} bytes while being read")));
+    }
+    Ok(shared)
+}

@@ -7,6 +7,7 @@
 //! - [`diffusion`]: schedule, the one DDPM/DDIM sampler loop over a backend trait
 //! - [`train`]: training configuration; the tch training of a generator (feature `train`)
 //! - `onnx`: ONNX export of decoder and denoiser (feature `train`)
+//! - [`external_data`]: which tensors of an ONNX graph keep their bytes in an external file
 //! - [`bundle`]: the exported directory (manifest, hashes, atomic write)
 //! - [`runtime`]: serving a bundle with ONNX Runtime ([`runtime::Sampler`]), no libtorch
 //! - `ffi`: the C ABI (include/pdiff.h)
@@ -23,6 +24,7 @@ pub mod diffusion;
 pub mod train;
 #[cfg(feature = "train")]
 pub mod onnx;
+pub mod external_data;
 pub mod bundle;
 pub mod runtime;
 pub mod ffi;

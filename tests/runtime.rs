@@ -454,3 +454,85 @@ fn strict_cuda_graphs_hold_no_shape_nodes() {
         }
     }
 }
+
+/// Streaming into host tensors: each buffer receives exactly the values `sample_to_dir` writes
+/// into the safetensors files for the same seed (bit for bit), for every tensor or a subset, in
+/// the layout's order or another; bad buffers are refused, naming the tensor.
+#[test]
+fn sample_into_tensors_equals_sample_to_dir() {
+    use pdiff::runtime::TensorSink;
+    let s = Sampler::open(&fixture(), &cpu()).unwrap();
+    let kind = SamplerKind::Ddim { steps: 10 };
+    let n = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gen");
+    let files = s.sample_to_dir(n, 7, kind, None, &out, &mut |_, _| true).unwrap();
+    assert_eq!(files.len(), n);
+    // What the files hold, per tensor: n x numel values, model by model.
+    let layout = s.layout().clone();
+    let mut from_files: Vec<Vec<u32>> = vec![Vec::new(); layout.tensors.len()];
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (i, t) in layout.tensors.iter().enumerate() {
+            let view = st.tensor(&t.name).unwrap();
+            assert_eq!(view.shape(), t.shape.as_slice());
+            from_files[i].extend(view.data().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())));
+        }
+    }
+    // Every tensor, given in reverse order.
+    let mut bufs: Vec<Vec<f32>> = layout.tensors.iter().map(|t| vec![f32::NAN; n * t.numel()]).collect();
+    {
+        let mut sinks: Vec<TensorSink<'_>> = bufs.iter_mut().enumerate().rev().map(|(tensor, out)| TensorSink { tensor, out }).collect();
+        s.sample_into_tensors(n, 7, kind, None, &mut sinks, &mut |_, _| true).unwrap();
+    }
+    for (i, b) in bufs.iter().enumerate() {
+        assert_eq!(common::bits(b), from_files[i], "tensor {}", layout.tensors[i].name);
+    }
+    // One tensor only (the others are generated and dropped); DDPM as well.
+    let head = layout.index_of("head.w").unwrap();
+    let mut only = vec![0f32; n * layout.tensors[head].numel()];
+    s.sample_into_tensors(n, 7, kind, None, &mut [TensorSink { tensor: head, out: &mut only }], &mut |_, _| true).unwrap();
+    assert_eq!(common::bits(&only), from_files[head]);
+    let flat = s.sample(2, 3, SamplerKind::Ddpm, &mut |_, _| true).unwrap();
+    let t = &layout.tensors[head];
+    let mut ddpm = vec![0f32; 2 * t.numel()];
+    s.sample_into_tensors(2, 3, SamplerKind::Ddpm, None, &mut [TensorSink { tensor: head, out: &mut ddpm }], &mut |_, _| true).unwrap();
+    let want: Vec<f32> = flat.rows().into_iter().flat_map(|r| r.as_slice().unwrap()[t.offset..t.offset + t.numel()].to_vec()).collect();
+    assert_eq!(common::bits(&ddpm), common::bits(&want));
+
+    // Refusals name the tensor (or the index), before any sampling.
+    let mut short = vec![0f32; n * layout.tensors[head].numel() - 1];
+    let (field, msg) = common::invalid_err(s.sample_into_tensors(n, 7, kind, None, &mut [TensorSink { tensor: head, out: &mut short }], &mut |_, _| true));
+    assert_eq!(field, "buffers");
+    assert!(msg.contains("'head.w'") && msg.contains(&format!("{} floats given", short.len())) && msg.contains("5 x 18 = 90"), "{msg}");
+    let (mut a, mut b) = (vec![0f32; n * 18], vec![0f32; n * 18]);
+    let (_, msg) = common::invalid_err(s.sample_into_tensors(
+        n,
+        7,
+        kind,
+        None,
+        &mut [TensorSink { tensor: head, out: &mut a }, TensorSink { tensor: head, out: &mut b }],
+        &mut |_, _| true,
+    ));
+    assert!(msg.contains("'head.w' is given twice"), "{msg}");
+    let (_, msg) = common::invalid_err(s.sample_into_tensors(n, 7, kind, None, &mut [TensorSink { tensor: 3, out: &mut a }], &mut |_, _| true));
+    assert!(msg.contains("index 3 is out of range") && msg.contains("3 tensors"), "{msg}");
+    let (_, msg) = common::invalid_err(s.sample_into_tensors(n, 7, kind, None, &mut [], &mut |_, _| true));
+    assert!(msg.contains("no tensor buffer"), "{msg}");
+}
+
+/// `sample_to_dir` writes model by model, in chunks: the files are those of one batch of n.
+#[test]
+fn sample_to_dir_equals_one_batch() {
+    let s = Sampler::open(&fixture(), &cpu()).unwrap();
+    let kind = SamplerKind::Ddim { steps: 5 };
+    let all = s.sample(4, 9, kind, &mut |_, _| true).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = s.sample_to_dir(4, 9, kind, None, &tmp.path().join("gen"), &mut |_, _| true).unwrap();
+    for (i, f) in files.iter().enumerate() {
+        assert!(f.ends_with(format!("gen_{i:04}.safetensors")), "{f:?}");
+        let bytes = std::fs::read(f).unwrap();
+        assert_eq!(bytes, s.layout().to_safetensors(all.row(i).as_slice().unwrap()).unwrap(), "model {i}");
+    }
+}

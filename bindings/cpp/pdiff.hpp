@@ -206,6 +206,20 @@ struct TensorInfo {
     }
 };
 
+/// Where one tensor of the generated models goes (Sampler::sample_tensors): the host's own
+/// memory of `len` floats, n x numel of the tensor (model i's values at data[i * numel ..]).
+/// The tensor is named by `name`, or by `index` when `name` is empty.
+struct TensorBuffer {
+    std::string name;
+    size_t index = 0;
+    float* data = nullptr;
+    size_t len = 0;
+    /// Tensor `name` into data[0..len].
+    TensorBuffer(std::string tensor_name, float* out, size_t out_len) : name(std::move(tensor_name)), data(out), len(out_len) {}
+    /// Tensor number `tensor_index` (layout order) into data[0..len].
+    TensorBuffer(size_t tensor_index, float* out, size_t out_len) : index(tensor_index), data(out), len(out_len) {}
+};
+
 #if defined(PDIFF_FEATURE_TRAIN)
 // ---- Dataset ----
 
@@ -477,6 +491,19 @@ public:
         std::vector<float> out(detail::checked_mul(n, param_count()));
         sample(n, out.data(), out.size(), options);
         return out;
+    }
+
+    /// Generate `n` models straight into the host's own tensors (pdiff_sampler_sample_tensors):
+    /// the values sample() gives, bit for bit, with no n x D copy in between. Each tensor once;
+    /// tensors without a buffer are dropped. A bad buffer (unknown name, wrong length, null
+    /// data, a tensor twice) throws pdiff::Error naming the tensor, before anything is written.
+    void sample_tensors(size_t n, const std::vector<TensorBuffer>& buffers, const pdiff_sample_options& options = sample_options()) const {
+        std::vector<pdiff_tensor_buffer> c(buffers.size());
+        for (size_t i = 0; i < buffers.size(); i++) {
+            const TensorBuffer& b = buffers[i];
+            c[i] = pdiff_tensor_buffer{b.name.empty() ? nullptr : b.name.c_str(), b.index, b.data, b.len};
+        }
+        detail::check(pdiff_sampler_sample_tensors(checked(), &options, n, c.data(), c.size()));
     }
 
     /// Generate `n` candidates (as sample() with the same options), score each with `score`

@@ -294,6 +294,28 @@ static void sampler_tests(const std::string& bundle, const std::string& tmp) {
     std::vector<float> d1 = s.sample(1, pdiff::ddpm(5));
     CHECK(d1.size() == D && all_finite(d1), "DDPM");
 
+    // Straight into the host's tensors: the same bits as sample(), by name and by index.
+    {
+        std::vector<float> w(3 * ROWS * COLS, -1.0f), bias(3 * ROWS, -1.0f);
+        s.sample_tensors(3, {{"b", bias.data(), bias.size()}, {size_t(0), w.data(), w.size()}}, opts);
+        bool same = true;
+        for (size_t i = 0; i < 3; i++) {
+            same = same && std::memcmp(w.data() + i * ROWS * COLS, a.data() + i * D, ROWS * COLS * sizeof(float)) == 0;
+            same = same && std::memcmp(bias.data() + i * ROWS, a.data() + i * D + ROWS * COLS, ROWS * sizeof(float)) == 0;
+        }
+        CHECK(same, "sample_tensors equals sample() bit for bit");
+        CHECK_THROWS(s.sample_tensors(3, {{"nope", w.data(), w.size()}}, opts), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK_THROWS(s.sample_tensors(3, {{"w", w.data(), w.size() - 1}}, opts), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK_THROWS(s.sample_tensors(3, {{"b", nullptr, bias.size()}}, opts), PDIFF_ERR_NULL_POINTER);
+        CHECK_THROWS(s.sample_tensors(3, {{"b", bias.data(), bias.size()}, {size_t(1), bias.data(), bias.size()}}, opts),
+                     PDIFF_ERR_INVALID_ARGUMENT);
+        try {
+            s.sample_tensors(3, {{"w", w.data(), 5}}, opts);
+        } catch (const pdiff::Error& e) {
+            CHECK(std::strstr(e.what(), "tensor 'w'") != nullptr, e.what());
+        }
+    }
+
     CHECK_THROWS(s.sample(3, b.data(), 3 * D - 1, opts), PDIFF_ERR_BUFFER_TOO_SMALL);
     CHECK_THROWS(s.sample(0, opts), PDIFF_ERR_INVALID_ARGUMENT);
     auto sbad = opts;

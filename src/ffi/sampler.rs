@@ -3,8 +3,8 @@
 use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
 use super::pdiff_status;
 use crate::diffusion::{Conditioning, SamplerKind};
-use crate::runtime::{Provider, RuntimeOptions, Sampler};
-use std::ffi::{c_char, c_void, CString};
+use crate::runtime::{Provider, RuntimeOptions, Sampler, TensorSink};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::Arc;
 
 /// ONNX Runtime execution provider (`pdiff_sampler_options.provider`).
@@ -409,6 +409,127 @@ pub unsafe extern "C" fn pdiff_sampler_sample(
     })
 }
 
+/// One host buffer of `pdiff_sampler_sample_tensors`: where one tensor of the generated models
+/// goes. Borrowed for the call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct pdiff_tensor_buffer {
+    /// The tensor's name (as `pdiff_sampler_tensor_info` gives it), or NULL to name it by
+    /// `index`.
+    pub name: *const c_char,
+    /// The tensor's index (< `pdiff_sampler_tensor_count`); used only when `name` is NULL.
+    pub index: usize,
+    /// Host memory of `len` floats (4-byte aligned) that receives the tensor, row-major in
+    /// its shape: n x numel floats, model i's values at `data[i * numel .. (i + 1) * numel]`.
+    pub data: *mut f32,
+    /// Floats at `data`: exactly n x numel(tensor).
+    pub len: usize,
+}
+
+/// Generate `n` models, as `pdiff_sampler_sample` with the same options would (bit for bit),
+/// and write each tensor straight into the host's own buffer for it: an engine places
+/// generated weights directly into its tensors, with no n x D copy in between (the library
+/// holds about 4 MiB of generated parameters at a time, whatever n). `buffers[0 ..
+/// buffer_count]` name each tensor once, by name or index; tensors without a buffer are
+/// generated and dropped.
+///
+/// Every buffer is checked before any work, and the first bad one is refused with a last-error
+/// message naming its tensor (or its position in `buffers`): `PDIFF_ERR_NULL_POINTER` for a
+/// NULL `data` (or `buffers`); `PDIFF_ERR_INVALID_ARGUMENT` for an unknown name, an index out
+/// of range, a tensor given twice, a `len` other than n x numel, a misaligned `data`,
+/// buffers that overlap in memory, or `buffer_count` 0. Nothing is written then; after a later
+/// failure (a cancelled or failing run) the buffers' contents are unspecified.
+///
+/// Thread-safe: several threads may sample from one sampler at once (into distinct buffers).
+///
+/// Ownership: `sampler`, `options`, `buffers` and every `name` are borrowed for the call; each
+/// `data` is caller-owned memory of `len` floats, all written on `PDIFF_OK`.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_sample_tensors(
+    sampler: *const pdiff_sampler,
+    options: *const pdiff_sample_options,
+    n: usize,
+    buffers: *const pdiff_tensor_buffer,
+    buffer_count: usize,
+) -> pdiff_status {
+    call("pdiff_sampler_sample_tensors", || {
+        let s = try_ref!(sampler, "sampler");
+        let opts = unsafe { options_arg(options, "options") }?;
+        let kind = opts.kind()?;
+        needed(s, n)?;
+        nonnull!(buffers, "buffers");
+        if buffer_count == 0 {
+            return Err(Failure::invalid("buffer_count is 0: give at least one tensor buffer"));
+        }
+        let layout = s.inner.layout();
+        let given = unsafe { std::slice::from_raw_parts(buffers, buffer_count) };
+        // Resolve and check every entry before any slice is formed over host memory.
+        let mut resolved: Vec<(usize, *mut f32, usize)> = Vec::with_capacity(buffer_count);
+        for (k, b) in given.iter().enumerate() {
+            let index = if b.name.is_null() {
+                if b.index >= layout.tensors.len() {
+                    return Err(Failure::invalid(format!(
+                        "buffers[{k}]: tensor index {} is out of range (the bundle has {} tensors)",
+                        b.index,
+                        layout.tensors.len()
+                    )));
+                }
+                b.index
+            } else {
+                let name = unsafe { CStr::from_ptr(b.name) }.to_string_lossy();
+                layout.index_of(&name).ok_or_else(|| {
+                    Failure::invalid(format!("buffers[{k}]: the bundle has no tensor '{name}' (its tensors: {})", tensor_list(layout)))
+                })?
+            };
+            let t = &layout.tensors[index];
+            if b.data.is_null() {
+                return Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("buffers[{k}]: data for tensor '{}' is NULL", t.name)));
+            }
+            if !(b.data as usize).is_multiple_of(std::mem::align_of::<f32>()) {
+                return Err(Failure::invalid(format!("buffers[{k}]: data for tensor '{}' is not aligned for float ({:p})", t.name, b.data)));
+            }
+            let need = n.checked_mul(t.numel()).ok_or_else(|| Failure::invalid(format!("n = {n} times numel = {} overflows", t.numel())))?;
+            if b.len != need {
+                return Err(Failure::invalid(format!(
+                    "buffers[{k}]: tensor '{}' {:?}: len is {} floats, n x numel = {n} x {} = {need} are needed",
+                    t.name,
+                    t.shape,
+                    b.len,
+                    t.numel()
+                )));
+            }
+            if resolved.iter().any(|&(i, _, _)| i == index) {
+                return Err(Failure::invalid(format!("buffers[{k}]: tensor '{}' is given twice", t.name)));
+            }
+            resolved.push((index, b.data, b.len));
+        }
+        // Two sinks over the same memory would be two &mut to it: refuse overlaps.
+        let mut spans: Vec<(usize, usize, usize)> = resolved.iter().map(|&(i, p, len)| (p as usize, p as usize + len * 4, i)).collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(Failure::invalid(format!(
+                    "the buffers of tensors '{}' and '{}' overlap in memory",
+                    layout.tensors[w[0].2].name,
+                    layout.tensors[w[1].2].name
+                )));
+            }
+        }
+        let cond = unsafe { opts.conditioning() }?;
+        // SAFETY: each data pointer is non-NULL, aligned, holds `len` floats (the caller's
+        // promise) and no two ranges overlap (checked above).
+        let mut sinks: Vec<TensorSink<'_>> =
+            resolved.iter().map(|&(tensor, p, len)| TensorSink { tensor, out: unsafe { std::slice::from_raw_parts_mut(p, len) } }).collect();
+        s.inner.sample_into_tensors(n, opts.seed, kind, cond.as_ref(), &mut sinks, &mut |_, _| true)?;
+        Ok(())
+    })
+}
+
+/// "'a' [4, 8], 'b' [4]": the layout's tensors, for an error about a name.
+fn tensor_list(layout: &crate::params::Layout) -> String {
+    layout.tensors.iter().map(|t| format!("'{}' {:?}", t.name, t.shape)).collect::<Vec<_>>().join(", ")
+}
+
 /// Generated parameters held at once by `pdiff_sampler_best_of_n`: candidates are sampled and
 /// scored in chunks of this size.
 const BEST_OF_N_CHUNK_BYTES: usize = 4 << 20;
@@ -481,6 +602,8 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
 
 /// Generate `n` parameter vectors and write them as `dir/gen_0000.safetensors`, ... (f32, the
 /// original tensor names, ready to load), with a marker `.pdiff-output.json` that records them.
+/// The models are sampled and written chunk by chunk (about 16 MiB of generated parameters at a
+/// time), so memory does not grow with n; they are those of `pdiff_sampler_sample`, bit for bit.
 /// `options` may be NULL (defaults). The same as `pdiff_sampler_sample_to_dir_ex` with no flags:
 ///
 /// - `dir` missing: created, atomically (the files are written and fsynced in a temporary

@@ -6,7 +6,6 @@ use super::proto::{
     type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
     TypeProto, ValueInfoProto,
 };
-use prost::Message;
 
 pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
@@ -231,8 +230,9 @@ impl GraphBuilder {
         self.node(op, inputs, vec![], None)
     }
 
-    /// Serialize as an ONNX model.
-    pub fn finish(mut self, graph_name: &str, doc: &str) -> Vec<u8> {
+    /// The ONNX model (serialized by [`super::external::encode`], which moves large
+    /// initializers to an external data file when the protobuf would be too large).
+    pub fn finish(mut self, graph_name: &str, doc: &str) -> ModelProto {
         assert!(self.frames.len() <= 1, "a subgraph was not closed");
         let main = self.frames.pop().unwrap_or_default();
         let graph = GraphProto {
@@ -252,6 +252,6 @@ impl GraphBuilder {
             graph: Some(graph),
             ..Default::default()
         };
-        model.encode_to_vec()
+        model
     }
 }

@@ -5,6 +5,7 @@
 //!   Latent de-standardization, the decoder, unpadding and per-tensor de-normalization are
 //!   all inside the graph, so a host needs nothing of this library.
 //! - `denoiser.onnx`: x f32[B, d], t i64[B] -> eps f32[B, d], time embedding inside.
+pub mod external;
 pub mod graph;
 
 /// prost types generated from proto/onnx.proto.
@@ -142,7 +143,7 @@ fn decoder_nodes(b: &mut GraphBuilder, g: &Generator, z: &str, out: Option<&str>
 }
 
 /// decoder.onnx for a trained generator.
-pub fn export_decoder(g: &Generator) -> Result<Vec<u8>> {
+pub fn export_decoder(g: &Generator) -> Result<proto::ModelProto> {
     let mut b = GraphBuilder::default();
     let z = b.input("z", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(g.latent_dim() as i64)]);
     decoder_nodes(&mut b, g, &z, Some("params"))?;
@@ -246,7 +247,7 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str, cond: O
 }
 
 /// denoiser.onnx for a trained generator.
-pub fn export_denoiser(g: &Generator) -> Result<Vec<u8>> {
+pub fn export_denoiser(g: &Generator) -> Result<proto::ModelProto> {
     let d_lat = g.latent_dim() as i64;
     let mut b = GraphBuilder::default();
     let x = b.input("x", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
@@ -276,7 +277,7 @@ pub fn export_denoiser(g: &Generator) -> Result<Vec<u8>> {
 /// `params` f32 [B, D] in host units. The step is the same arithmetic, in the same order and
 /// with the same f32 coefficients (computed in f64, then rounded), as
 /// [`crate::diffusion::sample_latents`].
-pub fn export_sampler(g: &Generator) -> Result<Vec<u8>> {
+pub fn export_sampler(g: &Generator) -> Result<proto::ModelProto> {
     let d_lat = g.latent_dim() as i64;
     let tab = g.config.schedule.tables();
     let t_len = tab.alpha_bars.len() as i64;

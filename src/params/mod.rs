@@ -84,6 +84,11 @@ impl Layout {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// Index of tensor `name` in the layout's order.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+
     /// Check that this layout holds exactly the tensors a host expects (same names and shapes,
     /// in any order); the error names the first tensor that differs.
     pub fn check_matches<S: AsRef<str>>(&self, expected: &[(S, Vec<usize>)]) -> Result<()> {

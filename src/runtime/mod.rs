@@ -84,10 +84,16 @@ pub fn cuda_available(opts: &RuntimeOptions) -> Result<bool> {
 }
 
 /// Load ONNX bytes into a CPU session and drop it: the graph-loading path of [`Sampler::open`]
-/// on its own (used by the fuzzer: malformed graphs must be errors, never crashes).
+/// on its own (used by the fuzzer: malformed graphs must be errors, never crashes). A graph
+/// that keeps data in an external file is refused (no data file is given here, and ONNX
+/// Runtime must not look for one on disk).
 pub fn load_graph(bytes: &[u8], opts: &RuntimeOptions) -> Result<()> {
+    let refs = crate::external_data::scan(bytes).map_err(|e| Error::Runtime(format!("graph: {e}")))?;
+    if let Some(r) = refs.first() {
+        return Err(Error::Runtime(format!("graph: tensor '{}' keeps its data in external file '{}', which is not given", r.tensor, r.location)));
+    }
     init(opts.library.as_deref())?;
-    session::create(bytes, &SessionSettings { intra_threads: opts.intra_threads, cuda_device: None, loop_bookkeeping_on_cpu: false }, "graph").map(drop)
+    session::create(bytes, None, &SessionSettings { intra_threads: opts.intra_threads, cuda_device: None, loop_bookkeeping_on_cpu: false }, "graph").map(drop)
 }
 
 /// What the sampler feeds to and reads from each graph (docs/bundle-format.md, "The graphs").
@@ -226,10 +232,10 @@ impl Sampler {
         };
         let max = opts.max_sessions.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         let mut bundle = bundle;
-        let decoder = SessionPool::new("decoder.onnx", bundle.take_file("decoder")?, settings.clone(), opened.decoder, max);
-        let denoiser = SessionPool::new("denoiser.onnx", bundle.take_file("denoiser")?, settings.clone(), opened.denoiser, max);
+        let decoder = SessionPool::new("decoder.onnx", bundle.take_file("decoder")?, bundle.take_data("decoder"), settings.clone(), opened.decoder, max);
+        let denoiser = SessionPool::new("denoiser.onnx", bundle.take_file("denoiser")?, bundle.take_data("denoiser"), settings.clone(), opened.denoiser, max);
         let whole_loop = match opened.sampler {
-            Some(first) => Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, settings.for_loop_graph(), first, max)),
+            Some(first) => Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, bundle.take_data("sampler"), settings.for_loop_graph(), first, max)),
             None => None,
         };
         let layout = bundle.manifest.layout();
@@ -260,7 +266,7 @@ impl Sampler {
         let open = |role: &str, (inputs, outputs): (Vec<Port>, Vec<Port>)| -> Result<Session> {
             let file = &m.files[role];
             let settings = if role == "sampler" { &loop_settings } else { settings };
-            let s = session::create(bundle.file(role)?, settings, file)?;
+            let s = session::create(bundle.file(role)?, bundle.data(role), settings, file)?;
             session::check_signature(&s, file, &inputs, &outputs).map_err(|e| Error::bundle(&bundle.dir, e))?;
             Ok(s)
         };
@@ -467,29 +473,137 @@ impl Sampler {
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<PathBuf>> {
         // Refuse an unusable destination before sampling.
-        let out = OutputDir::begin(dir, OutputKind::Samples, if_foreign)?;
-        let a = self.sample_rows(0..n, seed, kind, cond, on_step)?;
-        write_models_into(out, &self.layout, a.as_slice().expect("standard layout"))
+        let mut out = ModelWriter::begin(dir, &self.layout, if_foreign)?;
+        // Model by model: a chunk of at most SAMPLE_TO_DIR_CHUNK_BYTES of parameters is
+        // generated, written file by file and dropped, so memory does not grow with n.
+        self.sample_chunked(n, seed, kind, cond, self.rows_within(SAMPLE_TO_DIR_CHUNK_BYTES), &mut |first, rows| {
+            for (j, row) in rows.rows().into_iter().enumerate() {
+                out.write(first + j, row.as_slice().expect("standard layout"))?;
+            }
+            Ok(())
+        }, on_step)?;
+        out.commit()
     }
+
+    /// Generate `n` models straight into the host's own tensors: each [`TensorSink`] names a
+    /// tensor of the layout (by index) and holds `n x numel` floats, model i's values at
+    /// `[i * numel, (i + 1) * numel)`. Tensors without a sink are generated but not kept.
+    /// Sampling runs in chunks of at most `SAMPLE_INTO_CHUNK_BYTES` of parameters, scattered
+    /// into the sinks as they come: no n x D copy is ever held, and the values are those of
+    /// [`Sampler::sample`] with the same arguments, bit for bit. Every sink is checked before
+    /// any work (index, length, duplicates); on an error the sinks' contents are unspecified
+    /// (some chunks may have been written).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_into_tensors(
+        &self,
+        n: usize,
+        seed: u64,
+        kind: SamplerKind,
+        cond: Option<&Conditioning<'_>>,
+        sinks: &mut [TensorSink<'_>],
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<()> {
+        check_sinks(&self.layout, n, sinks)?;
+        let tensors = &self.layout.tensors;
+        self.sample_chunked(n, seed, kind, cond, self.rows_within(SAMPLE_INTO_CHUNK_BYTES), &mut |first, rows| {
+            for (j, row) in rows.rows().into_iter().enumerate() {
+                let row = row.as_slice().expect("standard layout");
+                let i = first + j;
+                for sink in sinks.iter_mut() {
+                    let t = &tensors[sink.tensor];
+                    let numel = t.numel();
+                    sink.out[i * numel..(i + 1) * numel].copy_from_slice(&row[t.offset..t.offset + numel]);
+                }
+            }
+            Ok(())
+        }, on_step)
+    }
+}
+
+/// Generated parameters held at once by [`Sampler::sample_to_dir`] (whole models, at least one).
+const SAMPLE_TO_DIR_CHUNK_BYTES: usize = 16 << 20;
+/// Generated parameters held at once by [`Sampler::sample_into_tensors`].
+const SAMPLE_INTO_CHUNK_BYTES: usize = 4 << 20;
+
+/// A host buffer that receives one tensor of every generated model
+/// ([`Sampler::sample_into_tensors`]).
+#[derive(Debug)]
+pub struct TensorSink<'a> {
+    /// Index of the tensor in the layout ([`Layout::index_of`] finds it by name).
+    pub tensor: usize,
+    /// n x numel floats: model i's tensor at `[i * numel, (i + 1) * numel)`, row-major.
+    pub out: &'a mut [f32],
+}
+
+/// Every sink names a tensor of `layout` once and holds exactly n x numel floats; the error
+/// names the tensor (or the index) that is wrong.
+pub fn check_sinks(layout: &Layout, n: usize, sinks: &[TensorSink<'_>]) -> Result<()> {
+    if n == 0 {
+        return Err(Error::invalid("n", "number of samples must be at least 1"));
+    }
+    if sinks.is_empty() {
+        return Err(Error::invalid("buffers", "no tensor buffer given"));
+    }
+    let mut seen = vec![false; layout.tensors.len()];
+    for s in sinks {
+        let t = layout.tensors.get(s.tensor).ok_or_else(|| {
+            Error::invalid("buffers", format!("tensor index {} is out of range (the layout has {} tensors)", s.tensor, layout.tensors.len()))
+        })?;
+        if std::mem::replace(&mut seen[s.tensor], true) {
+            return Err(Error::invalid("buffers", format!("tensor '{}' is given twice", t.name)));
+        }
+        let need = n.checked_mul(t.numel()).ok_or_else(|| Error::invalid("n", "too large"))?;
+        if s.out.len() != need {
+            return Err(Error::invalid(
+                "buffers",
+                format!("tensor '{}' {:?}: {} floats given, {n} x {} = {need} needed", t.name, t.shape, s.out.len(), t.numel()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Write rows of a [n, D] matrix as `gen_XXXX.safetensors` into `dir`, one output of kind
 /// samples ([`crate::fsutil::OutputDir`]): a previous one is replaced atomically, files
 /// libpdiff did not write are refused or, with [`IfForeign::Force`], kept beside.
 pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path, if_foreign: IfForeign) -> Result<Vec<PathBuf>> {
-    write_models_into(OutputDir::begin(dir, OutputKind::Samples, if_foreign)?, layout, rows)
+    let mut out = ModelWriter::begin(dir, layout, if_foreign)?;
+    for (i, row) in rows.chunks_exact(layout.param_count().max(1)).enumerate() {
+        out.write(i, row)?;
+    }
+    out.commit()
 }
 
-fn write_models_into(out: OutputDir, layout: &Layout, rows: &[f32]) -> Result<Vec<PathBuf>> {
-    let d = layout.param_count();
-    let mut files = Vec::new();
-    for (i, row) in rows.chunks_exact(d).enumerate() {
-        let name = format!("gen_{i:04}.safetensors");
-        layout.save_safetensors(row, &out.path().join(&name))?;
-        files.push(out.dest().join(name));
+/// Generated models written one by one as `gen_XXXX.safetensors` into an output directory of
+/// kind samples: the caller holds one model (or a chunk) at a time, so writing N models needs
+/// memory for one, not N. Nothing is visible at `dir` before [`ModelWriter::commit`]; dropped
+/// without it, nothing is left behind.
+pub struct ModelWriter<'a> {
+    out: OutputDir,
+    layout: &'a Layout,
+    files: Vec<PathBuf>,
+}
+
+impl<'a> ModelWriter<'a> {
+    /// Check the destination (a refusal comes before any sampling) and open the staging
+    /// directory.
+    pub fn begin(dir: &Path, layout: &'a Layout, if_foreign: IfForeign) -> Result<Self> {
+        Ok(ModelWriter { out: OutputDir::begin(dir, OutputKind::Samples, if_foreign)?, layout, files: Vec::new() })
     }
-    out.commit()?;
-    Ok(files)
+
+    /// Write model `index` (its D floats) as `gen_{index:04}.safetensors`.
+    pub fn write(&mut self, index: usize, row: &[f32]) -> Result<()> {
+        let name = format!("gen_{index:04}.safetensors");
+        self.layout.save_safetensors(row, &self.out.path().join(&name))?;
+        self.files.push(self.out.dest().join(name));
+        Ok(())
+    }
+
+    /// Put the models in place; returns their final paths in the order written.
+    pub fn commit(self) -> Result<Vec<PathBuf>> {
+        self.out.commit()?;
+        Ok(self.files)
+    }
 }
 
 /// Run a session and take one f32 output of shape [rows, cols]; any other outcome (a missing

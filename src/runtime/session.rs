@@ -8,6 +8,7 @@
 //! creates one more from the same verified bytes. Two threads then really sample in parallel;
 //! the cost is one copy of the graph's weights per concurrent caller.
 use super::library;
+use crate::bundle::GraphData;
 use crate::error::{Error, Result};
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
@@ -45,10 +46,17 @@ fn rt<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
     move |e| Error::Runtime(format!("{what}: {e}"))
 }
 
-/// Create one session from ONNX bytes. `file` names the graph in errors.
-pub(crate) fn create(bytes: &[u8], settings: &SessionSettings, file: &str) -> Result<Session> {
+/// Create one session from ONNX bytes. `file` names the graph in errors. `data`: the graph's
+/// verified external data file ([`crate::bundle::Bundle`] checked every reference of the graph
+/// against it), handed to ONNX Runtime from memory under the name the graph's initializers
+/// give as their location: a graph given from memory has no directory, and ONNX Runtime must
+/// not look for its data anywhere on disk.
+pub(crate) fn create(bytes: &[u8], data: Option<&GraphData>, settings: &SessionSettings, file: &str) -> Result<Session> {
     let env = &library::env()?.env;
     let mut builder = Session::builder(env).map_err(rt(file))?;
+    if let Some(d) = data {
+        builder = builder.with_external_initializer_file_in_memory(&d.name, d.bytes.clone()).map_err(rt(file))?;
+    }
     if let Some(n) = settings.intra_threads.filter(|&n| n > 0) {
         builder = builder.with_intra_threads(n).map_err(rt(file))?;
     }
@@ -147,8 +155,10 @@ fn check_port(file: &str, kind: &str, want: &Port, got: &ValueType) -> std::resu
 /// The sessions of one graph, shared by the threads of a sampler.
 pub(crate) struct SessionPool {
     file: String,
-    /// The verified graph bytes, kept to create more sessions when threads need them.
+    /// The verified graph bytes (and external data), kept to create more sessions when
+    /// threads need them.
     bytes: Vec<u8>,
+    data: Option<GraphData>,
     settings: SessionSettings,
     max: usize,
     state: Mutex<PoolState>,
@@ -163,10 +173,11 @@ struct PoolState {
 impl SessionPool {
     /// A pool whose first session is `first` (created and checked by the caller), growing to
     /// at most `max` sessions.
-    pub fn new(file: &str, bytes: Vec<u8>, settings: SessionSettings, first: Session, max: usize) -> SessionPool {
+    pub fn new(file: &str, bytes: Vec<u8>, data: Option<GraphData>, settings: SessionSettings, first: Session, max: usize) -> SessionPool {
         SessionPool {
             file: file.to_string(),
             bytes,
+            data,
             settings,
             max: max.max(1),
             state: Mutex::new(PoolState { idle: vec![first], created: 1 }),
@@ -192,7 +203,7 @@ impl SessionPool {
                 state.created += 1;
                 drop(state);
                 // Created outside the lock: other threads keep taking and returning sessions.
-                return create(&self.bytes, &self.settings, &self.file).inspect_err(|_| {
+                return create(&self.bytes, self.data.as_ref(), &self.settings, &self.file).inspect_err(|_| {
                     self.state.lock().created -= 1;
                 });
             }

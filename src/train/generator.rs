@@ -455,14 +455,31 @@ impl Generator {
     /// [`Generator::export_bundle`] with the policy for files libpdiff did not write at `dir`
     /// ([`IfForeign::Force`] writes the bundle beside them; they are kept).
     pub fn export_bundle_with(&self, dir: &Path, if_foreign: IfForeign) -> Result<Manifest> {
-        let files = vec![
-            ("autoencoder_weights", bundle::AE_WEIGHTS, varstore_to_safetensors(&self.ae_vs)?),
-            ("denoiser_weights", bundle::DENOISER_WEIGHTS, varstore_to_safetensors(&self.den_vs)?),
-            ("decoder", bundle::DECODER_ONNX, crate::onnx::export_decoder(self)?),
-            ("denoiser", bundle::DENOISER_ONNX, crate::onnx::export_denoiser(self)?),
-            ("sampler", bundle::SAMPLER_ONNX, crate::onnx::export_sampler(self)?),
+        self.export_bundle_opts(dir, &bundle::ExportOptions { if_foreign, ..Default::default() })
+    }
+
+    /// [`Generator::export_bundle`] with all the options: the policy for foreign files, and
+    /// the size above which a graph keeps its largest initializers in an external data file
+    /// (`<graph>.data`, role `<role>_data`; the bundle's format_version is then 2).
+    pub fn export_bundle_opts(&self, dir: &Path, opts: &bundle::ExportOptions) -> Result<Manifest> {
+        let mut files = vec![
+            ("autoencoder_weights".to_string(), bundle::AE_WEIGHTS.to_string(), varstore_to_safetensors(&self.ae_vs)?),
+            ("denoiser_weights".to_string(), bundle::DENOISER_WEIGHTS.to_string(), varstore_to_safetensors(&self.den_vs)?),
         ];
-        bundle::write(dir, self.manifest(), files, if_foreign)
+        let graphs: [(&str, &str, fn(&Generator) -> Result<crate::onnx::proto::ModelProto>); 3] = [
+            ("decoder", bundle::DECODER_ONNX, crate::onnx::export_decoder),
+            ("denoiser", bundle::DENOISER_ONNX, crate::onnx::export_denoiser),
+            ("sampler", bundle::SAMPLER_ONNX, crate::onnx::export_sampler),
+        ];
+        for (role, file, export) in graphs {
+            let data_file = format!("{file}.data");
+            let encoded = crate::onnx::external::encode(export(self)?, file, &data_file, opts.inline_graph_limit)?;
+            files.push((role.to_string(), file.to_string(), encoded.graph));
+            if let Some(data) = encoded.data {
+                files.push((bundle::data_role(role), data_file, data));
+            }
+        }
+        bundle::write(dir, self.manifest(), files.iter().map(|(r, n, b)| (r.as_str(), n.as_str(), b.as_slice())).collect(), opts.if_foreign)
     }
 
     /// Load the tch generator of a bundle (for further training, re-export or tch sampling).

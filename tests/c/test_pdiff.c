@@ -542,6 +542,56 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
     sbad.sampler = -1;
     CHECK_FAILS(pdiff_sampler_sample(s, &sbad, 3, b, 3 * D), PDIFF_ERR_INVALID_ARGUMENT);
 
+    /* Straight into the host's own tensors: equal to the flat samples bit for bit, by name or
+     * by index, all tensors or some; every bad buffer refused, naming its tensor. */
+    {
+        enum { N = 3 };
+        float w[N * ROWS * COLS], bias[N * ROWS], w2[N * ROWS * COLS];
+        memset(w, 0xff, sizeof w);
+        memset(bias, 0xff, sizeof bias);
+        pdiff_tensor_buffer bufs[2] = {{"b", 0, bias, N * ROWS}, {NULL, 0, w, N * ROWS * COLS}}; /* b by name, w by index */
+        CHECK_OK(pdiff_sampler_sample_tensors(s, &so, N, bufs, 2));
+        int same = 1;
+        for (int i = 0; i < N; i++) {
+            same &= memcmp(w + i * ROWS * COLS, a + i * D, ROWS * COLS * sizeof(float)) == 0;
+            same &= memcmp(bias + i * ROWS, a + i * D + ROWS * COLS, ROWS * sizeof(float)) == 0;
+        }
+        CHECK(same, "streamed tensors equal pdiff_sampler_sample's vectors bit for bit");
+        pdiff_tensor_buffer one = {"w", 0, w2, N * ROWS * COLS};
+        CHECK_OK(pdiff_sampler_sample_tensors(s, &so, N, &one, 1));
+        CHECK(memcmp(w, w2, sizeof w) == 0, "one tensor alone: the same values");
+
+        pdiff_tensor_buffer badb[2];
+        badb[0] = (pdiff_tensor_buffer){"nope", 0, w, N * ROWS * COLS};
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N, badb, 1), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK(last_error_says("no tensor 'nope'"), "unknown name named");
+        badb[0] = (pdiff_tensor_buffer){"w", 0, w, N * ROWS * COLS - 1};
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N, badb, 1), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK(last_error_says("tensor 'w' [4, 8]: len is 95 floats, n x numel = 3 x 32 = 96 are needed"), "wrong length named");
+        badb[0] = (pdiff_tensor_buffer){"b", 0, NULL, N * ROWS};
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N, badb, 1), PDIFF_ERR_NULL_POINTER);
+        CHECK(last_error_says("data for tensor 'b' is NULL"), "NULL data named");
+        badb[0] = (pdiff_tensor_buffer){"b", 0, bias, N * ROWS};
+        badb[1] = (pdiff_tensor_buffer){NULL, 1, w2, N * ROWS};
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N, badb, 2), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK(last_error_says("tensor 'b' is given twice"), "duplicate named");
+        badb[1] = (pdiff_tensor_buffer){NULL, 2, w2, N * ROWS};
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N, badb, 2), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK(last_error_says("buffers[1]: tensor index 2 is out of range"), "index out of range");
+        badb[0] = (pdiff_tensor_buffer){"w", 0, w, N * ROWS * COLS};
+        badb[1] = (pdiff_tensor_buffer){"b", 0, w + 4, N * ROWS};
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N, badb, 2), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK(last_error_says("overlap"), "overlapping buffers");
+        badb[1] = (pdiff_tensor_buffer){"b", 0, (float *)((char *)bias + 1), N * ROWS - 1};
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N - 1, badb + 1, 1), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK(last_error_says("not aligned"), "misaligned data");
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N, NULL, 1), PDIFF_ERR_NULL_POINTER);
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, N, bufs, 0), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &so, 0, bufs, 2), PDIFF_ERR_INVALID_ARGUMENT);
+        CHECK_FAILS(pdiff_sampler_sample_tensors(NULL, &so, N, bufs, 2), PDIFF_ERR_NULL_POINTER);
+        CHECK(memcmp(w, w2, sizeof w) == 0, "refused calls wrote nothing");
+    }
+
     if (with_ddpm) {
         pdiff_sample_options ddpm = so;
         ddpm.sampler = PDIFF_SAMPLER_DDPM;

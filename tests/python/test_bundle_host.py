@@ -27,6 +27,71 @@ def bundle(tmp_path_factory):
     return tmp / "gen"
 
 
+@pytest.fixture(scope="module")
+def external_bundle(bundle, tmp_path_factory):
+    """The same generator re-exported with every initializer in external data files
+    (docs/bundle-format.md, "External data"), as a graph over 2 GiB would be."""
+    out = tmp_path_factory.mktemp("external") / "gen"
+    subprocess.run([PDIFF, "export", "--generator", bundle, "--out", out, "--inline-graph-limit", "0"], check=True, capture_output=True)
+    return out
+
+
+def test_external_data_bundle_follows_the_format(external_bundle):
+    m = json.loads((external_bundle / "pdiff.json").read_text())
+    assert m["format_version"] == 2
+    for role in ["decoder", "denoiser", "sampler"]:
+        graph, data = m["files"][role], m["files"][role + "_data"]
+        assert data == graph + ".data"
+        model = onnx.load(str(external_bundle / graph), load_external_data=False)
+        external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert external, graph
+        for t in external:
+            info = {e.key: e.value for e in t.external_data}
+            assert info["location"] == data and int(info["offset"]) % 4096 == 0
+            assert int(info["length"]) == 4 * int(np.prod(t.dims))
+        # The whole ONNX checker, given the path so that it reads the data file too.
+        onnx.checker.check_model(str(external_bundle / graph), full_check=True)
+    for name, digest in m["sha256"].items():  # the hashes cover the data files
+        assert hashlib.sha256((external_bundle / name).read_bytes()).hexdigest() == digest, name
+    assert {m["files"][r + "_data"] for r in ["decoder", "denoiser", "sampler"]} <= set(m["sha256"])
+
+
+def test_host_samples_an_external_data_bundle_like_the_inline_one(bundle, external_bundle):
+    m = json.loads((bundle / "pdiff.json").read_text())
+    results = []
+    for b in [bundle, external_bundle]:
+        # From a path, ONNX Runtime reads the external data beside the graph.
+        den = ort.InferenceSession(str(b / "denoiser.onnx"), providers=["CPUExecutionProvider"])
+        dec = ort.InferenceSession(str(b / "decoder.onnx"), providers=["CPUExecutionProvider"])
+        results.append(ddim(den, dec, m, 3, 10, np.random.default_rng(5)))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_cli_samples_an_external_data_bundle_like_the_inline_one(bundle, external_bundle, tmp_path):
+    from safetensors.numpy import load_file
+
+    for name, b in [("inline", bundle), ("external", external_bundle)]:
+        r = subprocess.run([PDIFF, "sample", "--bundle", b, "-n", "2", "--seed", "3", "--steps", "10", "--out", tmp_path / name],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    for f in ["gen_0000.safetensors", "gen_0001.safetensors"]:
+        a, b = load_file(str(tmp_path / "inline" / f)), load_file(str(tmp_path / "external" / f))
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    # A tampered data file is refused, naming it.
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(external_bundle, bad)
+    data = bad / "decoder.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 1
+    data.write_bytes(bytes(raw))
+    r = subprocess.run([PDIFF, "sample", "--bundle", bad, "-n", "1", "--out", tmp_path / "o"], capture_output=True, text=True)
+    assert r.returncode == 1 and "decoder.onnx.data" in r.stderr and "sha256" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_manifest_fields_and_hashes(bundle):
     m = json.loads((bundle / "pdiff.json").read_text())
     assert m["format_version"] == 1

@@ -66,6 +66,11 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         force: ForceArg,
+        /// A graph larger than this many bytes keeps its largest initializers in an external
+        /// data file (`<graph>.data`); default and maximum: the 2 GiB protobuf limit. 0 moves
+        /// every initializer out (to test hosts on such bundles).
+        #[arg(long, value_name = "BYTES")]
+        inline_graph_limit: Option<u64>,
     },
     /// Sample N parameter sets from a bundle into safetensors files (ONNX Runtime by default).
     Sample {
@@ -505,10 +510,11 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
-        Command::Export { generator, out, force } => {
+        Command::Export { generator, out, force, inline_graph_limit } => {
             fsutil::check_output_dir(&out, OutputKind::Bundle, force.policy())?;
             let g = Generator::load_bundle(&generator, DeviceChoice::Cpu)?;
-            let m = g.export_bundle_with(&out, force.policy())?;
+            let opts = bundle::ExportOptions { if_foreign: force.policy(), inline_graph_limit: inline_graph_limit.unwrap_or(bundle::PROTOBUF_LIMIT) };
+            let m = g.export_bundle_opts(&out, &opts)?;
             bundle::load_manifest(&out)?;
             println!("bundle {}: D = {}, d = {}, files {:?}", out.display(), m.param_count, m.latent_dim, m.files.values().collect::<Vec<_>>());
         }
@@ -531,18 +537,15 @@ fn run(cli: Cli) -> Result<()> {
                     } else {
                         // The sampler's own two halves (its sample() is exactly this), so that the
                         // latents can be checked against the training range before decoding.
-                        let z = pdiff::diffusion::sample_latent_rows(&s, &s.manifest().schedule, kind, cond.as_ref(), seed, 0..n, &mut on_step)?;
-                        warn_clipped(n, z.view(), &s.manifest().latent.clip)?;
-                        let p = s.decode(z.view())?;
-                        (pdiff::runtime::write_models(s.layout(), p.as_slice().expect("row-major"), &out, force.policy())?, s.backend_name().to_string())
+                        let how = Halves { denoiser: &s, decoder: &s, schedule: &s.manifest().schedule, clip: &s.manifest().latent.clip, layout: s.layout() };
+                        (how.sample_to_dir(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, s.backend_name().to_string())
                     }
                 }
                 None => {
                     let g = Generator::load_bundle(&dir, DeviceChoice::Auto)?;
-                    let z = pdiff::diffusion::sample_latent_rows(&g.tch_denoiser(), &g.config.schedule, kind, cond.as_ref(), seed, 0..n, &mut on_step)?;
-                    warn_clipped(n, z.view(), &g.latent_clip)?;
-                    let p = g.tch_decoder().decode(z.view())?;
-                    (pdiff::runtime::write_models(&g.layout, p.as_slice().expect("row-major"), &out, force.policy())?, "tch".to_string())
+                    let (den, dec) = (g.tch_denoiser(), g.tch_decoder());
+                    let how = Halves { denoiser: &den, decoder: &dec, schedule: &g.config.schedule, clip: &g.latent_clip, layout: &g.layout };
+                    (how.sample_to_dir(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, "tch".to_string())
                 }
             };
             bars.finish();
@@ -706,13 +709,64 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Warn when generated latents fall outside the training range (the decoder clips them to it):
 /// such models come from where the autoencoder never saw a checkpoint.
-fn warn_clipped(n: usize, latents: ndarray::ArrayView2<'_, f32>, clip: &[f32]) -> Result<()> {
-    let c = pdiff::diffusion::count_outside_clip(latents, clip)?;
+fn warn_clipped(n: usize, latent_dim: usize, c: pdiff::diffusion::ClipCount) {
     if c.rows > 0 {
-        let clipping = pdiff_tools::results::LatentClipping { generated: n, latent_dim: latents.ncols(), clipped: c };
+        let clipping = pdiff_tools::results::LatentClipping { generated: n, latent_dim, clipped: c };
         eprintln!("warning: {}: those models come from outside what the autoencoder was trained on", clipping.sentence());
     }
-    Ok(())
+}
+
+/// Generated parameters `pdiff sample` holds at once: the models are sampled, decoded and
+/// written chunk by chunk, so its memory does not grow with -n.
+const SAMPLE_CHUNK_BYTES: usize = 16 << 20;
+
+/// The two halves of a generator (latent diffusion, then the decoder), run by `pdiff sample`
+/// itself so that the latents can be checked against the training range before decoding.
+struct Halves<'a> {
+    denoiser: &'a dyn pdiff::diffusion::DenoiserBackend,
+    decoder: &'a dyn DecoderBackend,
+    schedule: &'a pdiff::diffusion::Schedule,
+    clip: &'a [f32],
+    layout: &'a pdiff::params::Layout,
+}
+
+impl Halves<'_> {
+    /// `n` models into `out`, chunk by chunk (each row's noise depends only on the seed and its
+    /// index, so the models are those of one batch of n); one clipping warning for all.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_to_dir(
+        &self,
+        n: usize,
+        seed: u64,
+        kind: SamplerKind,
+        cond: Option<&Conditioning<'_>>,
+        out: &std::path::Path,
+        if_foreign: IfForeign,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<PathBuf>> {
+        if n == 0 {
+            return Err(pdiff::Error::invalid("n", "number of samples must be at least 1"));
+        }
+        let mut writer = pdiff::runtime::ModelWriter::begin(out, self.layout, if_foreign)?;
+        let chunk = (SAMPLE_CHUNK_BYTES / (4 * self.layout.param_count().max(1))).max(1);
+        let chunks = n.div_ceil(chunk);
+        let mut clipped = pdiff::diffusion::ClipCount::default();
+        for c in 0..chunks {
+            let rows = c * chunk..((c + 1) * chunk).min(n);
+            let first = rows.start;
+            let mut step = |done, total| on_step(c * total + done, chunks * total);
+            let z = pdiff::diffusion::sample_latent_rows(self.denoiser, self.schedule, kind, cond, seed, rows, &mut step)?;
+            let count = pdiff::diffusion::count_outside_clip(z.view(), self.clip)?;
+            clipped.rows += count.rows;
+            clipped.values += count.values;
+            let p = self.decoder.decode(z.view())?;
+            for (j, row) in p.rows().into_iter().enumerate() {
+                writer.write(first + j, row.as_slice().expect("row-major"))?;
+            }
+        }
+        warn_clipped(n, self.clip.len(), clipped);
+        writer.commit()
+    }
 }
 
 /// A condition given on the command line: comma-separated numbers.

@@ -655,6 +655,41 @@ class Sampler(_Handle):
         del keep
         return result
 
+    def sample_into(self, tensors: dict, n: int = 1, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
+                    condition=None, guidance: float = 1.0) -> None:
+        """Generate ``n`` models straight into caller-provided arrays, one per tensor: the
+        values :meth:`sample` gives, bit for bit, with no n x D copy in between (an engine's own
+        weight arrays can be the targets). ``tensors`` maps a tensor name (or its index in
+        :attr:`layout`) to a writable C-contiguous float32 array of n x numel elements (e.g.
+        of shape ``(n, *shape)``, or the tensor's own shape when n = 1); tensors not given are
+        dropped. A bad entry (unknown name, wrong size, a tensor twice) raises
+        :class:`InvalidArgumentError` naming the tensor, before anything is written. Other
+        arguments as in :meth:`sample`."""
+        o, keep = _sample_options(seed, sampler, steps, condition, guidance)
+        if n < 0:
+            raise _invalid(f"invalid n {n}")
+        if not isinstance(tensors, dict):
+            raise _invalid("tensors must be a dict {tensor name or index: float32 array}")
+        buffers = ffi.new("pdiff_tensor_buffer[]", max(len(tensors), 1))
+        names = []  # the C strings must live through the call
+        for i, (key, arr) in enumerate(tensors.items()):
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or not arr.flags.c_contiguous \
+                    or not arr.flags.writeable:
+                raise _invalid(f"tensor {key!r}: the array must be a writable C-contiguous float32 numpy array")
+            if isinstance(key, str):
+                names.append(ffi.new("char[]", key.encode("utf-8")))
+                buffers[i].name = names[-1]
+            elif isinstance(key, (int, np.integer)) and not isinstance(key, bool) and key >= 0:
+                buffers[i].name = ffi.NULL
+                buffers[i].index = int(key)
+            else:
+                raise _invalid(f"tensor key {key!r}: a tensor name (str) or index (int >= 0)")
+            buffers[i].data = ffi.cast("float *", ffi.from_buffer(arr))
+            buffers[i].len = arr.size
+        with self._borrow() as h:
+            _check(lib.pdiff_sampler_sample_tensors(h, o, n, buffers, len(tensors)))
+        del keep, names
+
     def sample_named(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
                      condition=None, guidance: float = 1.0) -> list:
         """As :meth:`sample`, split into ``n`` dicts {tensor name: ndarray of its shape}."""

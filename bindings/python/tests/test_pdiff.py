@@ -504,6 +504,39 @@ def test_sample_named(sampler):
         assert np.array_equal(model["w"].ravel(), row[: ROWS * COLS]) and np.array_equal(model["b"], row[ROWS * COLS:])
 
 
+def test_sample_into_caller_arrays(sampler, tmp_path):
+    from safetensors.numpy import load_file
+
+    flat = sampler.sample(3, seed=9, steps=10)
+    w = np.full((3, ROWS, COLS), np.nan, dtype=np.float32)
+    b = np.full((3, ROWS), np.nan, dtype=np.float32)
+    sampler.sample_into({"w": w, 1: b}, n=3, seed=9, steps=10)  # by name and by index
+    assert np.array_equal(w.reshape(3, -1).view(np.uint32), flat[:, : ROWS * COLS].view(np.uint32))
+    assert np.array_equal(b.view(np.uint32), flat[:, ROWS * COLS:].view(np.uint32))
+    # The same values as sample_to_dir writes, bit for bit; one model into a tensor-shaped array.
+    sampler.sample_to_dir(3, tmp_path / "gen", seed=9, steps=10)
+    for i in range(3):
+        saved = load_file(str(tmp_path / "gen" / f"gen_{i:04d}.safetensors"))
+        assert np.array_equal(saved["w"].view(np.uint32), w[i].view(np.uint32))
+        assert np.array_equal(saved["b"].view(np.uint32), b[i].view(np.uint32))
+    one = np.zeros((ROWS, COLS), dtype=np.float32)
+    sampler.sample_into({"w": one}, seed=9, steps=10)
+    assert np.array_equal(one, w[0])
+
+    with pytest.raises(pdiff.InvalidArgumentError, match="no tensor 'nope'"):
+        sampler.sample_into({"nope": one}, seed=9, steps=10)
+    with pytest.raises(pdiff.InvalidArgumentError, match="tensor 'w'.*len is 31 floats"):
+        sampler.sample_into({"w": np.zeros(31, dtype=np.float32)}, seed=9, steps=10)
+    with pytest.raises(pdiff.InvalidArgumentError, match="'w' is given twice"):
+        sampler.sample_into({"w": one, 0: np.zeros_like(one)}, seed=9, steps=10)
+    with pytest.raises(pdiff.InvalidArgumentError, match="float32"):
+        sampler.sample_into({"w": np.zeros((ROWS, COLS))}, seed=9, steps=10)
+    with pytest.raises(pdiff.InvalidArgumentError, match="float32"):
+        sampler.sample_into({"w": np.zeros((COLS, ROWS), dtype=np.float32).T}, seed=9, steps=10)
+    with pytest.raises(pdiff.InvalidArgumentError):
+        sampler.sample_into({}, seed=9, steps=10)
+
+
 def test_best_of_n(sampler):
     seen = []
 
