@@ -217,7 +217,7 @@ impl Preset {
                     latent_dim: 0,
                     chunked: Some(ChunkedSpec { chunk: auto_chunk_len(d) as i64, hidden: 16, token_dim: 4, tokens_per_step: 128 }),
                 },
-                DenoiserConfig::Tokens { token_dim: 4, hidden: 48, blocks: 2, position_dim: 8, time_dim: 32 },
+                DenoiserConfig::Tokens { token_dim: 4, hidden: 32, blocks: 2, position_dim: 8, time_dim: 32 },
             ),
         }
     }

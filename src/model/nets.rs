@@ -175,13 +175,19 @@ impl ChunkedAutoencoder {
 
     /// The tokens `tok` [T] of x [B, D] as deviations from the anchor, [B, T, chunk] (padding 0).
     pub fn deviation(&self, x: &Tensor, tok: &Tensor) -> Tensor {
-        let b = x.size()[0];
-        let t = tok.size()[0];
-        let c = self.tokens.chunk as i64;
-        let idx = self.grid_index.index_select(0, tok).view([-1]);
+        let rows = Tensor::arange(x.size()[0], (Kind::Int64, x.device()));
+        self.deviation_of_rows(x, &rows, tok)
+    }
+
+    /// The tokens `tok` [T] of rows `rows` [B] of data [K, D], as [`Self::deviation`], reading
+    /// only those B x T x chunk values (not B whole rows of D).
+    pub fn deviation_of_rows(&self, data: &Tensor, rows: &Tensor, tok: &Tensor) -> Tensor {
+        let (b, t, c) = (rows.size()[0], tok.size()[0], self.tokens.chunk as i64);
+        let d = data.size()[1];
+        let idx = self.grid_index.index_select(0, tok).view([1, -1]);
         let mask = self.slot_mask.index_select(0, tok);
-        let xg = x.index_select(1, &idx).view([b, t, c]);
-        let ag = self.anchor.index_select(0, &idx).view([1, t, c]);
+        let xg = data.reshape([-1]).take(&(rows.unsqueeze(1) * d + &idx)).view([b, t, c]);
+        let ag = self.anchor.index_select(0, &idx.view([-1])).view([1, t, c]);
         (xg - ag) * mask
     }
 
@@ -214,6 +220,11 @@ impl ChunkedAutoencoder {
         let pos = self.dec_position.index_select(0, tok).unsqueeze(0);
         let h = (z.apply(&self.dec_in) + pos).elu();
         h.apply(&self.dec_mid).elu().apply(&self.dec_out) * scale
+    }
+
+    /// Each token's scale (its RMS deviation from the anchor across the training inputs), [T].
+    pub fn token_scale(&self, tok: &Tensor) -> Tensor {
+        self.scale.detach().index_select(0, tok)
     }
 
     /// Slot mask of tokens `tok`, [T, chunk].

@@ -157,11 +157,24 @@ impl Generator {
         g.sources = set.sources.clone();
         let k = set.k() as i64;
         let d = set.layout.param_count();
-        let mut padded = vec![0f32; set.k() * g.padded_len];
-        for (src, dst) in set.normalized().chunks_exact(d).zip(padded.chunks_exact_mut(g.padded_len)) {
-            dst[..d].copy_from_slice(src);
-        }
-        let data = Tensor::from_slice(&padded).view([k, g.padded_len as i64]).to_device(device);
+        let data = if g.ae_config.chunked.is_some() {
+            // Large D: one copy of the K x D checkpoints, normalized in place ((x - mean) / std
+            // in f32, as Layout::normalize), not three (normalized, padded, tensor).
+            let data = Tensor::from_slice(&set.data).view([k, d as i64]);
+            tch::no_grad(|| {
+                for t in &set.layout.tensors {
+                    let mut part = data.narrow(1, t.offset as i64, t.numel() as i64);
+                    let _ = part.g_sub_scalar_(t.mean as f64).g_div_scalar_(t.std as f64);
+                }
+            });
+            data.to_device(device)
+        } else {
+            let mut padded = vec![0f32; set.k() * g.padded_len];
+            for (src, dst) in set.normalized().chunks_exact(d).zip(padded.chunks_exact_mut(g.padded_len)) {
+                dst[..d].copy_from_slice(src);
+            }
+            Tensor::from_slice(&padded).view([k, g.padded_len as i64]).to_device(device)
+        };
         let batch = (config.batch_size as i64).min(k);
         g.ae.init_from_data(&data);
 
@@ -364,7 +377,8 @@ impl Generator {
 /// `tokens_per_step` tokens and trains on those tokens of those checkpoints only. Tokens are
 /// encoded and decoded independently by one shared network, so this is the same objective as
 /// whole vectors (MSE over real parameters) at a cost that does not grow with D. The noise is
-/// the conv presets': `input_noise` on the normalized input, `latent_noise` on the latent.
+/// `latent_noise` on the latent as for the conv presets; `input_noise` is relative to each
+/// token's spread (`scale`), not absolute.
 fn train_chunked_autoencoder(
     g: &Generator,
     spec: &ChunkedSpec,
@@ -383,9 +397,13 @@ fn train_chunked_autoencoder(
         opt.set_lr(cosine_lr(config.ae_lr, step, config.ae_steps));
         let idx = Tensor::randint(k, [batch], (Kind::Int64, device));
         let tok = Tensor::randperm(n, (Kind::Int64, device)).narrow(0, 0, per_step);
-        let x = ae.deviation(&data.index_select(0, &idx), &tok);
+        let x = ae.deviation_of_rows(data, &idx, &tok);
         let mask = ae.slot_mask(&tok).unsqueeze(0);
-        let noisy = (&x + Tensor::randn_like(&x) * config.input_noise) * &mask;
+        // Input noise relative to each token's spread: trajectories of a wide network move by
+        // ~5e-4 of a tensor's std over K checkpoints (mnist-mlp-wide), so an absolute 0.001
+        // would be twice the signal; compact's 0.001 is ~10% of mnist-mlp3's spread.
+        let sigma_in = ae.token_scale(&tok).view([1, -1, 1]) * config.input_noise;
+        let noisy = (&x + Tensor::randn_like(&x) * sigma_in) * &mask;
         let z = ae.encode_deviation(&noisy, &tok);
         let sigma = if config.latent_noise_relative {
             z.std_dim(0, false, true).detach() * config.latent_noise

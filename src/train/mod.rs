@@ -49,6 +49,10 @@ impl std::str::FromStr for DeviceChoice {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub preset: Preset,
+    /// True when `preset` was chosen from D by [`Preset::auto`] ([`TrainConfig::auto`]), not
+    /// named by the user. Recorded in the bundle (absent in older ones: false).
+    #[serde(default)]
+    pub preset_auto: bool,
     /// Architecture overrides; `None` takes the preset's.
     pub autoencoder: Option<AutoencoderConfig>,
     pub denoiser: Option<DenoiserConfig>,
@@ -58,7 +62,8 @@ pub struct TrainConfig {
     pub ae_lr: f64,
     pub diffusion_lr: f64,
     pub weight_decay: f64,
-    /// Gaussian noise added to the normalized input while training the autoencoder.
+    /// Gaussian noise added to the normalized input while training the autoencoder (std; for
+    /// the chunked preset relative to each token's spread across K, see `generator`).
     pub input_noise: f64,
     /// Gaussian noise added to the latent while training the autoencoder.
     pub latent_noise: f64,
@@ -92,10 +97,11 @@ impl TrainConfig {
         let (ae_steps, diffusion_steps, diffusion_lr) = match preset {
             Preset::Compact => (1000, 8000, 3e-3),
             Preset::Paper => (30_000, 30_000, 1e-3),
-            Preset::Chunked => (2000, 2000, 2e-3),
+            Preset::Chunked => (2000, 4000, 2e-3),
         };
         TrainConfig {
             preset,
+            preset_auto: false,
             autoencoder: None,
             denoiser: None,
             ae_steps,
@@ -105,7 +111,7 @@ impl TrainConfig {
             ae_lr: 1e-3,
             diffusion_lr,
             weight_decay: 2e-6,
-            input_noise: 0.001,
+            input_noise: if preset == Preset::Chunked { 0.1 } else { 0.001 },
             latent_noise: 0.1,
             latent_noise_relative: false,
             ema: None,
@@ -115,6 +121,11 @@ impl TrainConfig {
             seed: 0,
             device: DeviceChoice::Auto,
         }
+    }
+
+    /// The defaults of the preset [`Preset::auto`] chooses for D parameters, marked as chosen.
+    pub fn auto(d: usize) -> Self {
+        TrainConfig { preset_auto: true, ..TrainConfig::new(Preset::auto(d)) }
     }
 
     pub fn validate(&self) -> Result<()> {
