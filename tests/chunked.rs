@@ -2,12 +2,20 @@
 //! preset choice, a generator whose trained size grows sublinearly in D, and a small-D training
 //! that learns (reconstruction well under the checkpoints' spread) and round-trips through a
 //! bundle. ONNX parity with tch is in tests/runtime.rs (`chunked_preset_onnx_matches_tch`).
+//!
+//! The token map and the preset choice need no libtorch (they also run in the serve-only build);
+//! the rest trains, with feature `train`.
 mod common;
-use common::torch_lock;
-use pdiff::model::{auto_chunk_len, AutoencoderConfig, DenoiserConfig, Preset, TokenMap, AUTO_CHUNKED_MIN_PARAMS};
-use pdiff::params::{Layout, ParamSet};
-use pdiff::train::{DeviceChoice, Generator, TrainConfig};
-use rand::{Rng, SeedableRng};
+use pdiff::model::{auto_chunk_len, Preset, TokenMap, AUTO_CHUNKED_MIN_PARAMS};
+use pdiff::params::Layout;
+#[cfg(feature = "train")]
+use {
+    common::torch_lock,
+    pdiff::model::{AutoencoderConfig, DenoiserConfig},
+    pdiff::params::ParamSet,
+    pdiff::train::{DeviceChoice, Generator, TrainConfig},
+    rand::{Rng, SeedableRng},
+};
 
 #[test]
 fn tokens_follow_rows_and_cover_every_parameter_once() {
@@ -43,6 +51,7 @@ fn the_preset_follows_d_when_none_is_given() {
     assert_eq!(auto_chunk_len(100_000_000), 1024);
 }
 
+#[cfg(feature = "train")]
 fn trajectory(layout: Layout, k: usize, seed: u64) -> ParamSet {
     // What consecutive checkpoints of one training run look like: a random base plus a drift
     // in which every row of a tensor moves along the same two directions (a gradient row is
@@ -72,6 +81,7 @@ fn trajectory(layout: Layout, k: usize, seed: u64) -> ParamSet {
     ParamSet::from_rows(layout, data, (0..k).map(|i| format!("memory[{i}]")).collect()).unwrap()
 }
 
+#[cfg(feature = "train")]
 #[test]
 fn generator_size_grows_sublinearly_in_d() {
     let _guard = torch_lock();
@@ -100,6 +110,7 @@ fn generator_size_grows_sublinearly_in_d() {
     assert!(growth < 0.2 * (d_large as f64 / d_small as f64), "generator grew {growth:.1}x for D x{}", d_large / d_small);
 }
 
+#[cfg(feature = "train")]
 #[test]
 fn chunked_generator_learns_and_round_trips_through_a_bundle() {
     let _guard = torch_lock();
@@ -137,6 +148,7 @@ fn chunked_generator_learns_and_round_trips_through_a_bundle() {
     assert_eq!(z, z2, "the loaded generator encodes as the trained one");
 }
 
+#[cfg(feature = "train")]
 #[test]
 fn chunked_configurations_are_checked() {
     let _guard = torch_lock();
