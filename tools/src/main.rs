@@ -108,6 +108,10 @@ enum Command {
         /// Checkpoints per D (--scale).
         #[arg(long, default_value_t = 200)]
         scale_k: usize,
+        /// With --scale: measure nothing, print and plot this previous --scale report (the PNG
+        /// goes beside --out).
+        #[arg(long, value_name = "FILE")]
+        scale_report: Option<PathBuf>,
         /// Reference task to measure the accuracy of the sampled models on.
         #[arg(long)]
         task: Option<String>,
@@ -509,7 +513,7 @@ fn run(cli: Cli) -> Result<()> {
             bars.finish();
             println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
         }
-        Command::Bench { scale: true, scale_d, scale_presets, scale_k, bundle, task, batch_sizes, checkpoints, n, runtime, train, out, force, .. } => {
+        Command::Bench { scale: true, scale_d, scale_presets, scale_k, scale_report, bundle, task, batch_sizes, checkpoints, n, runtime, train, out, force, .. } => {
             if bundle.is_some() || task.is_some() || batch_sizes.is_some() || checkpoints.is_some() {
                 return Err(pdiff::Error::invalid("scale", "--scale trains on synthetic checkpoints of its own: run --bundle, --task, --batch-sizes or --checkpoints without it"));
             }
@@ -538,11 +542,25 @@ fn run(cli: Cli) -> Result<()> {
                 work_dir,
                 seed: train.seed,
             };
-            let report = pdiff_tools::scale::run(&opts, &mut |what| eprintln!("bench: {what}"))?;
-            let json = serde_json::to_vec_pretty(&report).expect("a scale report serializes");
-            fsutil::write_output_file(&out, &json, if_foreign(force), report_kind, pdiff_tools::scale::is_report)?;
-            // Drawn into a temporary sibling, then written atomically like the report.
-            let tmp = out.with_extension("png.tmp");
+            let measured = scale_report.is_none();
+            let report = match scale_report {
+                Some(file) => {
+                    let bytes = fsutil::read_regular(&file, 64 << 20).map_err(|e| pdiff::Error::io(&file, e))?;
+                    serde_json::from_slice::<pdiff_tools::scale::ScaleReport>(&bytes)
+                        .ok()
+                        .filter(|r| r.scale)
+                        .ok_or_else(|| pdiff::Error::invalid("scale_report", format!("{} is not a pdiff bench --scale report", file.display())))?
+                }
+                None => {
+                    let report = pdiff_tools::scale::run(&opts, &mut |what| eprintln!("bench: {what}"))?;
+                    let json = serde_json::to_vec_pretty(&report).expect("a scale report serializes");
+                    fsutil::write_output_file(&out, &json, if_foreign(force), report_kind, pdiff_tools::scale::is_report)?;
+                    report
+                }
+            };
+            // Drawn into a temporary sibling (plotters picks the format from the extension),
+            // then written atomically like the report.
+            let tmp = out.with_extension("plot-tmp.png");
             pdiff_tools::scale::plot(&tmp, &report)?;
             let bytes = std::fs::read(&tmp).map_err(|e| pdiff::Error::io(&tmp, e))?;
             let _ = std::fs::remove_file(&tmp);
@@ -557,7 +575,11 @@ fn run(cli: Cli) -> Result<()> {
                     mib(r.train_peak_rss_mib), r.bundle_bytes as f64 / 1e6, r.models_per_second, r.sample_seconds, mib(r.sample_peak_rss_mib)
                 );
             }
-            println!("written: {}, {}", out.display(), png.display());
+            if measured {
+                println!("written: {}, {}", out.display(), png.display());
+            } else {
+                println!("written: {}", png.display());
+            }
         }
         Command::Bench { batch_sizes: Some(list), callers, bundle, task, checkpoints, runtime, out, force, .. } => {
             let dir = bundle.ok_or_else(|| pdiff::Error::invalid("bundle", "--bundle is required (the bundle to measure)"))?;

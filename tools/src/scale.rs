@@ -219,13 +219,14 @@ pub fn plot(path: &Path, report: &ScaleReport) -> Result<()> {
             presets.push(r.preset.clone());
         }
     }
-    let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14)];
+    let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
     type Series = (&'static str, fn(&ScaleRow) -> Option<f64>);
-    let panels: [(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, &str, Vec<Series>); 2] = [
+    let panels: [(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, &str, Vec<Series>, SeriesLabelPosition); 2] = [
         (
             &left,
             "training time per step (ms)",
             vec![("autoencoder", |r: &ScaleRow| Some(r.ae_ms_per_step)), ("diffusion", |r: &ScaleRow| Some(r.diffusion_ms_per_step))],
+            SeriesLabelPosition::LowerRight,
         ),
         (
             &right,
@@ -235,9 +236,11 @@ pub fn plot(path: &Path, report: &ScaleReport) -> Result<()> {
                 ("peak RSS, sampling", |r: &ScaleRow| r.sample_peak_rss_mib),
                 ("generator parameters (f32)", |r: &ScaleRow| Some(r.generator_params as f64 * 4.0 / 1048576.0)),
             ],
+            // Memory rises to the right, parameters stay low: the upper left is free.
+            SeriesLabelPosition::UpperLeft,
         ),
     ];
-    for (area, title, series) in panels {
+    for (area, title, series, legend) in panels {
         let values: Vec<f64> = report.rows.iter().flat_map(|r| series.iter().filter_map(move |(_, f)| f(r))).filter(|v| *v > 0.0 && v.is_finite()).collect();
         let lo = values.iter().cloned().fold(f64::MAX, f64::min);
         let hi = values.iter().cloned().fold(f64::MIN, f64::max);
@@ -267,7 +270,7 @@ pub fn plot(path: &Path, report: &ScaleReport) -> Result<()> {
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(plot_err(path))?;
             }
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(plot_err(path))?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(legend).draw().map_err(plot_err(path))?;
     }
     root.present().map_err(plot_err(path))
 }
