@@ -1,6 +1,6 @@
 //! Serving bundles with ONNX Runtime: errors and thread safety on a committed fixture bundle
 //! (no libtorch needed: these run in the serve-only build too), and, with feature `train`,
-//! export parity (the graphs run by ONNX Runtime agree with the tch networks for both presets;
+//! export parity (the graphs run by ONNX Runtime agree with the tch networks for every preset;
 //! the shared sampler loop gives the same parameters on both backends).
 mod common;
 use common::{fixture, fixture_copy};
@@ -105,6 +105,12 @@ fn check_preset(preset: Preset) {
 #[test]
 fn compact_preset_onnx_matches_tch() {
     check_preset(Preset::Compact);
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn chunked_preset_onnx_matches_tch() {
+    check_preset(Preset::Chunked);
 }
 
 #[cfg(feature = "train")]
@@ -307,6 +313,7 @@ fn regenerate_fixture_bundle() {
         decoder_channels: vec![4, 1],
         final_kernel: None,
         latent_dim: 16,
+        chunked: None,
     });
     c.denoiser = Some(DenoiserConfig::Mlp { hidden: 32, blocks: 1, time_dim: 16 });
     let g = Generator::train(&synthetic_set(12), &c, &mut |_| true).unwrap();

@@ -254,6 +254,7 @@ fn libtorch_errors_are_errors_not_panics() {
         decoder_channels: vec![1],
         final_kernel: None,
         latent_dim: 4,
+        chunked: None,
     });
     let _guard = torch_lock();
     match Generator::train(&trajectory_set(), &c, &mut |_| true) {

@@ -13,6 +13,9 @@ mod nets;
 #[cfg(feature = "train")]
 pub use nets::{timestep_embedding, Autoencoder, ConditionBatch, Denoiser};
 
+mod tokens;
+pub use tokens::{auto_chunk_len, TokenMap, AUTO_CHUNKED_MIN_PARAMS, MAX_CHUNK_LEN};
+
 /// Number of GroupNorm groups for a layer of `channels` channels.
 pub fn norm_groups(channels: i64) -> i64 {
     let mut g = 8.min(channels);
@@ -52,13 +55,39 @@ pub struct AutoencoderConfig {
     /// `None`: the last transposed conv is the output layer (1 channel, no norm/activation),
     /// so no full-resolution hidden tensor exists (compact).
     pub final_kernel: Option<i64>,
-    /// Latent size d.
+    /// Latent size d. For a chunked autoencoder it is derived: tokens x `token_dim`.
     pub latent_dim: i64,
+    /// `Some`: the chunked (tokenized) autoencoder of the `chunked` preset instead of the
+    /// convolutions above (which are then empty). Absent in the manifests of other presets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked: Option<ChunkedSpec>,
+}
+
+/// The chunked autoencoder (docs/design.md, "Model"): the flat vector is cut into tokens of at
+/// most `chunk` scalars (each tensor row by row, a row longer than `chunk` into several tokens;
+/// [`TokenMap`]), and ONE shared network with a learned per-token position embedding encodes
+/// every token to `token_dim` latent values and decodes them back. Its size grows with the
+/// number of tokens (~ D / chunk), not with D: the price of a dense layer over D is gone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkedSpec {
+    /// Scalars per token (C).
+    pub chunk: i64,
+    /// Width of the shared per-token network's hidden layers.
+    pub hidden: i64,
+    /// Latent values per token (e); the latent is the token sequence, [tokens x token_dim].
+    pub token_dim: i64,
+    /// Tokens drawn per checkpoint in one autoencoder training step: tokens are encoded and
+    /// decoded independently, so a step costs the same whatever D is.
+    pub tokens_per_step: i64,
 }
 
 impl AutoencoderConfig {
     /// Product of the strides: the padded length must be a multiple of it (and of 64, the reference's padding).
     pub fn pad_multiple(&self) -> usize {
+        if self.chunked.is_some() {
+            // The chunked autoencoder pads inside its token grid, never the flat vector.
+            return 1;
+        }
         let s: i64 = self.encoder.iter().map(|c| c.stride).product();
         let s = s.max(1) as usize;
         let m = 64usize;
@@ -87,12 +116,18 @@ pub enum DenoiserConfig {
     Cnn { channels: Vec<i64>, kernel: i64, time_dim: i64 },
     /// Compact denoiser: residual MLP over the latent vector, time embedding added in every block.
     Mlp { hidden: i64, blocks: i64, time_dim: i64 },
+    /// Chunked preset's denoiser, over the latent as a sequence of tokens of `token_dim` values:
+    /// one shared residual MLP per token (width `hidden`) with a learned position embedding
+    /// (`position_dim` values per token, projected to `hidden`) and the time embedding added in
+    /// every block; after each block a pooled summary (the mean over tokens, through a Linear)
+    /// is added to every token, so tokens are generated jointly, not each on its own.
+    Tokens { token_dim: i64, hidden: i64, blocks: i64, position_dim: i64, time_dim: i64 },
 }
 
 impl DenoiserConfig {
     pub fn time_dim(&self) -> i64 {
         match self {
-            DenoiserConfig::Cnn { time_dim, .. } | DenoiserConfig::Mlp { time_dim, .. } => *time_dim,
+            DenoiserConfig::Cnn { time_dim, .. } | DenoiserConfig::Mlp { time_dim, .. } | DenoiserConfig::Tokens { time_dim, .. } => *time_dim,
         }
     }
 }
@@ -105,6 +140,9 @@ pub enum Preset {
     Paper,
     /// Patchifying autoencoder + residual-MLP denoiser: a small fraction of the compute.
     Compact,
+    /// Chunked (tokenized) autoencoder + token denoiser: generator size and training memory
+    /// grow with the number of tokens (~ D / chunk), not with D. For large D.
+    Chunked,
 }
 
 impl std::str::FromStr for Preset {
@@ -113,7 +151,8 @@ impl std::str::FromStr for Preset {
         match s {
             "paper" => Ok(Preset::Paper),
             "compact" => Ok(Preset::Compact),
-            _ => Err(crate::Error::invalid("preset", format!("'{s}' (expected 'paper' or 'compact')"))),
+            "chunked" => Ok(Preset::Chunked),
+            _ => Err(crate::Error::invalid("preset", format!("'{s}' (expected 'paper', 'compact' or 'chunked')"))),
         }
     }
 }
@@ -123,12 +162,26 @@ impl std::fmt::Display for Preset {
         f.write_str(match self {
             Preset::Paper => "paper",
             Preset::Compact => "compact",
+            Preset::Chunked => "chunked",
         })
     }
 }
 
 impl Preset {
-    /// Architectures for a parameter vector of D scalars.
+    /// The preset for a parameter vector of D scalars when the user names none: `compact` up
+    /// to [`AUTO_CHUNKED_MIN_PARAMS`] (the preset of every published small-D number), `chunked`
+    /// above, where compact's two dense layers of 64 x D weights (plus gradients and AdamW's
+    /// two moments) stop fitting a CPU's time and memory.
+    pub fn auto(d: usize) -> Preset {
+        if d < AUTO_CHUNKED_MIN_PARAMS {
+            Preset::Compact
+        } else {
+            Preset::Chunked
+        }
+    }
+
+    /// Architectures for a parameter vector of D scalars. For `chunked`, `latent_dim` is 0
+    /// here: it is tokens x token_dim, and the tokens depend on the layout ([`TokenMap`]).
     pub fn architecture(self, d: usize) -> (AutoencoderConfig, DenoiserConfig) {
         match self {
             Preset::Paper => {
@@ -139,7 +192,7 @@ impl Preset {
                 // Reference latent sizes: 128 for ~2k params, 256 for ~10k, 768 for 25k-80k.
                 let latent = if d <= 4096 { 128 } else if d <= 20_000 { 256 } else { 768 };
                 (
-                    AutoencoderConfig { encoder: enc, decoder_channels: vec![256, 256, 128, 64, 64], final_kernel: Some(7), latent_dim: latent },
+                    AutoencoderConfig { encoder: enc, decoder_channels: vec![256, 256, 128, 64, 64], final_kernel: Some(7), latent_dim: latent, chunked: None },
                     DenoiserConfig::Cnn { channels: vec![1, 64, 128, 256, 512, 256, 128, 64, 1], kernel: 7, time_dim: 256 },
                 )
             }
@@ -152,8 +205,19 @@ impl Preset {
                     decoder_channels: vec![16, 1],
                     final_kernel: None,
                     latent_dim: 64,
+                    chunked: None,
                 },
                 DenoiserConfig::Mlp { hidden: 512, blocks: 2, time_dim: 128 },
+            ),
+            Preset::Chunked => (
+                AutoencoderConfig {
+                    encoder: Vec::new(),
+                    decoder_channels: Vec::new(),
+                    final_kernel: None,
+                    latent_dim: 0,
+                    chunked: Some(ChunkedSpec { chunk: auto_chunk_len(d) as i64, hidden: 16, token_dim: 4, tokens_per_step: 128 }),
+                },
+                DenoiserConfig::Tokens { token_dim: 4, hidden: 32, blocks: 2, position_dim: 8, time_dim: 32 },
             ),
         }
     }

@@ -1,6 +1,7 @@
 //! The tch networks of the two model configurations of [`super`]: the parameter autoencoder
 //! and the latent denoiser (feature `train`).
-use super::{norm_groups, timestep_frequencies, AutoencoderConfig, ConvSpec, DenoiserConfig};
+use super::{norm_groups, timestep_frequencies, AutoencoderConfig, ChunkedSpec, ConvSpec, DenoiserConfig, TokenMap};
+use crate::params::Layout;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -9,6 +10,243 @@ use tch::{Kind, Tensor};
 pub struct Autoencoder {
     pub config: AutoencoderConfig,
     pub padded_len: i64,
+    body: AeBody,
+}
+
+#[derive(Debug)]
+enum AeBody {
+    Conv(ConvAutoencoder),
+    Chunked(ChunkedAutoencoder),
+}
+
+impl Autoencoder {
+    /// Variable names (for export): conv presets: enc.{i}.conv, enc.{i}.norm, enc.fc, dec.fc,
+    /// dec.{i}.conv, dec.{i}.norm, dec.out; chunked: see [`ChunkedAutoencoder::new`].
+    /// `layout` decides the chunked autoencoder's tokens.
+    pub fn new(vs: &nn::Path, config: &AutoencoderConfig, padded_len: usize, layout: &Layout) -> Self {
+        let body = match &config.chunked {
+            Some(spec) => AeBody::Chunked(ChunkedAutoencoder::new(vs, spec, TokenMap::new(layout, spec.chunk as usize))),
+            None => AeBody::Conv(ConvAutoencoder::new(vs, config, padded_len)),
+        };
+        Autoencoder { config: config.clone(), padded_len: padded_len as i64, body }
+    }
+
+    /// Data-dependent init from the K training inputs [K, Dpad]: the decoder starts at their
+    /// mean (its output layer at zero), so training can only improve on the mean checkpoint;
+    /// the chunked autoencoder also fixes each token's scale (see [`ChunkedAutoencoder`]).
+    pub fn init_from_data(&mut self, data: &Tensor) {
+        match &mut self.body {
+            AeBody::Conv(ae) => ae.init_position_bias(&data.mean_dim(0, false, Kind::Float)),
+            AeBody::Chunked(ae) => ae.init_from_data(data),
+        }
+    }
+
+    /// [B, Dpad] -> [B, d]
+    pub fn encode(&self, x: &Tensor) -> Tensor {
+        match &self.body {
+            AeBody::Conv(ae) => ae.encode(x),
+            AeBody::Chunked(ae) => {
+                let b = x.size()[0];
+                ae.encode_tokens(x, None).view([b, -1])
+            }
+        }
+    }
+
+    /// [B, d] -> [B, Dpad]
+    pub fn decode(&self, z: &Tensor) -> Tensor {
+        match &self.body {
+            AeBody::Conv(ae) => ae.decode(z),
+            AeBody::Chunked(ae) => ae.decode_all(z),
+        }
+    }
+
+    /// The chunked autoencoder, if this is one (training works on its tokens directly).
+    pub fn chunked(&self) -> Option<&ChunkedAutoencoder> {
+        match &self.body {
+            AeBody::Chunked(ae) => Some(ae),
+            AeBody::Conv(_) => None,
+        }
+    }
+}
+
+/// The chunked autoencoder (preset `chunked`): tokens of the flat vector ([`TokenMap`]) through
+/// one shared network. Encoder, per token j: u = (x_j - anchor_j) / scale_j (padding slots 0),
+/// h = LeakyReLU(W_in u + b + P_enc[j]), h = LeakyReLU(W_mid h + b), z_j = W_out h + b
+/// (token_dim values). Decoder: h = ELU(W_in z_j + b + P_dec[j]), h = ELU(W_mid h + b),
+/// x_j = anchor_j + scale_j (W_out h + b). `anchor` (the mean training input, D values) and
+/// `scale` (each token's RMS deviation from it across the K inputs, one value per token) are
+/// fixed at init, not trained: they are data, like the manifest's normalization. Everything
+/// trained has the size of the token (chunk) or of the token count, not of D.
+#[derive(Debug)]
+pub struct ChunkedAutoencoder {
+    pub tokens: TokenMap,
+    token_dim: i64,
+    /// [tokens, chunk] flat index of every grid slot (0 for padding).
+    grid_index: Tensor,
+    /// [tokens, chunk] 1 for a parameter, 0 for padding.
+    slot_mask: Tensor,
+    /// [D] the grid slot of every flat index.
+    flat_index: Tensor,
+    anchor: Tensor,
+    scale: Tensor,
+    enc_in: nn::Linear,
+    enc_position: Tensor,
+    enc_mid: nn::Linear,
+    enc_out: nn::Linear,
+    dec_in: nn::Linear,
+    dec_position: Tensor,
+    dec_mid: nn::Linear,
+    dec_out: nn::Linear,
+}
+
+/// Below this a token's RMS deviation is taken as this (a token that never changes).
+const TOKEN_SCALE_FLOOR: f64 = 1e-6;
+
+impl ChunkedAutoencoder {
+    /// Variable names: enc.anchor, enc.scale (fixed), enc.in, enc.position, enc.mid, enc.out,
+    /// dec.in, dec.position, dec.mid, dec.out.
+    fn new(vs: &nn::Path, spec: &ChunkedSpec, tokens: TokenMap) -> Self {
+        let (n, c, h, e) = (tokens.tokens() as i64, tokens.chunk as i64, spec.hidden, spec.token_dim);
+        let device = vs.device();
+        let enc = vs / "enc";
+        let dec = vs / "dec";
+        let position = nn::Init::Randn { mean: 0.0, stdev: 0.1 };
+        let anchor = enc.zeros_no_train("anchor", &[tokens.param_count as i64]);
+        let scale = enc.ones_no_train("scale", &[n]);
+        let enc_in = nn::linear(&enc / "in", c, h, Default::default());
+        let enc_position = enc.var("position", &[n, h], position);
+        let enc_mid = nn::linear(&enc / "mid", h, h, Default::default());
+        let enc_out = nn::linear(&enc / "out", h, e, Default::default());
+        let dec_in = nn::linear(&dec / "in", e, h, Default::default());
+        let dec_position = dec.var("position", &[n, h], position);
+        let dec_mid = nn::linear(&dec / "mid", h, h, Default::default());
+        let dec_out = nn::linear(&dec / "out", h, c, Default::default());
+        let grid_index = Tensor::from_slice(&tokens.grid_index()).view([n, c]).to_device(device);
+        let slot_mask = Tensor::from_slice(&tokens.slot_mask()).view([n, c]).to_device(device);
+        let flat_index = Tensor::from_slice(&tokens.flat_index()).to_device(device);
+        ChunkedAutoencoder {
+            tokens,
+            token_dim: e,
+            grid_index,
+            slot_mask,
+            flat_index,
+            anchor,
+            scale,
+            enc_in,
+            enc_position,
+            enc_mid,
+            enc_out,
+            dec_in,
+            dec_position,
+            dec_mid,
+            dec_out,
+        }
+    }
+
+    pub fn token_count(&self) -> i64 {
+        self.tokens.tokens() as i64
+    }
+
+    /// anchor = mean input; scale = each token's RMS deviation from it over the K inputs
+    /// (floored), so every token reaches the shared network at unit scale whatever its tensor's
+    /// spread; the output layer starts at zero (the untrained decoder gives the mean).
+    fn init_from_data(&mut self, data: &Tensor) {
+        tch::no_grad(|| {
+            let mean = data.mean_dim(0, false, Kind::Float);
+            self.anchor.copy_(&mean);
+            let (n, k) = (self.token_count(), data.size()[0]);
+            let all = Tensor::arange(n, (Kind::Int64, data.device()));
+            let mut sum = Tensor::zeros([n], (Kind::Float, data.device()));
+            // In slices of rows: the whole [K, tokens, chunk] grid can be larger than the data.
+            for start in (0..k).step_by(16) {
+                let rows = data.narrow(0, start, 16.min(k - start));
+                let dev = self.deviation(&rows, &all);
+                sum += dev.square().sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
+            }
+            let slots = self.slot_mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Float).clamp_min(1.0);
+            let rms = (sum / (slots * k as f64)).sqrt().clamp_min(TOKEN_SCALE_FLOOR);
+            self.scale.copy_(&rms);
+            let _ = self.dec_out.ws.zero_();
+            if let Some(b) = self.dec_out.bs.as_mut() {
+                let _ = b.zero_();
+            }
+        });
+    }
+
+    /// The tokens `tok` [T] of x [B, D] as deviations from the anchor, [B, T, chunk] (padding 0).
+    pub fn deviation(&self, x: &Tensor, tok: &Tensor) -> Tensor {
+        let rows = Tensor::arange(x.size()[0], (Kind::Int64, x.device()));
+        self.deviation_of_rows(x, &rows, tok)
+    }
+
+    /// The tokens `tok` [T] of rows `rows` [B] of data [K, D], as [`Self::deviation`], reading
+    /// only those B x T x chunk values (not B whole rows of D).
+    pub fn deviation_of_rows(&self, data: &Tensor, rows: &Tensor, tok: &Tensor) -> Tensor {
+        let (b, t, c) = (rows.size()[0], tok.size()[0], self.tokens.chunk as i64);
+        let d = data.size()[1];
+        let idx = self.grid_index.index_select(0, tok).view([1, -1]);
+        let mask = self.slot_mask.index_select(0, tok);
+        let xg = data.reshape([-1]).take(&(rows.unsqueeze(1) * d + &idx)).view([b, t, c]);
+        let ag = self.anchor.index_select(0, &idx.view([-1])).view([1, t, c]);
+        (xg - ag) * mask
+    }
+
+    /// Every token (or those of `tok`) of x [B, D] to latents [B, T, token_dim].
+    pub fn encode_tokens(&self, x: &Tensor, tok: Option<&Tensor>) -> Tensor {
+        let all;
+        let tok = match tok {
+            Some(t) => t,
+            None => {
+                all = Tensor::arange(self.token_count(), (Kind::Int64, x.device()));
+                &all
+            }
+        };
+        let dev = self.deviation(x, tok);
+        self.encode_deviation(&dev, tok)
+    }
+
+    /// Deviations [B, T, chunk] of tokens `tok` -> latents [B, T, token_dim].
+    pub fn encode_deviation(&self, dev: &Tensor, tok: &Tensor) -> Tensor {
+        let scale = self.scale.detach().index_select(0, tok).view([1, -1, 1]);
+        let pos = self.enc_position.index_select(0, tok).unsqueeze(0);
+        let h = ((dev / scale).apply(&self.enc_in) + pos).leaky_relu();
+        h.apply(&self.enc_mid).leaky_relu().apply(&self.enc_out)
+    }
+
+    /// Latents [B, T, token_dim] of tokens `tok` -> deviations [B, T, chunk] (padding slots are
+    /// whatever the network gives: callers mask or drop them).
+    pub fn decode_deviation(&self, z: &Tensor, tok: &Tensor) -> Tensor {
+        let scale = self.scale.detach().index_select(0, tok).view([1, -1, 1]);
+        let pos = self.dec_position.index_select(0, tok).unsqueeze(0);
+        let h = (z.apply(&self.dec_in) + pos).elu();
+        h.apply(&self.dec_mid).elu().apply(&self.dec_out) * scale
+    }
+
+    /// Each token's scale (its RMS deviation from the anchor across the training inputs), [T].
+    pub fn token_scale(&self, tok: &Tensor) -> Tensor {
+        self.scale.detach().index_select(0, tok)
+    }
+
+    /// Slot mask of tokens `tok`, [T, chunk].
+    pub fn slot_mask(&self, tok: &Tensor) -> Tensor {
+        self.slot_mask.index_select(0, tok)
+    }
+
+    /// [B, tokens x token_dim] -> [B, D].
+    fn decode_all(&self, z: &Tensor) -> Tensor {
+        let b = z.size()[0];
+        let n = self.token_count();
+        let all = Tensor::arange(n, (Kind::Int64, z.device()));
+        let dev = self.decode_deviation(&z.view([b, n, self.token_dim]), &all).view([b, -1]);
+        dev.index_select(1, &self.flat_index) + &self.anchor
+    }
+}
+
+/// The convolutional autoencoder of the `paper` and `compact` presets.
+#[derive(Debug)]
+struct ConvAutoencoder {
+    config: AutoencoderConfig,
+    padded_len: i64,
     enc_convs: Vec<(nn::Conv1D, nn::GroupNorm)>,
     enc_linear: nn::Linear,
     dec_linear: nn::Linear,
@@ -20,10 +258,10 @@ pub struct Autoencoder {
     dec_position_bias: Tensor,
 }
 
-impl Autoencoder {
+impl ConvAutoencoder {
     /// Variable names (for export): enc.{i}.conv, enc.{i}.norm, enc.fc, dec.fc, dec.{i}.conv,
     /// dec.{i}.norm, dec.out.
-    pub fn new(vs: &nn::Path, config: &AutoencoderConfig, padded_len: usize) -> Self {
+    fn new(vs: &nn::Path, config: &AutoencoderConfig, padded_len: usize) -> Self {
         let enc_vs = vs / "enc";
         let mut in_ch = 1;
         let mut enc_convs = Vec::new();
@@ -70,7 +308,7 @@ impl Autoencoder {
             nn::conv1d(&dec_vs / "out", in_ch, 1, k, nn::ConvConfig { padding: k / 2, ..Default::default() })
         });
         let dec_position_bias = (&dec_vs / "out").zeros("position_bias", &[padded_len as i64]);
-        Autoencoder {
+        ConvAutoencoder {
             config: config.clone(),
             padded_len: padded_len as i64,
             enc_convs,
@@ -86,7 +324,7 @@ impl Autoencoder {
     /// inputs, so the layers learn deviations from the typical checkpoint from the first step.
     /// The output layer starts at zero as well, so the untrained decoder reproduces exactly
     /// that mean and training can only improve on it (as zero-initialised residual branches).
-    pub fn init_position_bias(&mut self, mean: &Tensor) {
+    fn init_position_bias(&mut self, mean: &Tensor) {
         tch::no_grad(|| {
             self.dec_position_bias.copy_(mean);
             let (ws, bs) = match (&mut self.dec_final, self.dec_convs.last_mut()) {
@@ -102,7 +340,7 @@ impl Autoencoder {
     }
 
     /// [B, Dpad] -> [B, d]
-    pub fn encode(&self, x: &Tensor) -> Tensor {
+    fn encode(&self, x: &Tensor) -> Tensor {
         // The encoder sees the deviation from the typical checkpoint (the decoder's position
         // bias): checkpoints of one trajectory differ by ~1% of a tensor's spread, a signal the
         // first GroupNorm brings to unit scale instead of drowning it in the shared pattern.
@@ -114,7 +352,7 @@ impl Autoencoder {
     }
 
     /// [B, d] -> [B, Dpad]
-    pub fn decode(&self, z: &Tensor) -> Tensor {
+    fn decode(&self, z: &Tensor) -> Tensor {
         let b = z.size()[0];
         let c = self.config.encoder.last().map(|c| c.channels).unwrap_or(1);
         let mut h = z.apply(&self.dec_linear).view([b, c, self.config.bottleneck_len(self.padded_len as usize)]);
@@ -220,11 +458,21 @@ pub struct ConditionBatch<'a> {
 enum DenoiserBody {
     Cnn { convs: Vec<nn::Conv1D>, norms: Vec<nn::GroupNorm> },
     Mlp { input: nn::Linear, blocks: Vec<(nn::Linear, nn::Linear)>, output: nn::Linear },
+    /// Per-token residual MLP; `mix` adds each block's pooled summary (mean over tokens) back.
+    Tokens {
+        token_dim: i64,
+        input: nn::Linear,
+        position: Tensor,
+        position_fc: nn::Linear,
+        blocks: Vec<(nn::Linear, nn::Linear, nn::Linear)>,
+        output: nn::Linear,
+    },
 }
 
 impl Denoiser {
     /// Variable names (for export): time.fc1, time.fc2, cond.fc, cond.null (with a
-    /// condition), then cnn: conv.{i}, norm.{i}; mlp: in, block.{i}.fc1, block.{i}.fc2, out.
+    /// condition), then cnn: conv.{i}, norm.{i}; mlp: in, block.{i}.fc1, block.{i}.fc2, out;
+    /// tokens: in, position, position_fc, block.{i}.fc1, block.{i}.fc2, block.{i}.mix, out.
     pub fn new(vs: &nn::Path, config: &DenoiserConfig, latent_dim: i64, condition_dim: Option<i64>) -> Self {
         let tdim = config.time_dim();
         let time_fc1 = nn::linear(vs / "time" / "fc1", tdim, tdim, Default::default());
@@ -258,6 +506,24 @@ impl Denoiser {
                 let output = nn::linear(vs / "out", *hidden, latent_dim, Default::default());
                 (*hidden, DenoiserBody::Mlp { input, blocks, output })
             }
+            DenoiserConfig::Tokens { token_dim, hidden, blocks, position_dim, .. } => {
+                let tokens = latent_dim / token_dim.max(&1);
+                let input = nn::linear(vs / "in", *token_dim, *hidden, Default::default());
+                let position = vs.var("position", &[tokens, *position_dim], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+                let position_fc = nn::linear(vs / "position_fc", *position_dim, *hidden, Default::default());
+                let blocks = (0..*blocks)
+                    .map(|i| {
+                        let p = vs / "block" / i;
+                        (
+                            nn::linear(&p / "fc1", *hidden, *hidden, Default::default()),
+                            nn::linear(&p / "fc2", *hidden, *hidden, Default::default()),
+                            nn::linear(&p / "mix", *hidden, *hidden, Default::default()),
+                        )
+                    })
+                    .collect();
+                let output = nn::linear(vs / "out", *hidden, *token_dim, Default::default());
+                (*hidden, DenoiserBody::Tokens { token_dim: *token_dim, input, position, position_fc, blocks, output })
+            }
         };
         let time_fc2 = nn::linear(vs / "time" / "fc2", tdim, emb_out, Default::default());
         let condition = condition_dim.map(|c| {
@@ -273,6 +539,15 @@ impl Denoiser {
             ConditionEmbedding { fc, null: (vs / "cond").zeros("null", &[emb_out]) }
         });
         Denoiser { config: config.clone(), latent_dim, time_fc1, time_fc2, condition, body }
+    }
+
+    /// The tokens denoiser's position embedding, position_fc applied to the learned table,
+    /// [tokens, hidden] (a constant of the exported graph); `None` for other denoisers.
+    pub fn position_embedding(&self) -> Option<Tensor> {
+        match &self.body {
+            DenoiserBody::Tokens { position, position_fc, .. } => Some(tch::no_grad(|| position.apply(position_fc))),
+            _ => None,
+        }
     }
 
     /// The embedding added in every block: time, plus the condition's (conditional generators;
@@ -327,6 +602,16 @@ impl Denoiser {
                     h = &h + (&h + &temb).silu().apply(fc1).silu().apply(fc2);
                 }
                 h.silu().apply(output)
+            }
+            DenoiserBody::Tokens { token_dim, input, position, position_fc, blocks, output } => {
+                let b = x.size()[0];
+                let temb = temb.unsqueeze(1);
+                let mut h = x.view([b, -1, *token_dim]).apply(input) + position.apply(position_fc).unsqueeze(0);
+                for (fc1, fc2, mix) in blocks {
+                    h = &h + (&h + &temb).silu().apply(fc1).silu().apply(fc2);
+                    h = &h + h.mean_dim(1, true, Kind::Float).apply(mix);
+                }
+                h.silu().apply(output).view([b, -1])
             }
         }
     }

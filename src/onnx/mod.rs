@@ -15,7 +15,7 @@ pub mod proto {
 }
 
 use crate::error::{Error, Result};
-use crate::model::{norm_groups, timestep_frequencies, DenoiserConfig, NORM_EPS};
+use crate::model::{norm_groups, timestep_frequencies, DenoiserConfig, TokenMap, NORM_EPS};
 use crate::train::{DiffusionTarget, Generator};
 use graph::{attr, Attr, Dim, GraphBuilder};
 use proto::tensor_proto::DataType;
@@ -83,9 +83,83 @@ fn group_norm(b: &mut GraphBuilder, w: &Weights, prefix: &str, x: &str, channels
     Ok(b.op("Add", &[&h, &beta]))
 }
 
+/// A Linear layer on [..., in] (any rank): MatMul by the transposed weight, then the bias.
+fn linear_nd(b: &mut GraphBuilder, w: &Weights, prefix: &str, x: &str) -> Result<String> {
+    let (shape, v) = w.get(&format!("{prefix}.weight"))?;
+    let (out_f, in_f) = (shape[0] as usize, shape[1] as usize);
+    let mut t = vec![0f32; v.len()];
+    for o in 0..out_f {
+        for i in 0..in_f {
+            t[i * out_f + o] = v[o * in_f + i];
+        }
+    }
+    let wt = b.f32(&format!("{prefix}.weight_t"), &[in_f as i64, out_f as i64], &t);
+    let bias = w.init(b, &format!("{prefix}.bias"))?;
+    let h = b.op("MatMul", &[x, &wt]);
+    Ok(b.op("Add", &[&h, &bias]))
+}
+
+fn elu(b: &mut GraphBuilder, x: &str) -> String {
+    b.node("Elu", &[x], vec![attr("alpha", Attr::Float(1.0))], None)
+}
+
+/// The chunked autoencoder's decoder (model::ChunkedAutoencoder): latent [B, tokens x e] ->
+/// normalized parameters [B, D] (anchor added; the token grid gathered back to the flat order).
+fn chunked_decoder_nodes(b: &mut GraphBuilder, g: &Generator, w: &Weights, z: &str) -> Result<String> {
+    let spec = g.ae_config.chunked.as_ref().ok_or_else(|| Error::invalid("autoencoder", "not chunked"))?;
+    let tokens = TokenMap::new(&g.layout, spec.chunk as usize);
+    let (n, c) = (tokens.tokens() as i64, tokens.chunk as i64);
+    let seq = b.i64("token_shape", &[-1, n, spec.token_dim]);
+    let h = b.op("Reshape", &[z, &seq]);
+    let h = linear_nd(b, w, "dec.in", &h)?;
+    let pos = w.init(b, "dec.position")?;
+    let h = b.op("Add", &[&h, &pos]);
+    let h = elu(b, &h);
+    let h = linear_nd(b, w, "dec.mid", &h)?;
+    let h = elu(b, &h);
+    let h = linear_nd(b, w, "dec.out", &h)?;
+    let (_, scale) = w.get("enc.scale")?;
+    let scale = b.f32("token_scale", &[n, 1], &scale);
+    let h = b.op("Mul", &[&h, &scale]);
+    let grid = b.i64("grid_shape", &[-1, n * c]);
+    let h = b.op("Reshape", &[&h, &grid]);
+    let flat = b.i64("flat_index", &tokens.flat_index());
+    let h = b.node("Gather", &[&h, &flat], vec![attr("axis", Attr::Int(1))], None);
+    let anchor = w.init(b, "enc.anchor")?;
+    Ok(b.op("Add", &[&h, &anchor]))
+}
+
 fn silu(b: &mut GraphBuilder, x: &str) -> String {
     let s = b.op("Sigmoid", &[x]);
     b.op("Mul", &[x, &s])
+}
+
+/// The conv presets' decoder network: latent [B, d] (de-standardized) -> [B, Dpad] normalized
+/// parameters (position bias added).
+fn conv_decoder_nodes(b: &mut GraphBuilder, g: &Generator, w: &Weights, h: &str) -> Result<String> {
+    let cfg = &g.ae_config;
+    let h = linear(b, w, "dec.fc", h)?;
+    let c = cfg.encoder.last().unwrap().channels;
+    let shape = b.i64("bottleneck_shape", &[-1, c, cfg.bottleneck_len(g.padded_len)]);
+    let mut h = b.op("Reshape", &[&h, &shape]);
+    let n_dec = cfg.decoder_channels.len();
+    for (i, (spec, &out_ch)) in cfg.encoder.iter().rev().zip(&cfg.decoder_channels).enumerate() {
+        h = conv_transpose(b, w, &format!("dec.{i}.conv"), &h, spec.stride, spec.padding, spec.output_padding())?;
+        // Same rule as model::Autoencoder: without a final conv, the last transposed conv is
+        // the output layer.
+        if cfg.final_kernel.is_some() || i + 1 < n_dec {
+            h = group_norm(b, w, &format!("dec.{i}.norm"), &h, out_ch)?;
+            h = b.node("Elu", &[&h], vec![attr("alpha", Attr::Float(1.0))], None);
+        }
+    }
+    if let Some(k) = cfg.final_kernel {
+        h = conv(b, w, "dec.out", &h, 1, k / 2)?;
+    }
+    let flat = b.i64("flat_shape", &[-1, g.padded_len as i64]);
+    let h = b.op("Reshape", &[&h, &flat]);
+    let pos_bias = w.init(b, "dec.out.position_bias")?;
+    let h = b.op("Add", &[&h, &pos_bias]);
+    Ok(h)
 }
 
 /// The decoder's nodes: standardized latent `z` [B, d] -> parameters [B, D] in host units
@@ -106,27 +180,11 @@ fn decoder_nodes(b: &mut GraphBuilder, g: &Generator, z: &str, out: Option<&str>
     let h = b.op("Max", &[&h, &lo]);
     let h = b.op("Mul", &[&h, &std]);
     let h = b.op("Add", &[&h, &mean]);
-    let h = linear(b, &w, "dec.fc", &h)?;
-    let c = cfg.encoder.last().unwrap().channels;
-    let shape = b.i64("bottleneck_shape", &[-1, c, cfg.bottleneck_len(g.padded_len)]);
-    let mut h = b.op("Reshape", &[&h, &shape]);
-    let n_dec = cfg.decoder_channels.len();
-    for (i, (spec, &out_ch)) in cfg.encoder.iter().rev().zip(&cfg.decoder_channels).enumerate() {
-        h = conv_transpose(b, &w, &format!("dec.{i}.conv"), &h, spec.stride, spec.padding, spec.output_padding())?;
-        // Same rule as model::Autoencoder: without a final conv, the last transposed conv is
-        // the output layer.
-        if cfg.final_kernel.is_some() || i + 1 < n_dec {
-            h = group_norm(b, &w, &format!("dec.{i}.norm"), &h, out_ch)?;
-            h = b.node("Elu", &[&h], vec![attr("alpha", Attr::Float(1.0))], None);
-        }
-    }
-    if let Some(k) = cfg.final_kernel {
-        h = conv(b, &w, "dec.out", &h, 1, k / 2)?;
-    }
-    let flat = b.i64("flat_shape", &[-1, g.padded_len as i64]);
-    let h = b.op("Reshape", &[&h, &flat]);
-    let pos_bias = w.init(b, "dec.out.position_bias")?;
-    let h = b.op("Add", &[&h, &pos_bias]);
+    let h = if cfg.chunked.is_some() {
+        chunked_decoder_nodes(b, g, &w, &h)?
+    } else {
+        conv_decoder_nodes(b, g, &w, &h)?
+    };
     let (starts, ends, axes) = (b.i64("starts", &[0]), b.i64("ends", &[d as i64]), b.i64("axes", &[1]));
     let h = b.op("Slice", &[&h, &starts, &ends, &axes]);
     // Per-tensor de-normalization, expanded to one scale and one shift per parameter.
@@ -199,6 +257,33 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str, cond: O
             }
             let h = silu(b, &h);
             linear(b, &w, "out", &h)?
+        }
+        DenoiserConfig::Tokens { token_dim, blocks, .. } => {
+            // As model::Denoiser: per-token residual MLP, position embedding (position_fc of
+            // the learned table, a constant once trained), pooled summary added per block.
+            let tokens = g.latent_dim() as i64 / token_dim;
+            let seq = b.i64("token_shape", &[-1, tokens, *token_dim]);
+            let h = b.op("Reshape", &[x, &seq]);
+            let h = linear_nd(b, &w, "in", &h)?;
+            let pos = g.denoiser_position_embedding()?;
+            let pos = b.f32("position_embedding", &[tokens, pos.len() as i64 / tokens], &pos);
+            let mut h = b.op("Add", &[&h, &pos]);
+            let temb = b.op("Unsqueeze", &[&temb, &ax1]);
+            for i in 0..*blocks {
+                let u = b.op("Add", &[&h, &temb]);
+                let u = silu(b, &u);
+                let u = linear_nd(b, &w, &format!("block.{i}.fc1"), &u)?;
+                let u = silu(b, &u);
+                let u = linear_nd(b, &w, &format!("block.{i}.fc2"), &u)?;
+                h = b.op("Add", &[&h, &u]);
+                let m = b.node("ReduceMean", &[&h], vec![attr("axes", Attr::Ints(vec![1])), attr("keepdims", Attr::Int(1))], None);
+                let m = linear_nd(b, &w, &format!("block.{i}.mix"), &m)?;
+                h = b.op("Add", &[&h, &m]);
+            }
+            let h = silu(b, &h);
+            let h = linear_nd(b, &w, "out", &h)?;
+            let flat = b.i64("latent_shape", &[-1, g.latent_dim() as i64]);
+            b.op("Reshape", &[&h, &flat])
         }
         DenoiserConfig::Cnn { channels, kernel, .. } => {
             let temb = b.op("Unsqueeze", &[&temb, &ax1]);

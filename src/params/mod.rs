@@ -422,11 +422,14 @@ impl ParamSet {
     pub fn checkpoint_variance_weighted(&self, weights: Option<&[f32]>) -> f64 {
         let d = self.layout.param_count();
         let k = self.k() as f64;
-        let norm = self.normalized();
         let mut sum = vec![0f64; d];
         let mut sum_sq = vec![0f64; d];
-        for row in norm.chunks_exact(d) {
-            for ((s, q), &x) in sum.iter_mut().zip(&mut sum_sq).zip(row) {
+        // One normalized row at a time: a normalized copy of all K rows is as large as the
+        // data (750 MB for mnist-mlp-wide).
+        let mut row = vec![0f32; d];
+        for raw in self.data.chunks_exact(d) {
+            self.layout.normalize(raw, &mut row);
+            for ((s, q), &x) in sum.iter_mut().zip(&mut sum_sq).zip(&row) {
                 *s += x as f64;
                 *q += x as f64 * x as f64;
             }

@@ -6,7 +6,7 @@ use crate::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
 use crate::diffusion::{check_condition_input, CondInput, DecoderBackend, DenoiserBackend};
 use crate::error::{Error, Result};
 use crate::fsutil::IfForeign;
-use crate::model::{Autoencoder, AutoencoderConfig, ConditionBatch, Denoiser, DenoiserConfig};
+use crate::model::{Autoencoder, AutoencoderConfig, ChunkedSpec, ConditionBatch, Denoiser, DenoiserConfig, TokenMap};
 use crate::params::{ConditionSpec, Layout, ParamSet, STD_FLOOR};
 use ndarray::{Array2, ArrayView2};
 use std::path::Path;
@@ -96,12 +96,18 @@ impl Generator {
         }
         let d = layout.param_count();
         let (ae_default, den_default) = config.preset.architecture(d);
-        let ae_config = config.autoencoder.clone().unwrap_or(ae_default);
+        let mut ae_config = config.autoencoder.clone().unwrap_or(ae_default);
         let denoiser_config = config.denoiser.clone().unwrap_or(den_default);
-        if ae_config.encoder.is_empty() || ae_config.decoder_channels.len() != ae_config.encoder.len() {
+        if let Some(spec) = &ae_config.chunked {
+            validate_chunked(spec, &denoiser_config)?;
+            // The latent is the token sequence: its width follows from the layout.
+            ae_config.latent_dim = TokenMap::new(&layout, spec.chunk as usize).tokens() as i64 * spec.token_dim;
+        } else if matches!(denoiser_config, DenoiserConfig::Tokens { .. }) {
+            return Err(Error::invalid("denoiser", "the tokens denoiser needs the chunked autoencoder (its latent is a token sequence)"));
+        } else if ae_config.encoder.is_empty() || ae_config.decoder_channels.len() != ae_config.encoder.len() {
             return Err(Error::invalid("autoencoder", "decoder_channels must have one entry per encoder conv"));
         }
-        if ae_config.final_kernel.is_none() && ae_config.decoder_channels.last() != Some(&1) {
+        if ae_config.chunked.is_none() && ae_config.final_kernel.is_none() && ae_config.decoder_channels.last() != Some(&1) {
             return Err(Error::invalid("autoencoder", "without final_kernel the last decoder channel count must be 1"));
         }
         if ae_config.latent_dim < 1 {
@@ -110,7 +116,7 @@ impl Generator {
         let padded_len = ae_config.padded_len(d);
         tch::manual_seed(config.seed as i64);
         let ae_vs = nn::VarStore::new(device);
-        let ae = Autoencoder::new(&ae_vs.root(), &ae_config, padded_len);
+        let ae = Autoencoder::new(&ae_vs.root(), &ae_config, padded_len, &layout);
         let den_vs = nn::VarStore::new(device);
         let den = Denoiser::new(&den_vs.root(), &denoiser_config, ae_config.latent_dim, condition.as_ref().map(|c| c.dim as i64));
         let ld = ae_config.latent_dim as usize;
@@ -151,20 +157,38 @@ impl Generator {
         g.sources = set.sources.clone();
         let k = set.k() as i64;
         let d = set.layout.param_count();
-        let mut padded = vec![0f32; set.k() * g.padded_len];
-        for (src, dst) in set.normalized().chunks_exact(d).zip(padded.chunks_exact_mut(g.padded_len)) {
-            dst[..d].copy_from_slice(src);
-        }
-        let data = Tensor::from_slice(&padded).view([k, g.padded_len as i64]).to_device(device);
+        let data = if g.ae_config.chunked.is_some() {
+            // Large D: one copy of the K x D checkpoints, normalized in place ((x - mean) / std
+            // in f32, as Layout::normalize), not three (normalized, padded, tensor).
+            let data = Tensor::from_slice(&set.data).view([k, d as i64]);
+            tch::no_grad(|| {
+                for t in &set.layout.tensors {
+                    let mut part = data.narrow(1, t.offset as i64, t.numel() as i64);
+                    let _ = part.g_sub_scalar_(t.mean as f64).g_div_scalar_(t.std as f64);
+                }
+            });
+            data.to_device(device)
+        } else {
+            let mut padded = vec![0f32; set.k() * g.padded_len];
+            for (src, dst) in set.normalized().chunks_exact(d).zip(padded.chunks_exact_mut(g.padded_len)) {
+                dst[..d].copy_from_slice(src);
+            }
+            Tensor::from_slice(&padded).view([k, g.padded_len as i64]).to_device(device)
+        };
         let batch = (config.batch_size as i64).min(k);
-        g.ae.init_position_bias(&data.mean_dim(0, false, Kind::Float));
+        g.ae.init_from_data(&data);
 
         // Autoencoder.
         let start = Instant::now();
         let weight_values = config.reconstruction_weighting.weights(&set.layout);
         let weights = weight_values.as_ref().map(|w| Tensor::from_slice(w).unsqueeze(0).to_device(device));
         let mut opt = nn::AdamW { wd: config.weight_decay, ..Default::default() }.build(&g.ae_vs, config.ae_lr)?;
-        for step in 0..config.ae_steps {
+        if let Some(spec) = g.ae_config.chunked.clone() {
+            g.history.ae_loss = train_chunked_autoencoder(&g, &spec, &data, batch, &mut opt, config, progress)?;
+        }
+        // The conv presets train on whole vectors.
+        let conv_steps = if g.ae_config.chunked.is_some() { 0 } else { config.ae_steps };
+        for step in 0..conv_steps {
             opt.set_lr(cosine_lr(config.ae_lr, step, config.ae_steps));
             let idx = Tensor::randint(k, [batch], (Kind::Int64, device));
             let x = data.index_select(0, &idx);
@@ -192,17 +216,27 @@ impl Generator {
         g.history.ae_seconds = start.elapsed().as_secs_f64();
 
         // Latent statistics (no noise).
-        let latents = tch::no_grad(|| g.ae.encode(&data));
-        // Both in the loss's weighting, so that their ratio judges what training optimised.
-        g.history.final_reconstruction_mse = tch::no_grad(|| {
-            let err = (g.ae.decode(&latents).narrow(1, 0, d as i64) - data.narrow(1, 0, d as i64)).square();
-            match &weights {
-                None => err.mean(Kind::Float),
-                Some(w) => (err * w).mean(Kind::Float),
-            }
-            .double_value(&[])
-        });
-        g.history.checkpoint_variance = set.checkpoint_variance_weighted(weight_values.as_deref());
+        let latents;
+        if g.ae_config.chunked.is_some() {
+            // In slices of rows: a pass over all K at once would hold K x (tokens x chunk)
+            // activations, more than the data itself. (The chunked preset's loss is uniform.)
+            let (z, mse) = tch::no_grad(|| encode_in_slices(&g.ae, &data, d));
+            latents = z;
+            g.history.final_reconstruction_mse = mse;
+            g.history.checkpoint_variance = set.checkpoint_variance();
+        } else {
+            latents = tch::no_grad(|| g.ae.encode(&data));
+            // Both in the loss's weighting, so that their ratio judges what training optimised.
+            g.history.final_reconstruction_mse = tch::no_grad(|| {
+                let err = (g.ae.decode(&latents).narrow(1, 0, d as i64) - data.narrow(1, 0, d as i64)).square();
+                match &weights {
+                    None => err.mean(Kind::Float),
+                    Some(w) => (err * w).mean(Kind::Float),
+                }
+                .double_value(&[])
+            });
+            g.history.checkpoint_variance = set.checkpoint_variance_weighted(weight_values.as_deref());
+        }
         g.warnings = set.warnings.clone();
         g.warnings.extend(g.history.reconstruction_warning());
         let mean = latents.mean_dim(0, false, Kind::Float);
@@ -316,6 +350,27 @@ impl Generator {
         self.den_vs.variables()
     }
 
+    /// The tokens denoiser's position embedding as f32 values, [tokens x hidden] row-major.
+    pub(crate) fn denoiser_position_embedding(&self) -> Result<Vec<f32>> {
+        let t = self.den.position_embedding().ok_or_else(|| Error::invalid("denoiser", "not a tokens denoiser"))?;
+        Ok(Vec::<f32>::try_from(&t.to_device(Device::Cpu).contiguous().view([-1]))?)
+    }
+
+    /// Trainable parameters of the autoencoder and of the denoiser (the chunked autoencoder's
+    /// anchor and token scales are fixed data, not counted: [`Generator::fixed_values`]).
+    pub fn parameter_counts(&self) -> (usize, usize) {
+        let count = |vs: &nn::VarStore| vs.trainable_variables().iter().map(|t| t.numel()).sum::<usize>();
+        (count(&self.ae_vs), count(&self.den_vs))
+    }
+
+    /// Values the generator stores that are not trained (the chunked autoencoder's anchor and
+    /// token scales).
+    pub fn fixed_values(&self) -> usize {
+        let all: usize = self.ae_vs.variables().values().map(|t| t.numel()).sum::<usize>() + self.den_vs.variables().values().map(|t| t.numel()).sum::<usize>();
+        let (a, d) = self.parameter_counts();
+        all - a - d
+    }
+
     /// tch backends over this generator, for the shared sampler loop.
     /// What the denoiser network predicts (its output is converted to the noise for sampling).
     pub fn target(&self) -> DiffusionTarget {
@@ -327,6 +382,95 @@ impl Generator {
     }
     pub fn tch_decoder(&self) -> TchDecoder<'_> {
         TchDecoder { g: self }
+    }
+}
+
+/// The chunked autoencoder's training: each step draws `batch` checkpoints and
+/// `tokens_per_step` tokens and trains on those tokens of those checkpoints only. Tokens are
+/// encoded and decoded independently by one shared network, so this is the same objective as
+/// whole vectors (MSE over real parameters) at a cost that does not grow with D. The noise is
+/// `latent_noise` on the latent as for the conv presets; `input_noise` is relative to each
+/// token's spread (`scale`), not absolute.
+fn train_chunked_autoencoder(
+    g: &Generator,
+    spec: &ChunkedSpec,
+    data: &Tensor,
+    batch: i64,
+    opt: &mut nn::Optimizer,
+    config: &TrainConfig,
+    progress: &mut dyn FnMut(&Progress) -> bool,
+) -> Result<Vec<f32>> {
+    let ae = g.ae.chunked().ok_or_else(|| Error::invalid("autoencoder", "chunked spec without a chunked network"))?;
+    let device = data.device();
+    let (k, n) = (data.size()[0], ae.token_count());
+    let per_step = spec.tokens_per_step.clamp(1, n);
+    let mut losses = Vec::with_capacity(config.ae_steps);
+    for step in 0..config.ae_steps {
+        opt.set_lr(cosine_lr(config.ae_lr, step, config.ae_steps));
+        let idx = Tensor::randint(k, [batch], (Kind::Int64, device));
+        let tok = Tensor::randperm(n, (Kind::Int64, device)).narrow(0, 0, per_step);
+        let x = ae.deviation_of_rows(data, &idx, &tok);
+        let mask = ae.slot_mask(&tok).unsqueeze(0);
+        // Input noise relative to each token's spread: trajectories of a wide network move by
+        // ~5e-4 of a tensor's std over K checkpoints (mnist-mlp-wide), so an absolute 0.001
+        // would be twice the signal; compact's 0.001 is ~10% of mnist-mlp3's spread.
+        let sigma_in = ae.token_scale(&tok).view([1, -1, 1]) * config.input_noise;
+        let noisy = (&x + Tensor::randn_like(&x) * sigma_in) * &mask;
+        let z = ae.encode_deviation(&noisy, &tok);
+        let sigma = if config.latent_noise_relative {
+            z.std_dim(0, false, true).detach() * config.latent_noise
+        } else {
+            Tensor::from(config.latent_noise as f32).to_device(device)
+        };
+        let z = &z + Tensor::randn_like(&z) * sigma;
+        let recon = ae.decode_deviation(&z, &tok) * &mask;
+        let loss = (recon - &x).square().sum(Kind::Float) / (mask.sum(Kind::Float) * batch as f64);
+        opt.backward_step(&loss);
+        let l = loss.double_value(&[]);
+        check_loss(Stage::Autoencoder, step, l)?;
+        losses.push(l as f32);
+        if !progress(&Progress { stage: Stage::Autoencoder, step: step + 1, total: config.ae_steps, loss: l }) {
+            return Err(Error::Cancelled);
+        }
+    }
+    Ok(losses)
+}
+
+/// Latents of every row of `data` [K, D] and the reconstruction MSE over all of them, 16 rows
+/// at a time (chunked autoencoder).
+fn encode_in_slices(ae: &Autoencoder, data: &Tensor, d: usize) -> (Tensor, f64) {
+    let k = data.size()[0];
+    let mut parts = Vec::new();
+    let mut sq = 0f64;
+    for start in (0..k).step_by(16) {
+        let rows = data.narrow(0, start, 16.min(k - start));
+        let z = ae.encode(&rows);
+        sq += (ae.decode(&z).narrow(1, 0, d as i64) - rows.narrow(1, 0, d as i64)).square().sum(Kind::Float).double_value(&[]);
+        parts.push(z);
+    }
+    (Tensor::cat(&parts, 0), sq / (k as f64 * d as f64))
+}
+
+/// A chunked autoencoder's spec and the denoiser it needs, checked before building anything.
+fn validate_chunked(spec: &ChunkedSpec, denoiser: &DenoiserConfig) -> Result<()> {
+    for (field, v) in [("chunk", spec.chunk), ("hidden", spec.hidden), ("token_dim", spec.token_dim), ("tokens_per_step", spec.tokens_per_step)] {
+        if v < 1 {
+            return Err(Error::invalid(&format!("autoencoder.chunked.{field}"), format!("{v} (must be >= 1)")));
+        }
+    }
+    match denoiser {
+        DenoiserConfig::Tokens { token_dim, hidden, blocks, position_dim, time_dim } => {
+            if *token_dim != spec.token_dim {
+                return Err(Error::invalid("denoiser.token_dim", format!("{token_dim}, but the chunked autoencoder's token_dim is {}", spec.token_dim)));
+            }
+            for (field, v) in [("hidden", *hidden), ("blocks", *blocks), ("position_dim", *position_dim), ("time_dim", *time_dim)] {
+                if v < 1 || (field == "time_dim" && v % 2 != 0) {
+                    return Err(Error::invalid(&format!("denoiser.{field}"), format!("{v} (must be >= 1{})", if field == "time_dim" { " and even" } else { "" })));
+                }
+            }
+            Ok(())
+        }
+        other => Err(Error::invalid("denoiser", format!("the chunked autoencoder's latent is a token sequence: it needs the tokens denoiser, not {other:?}"))),
     }
 }
 

@@ -49,6 +49,10 @@ impl std::str::FromStr for DeviceChoice {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub preset: Preset,
+    /// True when `preset` was chosen from D by [`Preset::auto`] ([`TrainConfig::auto`]), not
+    /// named by the user. Recorded in the bundle (absent in older ones: false).
+    #[serde(default)]
+    pub preset_auto: bool,
     /// Architecture overrides; `None` takes the preset's.
     pub autoencoder: Option<AutoencoderConfig>,
     pub denoiser: Option<DenoiserConfig>,
@@ -58,7 +62,8 @@ pub struct TrainConfig {
     pub ae_lr: f64,
     pub diffusion_lr: f64,
     pub weight_decay: f64,
-    /// Gaussian noise added to the normalized input while training the autoencoder.
+    /// Gaussian noise added to the normalized input while training the autoencoder (std; for
+    /// the chunked preset relative to each token's spread across K, see `generator`).
     pub input_noise: f64,
     /// Gaussian noise added to the latent while training the autoencoder.
     pub latent_noise: f64,
@@ -88,21 +93,28 @@ pub struct TrainConfig {
 impl TrainConfig {
     pub fn new(preset: Preset) -> Self {
         // The compact denoiser is a small MLP: it trains fast and wants a larger LR.
+        // Chunked: each autoencoder step sees `tokens_per_step` tokens of each checkpoint of the
+        // batch, so it needs more steps than a whole-vector one; its denoiser runs over every
+        // token of the sequence, so a diffusion step costs more and fewer are affordable on a
+        // CPU (measured on mnist-mlp-wide, README "Scale").
         let (ae_steps, diffusion_steps, diffusion_lr) = match preset {
             Preset::Compact => (1000, 8000, 3e-3),
             Preset::Paper => (30_000, 30_000, 1e-3),
+            Preset::Chunked => (2000, 4000, 2e-3),
         };
         TrainConfig {
             preset,
+            preset_auto: false,
             autoencoder: None,
             denoiser: None,
             ae_steps,
             diffusion_steps,
-            batch_size: 50,
+            // Chunked: a diffusion step runs every token of 32 rows (the CPU budget).
+            batch_size: if preset == Preset::Chunked { 32 } else { 50 },
             ae_lr: 1e-3,
             diffusion_lr,
             weight_decay: 2e-6,
-            input_noise: 0.001,
+            input_noise: if preset == Preset::Chunked { 0.1 } else { 0.001 },
             latent_noise: 0.1,
             latent_noise_relative: false,
             ema: None,
@@ -113,6 +125,11 @@ impl TrainConfig {
             seed: 0,
             device: DeviceChoice::Auto,
         }
+    }
+
+    /// The defaults of the preset [`Preset::auto`] chooses for D parameters, marked as chosen.
+    pub fn auto(d: usize) -> Self {
+        TrainConfig { preset_auto: true, ..TrainConfig::new(Preset::auto(d)) }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -316,6 +333,16 @@ pub fn estimate_training_bytes(d: usize, k: usize, config: &TrainConfig) -> u128
     let ae = config.autoencoder.clone().unwrap_or(ae_default);
     let padded = ae.padded_len(d) as u128;
     let batch = config.batch_size.min(k.max(1)) as u128;
+    if let Some(spec) = &ae.chunked {
+        // The K inputs; the anchor, index maps (i64) and slot mask (~ 4 x D); a step's tokens
+        // (batch x tokens_per_step x chunk, a few copies through forward and backward); the
+        // latents' pass over 16 rows at a time (16 x the padded grid, ~2 x D, a few copies).
+        // The networks themselves are small (~ chunk x hidden + tokens x hidden).
+        let chunk = spec.chunk.max(1) as u128;
+        let step = batch * spec.tokens_per_step.max(1) as u128 * chunk;
+        let floats = k as u128 * padded + 4 * padded + 8 * step + 4 * 16 * 2 * padded;
+        return floats * 4;
+    }
     let flat = ae.encoder.last().map(|c| c.channels).unwrap_or(1) as u128 * padded / ae.encoder.iter().map(|c| c.stride as u128).product::<u128>().max(1);
     let mut params = 2 * flat * ae.latent_dim.max(1) as u128 + padded;
     let mut activations = padded;

@@ -7,7 +7,7 @@
 //! force). Its parts are outputs of their own kinds (checkpoints, bundle, samples), so that the
 //! single commands can later replace them.
 use crate::eval::{evaluate_all, novelty};
-use crate::results::{DemoResults, LatentClipping, Timings};
+use crate::results::{DemoResults, LatentClipping, PeakRss, Timings};
 use crate::zoo;
 use pdiff::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
 use pdiff::error::Result;
@@ -44,12 +44,20 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let out = output.path();
 
     // 1. Collect the K originals.
+    let mut rss = PeakRss::default();
+    let stage_peak = || {
+        let peak = crate::bench::peak_rss_mib();
+        crate::bench::reset_peak_rss();
+        peak
+    };
+    crate::bench::reset_peak_rss();
     let t0 = Instant::now();
     let ckpt_dir = out.join("checkpoints");
     pdiff::fsutil::write_output_dir(&ckpt_dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
         task.collect(tmp, opts.k, opts.train.seed, &mut |i, n| progress("collect", i, n, None)).map(|_| ())
     })?;
     let collect_s = t0.elapsed().as_secs_f64();
+    rss.collect = stage_peak();
 
     // 2. Train the generator.
     let set = ParamSet::load_dir(&ckpt_dir, &task.selection())?;
@@ -59,6 +67,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     g.sources = set.sources.iter().map(|s| final_ckpt_dir.join(Path::new(s).file_name().unwrap_or_default()).display().to_string()).collect();
     let gen_dir = out.join("generator");
     g.export_bundle(&gen_dir)?;
+    rss.train = stage_peak();
 
     // 3. Generate N models: latents with the reverse process, counted against the training
     //    range (the decoder clips what falls outside), then decoded. The same loop and seed as
@@ -82,6 +91,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let d = set.layout.param_count();
     let rows = params.as_slice().expect("row-major").to_vec();
     pdiff::runtime::write_models(&set.layout, &rows, &out.join("generated"), IfForeign::Refuse)?;
+    rss.sample = stage_peak();
 
     // 4. Evaluate (originals, soup, generated, noise baselines, memorization) and report.
     let t0 = Instant::now();
@@ -90,6 +100,8 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     })?;
     let evaluate_s = t0.elapsed().as_secs_f64();
     let novelty = novelty(&set, &rows);
+    rss.evaluate = stage_peak();
+    rss.demo = [rss.collect, rss.train, rss.sample, rss.evaluate].into_iter().flatten().reduce(f64::max);
 
     let results = DemoResults {
         task: opts.task.clone(),
@@ -99,6 +111,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         device: device_name(g.device),
         torch_threads: tch::get_num_threads().max(0) as usize,
         preset: g.config.preset.to_string(),
+        preset_auto: g.config.preset_auto,
         sampler: opts.sampler.label(),
         backend,
         evaluation: ev,
@@ -115,6 +128,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         latent_clipping,
         novelty,
         seed: opts.train.seed,
+        peak_rss_mib: Some(rss),
     };
     crate::report::write(out, &results, Some(&g.history))?;
     let json = serde_json::to_vec_pretty(&results).expect("serializable");

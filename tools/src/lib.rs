@@ -4,7 +4,8 @@
 //!   checkpoint collection);
 //! - [`eval`]: accuracy summaries, baselines, memorization; [`results`]: results.json;
 //!   [`report`]: report.md and its plots;
-//! - [`demo`]: the end-to-end job; [`bench`]: the benchmark; [`ablation`]: the ablations;
+//! - [`demo`]: the end-to-end job; [`bench`]: the benchmark; [`scale`]: the benchmark over D
+//!   (`pdiff bench --scale`); [`ablation`]: the ablations;
 //! - [`ort_library`]: where the command line finds ONNX Runtime on a development machine.
 pub mod zoo;
 pub mod eval;
@@ -14,5 +15,6 @@ pub mod demo;
 pub mod tasks_demo;
 pub mod tasks_report;
 pub mod bench;
+pub mod scale;
 pub mod ablation;
 pub mod ort_library;

@@ -98,8 +98,27 @@ enum Command {
     },
     /// Benchmark sampling: tch vs ONNX Runtime, DDPM-1000 vs DDIM-50 (time, latency, memory, accuracy).
     Bench {
+        /// The bundle to measure (not with --scale, which trains its own).
         #[arg(long)]
-        bundle: PathBuf,
+        bundle: Option<PathBuf>,
+        /// Instead: how training and sampling grow with D (synthetic trajectories of K
+        /// checkpoints at each D of --scale-d, the preset chosen for D, --ae-steps and
+        /// --diffusion-steps training steps, default 100 each): time per step, generator
+        /// parameters, peak RSS, bundle size, models/s; a PNG plot beside --out.
+        #[arg(long)]
+        scale: bool,
+        #[arg(long, value_name = "D,D,...", default_value = "10000,100000,1000000")]
+        scale_d: String,
+        /// Presets to measure at each D: auto (chosen by D) and/or compact, chunked, paper.
+        #[arg(long, value_name = "P,P,...", default_value = "auto")]
+        scale_presets: String,
+        /// Checkpoints per D (--scale).
+        #[arg(long, default_value_t = 200)]
+        scale_k: usize,
+        /// With --scale: measure nothing, print and plot this previous --scale report (the PNG
+        /// goes beside --out).
+        #[arg(long, value_name = "FILE")]
+        scale_report: Option<PathBuf>,
         /// Reference task to measure the accuracy of the sampled models on.
         #[arg(long)]
         task: Option<String>,
@@ -299,8 +318,9 @@ impl RuntimeArgs {
 
 #[derive(Args, Clone)]
 struct TrainArgs {
-    /// compact (CPU-friendly default) or paper (reference widths, for GPUs).
-    #[arg(long, default_value = "compact")]
+    /// auto (by D: compact below 50,000 parameters, chunked from there), compact (CPU-friendly,
+    /// small D), chunked (tokenized, large D) or paper (reference widths, for GPUs).
+    #[arg(long, default_value = "auto")]
     preset: String,
     #[arg(long)]
     ae_steps: Option<usize>,
@@ -337,16 +357,30 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn config(&self) -> Result<TrainConfig> {
-        self.config_from(TrainConfig::new(self.preset.parse::<Preset>()?))
+    /// The preset named by --preset, for D parameters (`auto` chooses by D).
+    fn preset_config(&self, d: usize) -> Result<TrainConfig> {
+        Ok(match self.preset.as_str() {
+            "auto" => TrainConfig::auto(d),
+            name => TrainConfig::new(name.parse::<Preset>().map_err(|_| {
+                pdiff::Error::invalid("preset", format!("'{name}' (expected auto, compact, chunked or paper)"))
+            })?),
+        })
     }
 
-    /// `base` (a task's own defaults) with the options given on the command line.
+    /// The configuration for D parameters (`--preset auto` chooses by D).
+    fn config(&self, d: usize) -> Result<TrainConfig> {
+        self.config_from(self.preset_config(d)?)
+    }
+
+    /// `base` (a task's own defaults, kept with `--preset auto`) with the options given on the
+    /// command line.
     fn config_from(&self, base: TrainConfig) -> Result<TrainConfig> {
         let mut c = base;
-        let preset = self.preset.parse::<Preset>()?;
-        if preset != c.preset {
-            c = TrainConfig::new(preset);
+        if self.preset != "auto" {
+            let named = self.preset_config(0)?;
+            if named.preset != c.preset {
+                c = named;
+            }
         }
         if let Some(v) = self.ae_steps { c.ae_steps = v; }
         if let Some(v) = self.diffusion_steps { c.diffusion_steps = v; }
@@ -471,19 +505,27 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {} checkpoints to {}", files.len(), out.display());
         }
         Command::Train { checkpoints, select, out, conditions, force, train } => {
-            let config = train.config()?;
+            train.config(0)?;
             fsutil::check_output_dir(&out, OutputKind::Bundle, force.policy())?;
             let selection = Selection::patterns(&select);
             // From the checkpoints' headers alone: a size that cannot be trained is refused
             // before any tensor is read.
             let mut k = 0;
             let mut paths = Vec::new();
+            let mut config = None;
             for dir in &checkpoints {
                 let (layout, k_dir) = pdiff::params::peek_dir(dir, &selection)?;
                 k += k_dir;
-                pdiff::train::check_memory(layout.param_count(), k, &config)?;
+                let c = match config.take() {
+                    Some(c) => c,
+                    None => train.config(layout.param_count())?,
+                };
+                pdiff::train::check_memory(layout.param_count(), k, &c)?;
+                config = Some(c);
                 paths.extend(pdiff::params::list_checkpoints(dir)?);
             }
+            let config = config.expect("at least one --checkpoints");
+            println!("preset {}{}", config.preset, if config.preset_auto { " (chosen automatically for D)" } else { "" });
             let mut set = ParamSet::load(&paths, &selection)?;
             if let Some(file) = conditions {
                 set = set.with_conditions_file(&file)?;
@@ -551,7 +593,76 @@ fn run(cli: Cli) -> Result<()> {
             bars.finish();
             println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
         }
-        Command::Bench { batch_sizes: Some(list), callers, bundle: dir, task, checkpoints, runtime, out, force, .. } => {
+        Command::Bench { scale: true, scale_d, scale_presets, scale_k, scale_report, bundle, task, batch_sizes, checkpoints, n, runtime, train, out, force, .. } => {
+            if bundle.is_some() || task.is_some() || batch_sizes.is_some() || checkpoints.is_some() {
+                return Err(pdiff::Error::invalid("scale", "--scale trains on synthetic checkpoints of its own: run --bundle, --task, --batch-sizes or --checkpoints without it"));
+            }
+            let sizes = pdiff_tools::bench::parse_counts("scale_d", &scale_d)?;
+            let presets = scale_presets
+                .split(',')
+                .map(|p| match p.trim() {
+                    "auto" => Ok(None),
+                    other => other.parse::<Preset>().map(Some),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rt = runtime.options()?.ok_or_else(|| pdiff::Error::invalid("backend", "--scale samples through ONNX Runtime"))?;
+            let report_kind = "pdiff bench --scale report";
+            fsutil::check_output_file(&out, if_foreign(force), report_kind, pdiff_tools::scale::is_report)?;
+            let png = out.with_extension("png");
+            fsutil::check_output_file(&png, if_foreign(force), "pdiff bench --scale plot", |b| b.starts_with(b"\x89PNG"))?;
+            let work_dir = out.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
+            let opts = pdiff_tools::scale::ScaleOptions {
+                sizes,
+                presets,
+                k: scale_k,
+                ae_steps: train.ae_steps.unwrap_or(100),
+                diffusion_steps: train.diffusion_steps.unwrap_or(100),
+                n,
+                runtime: rt,
+                work_dir,
+                seed: train.seed,
+            };
+            let measured = scale_report.is_none();
+            let report = match scale_report {
+                Some(file) => {
+                    let bytes = fsutil::read_regular(&file, 64 << 20).map_err(|e| pdiff::Error::io(&file, e))?;
+                    serde_json::from_slice::<pdiff_tools::scale::ScaleReport>(&bytes)
+                        .ok()
+                        .filter(|r| r.scale)
+                        .ok_or_else(|| pdiff::Error::invalid("scale_report", format!("{} is not a pdiff bench --scale report", file.display())))?
+                }
+                None => {
+                    let report = pdiff_tools::scale::run(&opts, &mut |what| eprintln!("bench: {what}"))?;
+                    let json = serde_json::to_vec_pretty(&report).expect("a scale report serializes");
+                    fsutil::write_output_file(&out, &json, if_foreign(force), report_kind, pdiff_tools::scale::is_report)?;
+                    report
+                }
+            };
+            // Drawn into a temporary sibling (plotters picks the format from the extension),
+            // then written atomically like the report.
+            let tmp = out.with_extension("plot-tmp.png");
+            pdiff_tools::scale::plot(&tmp, &report)?;
+            let bytes = std::fs::read(&tmp).map_err(|e| pdiff::Error::io(&tmp, e))?;
+            let _ = std::fs::remove_file(&tmp);
+            fsutil::write_output_file(&png, &bytes, if_foreign(force), "pdiff bench --scale plot", |b| b.starts_with(b"\x89PNG"))?;
+            println!("machine: {} (libtorch threads: {}), K = {}, {} + {} training steps, {} models sampled ({}, DDIM-50)", report.machine, report.torch_threads, report.k, report.ae_steps, report.diffusion_steps, report.n, report.backend);
+            println!("{:>9} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}", "D", "preset", "gen params", "% of D", "ae ms", "diff ms", "train MiB", "bundle MB", "models/s", "sample s", "samp MiB");
+            for r in &report.rows {
+                let mib = |v: Option<f64>| v.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:>9} {:>8} {:>10} {:>7.2} {:>9.1} {:>9.1} {:>9} {:>9.1} {:>10.1} {:>9.2} {:>9}",
+                    r.param_count, r.preset, r.generator_params, 100.0 * r.generator_params_per_d, r.ae_ms_per_step, r.diffusion_ms_per_step,
+                    mib(r.train_peak_rss_mib), r.bundle_bytes as f64 / 1e6, r.models_per_second, r.sample_seconds, mib(r.sample_peak_rss_mib)
+                );
+            }
+            if measured {
+                println!("written: {}, {}", out.display(), png.display());
+            } else {
+                println!("written: {}", png.display());
+            }
+        }
+        Command::Bench { batch_sizes: Some(list), callers, bundle, task, checkpoints, runtime, out, force, .. } => {
+            let dir = bundle.ok_or_else(|| pdiff::Error::invalid("bundle", "--bundle is required (the bundle to measure)"))?;
             let sizes = pdiff_tools::bench::parse_batch_sizes(&list)?;
             let callers = pdiff_tools::bench::parse_counts("callers", &callers)?;
             if task.is_some() || checkpoints.is_some() {
@@ -575,7 +686,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("written: {}", out.display());
         }
-        Command::Bench { batch_sizes: None, bundle: dir, task, data, n, runs, runtime, checkpoints, train, out, force, .. } => {
+        Command::Bench { batch_sizes: None, bundle, task, data, n, runs, runtime, checkpoints, train, out, force, .. } => {
+            let dir = bundle.ok_or_else(|| pdiff::Error::invalid("bundle", "--bundle is required (the bundle to measure), or --scale"))?;
             let opts = runtime.options()?.unwrap_or_default();
             let report_kind = "pdiff bench report";
             fsutil::check_output_file(&out, if_foreign(force), report_kind, pdiff_tools::bench::is_report)?;
@@ -585,7 +697,7 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("bench: training");
                 let sel = task.as_ref().map(|t| t.selection()).unwrap_or_default();
                 let set = ParamSet::load_dir(&c, &sel)?;
-                let t = pdiff_tools::bench::train(&set, &train.config()?)?;
+                let t = pdiff_tools::bench::train(&set, &train.config(set.layout.param_count())?)?;
                 println!(
                     "training (K = {}, D = {}, {}): autoencoder {:.1} ms/step, diffusion {:.1} ms/step, peak RSS {} MiB",
                     t.k, t.param_count, t.preset, t.ae_ms_per_step, t.diffusion_ms_per_step,
@@ -632,7 +744,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Ablation { task, checkpoints, out, force, data, n, train } => {
-            let config = train.config()?;
+            let config = train.config(zoo::param_count(&task)?)?;
             if let Some(c) = &checkpoints {
                 refuse_input_inside_output(c, &out)?;
             }
@@ -687,6 +799,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { task, out, force, k, n, data, sample_seed, sampler, runtime, train, tasks: _ } => {
             let (k, n) = (k.unwrap_or(200), n.unwrap_or(100));
             let opts = demo::DemoOptions {
+                train: train.config(zoo::param_count(&task)?)?,
                 task,
                 out_dir: out.clone(),
                 if_foreign: force.policy(),
@@ -695,7 +808,6 @@ fn run(cli: Cli) -> Result<()> {
                 n,
                 sampler: sampler.kind()?,
                 sample_seed,
-                train: train.config()?,
                 runtime: runtime.options()?,
             };
             let r = demo::run(&opts, &mut |s, i, t, l| bars.update(s, i, t, l))?;
@@ -795,7 +907,10 @@ fn fmt_summary(s: &eval::Summary) -> String {
 
 fn print_results(r: &results::DemoResults) {
     println!();
-    println!("task {}  D = {}  K = {}  N = {}  device {}  preset {}  sampler {} ({})", r.task, r.num_params, r.k, r.n_generated, r.device, r.preset, r.sampler, r.backend);
+    println!(
+        "task {}  D = {}  K = {}  N = {}  device {}  preset {}{}  sampler {} ({})",
+        r.task, r.num_params, r.k, r.n_generated, r.device, r.preset, if r.preset_auto { " (auto)" } else { "" }, r.sampler, r.backend
+    );
     println!("{:<22} {:>8} {:>8} {:>8} {:>8}", "test accuracy", "best", "mean", "median", "min");
     for (name, s) in [("originals", &r.evaluation.originals), ("generated", &r.evaluation.generated)] {
         println!("{:<22} {:>8.4} {:>8.4} {:>8.4} {:>8.4}", name, s.best, s.mean, s.median, s.min);
@@ -818,4 +933,8 @@ fn print_results(r: &results::DemoResults) {
         "timings (s): collect {:.1}  autoencoder {:.1}  diffusion {:.1}  sample {:.1}  evaluate {:.1}",
         t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate
     );
+    if let Some(p) = &r.peak_rss_mib {
+        let mib = |v: Option<f64>| v.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into());
+        println!("peak RSS (MiB): train {}  sample {}  whole demo {}", mib(p.train), mib(p.sample), mib(p.demo));
+    }
 }

@@ -172,6 +172,26 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
         "D = {} parameters, K = {} originals, N = {} generated; preset `{}`, trained on {} ({} libtorch threads), sampled with {} on {}.\n",
         r.num_params, r.k, r.n_generated, r.preset, r.device, r.torch_threads, r.sampler, r.backend
     );
+    if r.preset_auto {
+        let _ = writeln!(
+            md,
+            "The preset was chosen automatically for D = {}: `compact` below {} parameters, `chunked` from there.\n",
+            r.num_params,
+            pdiff::model::AUTO_CHUNKED_MIN_PARAMS
+        );
+    }
+    if let Some(p) = &r.peak_rss_mib {
+        let mib = |v: Option<f64>| v.map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            md,
+            "Peak resident memory (MiB, per stage): collect {}, train {}, sample {}, evaluate {}; the whole demo {}.\n",
+            mib(p.collect),
+            mib(p.train),
+            mib(p.sample),
+            mib(p.evaluate),
+            mib(p.demo)
+        );
+    }
     let _ = writeln!(md, "## Health\n");
     let warnings: Vec<String> = r.warnings.iter().cloned().chain(r.latent_clipping.warning()).collect();
     if warnings.is_empty() {

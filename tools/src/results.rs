@@ -26,6 +26,9 @@ pub struct DemoResults {
     #[serde(default)]
     pub torch_threads: usize,
     pub preset: String,
+    /// True when the preset was chosen from D (`--preset auto`, the default), not named.
+    #[serde(default)]
+    pub preset_auto: bool,
     pub sampler: String,
     pub backend: String,
     /// originals, soup, generated, selected_on_train, noise_baselines, similarity and
@@ -44,6 +47,23 @@ pub struct DemoResults {
     /// Distances to the nearest original against the originals' own (no task needed).
     pub novelty: Novelty,
     pub seed: u64,
+    /// Peak resident memory of the demo process per stage, MiB (absent in older results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<PeakRss>,
+}
+
+/// Peak RSS of each stage of a demo, MiB: the kernel's high-water mark (VmHWM) reset at the
+/// start of the stage (/proc/self/clear_refs) and read at its end; `demo` is the largest, the
+/// peak of the whole run. `None` where the kernel does not offer it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct PeakRss {
+    pub collect: Option<f64>,
+    /// Loading the checkpoints, training the generator and exporting its bundle.
+    pub train: Option<f64>,
+    /// Sampling N models through the bundle and writing them.
+    pub sample: Option<f64>,
+    pub evaluate: Option<f64>,
+    pub demo: Option<f64>,
 }
 
 /// How many of the generated latents fell outside the per-dimension training range

@@ -6,6 +6,7 @@
 use pdiff_tools::ablation::AblationRow;
 use pdiff_tools::bench::BenchReport;
 use pdiff_tools::results::DemoResults;
+use pdiff_tools::scale::ScaleReport;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -259,6 +260,70 @@ fn ablation_table_matches_the_result_file() {
         })
         .collect();
     assert_table(&text, "### Ablations (`pdiff ablation`)", expected);
+}
+
+#[test]
+fn scale_tables_match_the_result_files() {
+    let text = readme();
+    let wide: DemoResults = json("docs/results/mnist-mlp-wide.json");
+    assert_eq!((wide.task.as_str(), wide.preset.as_str(), wide.preset_auto), ("mnist-mlp-wide", "chunked", true));
+    assert_table(&text, "### mnist-mlp-wide (issue 13: a million parameters)", demo_table(&wide, &[0.05]));
+    let t = &wide.timings_s;
+    let rss = wide.peak_rss_mib.expect("the wide demo records its peak RSS");
+    let mib = |v: Option<f64>| format!("{:.0}", v.unwrap_or(f64::NAN));
+    assert_contains(
+        &text,
+        &format!(
+            "Time: collect {:.0} s, autoencoder {:.0} s, diffusion {:.0} s (generator training {:.0} s), sample {:.1} s, evaluate {:.0} s. Peak RSS: training {} MiB, sampling {} MiB, whole demo {} MiB.",
+            t.collect,
+            t.train_autoencoder,
+            t.train_diffusion,
+            t.train_autoencoder + t.train_diffusion,
+            t.sample,
+            t.evaluate,
+            mib(rss.train),
+            mib(rss.sample),
+            mib(rss.demo)
+        ),
+    );
+    assert_contains(
+        &text,
+        &format!(
+            "reconstruction MSE {:.1e} against the checkpoints' spread {:.1e} ({})",
+            wide.reconstruction_mse,
+            wide.checkpoint_variance,
+            percent(wide.reconstruction_mse, wide.checkpoint_variance)
+        ),
+    );
+
+    let scale: ScaleReport = json("docs/results/scale-cpu.json");
+    assert!(scale.scale);
+    let rows = scale
+        .rows
+        .iter()
+        .map(|r| {
+            row(&[
+                thousands(r.param_count),
+                format!("{}{}", r.preset, if r.preset_auto { " (auto)" } else { "" }),
+                thousands(r.generator_params),
+                format!("{:.1}%", 100.0 * r.generator_params_per_d),
+                format!("{:.1}", r.ae_ms_per_step),
+                format!("{:.1}", r.diffusion_ms_per_step),
+                format!("{:.0}", r.train_peak_rss_mib.unwrap_or(f64::NAN)),
+                format!("{:.1}", r.bundle_bytes as f64 / 1e6),
+                format!("{:.0}", r.models_per_second),
+                format!("{:.0}", r.sample_peak_rss_mib.unwrap_or(f64::NAN)),
+            ])
+        })
+        .collect();
+    assert_table(&text, "### Scale (`pdiff bench --scale`)", rows);
+    assert_contains(
+        &text,
+        &format!(
+            "K = {}, {} autoencoder + {} diffusion training steps per D, {} models sampled with DDIM-50 on {}",
+            scale.k, scale.ae_steps, scale.diffusion_steps, scale.n, scale.backend
+        ),
+    );
 }
 
 #[test]

@@ -278,7 +278,8 @@ fn absurd_size_is_refused_up_front() {
             sparse_checkpoint(&c.join(format!("c{i}.safetensors")), "huge", &shape);
         }
         let d_params = shape[0] * shape[1];
-        let need = pdiff::train::estimate_training_bytes(d_params, 2, &pdiff::train::TrainConfig::new(pdiff::model::Preset::Compact));
+        // The CLI's default preset is chosen by D (chunked here).
+        let need = pdiff::train::estimate_training_bytes(d_params, 2, &pdiff::train::TrainConfig::auto(d_params));
         let avail = pdiff::train::available_memory_bytes().expect("linux meminfo");
         assert!(need > avail as u128, "estimate {need} should exceed available {avail}");
         let gib = |b: f64| b / (1u64 << 30) as f64;

@@ -18,6 +18,8 @@ pub const C2: i64 = 24;
 pub const C3: i64 = 24;
 /// The modelled subset, in layout order.
 pub const SUBSET: [&str; 4] = ["bn2.weight", "bn2.bias", "bn3.weight", "bn3.bias"];
+/// Parameters of SUBSET (the layout's D).
+pub const MODELLED_PARAMS: usize = 2 * C2 as usize + 2 * C3 as usize;
 pub const PRETRAIN_STEPS: usize = 1500;
 pub const PRETRAIN_LR: f64 = 1e-2;
 pub const TRAJECTORY_LR: f64 = 1e-3;

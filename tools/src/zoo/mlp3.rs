@@ -1,5 +1,7 @@
 //! `mnist-mlp3`: MLP 784-16-16-10 with ReLU, PyTorch Linear convention (y = x W^T + b),
-//! 13,002 parameters, all of them modelled.
+//! 13,002 parameters, all of them modelled. `mnist-mlp-wide` (issue 13): the same network at
+//! 784-1024-128-10, 936,330 parameters, with the same data, split and collection recipe: the
+//! reference task of the `chunked` preset.
 use super::mnist::Mnist;
 use super::Task;
 use pdiff::error::{Error, Result};
@@ -16,6 +18,16 @@ pub const TENSORS: [(&str, &[usize]); 6] = [
     ("fc3.bias", &[10]),
 ];
 
+/// mnist-mlp-wide's tensors (936,330 parameters).
+pub const WIDE_TENSORS: [(&str, &[usize]); 6] = [
+    ("fc1.weight", &[1024, 784]),
+    ("fc1.bias", &[1024]),
+    ("fc2.weight", &[128, 1024]),
+    ("fc2.bias", &[128]),
+    ("fc3.weight", &[10, 128]),
+    ("fc3.bias", &[10]),
+];
+
 /// Collection hyper-parameters (train from scratch, then the constant-LR trajectory).
 pub const PRETRAIN_STEPS: usize = 3000;
 pub const PRETRAIN_LR: f64 = 1e-2;
@@ -24,11 +36,18 @@ pub const BATCH: i64 = 128;
 
 pub struct Mlp3 {
     data: Mnist,
+    name: &'static str,
+    tensors: &'static [(&'static str, &'static [usize]); 6],
 }
 
 impl Mlp3 {
     pub fn new(data_dir: Option<&Path>) -> Result<Self> {
-        Ok(Mlp3 { data: Mnist::load(data_dir)? })
+        Ok(Mlp3 { data: Mnist::load(data_dir)?, name: "mnist-mlp3", tensors: &TENSORS })
+    }
+
+    /// mnist-mlp-wide: the same task with 1024 and 128 hidden units.
+    pub fn wide(data_dir: Option<&Path>) -> Result<Self> {
+        Ok(Mlp3 { data: Mnist::load(data_dir)?, name: "mnist-mlp-wide", tensors: &WIDE_TENSORS })
     }
 
     fn forward(ws: &[Tensor], x: &Tensor) -> Tensor {
@@ -36,16 +55,17 @@ impl Mlp3 {
     }
 
     /// The six tensors in forward order, looked up by name in `layout`.
-    fn tensors_from_flat(layout: &Layout, flat: &[f32]) -> Result<Vec<Tensor>> {
+    fn tensors_from_flat(&self, layout: &Layout, flat: &[f32]) -> Result<Vec<Tensor>> {
         if flat.len() != layout.param_count() {
             return Err(Error::invalid("parameters", format!("{} values, layout has {}", flat.len(), layout.param_count())));
         }
-        TENSORS
+        let task = self.name;
+        self.tensors
             .iter()
             .map(|(name, shape)| {
-                let t = layout.get(name).ok_or_else(|| Error::invalid("layout", format!("mnist-mlp3 needs tensor '{name}'")))?;
+                let t = layout.get(name).ok_or_else(|| Error::invalid("layout", format!("{task} needs tensor '{name}'")))?;
                 if t.shape != *shape {
-                    return Err(Error::invalid("layout", format!("tensor '{name}' has shape {:?}, mnist-mlp3 needs {shape:?}", t.shape)));
+                    return Err(Error::invalid("layout", format!("tensor '{name}' has shape {:?}, {task} needs {shape:?}", t.shape)));
                 }
                 let dims: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
                 Ok(Tensor::from_slice(&flat[t.offset..t.offset + t.numel()]).view(dims.as_slice()))
@@ -56,11 +76,11 @@ impl Mlp3 {
 
 impl Task for Mlp3 {
     fn name(&self) -> &'static str {
-        "mnist-mlp3"
+        self.name
     }
 
     fn layout(&self) -> Layout {
-        let entries: Vec<(&str, Vec<usize>)> = TENSORS.iter().map(|(n, s)| (*n, s.to_vec())).collect();
+        let entries: Vec<(&str, Vec<usize>)> = self.tensors.iter().map(|(n, s)| (*n, s.to_vec())).collect();
         Layout::from_shapes(&entries).expect("static layout")
     }
 
@@ -77,9 +97,10 @@ impl Task for Mlp3 {
             let bound = 1.0 / (i as f64).sqrt();
             (p.var("weight", &[o, i], nn::Init::Uniform { lo: -bound, up: bound }), p.var("bias", &[o], nn::Init::Uniform { lo: -bound, up: bound }))
         };
-        let (w1, b1) = lin("fc1", 784, 16);
-        let (w2, b2) = lin("fc2", 16, 16);
-        let (w3, b3) = lin("fc3", 16, 10);
+        let (h1, h2) = (self.tensors[0].1[0] as i64, self.tensors[2].1[0] as i64);
+        let (w1, b1) = lin("fc1", 784, h1);
+        let (w2, b2) = lin("fc2", h1, h2);
+        let (w3, b3) = lin("fc3", h2, 10);
         let ws = [w1, b1, w2, b2, w3, b3];
         let train = &self.data.train;
         let n = train.len() as i64;
@@ -120,7 +141,7 @@ impl Task for Mlp3 {
     }
 
     fn predict(&self, layout: &Layout, flat: &[f32], train: bool) -> Result<Vec<i64>> {
-        let ws = Self::tensors_from_flat(layout, flat)?;
+        let ws = self.tensors_from_flat(layout, flat)?;
         let split = if train { &self.data.train } else { &self.data.test };
         let pred = tch::no_grad(|| Self::forward(&ws, &split.images).argmax(1, false));
         Ok(Vec::<i64>::try_from(&pred)?)

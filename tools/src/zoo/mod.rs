@@ -35,7 +35,23 @@ pub trait Task {
 pub fn task(name: &str, data_dir: Option<&std::path::Path>) -> Result<Box<dyn Task>> {
     match name {
         "mnist-mlp3" => Ok(Box::new(mlp3::Mlp3::new(data_dir)?)),
+        "mnist-mlp-wide" => Ok(Box::new(mlp3::Mlp3::wide(data_dir)?)),
         "mnist-cnn-bn" => Ok(Box::new(cnn_bn::CnnBn::new(data_dir)?)),
-        _ => Err(pdiff::Error::invalid("task", format!("'{name}' (known: mnist-mlp3, mnist-cnn-bn; mnist-tasks for pdiff demo)"))),
+        _ => Err(pdiff::Error::invalid("task", format!("'{name}' (known: {}; {} for pdiff demo)", TASKS.join(", "), mnist_tasks::NAME))),
+    }
+}
+
+/// The reference tasks' names (the task family mnist-tasks has its own demo).
+pub const TASKS: [&str; 3] = ["mnist-mlp3", "mnist-mlp-wide", "mnist-cnn-bn"];
+
+/// D, the number of modelled parameters of a task, without loading its data (the automatic
+/// preset is chosen from it before anything runs).
+pub fn param_count(name: &str) -> Result<usize> {
+    let count = |tensors: &[(&str, &[usize])]| tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    match name {
+        "mnist-mlp3" => Ok(count(&mlp3::TENSORS)),
+        "mnist-mlp-wide" => Ok(count(&mlp3::WIDE_TENSORS)),
+        "mnist-cnn-bn" => Ok(cnn_bn::MODELLED_PARAMS),
+        _ => Err(pdiff::Error::invalid("task", format!("'{name}' (known: {})", TASKS.join(", ")))),
     }
 }

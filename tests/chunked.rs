@@ -1,0 +1,176 @@
+//! The chunked (tokenized) generator of the `chunked` preset: its token map, the automatic
+//! preset choice, a generator whose trained size grows sublinearly in D, and a small-D training
+//! that learns (reconstruction well under the checkpoints' spread) and round-trips through a
+//! bundle. ONNX parity with tch is in tests/runtime.rs (`chunked_preset_onnx_matches_tch`).
+//!
+//! The token map and the preset choice need no libtorch (they also run in the serve-only build);
+//! the rest trains, with feature `train`.
+mod common;
+use pdiff::model::{auto_chunk_len, Preset, TokenMap, AUTO_CHUNKED_MIN_PARAMS};
+use pdiff::params::Layout;
+#[cfg(feature = "train")]
+use {
+    common::torch_lock,
+    pdiff::model::{AutoencoderConfig, DenoiserConfig},
+    pdiff::params::ParamSet,
+    pdiff::train::{DeviceChoice, Generator, TrainConfig},
+    rand::{Rng, SeedableRng},
+};
+
+#[test]
+fn tokens_follow_rows_and_cover_every_parameter_once() {
+    // Rows of 10 (one token each), a row of 150 (cut into 64 + 64 + 22), a bias of 3.
+    let layout = Layout::from_shapes(&[("a.w", vec![2, 10]), ("b.w", vec![1, 3, 50]), ("b.b", vec![3])]).unwrap();
+    let m = TokenMap::new(&layout, 64);
+    assert_eq!(m.offset, vec![0, 10, 20, 84, 148, 170]);
+    assert_eq!(m.len, vec![10, 10, 64, 64, 22, 3]);
+    assert_eq!(m.grid_len(), 6 * 64);
+    let grid = m.grid_index();
+    let mask = m.slot_mask();
+    let flat = m.flat_index();
+    assert_eq!(flat.len(), layout.param_count());
+    // flat -> grid -> flat is the identity, and every slot that holds a parameter is unmasked.
+    for (p, &slot) in flat.iter().enumerate() {
+        assert_eq!(grid[slot as usize], p as i64);
+        assert_eq!(mask[slot as usize], 1.0);
+    }
+    assert_eq!(mask.iter().filter(|&&v| v == 1.0).count(), layout.param_count());
+}
+
+#[test]
+fn the_preset_follows_d_when_none_is_given() {
+    assert_eq!(Preset::auto(13_002), Preset::Compact, "mnist-mlp3 keeps its preset");
+    assert_eq!(Preset::auto(AUTO_CHUNKED_MIN_PARAMS - 1), Preset::Compact);
+    assert_eq!(Preset::auto(AUTO_CHUNKED_MIN_PARAMS), Preset::Chunked);
+    assert_eq!(Preset::auto(936_330), Preset::Chunked);
+    assert_eq!("chunked".parse::<Preset>().unwrap(), Preset::Chunked);
+    // Token length ~ sqrt(D), as a power of two in [64, 1024].
+    assert_eq!(auto_chunk_len(100), 64);
+    assert_eq!(auto_chunk_len(100_000), 512);
+    assert_eq!(auto_chunk_len(936_330), 1024);
+    assert_eq!(auto_chunk_len(100_000_000), 1024);
+}
+
+#[cfg(feature = "train")]
+fn trajectory(layout: Layout, k: usize, seed: u64) -> ParamSet {
+    // What consecutive checkpoints of one training run look like: a random base plus a drift
+    // in which every row of a tensor moves along the same two directions (a gradient row is
+    // delta_j x^T: the rows of one tensor share the inputs x), each row by its own amount, and
+    // a little noise per checkpoint.
+    let d = layout.param_count();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let base: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut dirs = vec![(0f32, 0f32); d];
+    for t in &layout.tensors {
+        let rows = if t.shape.len() >= 2 { t.shape[0] } else { 1 };
+        let cols = t.numel() / rows;
+        let u: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let v: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for r in 0..rows {
+            let c: f32 = rng.random_range(0.2..1.0);
+            for j in 0..cols {
+                dirs[t.offset + r * cols + j] = (c * u[j], c * v[j]);
+            }
+        }
+    }
+    let mut data = Vec::with_capacity(k * d);
+    for i in 0..k {
+        let (a, b) = ((i as f32 / k as f32 - 0.5) * 0.1, 0.05 * (i as f32 * 0.3).sin());
+        data.extend((0..d).map(|j| base[j] + a * dirs[j].0 + b * dirs[j].1 + rng.random_range(-0.002..0.002)));
+    }
+    ParamSet::from_rows(layout, data, (0..k).map(|i| format!("memory[{i}]")).collect()).unwrap()
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn generator_size_grows_sublinearly_in_d() {
+    let _guard = torch_lock();
+    let mut sizes = Vec::new();
+    for (rows, cols) in [(100, 100), (1000, 1000)] {
+        let layout = Layout::from_shapes(&[("fc.weight", vec![rows, cols]), ("fc.bias", vec![rows])]).unwrap();
+        let d = layout.param_count();
+        let mut c = TrainConfig::new(Preset::auto(d));
+        assert_eq!(c.preset, if d < AUTO_CHUNKED_MIN_PARAMS { Preset::Compact } else { Preset::Chunked });
+        c.preset = Preset::Chunked;
+        c.ae_steps = 1;
+        c.diffusion_steps = 1;
+        c.device = DeviceChoice::Cpu;
+        let g = Generator::train(&trajectory(layout, 2, 0), &c, &mut |_| true).unwrap();
+        let (ae, den) = g.parameter_counts();
+        // The anchor (D values) and one scale per token are data, not trained parameters.
+        assert_eq!(g.fixed_values(), d + g.latent_dim() / 4);
+        sizes.push((d, ae + den));
+    }
+    let (d_small, p_small) = sizes[0];
+    let (d_large, p_large) = sizes[1];
+    assert_eq!(d_large, 1_001_000);
+    assert!((p_large as f64) <= 0.10 * d_large as f64, "{p_large} trained parameters at D = {d_large}: more than 10% of D");
+    // 100x the parameters, far less than 100x the generator (sqrt(D) growth would be 10x).
+    let growth = p_large as f64 / p_small as f64;
+    assert!(growth < 0.2 * (d_large as f64 / d_small as f64), "generator grew {growth:.1}x for D x{}", d_large / d_small);
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn chunked_generator_learns_and_round_trips_through_a_bundle() {
+    let _guard = torch_lock();
+    let layout = Layout::from_shapes(&[("l1.weight", vec![24, 60]), ("l1.bias", vec![24]), ("l2.weight", vec![8, 24]), ("l2.bias", vec![8])]).unwrap();
+    let set = trajectory(layout, 40, 1);
+    let mut c = TrainConfig::new(Preset::Chunked);
+    c.ae_steps = 400;
+    c.diffusion_steps = 50;
+    c.device = DeviceChoice::Cpu;
+    let g = Generator::train(&set, &c, &mut |_| true).unwrap();
+    let ratio = g.history.reconstruction_ratio().unwrap();
+    // The untrained decoder gives the mean checkpoint (ratio 1); a trained one keeps most of
+    // what distinguishes the checkpoints (two drift directions over 40 checkpoints).
+    assert!(ratio < 0.3, "reconstruction error {ratio:.3} of the checkpoints' spread");
+    assert!(g.warnings.iter().all(|w| !w.contains("reconstructs")), "{:?}", g.warnings);
+    let first = g.history.ae_loss[..20].iter().sum::<f32>() / 20.0;
+    let last = g.history.ae_loss[380..].iter().sum::<f32>() / 20.0;
+    assert!(last < 0.5 * first, "autoencoder loss {first} -> {last}");
+    // Tokens: l1 rows (24), l1.bias, l2 rows (8), l2.bias; 4 latent values each.
+    assert_eq!(g.latent_dim(), (24 + 1 + 8 + 1) * 4);
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = g.export_bundle(&dir.path().join("b")).unwrap();
+    assert_eq!(m.preset, Preset::Chunked);
+    let spec = m.autoencoder.chunked.clone().expect("the manifest describes the chunked autoencoder");
+    assert_eq!((spec.chunk, spec.token_dim), (64, 4));
+    assert!(matches!(m.denoiser, DenoiserConfig::Tokens { token_dim: 4, .. }));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("b/pdiff.json")).unwrap()).unwrap();
+    assert_eq!(json["preset"], "chunked");
+    assert_eq!(json["autoencoder"]["chunked"]["chunk"], 64);
+    assert_eq!(json["denoiser"]["kind"], "tokens");
+    let again = Generator::load_bundle(&dir.path().join("b"), DeviceChoice::Cpu).unwrap();
+    let z = g.encode(&set.data[..set.layout.param_count() * 3]).unwrap();
+    let z2 = again.encode(&set.data[..set.layout.param_count() * 3]).unwrap();
+    assert_eq!(z, z2, "the loaded generator encodes as the trained one");
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn chunked_configurations_are_checked() {
+    let _guard = torch_lock();
+    let layout = Layout::from_shapes(&[("w", vec![4, 16])]).unwrap();
+    let set = trajectory(layout, 4, 2);
+    let mut c = TrainConfig::new(Preset::Chunked);
+    c.ae_steps = 1;
+    c.diffusion_steps = 1;
+    c.device = DeviceChoice::Cpu;
+    // The tokens denoiser without the chunked autoencoder, and the other way round.
+    let mut bad = c.clone();
+    bad.autoencoder = Some(Preset::Compact.architecture(64).0);
+    let err = Generator::train(&set, &bad, &mut |_| true).err().unwrap().to_string();
+    assert!(err.contains("tokens denoiser needs the chunked autoencoder"), "{err}");
+    let mut bad = c.clone();
+    bad.denoiser = Some(DenoiserConfig::Mlp { hidden: 8, blocks: 1, time_dim: 8 });
+    let err = Generator::train(&set, &bad, &mut |_| true).err().unwrap().to_string();
+    assert!(err.contains("needs the tokens denoiser"), "{err}");
+    let mut bad = c.clone();
+    let mut ae: AutoencoderConfig = Preset::Chunked.architecture(64).0;
+    ae.chunked.as_mut().unwrap().token_dim = 3;
+    bad.autoencoder = Some(ae);
+    let err = Generator::train(&set, &bad, &mut |_| true).err().unwrap().to_string();
+    assert!(err.contains("denoiser.token_dim") && err.contains("token_dim is 3"), "{err}");
+}
