@@ -234,8 +234,10 @@ struct TasksArgs {
     /// mnist-tasks: fine-tuning steps of each task's models before their checkpoints.
     #[arg(long, default_value_t = 500)]
     finetune_steps: usize,
-    /// mnist-tasks: numbers of seen tasks of the ablation (each trains a generator; "" for none).
-    #[arg(long, value_name = "M,M,...", default_value = "12,24")]
+    /// mnist-tasks: numbers of seen tasks of the ablation, e.g. 12,24 (each trains a generator,
+    /// about 5 minutes on 2 cores; the largest also chooses the guidance on the seen tasks it did
+    /// not see) [default: none].
+    #[arg(long, value_name = "M,M,...", default_value = "")]
     seen_ablation: String,
 }
 

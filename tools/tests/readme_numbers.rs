@@ -389,3 +389,23 @@ fn mnist_tasks_tables_match_the_result_file() {
         ),
     );
 }
+
+#[test]
+fn mnist_tasks_clean_check_matches_its_result_file() {
+    use pdiff_tools::tasks_demo::TasksResults;
+    let r: TasksResults = json("docs/results/mnist-tasks-seed1.json");
+    assert_eq!((r.task.as_str(), r.seed), ("mnist-tasks", 1));
+    let s = &r.summary;
+    assert_contains(
+        &readme(),
+        &format!(
+            "held-out generated {} against scratch {} and nearest seen {};\nseen generated {} against originals {}; {:.0} s in all.",
+            acc(s.heldout_generated),
+            acc(s.heldout_scratch),
+            acc(s.heldout_nearest_seen),
+            acc(s.seen_generated),
+            acc(s.seen_originals),
+            r.timings_s.total
+        ),
+    );
+}

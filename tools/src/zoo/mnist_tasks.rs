@@ -49,7 +49,7 @@ pub struct Recipe {
 
 impl Default for Recipe {
     fn default() -> Self {
-        Recipe { shared_steps: 2000, finetune_steps: 500, finetune_lr: 5e-3, trajectory_lr: 1e-3, body_lr_scale: 0.1, checkpoint_every: 1 }
+        Recipe { shared_steps: 2000, finetune_steps: 500, finetune_lr: 5e-3, trajectory_lr: 1e-3, body_lr_scale: 0.03, checkpoint_every: 1 }
     }
 }
 pub const BATCH: i64 = 128;
