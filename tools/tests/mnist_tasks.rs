@@ -38,7 +38,9 @@ fn nearest_seen_task_is_by_hamming_distance() {
 fn collection_is_reproducible_and_learns_the_task() {
     let tasks = MnistTasks::new(None).expect("MNIST (scripts/setup.sh installs it)");
     let split = split_tasks(3, 2, 1);
-    let recipe = Recipe { shared_steps: 300, finetune_steps: 150, ..Recipe::default() };
+    // A short shared initialization: the body learns at the head's rate here, so that the task is
+    // learned from it (the default 3% relies on a fully trained shared body).
+    let recipe = Recipe { shared_steps: 300, finetune_steps: 150, body_lr_scale: 1.0, ..Recipe::default() };
     let a = collect(&tasks, &split, &recipe, 2, 3, &mut |_, _, _, _| true).unwrap();
     let b = collect(&tasks, &split, &recipe, 2, 3, &mut |_, _, _, _| true).unwrap();
     assert_eq!(a.init, b.init);
@@ -109,9 +111,9 @@ fn demo_writes_the_task_layout_and_results() {
             }
         }
         assert!(seen.contains(&h["nearest_seen"]["code"].as_str().unwrap().to_string()));
-        // The scratch models are trained on the task: far above chance (about 0.5), even from
-        // this short shared initialization.
-        assert!(h["scratch"]["median"].as_f64().unwrap() > 0.7, "{h}");
+        // The scratch models are trained on the task: above chance (about 0.5), even from this
+        // short shared initialization (300 steps, and a body that learns at 3%).
+        assert!(h["scratch"]["median"].as_f64().unwrap() > 0.6, "{h}");
     }
     for key in ["heldout_generated", "heldout_scratch", "heldout_nearest_seen", "seen_generated", "seen_originals"] {
         assert!(res["summary"][key].as_f64().is_some(), "summary.{key}");
