@@ -317,14 +317,19 @@ fn score(
     let mut out = GeneratorScores { seen: Vec::new(), heldout: Vec::new(), heldout_rows: Vec::new() };
     for &t in seen {
         let rows = generate(den, dec, &opts.train, opts.sampler, Some(&t.condition()), guidance, opts.n, opts.sample_seed)?;
-        out.seen.push(Summary::of(&tasks.accuracies(layout, &rows, t, false)?));
+        out.seen.push(test_summary(tasks, layout, &rows, t)?);
     }
     for &t in heldout {
         let rows = generate(den, dec, &opts.train, opts.sampler, Some(&t.condition()), guidance, opts.n, opts.sample_seed)?;
-        out.heldout.push(Summary::of(&tasks.accuracies(layout, &rows, t, false)?));
+        out.heldout.push(test_summary(tasks, layout, &rows, t)?);
         out.heldout_rows.push(rows);
     }
     Ok(out)
+}
+
+/// The test accuracies of `rows` (flat, row-major) on `task`, summarized.
+fn test_summary(tasks: &MnistTasks, layout: &Layout, rows: &[f32], task: DigitSet) -> Result<Summary> {
+    Ok(Summary::of(&tasks.accuracies(layout, rows, task, false)?))
 }
 
 fn median(v: impl Iterator<Item = f64>) -> f64 {
@@ -434,14 +439,14 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut Progress2<'_>) -> Result<Task
         heldout.push(HeldoutResult {
             code: t.code(),
             generated: main_scores.heldout[i],
-            scratch: Summary::of(&tasks.accuracies(&layout, &scratch.concat(), *t, false)?),
-            nearest_seen: NearestSeen { code: split.seen[j].code(), hamming, accuracy: Summary::of(&tasks.accuracies(&layout, &near_rows, *t, false)?) },
-            unconditional: Summary::of(&tasks.accuracies(&layout, &uncond_rows, *t, false)?),
+            scratch: test_summary(&tasks, &layout, &scratch.concat(), *t)?,
+            nearest_seen: NearestSeen { code: split.seen[j].code(), hamming, accuracy: test_summary(&tasks, &layout, &near_rows, *t)? },
+            unconditional: test_summary(&tasks, &layout, &uncond_rows, *t)?,
         });
     }
     let mut seen = Vec::new();
     for (i, (t, rows)) in col.seen.iter().enumerate() {
-        seen.push(SeenResult { code: t.code(), generated: main_scores.seen[i], originals: Summary::of(&tasks.accuracies(&layout, &rows.concat(), *t, false)?) });
+        seen.push(SeenResult { code: t.code(), generated: main_scores.seen[i], originals: test_summary(&tasks, &layout, &rows.concat(), *t)? });
     }
     let summary = TasksSummary {
         heldout_generated: median(heldout.iter().map(|h| h.generated.median)),
@@ -474,7 +479,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut Progress2<'_>) -> Result<Task
         let s = score(&tasks, &layout, &gm.tch_denoiser(), &gm.tch_decoder(), opts, &split.seen[..m], &split.heldout, guidance)?;
         let near = split.heldout.iter().map(|&t| {
             let (j, _) = nearest(t, &split.seen[..m]);
-            tasks.accuracies(&layout, &col.seen[j].1.concat(), t, false).map(|a| Summary::of(&a).median)
+            test_summary(&tasks, &layout, &col.seen[j].1.concat(), t).map(|a| a.median)
         });
         let near: Vec<f64> = near.collect::<Result<_>>()?;
         seen_tasks_ablation.push(SeenTasksRow {

@@ -51,27 +51,50 @@ impl Mlp3 {
     }
 
     fn forward(ws: &[Tensor], x: &Tensor) -> Tensor {
-        x.linear(&ws[0], Some(&ws[1])).relu().linear(&ws[2], Some(&ws[3])).relu().linear(&ws[4], Some(&ws[5]))
+        mlp_forward(ws, x)
     }
 
     /// The six tensors in forward order, looked up by name in `layout`.
     fn tensors_from_flat(&self, layout: &Layout, flat: &[f32]) -> Result<Vec<Tensor>> {
-        if flat.len() != layout.param_count() {
-            return Err(Error::invalid("parameters", format!("{} values, layout has {}", flat.len(), layout.param_count())));
-        }
-        let task = self.name;
-        self.tensors
-            .iter()
-            .map(|(name, shape)| {
-                let t = layout.get(name).ok_or_else(|| Error::invalid("layout", format!("{task} needs tensor '{name}'")))?;
-                if t.shape != *shape {
-                    return Err(Error::invalid("layout", format!("tensor '{name}' has shape {:?}, {task} needs {shape:?}", t.shape)));
-                }
-                let dims: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
-                Ok(Tensor::from_slice(&flat[t.offset..t.offset + t.numel()]).view(dims.as_slice()))
-            })
-            .collect()
+        mlp_tensors_from_flat(self.name, self.tensors, layout, flat)
     }
+}
+
+/// The two hidden layers of a three-layer ReLU MLP (tensors in layout order: fc1.weight,
+/// fc1.bias, fc2.weight, fc2.bias, ...), PyTorch Linear convention (y = x W^T + b).
+pub(crate) fn mlp_body(ws: &[Tensor], x: &Tensor) -> Tensor {
+    x.linear(&ws[0], Some(&ws[1])).relu().linear(&ws[2], Some(&ws[3])).relu()
+}
+
+/// The whole three-layer MLP: [`mlp_body`], then fc3.
+pub(crate) fn mlp_forward(ws: &[Tensor], x: &Tensor) -> Tensor {
+    mlp_body(ws, x).linear(&ws[4], Some(&ws[5]))
+}
+
+/// A Linear layer's weight [o, i] and bias [o] under `p`, PyTorch's default initialization
+/// U(-1/sqrt(i), 1/sqrt(i)).
+pub(crate) fn linear_vars(p: &nn::Path, i: i64, o: i64) -> (Tensor, Tensor) {
+    let bound = 1.0 / (i as f64).sqrt();
+    (p.var("weight", &[o, i], nn::Init::Uniform { lo: -bound, up: bound }), p.var("bias", &[o], nn::Init::Uniform { lo: -bound, up: bound }))
+}
+
+/// `task`'s `tensors` (names and shapes, in forward order) out of `flat`, placed by `layout` and
+/// checked against the network (an error names the tensor).
+pub(crate) fn mlp_tensors_from_flat(task: &str, tensors: &[(&str, &[usize])], layout: &Layout, flat: &[f32]) -> Result<Vec<Tensor>> {
+    if flat.len() != layout.param_count() {
+        return Err(Error::invalid("parameters", format!("{} values, layout has {}", flat.len(), layout.param_count())));
+    }
+    tensors
+        .iter()
+        .map(|(name, shape)| {
+            let t = layout.get(name).ok_or_else(|| Error::invalid("layout", format!("{task} needs tensor '{name}'")))?;
+            if t.shape != *shape {
+                return Err(Error::invalid("layout", format!("tensor '{name}' has shape {:?}, {task} needs {shape:?}", t.shape)));
+            }
+            let dims: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
+            Ok(Tensor::from_slice(&flat[t.offset..t.offset + t.numel()]).view(dims.as_slice()))
+        })
+        .collect()
 }
 
 impl Task for Mlp3 {
@@ -92,11 +115,7 @@ impl Task for Mlp3 {
         tch::manual_seed(seed as i64);
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
-        let lin = |name: &str, i: i64, o: i64| {
-            let p = &root / name;
-            let bound = 1.0 / (i as f64).sqrt();
-            (p.var("weight", &[o, i], nn::Init::Uniform { lo: -bound, up: bound }), p.var("bias", &[o], nn::Init::Uniform { lo: -bound, up: bound }))
-        };
+        let lin = |name: &str, i: i64, o: i64| linear_vars(&(&root / name), i, o);
         let (h1, h2) = (self.tensors[0].1[0] as i64, self.tensors[2].1[0] as i64);
         let (w1, b1) = lin("fc1", 784, h1);
         let (w2, b2) = lin("fc2", h1, h2);

@@ -9,6 +9,7 @@
 //! tasks only (one 2-way head per seen task), and one seeded head. A task's models are then
 //! fine-tuned from it on that task alone ([`MnistTasks::train_task`]); held-out tasks never
 //! enter the shared initialization, the generator or any choice of hyper-parameters.
+use super::mlp3::{linear_vars, mlp_body, mlp_forward, mlp_tensors_from_flat};
 use super::mnist::Mnist;
 use pdiff::error::{Error, Result};
 use pdiff::params::Layout;
@@ -130,7 +131,7 @@ impl MnistTasks {
     }
 
     fn forward(ws: &[Tensor], x: &Tensor) -> Tensor {
-        body(ws, x).linear(&ws[4], Some(&ws[5]))
+        mlp_forward(ws, x)
     }
 
     /// The shared initialization (six tensors in layout order): the body trained jointly on
@@ -158,7 +159,7 @@ impl MnistTasks {
             let idx = Tensor::randint(n, [BATCH], (Kind::Int64, Device::Cpu));
             let x = train.images.index_select(0, &idx);
             let y = lut.index_select(0, &train.labels.index_select(0, &idx)).view([-1]);
-            let logits = body(&ws, &x).linear(&wh, Some(&bh)).view([-1, 2]);
+            let logits = mlp_body(&ws, &x).linear(&wh, Some(&bh)).view([-1, 2]);
             let loss = logits.cross_entropy_for_logits(&y);
             opt.backward_step(&loss);
             if !progress(step + 1, steps) {
@@ -222,7 +223,7 @@ impl MnistTasks {
         }
         rows.chunks_exact(d)
             .map(|row| {
-                let ws = tensors_from_flat(layout, row)?;
+                let ws = mlp_tensors_from_flat(NAME, &TENSORS, layout, row)?;
                 let right = tch::no_grad(|| Self::forward(&ws, &split.images).argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]));
                 Ok(right as f64 / split.len() as f64)
             })
@@ -235,16 +236,6 @@ impl MnistTasks {
     }
 }
 
-fn body(ws: &[Tensor], x: &Tensor) -> Tensor {
-    x.linear(&ws[0], Some(&ws[1])).relu().linear(&ws[2], Some(&ws[3])).relu()
-}
-
-/// PyTorch's default Linear initialization, U(-1/sqrt(in), 1/sqrt(in)).
-fn linear_vars(p: &nn::Path, i: i64, o: i64) -> (Tensor, Tensor) {
-    let bound = 1.0 / (i as f64).sqrt();
-    (p.var("weight", &[o, i], nn::Init::Uniform { lo: -bound, up: bound }), p.var("bias", &[o], nn::Init::Uniform { lo: -bound, up: bound }))
-}
-
 fn cosine(from: f64, to: f64, step: usize, total: usize) -> f64 {
     let c = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos());
     to + (from - to) * c
@@ -252,24 +243,6 @@ fn cosine(from: f64, to: f64, step: usize, total: usize) -> f64 {
 
 fn flatten(ws: &[&Tensor]) -> Vec<f32> {
     ws.iter().flat_map(|w| Vec::<f32>::try_from(&w.detach().contiguous().view([-1])).unwrap_or_default()).collect()
-}
-
-/// The six tensors in forward order, looked up by name in `layout`, checked against the network.
-fn tensors_from_flat(layout: &Layout, flat: &[f32]) -> Result<Vec<Tensor>> {
-    if flat.len() != layout.param_count() {
-        return Err(Error::invalid("parameters", format!("{} values, layout has {}", flat.len(), layout.param_count())));
-    }
-    TENSORS
-        .iter()
-        .map(|(name, shape)| {
-            let t = layout.get(name).ok_or_else(|| Error::invalid("layout", format!("{NAME} needs tensor '{name}'")))?;
-            if t.shape != *shape {
-                return Err(Error::invalid("layout", format!("tensor '{name}' has shape {:?}, {NAME} needs {shape:?}", t.shape)));
-            }
-            let dims: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
-            Ok(Tensor::from_slice(&flat[t.offset..t.offset + t.numel()]).view(dims.as_slice()))
-        })
-        .collect()
 }
 
 #[cfg(test)]
