@@ -656,8 +656,9 @@ fn read_regular_nofollow(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>
     read_bounded(path, max_bytes, libc::O_NOFOLLOW)
 }
 
-fn read_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
+/// Open `path` without blocking (a FIFO or device is refused, not waited on) and check that it
+/// is a regular file of at most `max_bytes`; returns the file and its length.
+fn open_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Result<(std::fs::File, u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | extra_flags).open(path)?;
     let meta = file.metadata()?;
@@ -670,7 +671,13 @@ fn read_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Resul
             format!("{} bytes is more than the {max_bytes} bytes allowed for this file", meta.len()),
         ));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    Ok((file, meta.len()))
+}
+
+fn read_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let (file, len) = open_bounded(path, max_bytes, extra_flags)?;
+    let mut bytes = Vec::with_capacity(len as usize);
     file.take(max_bytes + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max_bytes {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the file grew beyond {max_bytes} bytes while being read")));
@@ -683,19 +690,8 @@ fn read_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Resul
 /// allocation, so a multi-GiB file is never held twice.
 pub fn read_regular_shared(path: &Path, max_bytes: u64) -> std::io::Result<std::sync::Arc<[u8]>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
-    }
-    if meta.len() > max_bytes {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} bytes is more than the {max_bytes} bytes allowed for this file", meta.len()),
-        ));
-    }
-    let len = usize::try_from(meta.len()).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "file too large for this machine"))?;
+    let (mut file, len) = open_bounded(path, max_bytes, 0)?;
+    let len = usize::try_from(len).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "file too large for this machine"))?;
     let mut shared = std::sync::Arc::<[u8]>::new_uninit_slice(len);
     let buf = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
     // Zeroed first: read_exact needs initialized bytes.
