@@ -9,18 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "pdiff.h"
-
-static long peak_kib(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kib = -1;
-    if (!f) return -1;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "VmHWM:", 6) == 0) kib = strtol(line + 6, NULL, 10);
-    fclose(f);
-    return kib;
-}
+#include "memory_bound.h"
 
 /* Higher is better: the negated squared norm (any deterministic function of the vector). */
 static double score(void *calls, const float *params, size_t len) {
@@ -31,25 +20,12 @@ static double score(void *calls, const float *params, size_t len) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s BUNDLE N MAX_GROWTH_MIB\n", argv[0]);
-        return 2;
-    }
-    const size_t n = (size_t)strtoull(argv[2], NULL, 10);
-    const long max_growth_kib = atol(argv[3]) * 1024;
-    pdiff_sampler_options so;
+    size_t n;
+    long max_growth_kib;
     pdiff_sample_options opts;
-    pdiff_sampler_options_default(&so);
-    pdiff_sample_options_default(&opts);
-    so.provider = PDIFF_PROVIDER_CPU;
-    so.intra_threads = 1;
-    opts.ddim_steps = 2;
-    opts.seed = 11;
     pdiff_sampler *s = NULL;
-    if (pdiff_sampler_open(argv[1], &so, &s) != PDIFF_OK) {
-        fprintf(stderr, "open: %s\n", pdiff_last_error());
-        return 1;
-    }
+    int status = open_memory_test(argc, argv, 11, &n, &max_growth_kib, &s, &opts);
+    if (status != 0) return status;
     const size_t d = pdiff_sampler_param_count(s);
     float *best = malloc(d * sizeof(float));
     float *again = malloc(d * sizeof(float));
