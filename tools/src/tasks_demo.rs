@@ -228,7 +228,7 @@ pub struct TasksResults {
 }
 
 /// Progress of the whole job: (stage, done, total, loss); return false to cancel.
-pub type Progress2<'a> = dyn FnMut(&str, usize, usize, Option<f64>) -> bool + 'a;
+pub type TasksProgress<'a> = dyn FnMut(&str, usize, usize, Option<f64>) -> bool + 'a;
 
 /// The checkpoints of a run, in memory.
 pub struct Collection {
@@ -240,7 +240,7 @@ pub struct Collection {
 /// Step 2: the shared initialization and `k` checkpoints per task. Each task's training has its
 /// own seed (from the run's seed and the task), so a task's checkpoints do not depend on which
 /// other tasks are collected.
-pub fn collect(tasks: &MnistTasks, split: &TaskSplit, recipe: &Recipe, k: usize, seed: u64, progress: &mut Progress2<'_>) -> Result<Collection> {
+pub fn collect(tasks: &MnistTasks, split: &TaskSplit, recipe: &Recipe, k: usize, seed: u64, progress: &mut TasksProgress<'_>) -> Result<Collection> {
     let init = tasks.shared_init(&split.seen, recipe.shared_steps, seed, &mut |i, n| progress("shared init", i, n, None))?;
     let all: Vec<DigitSet> = split.seen.iter().chain(&split.heldout).copied().collect();
     let mut trained = Vec::with_capacity(all.len());
@@ -336,7 +336,7 @@ fn median(v: impl Iterator<Item = f64>) -> f64 {
     Summary::of(&v.collect::<Vec<_>>()).median
 }
 
-pub fn run(opts: &TasksDemoOptions, progress: &mut Progress2<'_>) -> Result<TasksResults> {
+pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<TasksResults> {
     opts.validate()?;
     let started = Instant::now();
     let output = OutputDir::begin(&opts.out_dir, OutputKind::Demo, opts.if_foreign)?;
