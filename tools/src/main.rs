@@ -228,9 +228,10 @@ struct TasksArgs {
     /// mnist-tasks: guidance scales of the ablation.
     #[arg(long, value_name = "G,G,...", default_value = "1,2,4")]
     guidance_sweep: String,
-    /// mnist-tasks: steps of the shared initialization (joint training on the seen tasks).
-    #[arg(long, default_value_t = 2000)]
-    shared_steps: usize,
+    /// mnist-tasks: steps of the shared initialization (joint training on the seen tasks)
+    /// [default: 4000].
+    #[arg(long)]
+    shared_steps: Option<usize>,
     /// mnist-tasks: fine-tuning steps of each task's models before their checkpoints.
     #[arg(long, default_value_t = 500)]
     finetune_steps: usize,
@@ -785,7 +786,7 @@ fn run(cli: Cli) -> Result<()> {
             opts.guidance = tasks.guidance;
             opts.guidance_sweep = parse_list("--guidance-sweep", &tasks.guidance_sweep)?;
             opts.seen_ablation = parse_list("--seen-ablation", &tasks.seen_ablation)?;
-            opts.recipe.shared_steps = tasks.shared_steps;
+            opts.recipe.shared_steps = tasks.shared_steps.unwrap_or(opts.recipe.shared_steps);
             opts.recipe.finetune_steps = tasks.finetune_steps;
             opts.sampler = sampler.kind()?;
             opts.sample_seed = sample_seed;

@@ -391,21 +391,25 @@ fn mnist_tasks_tables_match_the_result_file() {
 }
 
 #[test]
-fn mnist_tasks_clean_check_matches_its_result_file() {
+fn mnist_tasks_clean_checks_match_their_result_files() {
     use pdiff_tools::tasks_demo::TasksResults;
-    let r: TasksResults = json("docs/results/mnist-tasks-seed1.json");
-    assert_eq!((r.task.as_str(), r.seed), ("mnist-tasks", 1));
-    let s = &r.summary;
-    assert_contains(
-        &readme(),
-        &format!(
-            "held-out generated {} against scratch {} and nearest seen {};\nseen generated {} against originals {}; {:.0} s in all.",
-            acc(s.heldout_generated),
-            acc(s.heldout_scratch),
-            acc(s.heldout_nearest_seen),
-            acc(s.seen_generated),
-            acc(s.seen_originals),
-            r.timings_s.total
-        ),
-    );
+    let rows = [1u64, 2, 3]
+        .iter()
+        .map(|&seed| {
+            let r: TasksResults = json(&format!("docs/results/mnist-tasks-seed{seed}.json"));
+            assert_eq!((r.task.as_str(), r.seed), ("mnist-tasks", seed));
+            let s = &r.summary;
+            row(&[
+                seed.to_string(),
+                acc(s.heldout_generated),
+                acc(s.heldout_scratch),
+                acc(s.heldout_nearest_seen),
+                acc(s.seen_generated),
+                acc(s.seen_originals),
+            ])
+        })
+        .collect();
+    assert_table(&readme(), "Clean checks on other seeds:", rows);
+    let seed2: TasksResults = json("docs/results/mnist-tasks-seed2.json");
+    assert_contains(&readme(), &format!("(seed 2: {:.0} s in all,", seed2.timings_s.total));
 }

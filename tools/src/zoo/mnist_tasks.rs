@@ -31,8 +31,6 @@ pub const TENSORS: [(&str, &[usize]); 6] = [
 pub const DIGITS_PER_TASK: usize = 5;
 pub const TASK_COUNT: usize = 252;
 
-/// Learning rate of the shared initialization's joint training (cosine down to a tenth).
-pub const SHARED_LR: f64 = 1e-2;
 /// How the models are trained: `shared_steps` of joint training on the seen tasks give the
 /// shared initialization; a task's models are trained from it: `finetune_steps` with a
 /// cosine learning rate from `finetune_lr` down to `trajectory_lr`, then one checkpoint every
@@ -41,16 +39,29 @@ pub const SHARED_LR: f64 = 1e-2;
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Recipe {
     pub shared_steps: usize,
+    /// Learning rate of the shared initialization's training (cosine down to a tenth).
+    pub shared_lr: f64,
     pub finetune_steps: usize,
     pub finetune_lr: f64,
     pub trajectory_lr: f64,
     pub body_lr_scale: f64,
     pub checkpoint_every: usize,
+    pub shared_objective: SharedObjective,
+}
+
+/// What the shared initialization's body is trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedObjective {
+    /// One 2-way head per seen task, mean cross-entropy over the seen tasks.
+    SeenTasks,
+    /// One 10-way head on the digit labels (task-free: every task is a function of the digit).
+    Digits,
 }
 
 impl Default for Recipe {
     fn default() -> Self {
-        Recipe { shared_steps: 2000, finetune_steps: 500, finetune_lr: 5e-3, trajectory_lr: 1e-3, body_lr_scale: 0.03, checkpoint_every: 1 }
+        Recipe { shared_steps: 4000, shared_lr: 1e-3, finetune_steps: 500, finetune_lr: 5e-3, trajectory_lr: 1e-3, body_lr_scale: 0.03, checkpoint_every: 1, shared_objective: SharedObjective::SeenTasks }
     }
 }
 pub const BATCH: i64 = 128;
@@ -136,7 +147,7 @@ impl MnistTasks {
 
     /// The shared initialization (six tensors in layout order): the body trained jointly on
     /// `seen` (one 2-way head per task, mean cross-entropy over tasks), and a seeded head.
-    pub fn shared_init(&self, seen: &[DigitSet], steps: usize, seed: u64, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<f32>> {
+    pub fn shared_init(&self, seen: &[DigitSet], objective: SharedObjective, steps: usize, lr: f64, seed: u64, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<f32>> {
         if seen.is_empty() {
             return Err(Error::invalid("tasks", "the shared initialization needs at least one seen task"));
         }
@@ -146,20 +157,25 @@ impl MnistTasks {
         let t = seen.len() as i64;
         let (w1, b1) = linear_vars(&(&root / "fc1"), 784, 16);
         let (w2, b2) = linear_vars(&(&root / "fc2"), 16, 16);
-        let (wh, bh) = linear_vars(&(&root / "heads"), 16, 2 * t);
-        // labels[n, task] for the train split.
-        let lut: Vec<i64> = (0..10).flat_map(|d| seen.iter().map(move |s| s.contains(d) as i64)).collect();
-        let lut = Tensor::from_slice(&lut).view([10, t]);
+        // labels[digit, head]: the task labels of each seen task, or the digit itself.
+        let (heads, classes, lut) = match objective {
+            SharedObjective::SeenTasks => {
+                let lut: Vec<i64> = (0..10).flat_map(|d| seen.iter().map(move |s| s.contains(d) as i64)).collect();
+                (t, 2, Tensor::from_slice(&lut).view([10, t]))
+            }
+            SharedObjective::Digits => (1, 10, Tensor::arange(10, (Kind::Int64, Device::Cpu)).view([10, 1])),
+        };
+        let (wh, bh) = linear_vars(&(&root / "heads"), 16, classes * heads);
         let train = &self.data.train;
         let n = train.len() as i64;
-        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, SHARED_LR)?;
+        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, lr)?;
         let ws = [w1, b1, w2, b2];
         for step in 0..steps {
-            opt.set_lr(cosine(SHARED_LR, SHARED_LR / 10.0, step, steps));
+            opt.set_lr(cosine(lr, lr / 10.0, step, steps));
             let idx = Tensor::randint(n, [BATCH], (Kind::Int64, Device::Cpu));
             let x = train.images.index_select(0, &idx);
             let y = lut.index_select(0, &train.labels.index_select(0, &idx)).view([-1]);
-            let logits = mlp_body(&ws, &x).linear(&wh, Some(&bh)).view([-1, 2]);
+            let logits = mlp_body(&ws, &x).linear(&wh, Some(&bh)).view([-1, classes]);
             let loss = logits.cross_entropy_for_logits(&y);
             opt.backward_step(&loss);
             if !progress(step + 1, steps) {
