@@ -390,7 +390,9 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
     let mut validation_scores = Vec::new();
     if let (None, Some((m, gm))) = (opts.guidance, validation) {
         for &gs in &opts.guidance_sweep {
-            progress("validation", validation_scores.len(), opts.guidance_sweep.len(), None);
+            if !progress("validation", validation_scores.len(), opts.guidance_sweep.len(), None) {
+                return Err(Error::Cancelled);
+            }
             let s = score(&tasks, &layout, &gm.tch_denoiser(), &gm.tch_decoder(), opts, &split.seen[*m..], &[], gs)?;
             validation_scores.push(median(s.seen.iter().map(|x| x.median)));
         }
@@ -422,7 +424,9 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
         Some(s) => (s, s, s.backend_name().to_string()),
         None => (&tch_den, &tch_dec, "tch".to_string()),
     };
-    progress("generate", 0, 1, None);
+    if !progress("generate", 0, 1, None) {
+        return Err(Error::Cancelled);
+    }
     let main_scores = score(&tasks, &layout, den, dec, opts, &split.seen, &split.heldout, guidance)?;
     for ((t, _), rows) in col.heldout.iter().zip(&main_scores.heldout_rows) {
         let dir = out.join("heldout").join(t.code()).join("generated");
@@ -463,7 +467,9 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
     let t0 = Instant::now();
     let mut guidance_ablation = Vec::new();
     for (i, &gs) in opts.guidance_sweep.iter().enumerate() {
-        progress("guidance ablation", i, opts.guidance_sweep.len(), None);
+        if !progress("guidance ablation", i, opts.guidance_sweep.len(), None) {
+            return Err(Error::Cancelled);
+        }
         let s = if gs == guidance { None } else { Some(score(&tasks, &layout, den, dec, opts, &split.seen, &split.heldout, gs)?) };
         let s = s.as_ref().unwrap_or(&main_scores);
         guidance_ablation.push(GuidanceRow {
