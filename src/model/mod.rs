@@ -14,7 +14,7 @@ mod nets;
 pub use nets::{timestep_embedding, Autoencoder, ConditionBatch, Denoiser};
 
 mod tokens;
-pub use tokens::{auto_chunk_len, TokenMap, AUTO_CHUNKED_MIN_PARAMS, MAX_CHUNK_LEN};
+pub use tokens::{auto_chunk_len, TokenMap, AUTO_CHUNKED_MIN_PARAMS, CHUNKED_COMPONENTS, MAX_CHUNK_LEN};
 
 /// Number of GroupNorm groups for a layer of `channels` channels.
 pub fn norm_groups(channels: i64) -> i64 {
@@ -79,6 +79,13 @@ pub struct ChunkedSpec {
     /// Tokens drawn per checkpoint in one autoencoder training step: tokens are encoded and
     /// decoded independently, so a step costs the same whatever D is.
     pub tokens_per_step: i64,
+    /// The diffusion's latent: the first `components` principal directions of the K training
+    /// checkpoints' token latents (fixed after the autoencoder is trained, at most K - 1), the
+    /// latent then being those `components` coefficients and the denoiser an MLP over them.
+    /// 0: the latent is the whole token sequence (tokens x token_dim) and the denoiser is the
+    /// tokens denoiser (bundles written before components existed).
+    #[serde(default)]
+    pub components: i64,
 }
 
 impl AutoencoderConfig {
@@ -215,9 +222,9 @@ impl Preset {
                     decoder_channels: Vec::new(),
                     final_kernel: None,
                     latent_dim: 0,
-                    chunked: Some(ChunkedSpec { chunk: auto_chunk_len(d) as i64, hidden: 16, token_dim: 4, tokens_per_step: 128 }),
+                    chunked: Some(ChunkedSpec { chunk: auto_chunk_len(d) as i64, hidden: 16, token_dim: 4, tokens_per_step: 128, components: CHUNKED_COMPONENTS }),
                 },
-                DenoiserConfig::Tokens { token_dim: 4, hidden: 32, blocks: 2, position_dim: 8, time_dim: 32 },
+                DenoiserConfig::Mlp { hidden: 64, blocks: 2, time_dim: 64 },
             ),
         }
     }

@@ -45,10 +45,16 @@ impl Autoencoder {
     pub fn encode(&self, x: &Tensor) -> Tensor {
         match &self.body {
             AeBody::Conv(ae) => ae.encode(x),
-            AeBody::Chunked(ae) => {
-                let b = x.size()[0];
-                ae.encode_tokens(x, None).view([b, -1])
-            }
+            AeBody::Chunked(ae) => ae.project(&ae.token_latents(x)),
+        }
+    }
+
+    /// A chunked autoencoder with principal components (`ChunkedSpec::components`): fix them
+    /// from the token latents [K, tokens x token_dim] of the training checkpoints. No-op for
+    /// other autoencoders.
+    pub fn fit_principal_components(&mut self, token_latents: &Tensor) {
+        if let AeBody::Chunked(ae) = &mut self.body {
+            ae.fit_principal_components(token_latents);
         }
     }
 
@@ -89,6 +95,11 @@ pub struct ChunkedAutoencoder {
     flat_index: Tensor,
     anchor: Tensor,
     scale: Tensor,
+    /// `components` > 0: the principal directions [components, tokens x token_dim] of the
+    /// training checkpoints' token latents (orthonormal rows) and their mean [tokens x
+    /// token_dim]; the latent is the coefficients (z_tok - mean) basis^T. Fixed data, like
+    /// `anchor`.
+    principal: Option<(Tensor, Tensor)>,
     enc_in: nn::Linear,
     enc_position: Tensor,
     enc_mid: nn::Linear,
@@ -103,8 +114,9 @@ pub struct ChunkedAutoencoder {
 const TOKEN_SCALE_FLOOR: f64 = 1e-6;
 
 impl ChunkedAutoencoder {
-    /// Variable names: enc.anchor, enc.scale (fixed), enc.in, enc.position, enc.mid, enc.out,
-    /// dec.in, dec.position, dec.mid, dec.out.
+    /// Variable names: enc.anchor, enc.scale, enc.basis, enc.basis_mean (fixed; the basis
+    /// only with principal components), enc.in, enc.position, enc.mid, enc.out, dec.in,
+    /// dec.position, dec.mid, dec.out.
     fn new(vs: &nn::Path, spec: &ChunkedSpec, tokens: TokenMap) -> Self {
         let (n, c, h, e) = (tokens.tokens() as i64, tokens.chunk as i64, spec.hidden, spec.token_dim);
         let device = vs.device();
@@ -113,6 +125,7 @@ impl ChunkedAutoencoder {
         let position = nn::Init::Randn { mean: 0.0, stdev: 0.1 };
         let anchor = enc.zeros_no_train("anchor", &[tokens.param_count as i64]);
         let scale = enc.ones_no_train("scale", &[n]);
+        let principal = (spec.components > 0).then(|| (enc.zeros_no_train("basis", &[spec.components, n * e]), enc.zeros_no_train("basis_mean", &[n * e])));
         let enc_in = nn::linear(&enc / "in", c, h, Default::default());
         let enc_position = enc.var("position", &[n, h], position);
         let enc_mid = nn::linear(&enc / "mid", h, h, Default::default());
@@ -132,6 +145,7 @@ impl ChunkedAutoencoder {
             flat_index,
             anchor,
             scale,
+            principal,
             enc_in,
             enc_position,
             enc_mid,
@@ -170,6 +184,37 @@ impl ChunkedAutoencoder {
             if let Some(b) = self.dec_out.bs.as_mut() {
                 let _ = b.zero_();
             }
+        });
+    }
+
+    /// Every token of x [B, D] to latents, flat: [B, tokens x token_dim].
+    pub fn token_latents(&self, x: &Tensor) -> Tensor {
+        let b = x.size()[0];
+        self.encode_tokens(x, None).view([b, -1])
+    }
+
+    /// Token latents [B, tokens x token_dim] -> the autoencoder's latent: their principal
+    /// coefficients [B, components], or themselves without principal components.
+    pub fn project(&self, z_tok: &Tensor) -> Tensor {
+        match &self.principal {
+            Some((basis, mean)) => (z_tok - mean.unsqueeze(0)).matmul(&basis.tr()),
+            None => z_tok.shallow_clone(),
+        }
+    }
+
+    /// The principal directions of the token latents `z` [K, L]: the first `components` right
+    /// singular vectors of z minus its mean (fewer than K - 1 of them carry anything).
+    fn fit_principal_components(&mut self, z: &Tensor) {
+        let Some((basis, mean)) = self.principal.as_mut() else {
+            return;
+        };
+        tch::no_grad(|| {
+            let mu = z.mean_dim(0, false, Kind::Float);
+            let (_, _, v) = (z - mu.unsqueeze(0)).svd(true, true);
+            let r = basis.size()[0].min(v.size()[1]);
+            let _ = basis.zero_();
+            basis.narrow(0, 0, r).copy_(&v.narrow(1, 0, r).tr());
+            mean.copy_(&mu);
         });
     }
 
@@ -232,9 +277,13 @@ impl ChunkedAutoencoder {
         self.slot_mask.index_select(0, tok)
     }
 
-    /// [B, tokens x token_dim] -> [B, D].
+    /// The autoencoder's latent ([B, components], or [B, tokens x token_dim]) -> [B, D].
     fn decode_all(&self, z: &Tensor) -> Tensor {
         let b = z.size()[0];
+        let z = match &self.principal {
+            Some((basis, mean)) => z.matmul(basis) + mean.unsqueeze(0),
+            None => z.shallow_clone(),
+        };
         let n = self.token_count();
         let all = Tensor::arange(n, (Kind::Int64, z.device()));
         let dev = self.decode_deviation(&z.view([b, n, self.token_dim]), &all).view([b, -1]);

@@ -103,14 +103,23 @@ fn elu(b: &mut GraphBuilder, x: &str) -> String {
     b.node("Elu", &[x], vec![attr("alpha", Attr::Float(1.0))], None)
 }
 
-/// The chunked autoencoder's decoder (model::ChunkedAutoencoder): latent [B, tokens x e] ->
-/// normalized parameters [B, D] (anchor added; the token grid gathered back to the flat order).
+/// The chunked autoencoder's decoder (model::ChunkedAutoencoder): latent [B, tokens x e] (or
+/// [B, components] principal coefficients, mapped back to it by the basis) -> normalized
+/// parameters [B, D] (anchor added; the token grid gathered back to the flat order).
 fn chunked_decoder_nodes(b: &mut GraphBuilder, g: &Generator, w: &Weights, z: &str) -> Result<String> {
     let spec = g.ae_config.chunked.as_ref().ok_or_else(|| Error::invalid("autoencoder", "not chunked"))?;
     let tokens = TokenMap::new(&g.layout, spec.chunk as usize);
     let (n, c) = (tokens.tokens() as i64, tokens.chunk as i64);
+    let z = if spec.components > 0 {
+        let basis = w.init(b, "enc.basis")?;
+        let mean = w.init(b, "enc.basis_mean")?;
+        let h = b.op("MatMul", &[z, &basis]);
+        b.op("Add", &[&h, &mean])
+    } else {
+        z.to_string()
+    };
     let seq = b.i64("token_shape", &[-1, n, spec.token_dim]);
-    let h = b.op("Reshape", &[z, &seq]);
+    let h = b.op("Reshape", &[&z, &seq]);
     let h = linear_nd(b, w, "dec.in", &h)?;
     let pos = w.init(b, "dec.position")?;
     let h = b.op("Add", &[&h, &pos]);

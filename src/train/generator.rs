@@ -86,11 +86,10 @@ fn check_loss(stage: Stage, step: usize, loss: f64) -> Result<()> {
 
 impl Generator {
     /// Build the networks (untrained) for a layout; used by training and by loading.
-    pub(crate) fn build(layout: Layout, mut config: TrainConfig, condition: Option<ConditionSpec>, device: Device) -> Result<Self> {
+    /// `k`: the number of training checkpoints (None when loading: the bundle's configuration
+    /// is already resolved).
+    pub(crate) fn build(layout: Layout, mut config: TrainConfig, condition: Option<ConditionSpec>, device: Device, k: Option<usize>) -> Result<Self> {
         config.validate()?;
-        // The target is recorded in the bundle's training config: a loaded generator converts
-        // its network's output to the noise the same way.
-        config.target.get_or_insert(DiffusionTarget::default_for(condition.is_some()));
         if let Some(c) = &condition {
             c.validate()?;
         }
@@ -98,10 +97,22 @@ impl Generator {
         let (ae_default, den_default) = config.preset.architecture(d);
         let mut ae_config = config.autoencoder.clone().unwrap_or(ae_default);
         let denoiser_config = config.denoiser.clone().unwrap_or(den_default);
-        if let Some(spec) = &ae_config.chunked {
+        let principal = ae_config.chunked.as_ref().is_some_and(|s| s.components > 0);
+        // The target is recorded in the bundle's training config: a loaded generator converts
+        // its network's output to the noise the same way. Principal coefficients train on v as
+        // conditional generators do: with epsilon, a direction the denoiser gets wrong grows at
+        // every DDIM step (measured on mnist-mlp-wide: coefficients up to 1e30 at 64 components).
+        config.target.get_or_insert(DiffusionTarget::default_for(condition.is_some() || principal));
+        if let Some(spec) = ae_config.chunked.as_mut() {
             validate_chunked(spec, &denoiser_config)?;
-            // The latent is the token sequence: its width follows from the layout.
-            ae_config.latent_dim = TokenMap::new(&layout, spec.chunk as usize).tokens() as i64 * spec.token_dim;
+            if let (Some(k), true) = (k, spec.components > 0) {
+                // K centered checkpoints span at most K - 1 directions.
+                spec.components = spec.components.min(k as i64 - 1).max(1);
+            }
+            // The latent follows from the layout: the token sequence, or its principal
+            // coefficients.
+            let tokens = TokenMap::new(&layout, spec.chunk as usize).tokens() as i64;
+            ae_config.latent_dim = if spec.components > 0 { spec.components } else { tokens * spec.token_dim };
         } else if matches!(denoiser_config, DenoiserConfig::Tokens { .. }) {
             return Err(Error::invalid("denoiser", "the tokens denoiser needs the chunked autoencoder (its latent is a token sequence)"));
         } else if ae_config.encoder.is_empty() || ae_config.decoder_channels.len() != ae_config.encoder.len() {
@@ -153,7 +164,7 @@ impl Generator {
     }
 
     fn train_on(set: &ParamSet, config: &TrainConfig, device: Device, progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Self> {
-        let mut g = Generator::build(set.layout.clone(), config.clone(), set.conditions.as_ref().map(|c| c.spec.clone()), device)?;
+        let mut g = Generator::build(set.layout.clone(), config.clone(), set.conditions.as_ref().map(|c| c.spec.clone()), device, Some(set.k()))?;
         g.sources = set.sources.clone();
         let k = set.k() as i64;
         let d = set.layout.param_count();
@@ -220,6 +231,10 @@ impl Generator {
         if g.ae_config.chunked.is_some() {
             // In slices of rows: a pass over all K at once would hold K x (tokens x chunk)
             // activations, more than the data itself. (The chunked preset's loss is uniform.)
+            let token_latents = tch::no_grad(|| in_slices(&data, |rows| g.ae.chunked().map(|ae| ae.token_latents(rows))));
+            if let Some(z) = token_latents {
+                g.ae.fit_principal_components(&z);
+            }
             let (z, mse) = tch::no_grad(|| encode_in_slices(&g.ae, &data, d));
             latents = z;
             g.history.final_reconstruction_mse = mse;
@@ -438,6 +453,14 @@ fn train_chunked_autoencoder(
 
 /// Latents of every row of `data` [K, D] and the reconstruction MSE over all of them, 16 rows
 /// at a time (chunked autoencoder).
+/// `f` of every row of `data` [K, ..], 16 rows at a time, concatenated (None when `f` gives
+/// None).
+fn in_slices(data: &Tensor, f: impl Fn(&Tensor) -> Option<Tensor>) -> Option<Tensor> {
+    let k = data.size()[0];
+    let parts: Option<Vec<Tensor>> = (0..k).step_by(16).map(|start| f(&data.narrow(0, start, 16.min(k - start)))).collect();
+    parts.map(|p| Tensor::cat(&p, 0))
+}
+
 fn encode_in_slices(ae: &Autoencoder, data: &Tensor, d: usize) -> (Tensor, f64) {
     let k = data.size()[0];
     let mut parts = Vec::new();
@@ -458,6 +481,19 @@ fn validate_chunked(spec: &ChunkedSpec, denoiser: &DenoiserConfig) -> Result<()>
             return Err(Error::invalid(&format!("autoencoder.chunked.{field}"), format!("{v} (must be >= 1)")));
         }
     }
+    if spec.components < 0 {
+        return Err(Error::invalid("autoencoder.chunked.components", format!("{} (must be >= 0)", spec.components)));
+    }
+    if spec.components > 0 {
+        // The latent is a plain vector of coefficients: any vector denoiser.
+        return match denoiser {
+            DenoiserConfig::Tokens { .. } => Err(Error::invalid(
+                "denoiser",
+                "the chunked autoencoder's latent is its principal coefficients (components > 0): the tokens denoiser needs components = 0",
+            )),
+            _ => Ok(()),
+        };
+    }
     match denoiser {
         DenoiserConfig::Tokens { token_dim, hidden, blocks, position_dim, time_dim } => {
             if *token_dim != spec.token_dim {
@@ -470,7 +506,7 @@ fn validate_chunked(spec: &ChunkedSpec, denoiser: &DenoiserConfig) -> Result<()>
             }
             Ok(())
         }
-        other => Err(Error::invalid("denoiser", format!("the chunked autoencoder's latent is a token sequence: it needs the tokens denoiser, not {other:?}"))),
+        other => Err(Error::invalid("denoiser", format!("the chunked autoencoder's latent is a token sequence (components = 0): it needs the tokens denoiser, not {other:?}"))),
     }
 }
 
@@ -638,7 +674,7 @@ impl Generator {
         let mut config = m.training.clone();
         config.autoencoder = Some(m.autoencoder.clone());
         config.denoiser = Some(m.denoiser.clone());
-        let mut g = Generator::build(m.layout(), config, m.condition.clone(), device.resolve()?)?;
+        let mut g = Generator::build(m.layout(), config, m.condition.clone(), device.resolve()?, None)?;
         for (vs, role) in [(&g.ae_vs, "autoencoder_weights"), (&g.den_vs, "denoiser_weights")] {
             load_safetensors_into(vs, b.file(role)?).map_err(|e| Error::bundle(dir, format!("{}: {e}", m.files[role])))?;
         }
