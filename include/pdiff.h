@@ -123,13 +123,24 @@ typedef enum {
  */
 typedef enum {
     /**
-     * Small networks tuned for CPUs (the default).
+     * Small networks tuned for CPUs; dense layers over the whole vector, so for D below about
+     * 50,000.
      */
     PDIFF_PRESET_COMPACT = 0,
     /**
      * The reference widths of the paper's code: for GPUs.
      */
     PDIFF_PRESET_PAPER = 1,
+    /**
+     * Large D: the vector cut into tokens (tensor rows) encoded by one shared network, the
+     * diffusion over principal coefficients of the token latents; grows about as sqrt(D).
+     */
+    PDIFF_PRESET_CHUNKED = 2,
+    /**
+     * Chosen by the dataset's D: compact below 50,000 parameters, chunked from there (the
+     * default; the bundle's manifest records the choice).
+     */
+    PDIFF_PRESET_AUTO = 3,
 } pdiff_preset;
 #endif
 
@@ -590,7 +601,7 @@ void pdiff_dataset_free(pdiff_dataset *dataset);
 
 #if defined(PDIFF_FEATURE_TRAIN)
 /**
- * Fill `*options` with the defaults (compact preset, automatic device, seed 0, no callback)
+ * Fill `*options` with the defaults (preset chosen by D, automatic device, seed 0, no callback)
  * and set its `struct_size`. Returns `PDIFF_ERR_NULL_POINTER` when `options` is NULL.
  *
  * Ownership: `options` is caller-owned memory, written during the call only.

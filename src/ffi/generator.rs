@@ -47,7 +47,7 @@ impl Default for pdiff_train_options {
     fn default() -> Self {
         pdiff_train_options {
             struct_size: std::mem::size_of::<pdiff_train_options>(),
-            preset: pdiff_preset::PDIFF_PRESET_COMPACT as i32,
+            preset: pdiff_preset::PDIFF_PRESET_AUTO as i32,
             ae_steps: 0,
             diffusion_steps: 0,
             batch_size: 0,
@@ -67,13 +67,15 @@ impl OptionsStruct for pdiff_train_options {
 }
 
 impl pdiff_train_options {
-    fn to_config(&self) -> Result<TrainConfig, Failure> {
-        let preset = match self.preset {
-            0 => Preset::Compact,
-            1 => Preset::Paper,
-            p => return Err(Failure::invalid(format!("preset {p} (expected PDIFF_PRESET_COMPACT or PDIFF_PRESET_PAPER)"))),
+    /// The training configuration for a dataset of `d` parameters per checkpoint.
+    fn to_config(&self, d: usize) -> Result<TrainConfig, Failure> {
+        let mut c = match self.preset {
+            0 => TrainConfig::new(Preset::Compact),
+            1 => TrainConfig::new(Preset::Paper),
+            2 => TrainConfig::new(Preset::Chunked),
+            3 => TrainConfig::auto(d),
+            p => return Err(Failure::invalid(format!("preset {p} (expected PDIFF_PRESET_COMPACT, _PAPER, _CHUNKED or _AUTO)"))),
         };
-        let mut c = TrainConfig::new(preset);
         if self.ae_steps != 0 {
             c.ae_steps = self.ae_steps;
         }
@@ -101,7 +103,7 @@ impl pdiff_train_options {
     }
 }
 
-/// Fill `*options` with the defaults (compact preset, automatic device, seed 0, no callback)
+/// Fill `*options` with the defaults (preset chosen by D, automatic device, seed 0, no callback)
 /// and set its `struct_size`. Returns `PDIFF_ERR_NULL_POINTER` when `options` is NULL.
 ///
 /// Ownership: `options` is caller-owned memory, written during the call only.
@@ -149,7 +151,7 @@ pub unsafe extern "C" fn pdiff_generator_train(
         nonnull!(out, "out");
         let ds = try_ref!(dataset, "dataset");
         let opts = unsafe { options_arg(options, "options") }?;
-        let config = opts.to_config()?;
+        let config = opts.to_config(ds.set.layout.param_count())?;
         let mut progress = |p: &crate::train::Progress| -> bool {
             match opts.progress {
                 Some(cb) => unsafe { cb(opts.user_data, static_cstr(p.stage.name()), p.step, p.total, p.loss) == 0 },

@@ -102,10 +102,17 @@ pub(crate) fn output_flags(flags: u32) -> FfiResult<crate::fsutil::IfForeign> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum pdiff_preset {
-    /// Small networks tuned for CPUs (the default).
+    /// Small networks tuned for CPUs; dense layers over the whole vector, so for D below about
+    /// 50,000.
     PDIFF_PRESET_COMPACT = 0,
     /// The reference widths of the paper's code: for GPUs.
     PDIFF_PRESET_PAPER = 1,
+    /// Large D: the vector cut into tokens (tensor rows) encoded by one shared network, the
+    /// diffusion over principal coefficients of the token latents; grows about as sqrt(D).
+    PDIFF_PRESET_CHUNKED = 2,
+    /// Chosen by the dataset's D: compact below 50,000 parameters, chunked from there (the
+    /// default; the bundle's manifest records the choice).
+    PDIFF_PRESET_AUTO = 3,
 }
 
 /// Where training runs (`pdiff_train_options.device`).

@@ -111,6 +111,13 @@ static int file_is(const char *path, const char *content) {
     return same;
 }
 
+static int file_contains(const char *path, const char *needle) {
+    char *got = read_file(path, NULL);
+    int found = got != NULL && strstr(got, needle) != NULL;
+    free(got);
+    return found;
+}
+
 static int exists(const char *path) {
     struct stat st;
     return lstat(path, &st) == 0;
@@ -333,7 +340,7 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     CHECK_FAILS(pdiff_train_options_default(NULL), PDIFF_ERR_NULL_POINTER);
     CHECK_OK(pdiff_train_options_default(&opts));
     CHECK(opts.struct_size == sizeof opts, "struct_size %zu", opts.struct_size);
-    CHECK(opts.preset == PDIFF_PRESET_COMPACT && opts.device == PDIFF_DEVICE_AUTO && opts.progress == NULL, "defaults");
+    CHECK(opts.preset == PDIFF_PRESET_AUTO && opts.device == PDIFF_DEVICE_AUTO && opts.progress == NULL, "defaults");
     small_training(&opts);
 
     pdiff_generator *gen = NULL;
@@ -367,6 +374,25 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     CHECK(prog.calls == 40 && prog.ae_calls == 20 && prog.diffusion_calls == 20 && prog.bad == 0,
           "progress calls %d (ae %d, diffusion %d, bad %d)", prog.calls, prog.ae_calls, prog.diffusion_calls, prog.bad);
     CHECK(prog.last_step == 20 && prog.last_total == 20, "last step %zu/%zu", prog.last_step, prog.last_total);
+    /* The chunked preset on request: its latent is the principal coefficients of the token
+       latents, at most K - 1 = 5 of them (the manifest says so). */
+    {
+        pdiff_train_options chunked = opts;
+        chunked.preset = PDIFF_PRESET_CHUNKED;
+        chunked.progress = NULL;
+        pdiff_generator *cg = NULL;
+        char dir[600], manifest[700];
+        snprintf(dir, sizeof dir, "%s/chunked-bundle", tmp);
+        snprintf(manifest, sizeof manifest, "%s/pdiff.json", dir);
+        CHECK_OK(pdiff_generator_train(ds, &chunked, &cg));
+        if (cg) {
+            CHECK_OK(pdiff_generator_export(cg, dir));
+            CHECK(file_contains(manifest, "\"preset\": \"chunked\"") && file_contains(manifest, "\"latent_dim\": 5,") &&
+                      file_contains(manifest, "\"components\": 5"),
+                  "chunked manifest");
+            pdiff_generator_free(cg);
+        }
+    }
     pdiff_dataset_free(ds); /* the generator does not depend on it */
     if (!gen) return 0;
     CHECK(pdiff_generator_param_count(gen) == D, "generator D");
@@ -386,6 +412,12 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     CHECK_FAILS(pdiff_generator_export(NULL, bundle), PDIFF_ERR_NULL_POINTER);
     CHECK_FAILS(pdiff_generator_export(gen, NULL), PDIFF_ERR_NULL_POINTER);
     CHECK_OK(pdiff_generator_export(gen, bundle));
+    {
+        /* The default preset is chosen by D: compact at D = 36, and recorded as chosen. */
+        char manifest[600];
+        snprintf(manifest, sizeof manifest, "%s/pdiff.json", bundle);
+        CHECK(file_contains(manifest, "\"preset\": \"compact\"") && file_contains(manifest, "\"preset_auto\": true"), "auto preset in the manifest");
+    }
     export_output_cases(gen, bundle, tmp);
     pdiff_generator_free(gen);
     return 1;

@@ -475,8 +475,8 @@ class Generator(_Handle):
     @classmethod
     def train(cls, dataset: Dataset, *, progress: Optional[ProgressFn] = None, **options) -> "Generator":
         """Train on ``dataset`` (blocks). Options (0 / omitted: the preset's value):
-        ``preset`` ("compact" | "paper"), ``ae_steps``, ``diffusion_steps``, ``batch_size``,
-        ``ae_lr``, ``diffusion_lr``, ``seed``, ``device`` ("auto" | "cpu" | "cuda" | "cuda:N"),
+        ``preset`` ("auto", the default: chosen by D | "compact" | "paper" | "chunked"),
+        ``ae_steps``, ``diffusion_steps``, ``batch_size``, ``ae_lr``, ``diffusion_lr``, ``seed``, ``device`` ("auto" | "cpu" | "cuda" | "cuda:N"),
         ``device_index``.
 
         ``progress(stage, step, total, loss)`` is called after every step with stage

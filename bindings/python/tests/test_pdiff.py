@@ -423,6 +423,21 @@ def test_train_cancel_and_callback_errors(data):
 
 
 @needs_training
+def test_train_presets(data, tmp_path):
+    """The default preset is chosen by D (compact here); "chunked" on request, its latent the
+    principal coefficients of the token latents (at most K - 1)."""
+    ds = pdiff.Dataset.from_memory(LAYOUT, data)
+    for preset, expected in [(None, ("compact", True)), ("chunked", ("chunked", False))]:
+        options = dict(C_TEST_OPTIONS, **({"preset": preset} if preset else {}))
+        gen = pdiff.Generator.train(ds, **options)
+        gen.export(tmp_path / expected[0])
+        m = json.loads((tmp_path / expected[0] / "pdiff.json").read_text())
+        assert (m["preset"], m["training"]["preset_auto"]) == expected
+        if preset == "chunked":
+            assert m["latent_dim"] == K - 1 == m["autoencoder"]["chunked"]["components"]
+
+
+@needs_training
 @pytest.mark.parametrize(
     "options, error",
     [
