@@ -35,7 +35,8 @@ pub struct ScaleRow {
     pub denoiser_params: usize,
     pub generator_params: usize,
     pub generator_params_per_d: f64,
-    /// Values stored but not trained (the chunked autoencoder's anchor and token scales).
+    /// Values stored but not trained (the chunked autoencoder's anchor, token scales and principal
+    /// basis).
     pub fixed_values: usize,
     pub ae_ms_per_step: f64,
     pub diffusion_ms_per_step: f64,

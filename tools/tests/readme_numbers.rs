@@ -296,6 +296,10 @@ fn scale_tables_match_the_result_files() {
         ),
     );
 
+    let c = &wide.latent_clipping;
+    assert_contains(&text, &format!("{} of {} latents have one value out of range", c.clipped.rows, c.generated));
+    assert_eq!(c.clipped.rows, c.clipped.values, "the README says one value per clipped latent");
+
     let scale: ScaleReport = json("docs/results/scale-cpu.json");
     assert!(scale.scale);
     let rows = scale
