@@ -111,12 +111,14 @@ static int file_is(const char *path, const char *content) {
     return same;
 }
 
+#if defined(PDIFF_FEATURE_TRAIN)
 static int file_contains(const char *path, const char *needle) {
     char *got = read_file(path, NULL);
     int found = got != NULL && strstr(got, needle) != NULL;
     free(got);
     return found;
 }
+#endif /* PDIFF_FEATURE_TRAIN */
 
 static int exists(const char *path) {
     struct stat st;
