@@ -146,6 +146,24 @@ typedef enum {
 
 #if defined(PDIFF_FEATURE_TRAIN)
 /**
+ * How the autoencoder's reconstruction loss weighs the parameters
+ * (`pdiff_train_options.reconstruction_weighting`).
+ */
+typedef enum {
+    /**
+     * Every scalar the same (the paper's MSE; the default): a tensor counts by its size.
+     */
+    PDIFF_RECONSTRUCTION_UNIFORM = 0,
+    /**
+     * Every tensor the same whatever its size, so that a small head next to a large first
+     * layer is not lost in the loss (the mnist-tasks recipe).
+     */
+    PDIFF_RECONSTRUCTION_PER_TENSOR = 1,
+} pdiff_reconstruction_weighting;
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
  * Where training runs (`pdiff_train_options.device`).
  */
 typedef enum {
@@ -328,6 +346,16 @@ typedef struct {
      * Passed unchanged to `progress`; never dereferenced by the library.
      */
     void *user_data;
+    /**
+     * Gaussian noise added to the latent while the autoencoder trains (0: the preset's, 0.1).
+     * This field and the next came after the struct's first layout: a host built against that
+     * older pdiff.h passes its smaller struct_size and gets the defaults.
+     */
+    double latent_noise;
+    /**
+     * A `pdiff_reconstruction_weighting` value.
+     */
+    int32_t reconstruction_weighting;
 } pdiff_train_options;
 #endif
 

@@ -1,8 +1,8 @@
 //! `pdiff_generator`: training (autoencoder + latent DDPM, tch) and export as a bundle.
 use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, OptionsStruct};
-use super::{dataset::warning_cstrings, pdiff_dataset, pdiff_device, pdiff_preset, pdiff_status};
+use super::{dataset::warning_cstrings, pdiff_dataset, pdiff_device, pdiff_preset, pdiff_reconstruction_weighting, pdiff_status};
 use crate::model::Preset;
-use crate::train::{DeviceChoice, Generator, TrainConfig};
+use crate::train::{DeviceChoice, Generator, ReconstructionWeighting, TrainConfig};
 use std::ffi::{c_char, c_int, c_void, CString};
 
 /// Progress callback of training, called on the training thread after every step.
@@ -41,6 +41,12 @@ pub struct pdiff_train_options {
     pub progress: pdiff_progress_fn,
     /// Passed unchanged to `progress`; never dereferenced by the library.
     pub user_data: *mut c_void,
+    /// Gaussian noise added to the latent while the autoencoder trains (0: the preset's, 0.1).
+    /// This field and the next came after the struct's first layout: a host built against that
+    /// older pdiff.h passes its smaller struct_size and gets the defaults.
+    pub latent_noise: f64,
+    /// A `pdiff_reconstruction_weighting` value.
+    pub reconstruction_weighting: i32,
 }
 
 impl Default for pdiff_train_options {
@@ -58,12 +64,14 @@ impl Default for pdiff_train_options {
             device_index: 0,
             progress: None,
             user_data: std::ptr::null_mut(),
+            latent_noise: 0.0,
+            reconstruction_weighting: pdiff_reconstruction_weighting::PDIFF_RECONSTRUCTION_UNIFORM as i32,
         }
     }
 }
 
 impl OptionsStruct for pdiff_train_options {
-    const SIZES: &'static [usize] = &[std::mem::size_of::<pdiff_train_options>()];
+    const SIZES: &'static [usize] = &[std::mem::offset_of!(pdiff_train_options, latent_noise), std::mem::size_of::<pdiff_train_options>()];
 }
 
 impl pdiff_train_options {
@@ -91,6 +99,14 @@ impl pdiff_train_options {
         if self.diffusion_lr != 0.0 {
             c.diffusion_lr = self.diffusion_lr;
         }
+        if self.latent_noise != 0.0 {
+            c.latent_noise = self.latent_noise;
+        }
+        c.reconstruction_weighting = match self.reconstruction_weighting {
+            0 => ReconstructionWeighting::Uniform,
+            1 => ReconstructionWeighting::PerTensor,
+            w => return Err(Failure::invalid(format!("reconstruction_weighting {w} (expected PDIFF_RECONSTRUCTION_UNIFORM or _PER_TENSOR)"))),
+        };
         c.seed = self.seed;
         c.device = match self.device {
             0 => DeviceChoice::Auto,

@@ -115,6 +115,19 @@ pub enum pdiff_preset {
     PDIFF_PRESET_AUTO = 3,
 }
 
+/// How the autoencoder's reconstruction loss weighs the parameters
+/// (`pdiff_train_options.reconstruction_weighting`).
+#[cfg(feature = "train")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pdiff_reconstruction_weighting {
+    /// Every scalar the same (the paper's MSE; the default): a tensor counts by its size.
+    PDIFF_RECONSTRUCTION_UNIFORM = 0,
+    /// Every tensor the same whatever its size, so that a small head next to a large first
+    /// layer is not lost in the loss (the mnist-tasks recipe).
+    PDIFF_RECONSTRUCTION_PER_TENSOR = 1,
+}
+
 /// Where training runs (`pdiff_train_options.device`).
 #[cfg(feature = "train")]
 #[repr(C)]

@@ -354,6 +354,13 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     wrong = opts;
     wrong.preset = 7;
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    wrong = opts;
+    wrong.reconstruction_weighting = 2;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("reconstruction_weighting 2"), "weighting error: %s", pdiff_last_error());
+    wrong = opts;
+    wrong.latent_noise = -1.0;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
     CHECK_FAILS(pdiff_generator_train(NULL, &opts, &gen), PDIFF_ERR_NULL_POINTER);
     CHECK_FAILS(pdiff_generator_train(ds, &opts, NULL), PDIFF_ERR_NULL_POINTER);
 
@@ -382,6 +389,8 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
         pdiff_train_options chunked = opts;
         chunked.preset = PDIFF_PRESET_CHUNKED;
         chunked.progress = NULL;
+        chunked.reconstruction_weighting = PDIFF_RECONSTRUCTION_PER_TENSOR;
+        chunked.latent_noise = 0.05;
         pdiff_generator *cg = NULL;
         char dir[600], manifest[700];
         snprintf(dir, sizeof dir, "%s/chunked-bundle", tmp);
@@ -390,10 +399,20 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
         if (cg) {
             CHECK_OK(pdiff_generator_export(cg, dir));
             CHECK(file_contains(manifest, "\"preset\": \"chunked\"") && file_contains(manifest, "\"latent_dim\": 5,") &&
-                      file_contains(manifest, "\"components\": 5"),
+                      file_contains(manifest, "\"components\": 5") && file_contains(manifest, "\"reconstruction_weighting\": \"per-tensor\"") &&
+                      file_contains(manifest, "\"latent_noise\": 0.05,"),
                   "chunked manifest");
             pdiff_generator_free(cg);
         }
+        /* A host built against the first layout (no latent_noise, reconstruction_weighting)
+           passes its smaller struct_size: the fields after it are never read. */
+        pdiff_train_options older = opts;
+        older.progress = NULL;
+        older.struct_size = offsetof(pdiff_train_options, latent_noise);
+        older.reconstruction_weighting = 99;
+        pdiff_generator *og = NULL;
+        CHECK_OK(pdiff_generator_train(ds, &older, &og));
+        pdiff_generator_free(og);
     }
     pdiff_dataset_free(ds); /* the generator does not depend on it */
     if (!gen) return 0;

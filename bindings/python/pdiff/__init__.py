@@ -62,6 +62,7 @@ Status.__module__ = __name__
 
 _PRESETS = _enum("pdiff_preset", "PDIFF_PRESET_")
 _DEVICES = _enum("pdiff_device", "PDIFF_DEVICE_")
+_WEIGHTINGS = _enum("pdiff_reconstruction_weighting", "PDIFF_RECONSTRUCTION_")
 _PROVIDERS = _enum("pdiff_provider", "PDIFF_PROVIDER_")
 _SAMPLERS = _enum("pdiff_sampler_kind", "PDIFF_SAMPLER_")
 
@@ -463,7 +464,7 @@ class Dataset(_Handle):
 
 ProgressFn = Callable[[str, int, int, float], Optional[bool]]
 
-_TRAIN_FIELDS = ("ae_steps", "diffusion_steps", "batch_size", "ae_lr", "diffusion_lr", "seed", "device_index")
+_TRAIN_FIELDS = ("ae_steps", "diffusion_steps", "batch_size", "ae_lr", "diffusion_lr", "seed", "device_index", "latent_noise")
 
 
 class Generator(_Handle):
@@ -476,6 +477,7 @@ class Generator(_Handle):
     def train(cls, dataset: Dataset, *, progress: Optional[ProgressFn] = None, **options) -> "Generator":
         """Train on ``dataset`` (blocks). Options (0 / omitted: the preset's value):
         ``preset`` ("auto", the default: chosen by D | "compact" | "paper" | "chunked"),
+        ``reconstruction_weighting`` ("uniform", the default | "per-tensor"), ``latent_noise``,
         ``ae_steps``, ``diffusion_steps``, ``batch_size``, ``ae_lr``, ``diffusion_lr``, ``seed``, ``device`` ("auto" | "cpu" | "cuda" | "cuda:N"),
         ``device_index``.
 
@@ -489,6 +491,9 @@ class Generator(_Handle):
         for key, value in options.items():
             if key == "preset":
                 _set(o, "preset", _choice(_PRESETS, value, "preset"))
+            elif key == "reconstruction_weighting":
+                name = value.replace("-", "_") if isinstance(value, str) else value
+                _set(o, "reconstruction_weighting", _choice(_WEIGHTINGS, name, "reconstruction_weighting"))
             elif key == "device":
                 name, index = _device(value)
                 _set(o, "device", _choice(_DEVICES, name, "device"))

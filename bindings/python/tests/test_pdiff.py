@@ -438,11 +438,24 @@ def test_train_presets(data, tmp_path):
 
 
 @needs_training
+def test_train_reconstruction_options(data, tmp_path):
+    """The per-tensor reconstruction loss and the latent noise reach the training config."""
+    ds = pdiff.Dataset.from_memory(LAYOUT, data)
+    gen = pdiff.Generator.train(ds, reconstruction_weighting="per-tensor", latent_noise=0.02, **C_TEST_OPTIONS)
+    gen.export(tmp_path / "b")
+    training = json.loads((tmp_path / "b" / "pdiff.json").read_text())["training"]
+    assert (training["reconstruction_weighting"], training["latent_noise"]) == ("per-tensor", 0.02)
+
+
+@needs_training
 @pytest.mark.parametrize(
     "options, error",
     [
         (dict(preset="huge"), pdiff.InvalidArgumentError),
         (dict(preset=7), pdiff.InvalidArgumentError),
+        (dict(reconstruction_weighting="sideways"), pdiff.InvalidArgumentError),
+        (dict(reconstruction_weighting=5), pdiff.InvalidArgumentError),
+        (dict(latent_noise=-0.5), pdiff.InvalidArgumentError),
         (dict(device="tpu"), pdiff.InvalidArgumentError),
         (dict(ae_steps=-1), pdiff.InvalidArgumentError),
         (dict(ae_lr=-1.0), pdiff.InvalidArgumentError),
