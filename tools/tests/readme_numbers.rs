@@ -300,6 +300,24 @@ fn scale_tables_match_the_result_files() {
     assert_contains(&text, &format!("{} of {} latents have one value out of range", c.clipped.rows, c.generated));
     assert_eq!(c.clipped.rows, c.clipped.values, "the README says one value per clipped latent");
 
+    let seed1: DemoResults = json("docs/results/mnist-mlp-wide-seed1.json");
+    assert_eq!((seed1.task.as_str(), seed1.seed), ("mnist-mlp-wide", 1));
+    let (o, g, t) = (&seed1.evaluation.originals, &seed1.evaluation.generated, &seed1.timings_s);
+    assert_contains(
+        &text,
+        &format!(
+            "originals median {:.4}, min {:.4}; generated median {:.4}, min {:.4}; generator training {:.0} s, 100 models in {:.1} s, peak RSS {:.0} MiB.\nThere every target holds",
+            o.median,
+            o.min,
+            g.median,
+            g.min,
+            t.train_autoencoder + t.train_diffusion,
+            t.sample,
+            seed1.peak_rss_mib.and_then(|r| r.demo).unwrap_or(f64::NAN)
+        ),
+    );
+    assert!(g.min >= o.min && g.median >= o.median - 0.005, "the README says every target holds at seed 1");
+
     let scale: ScaleReport = json("docs/results/scale-cpu.json");
     assert!(scale.scale);
     let rows = scale
