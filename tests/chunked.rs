@@ -12,9 +12,8 @@ use pdiff::params::Layout;
 use {
     common::torch_lock,
     pdiff::model::{AutoencoderConfig, DenoiserConfig},
-    pdiff::params::ParamSet,
+    pdiff::params::{synthetic_trajectory, ParamSet},
     pdiff::train::{DeviceChoice, Generator, TrainConfig},
-    rand::{Rng, SeedableRng},
 };
 
 #[test]
@@ -53,32 +52,9 @@ fn the_preset_follows_d_when_none_is_given() {
 
 #[cfg(feature = "train")]
 fn trajectory(layout: Layout, k: usize, seed: u64) -> ParamSet {
-    // What consecutive checkpoints of one training run look like: a random base plus a drift
-    // in which every row of a tensor moves along the same two directions (a gradient row is
-    // delta_j x^T: the rows of one tensor share the inputs x), each row by its own amount, and
-    // a little noise per checkpoint.
-    let d = layout.param_count();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let base: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let mut dirs = vec![(0f32, 0f32); d];
-    for t in &layout.tensors {
-        let rows = if t.shape.len() >= 2 { t.shape[0] } else { 1 };
-        let cols = t.numel() / rows;
-        let u: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let v: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
-        for r in 0..rows {
-            let c: f32 = rng.random_range(0.2..1.0);
-            for j in 0..cols {
-                dirs[t.offset + r * cols + j] = (c * u[j], c * v[j]);
-            }
-        }
-    }
-    let mut data = Vec::with_capacity(k * d);
-    for i in 0..k {
-        let (a, b) = ((i as f32 / k as f32 - 0.5) * 0.1, 0.05 * (i as f32 * 0.3).sin());
-        data.extend((0..d).map(|j| base[j] + a * dirs[j].0 + b * dirs[j].1 + rng.random_range(-0.002..0.002)));
-    }
-    ParamSet::from_rows(layout, data, (0..k).map(|i| format!("memory[{i}]")).collect()).unwrap()
+    // What consecutive checkpoints of one training run look like (rows of a tensor drifting
+    // along shared directions), at the scale of unit-range weights.
+    synthetic_trajectory(layout, k, 1.0, seed).unwrap()
 }
 
 #[cfg(feature = "train")]

@@ -5,8 +5,10 @@
 //! checkpoints (docs/design.md, "Data and layout"). Padding (to the autoencoder's stride
 //! multiple) is applied by the model stage; this module only knows the unpadded length D.
 mod conditions;
+mod synthetic;
 
 pub use conditions::{ConditionSpec, Conditions};
+pub use synthetic::synthetic_trajectory;
 
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};

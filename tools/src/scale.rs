@@ -11,11 +11,10 @@ use crate::bench::{machine_description, measure, peak_rss_mib, reset_peak_rss};
 use pdiff::diffusion::SamplerKind;
 use pdiff::error::{Error, Result};
 use pdiff::model::Preset;
-use pdiff::params::{Layout, ParamSet};
+use pdiff::params::{synthetic_trajectory, Layout};
 use pdiff::runtime::{RuntimeOptions, Sampler};
 use pdiff::train::{Generator, TrainConfig};
 use plotters::prelude::*;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -77,33 +76,6 @@ pub fn layout_for(d: usize) -> Result<Layout> {
     Layout::from_shapes(&[("fc.weight", vec![r, r]), ("fc.bias", vec![r])])
 }
 
-/// K checkpoints of a trajectory: a random base, then every row of a tensor moving along two
-/// shared directions by its own amount (a gradient row is delta_j x^T: rows share the inputs x)
-/// plus a little noise. Seeded.
-pub fn synthetic_set(layout: Layout, k: usize, seed: u64) -> Result<ParamSet> {
-    let d = layout.param_count();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let base: Vec<f32> = (0..d).map(|_| rng.random_range(-0.1..0.1)).collect();
-    let mut dirs = vec![(0f32, 0f32); d];
-    for t in &layout.tensors {
-        let rows = if t.shape.len() >= 2 { t.shape[0] } else { 1 };
-        let cols = t.numel() / rows.max(1);
-        let u: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let v: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
-        for r in 0..rows {
-            let c: f32 = rng.random_range(0.2..1.0);
-            for j in 0..cols {
-                dirs[t.offset + r * cols + j] = (c * u[j], c * v[j]);
-            }
-        }
-    }
-    let mut data = Vec::with_capacity(k * d);
-    for i in 0..k {
-        let (a, b) = ((i as f32 / k as f32 - 0.5) * 0.01, 0.005 * (i as f32 * 0.3).sin());
-        data.extend((0..d).map(|j| base[j] + a * dirs[j].0 + b * dirs[j].1 + rng.random_range(-2e-4..2e-4)));
-    }
-    ParamSet::from_rows(layout, data, (0..k).map(|i| format!("synthetic[{i}]")).collect())
-}
 
 pub struct ScaleOptions {
     pub sizes: Vec<usize>,
@@ -136,7 +108,8 @@ pub fn run(opts: &ScaleOptions, progress: &mut dyn FnMut(&str)) -> Result<ScaleR
             config.device = pdiff::train::DeviceChoice::Cpu;
             progress(&format!("D = {d}, preset {}: {} + {} training steps, K = {}", config.preset, opts.ae_steps, opts.diffusion_steps, opts.k));
             pdiff::train::check_memory(d, opts.k, &config)?;
-            let set = synthetic_set(layout, opts.k, opts.seed)?;
+            // Weights of about 0.1, moving by about 1% of that over K checkpoints.
+            let set = synthetic_trajectory(layout, opts.k, 0.1, opts.seed)?;
             reset_peak_rss();
             let g = Generator::train(&set, &config, &mut |_| true)?;
             drop(set);
