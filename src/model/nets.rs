@@ -49,15 +49,6 @@ impl Autoencoder {
         }
     }
 
-    /// A chunked autoencoder with principal components (`ChunkedSpec::components`): fix them
-    /// from the token latents [K, tokens x token_dim] of the training checkpoints. No-op for
-    /// other autoencoders.
-    pub fn fit_principal_components(&mut self, token_latents: &Tensor) {
-        if let AeBody::Chunked(ae) = &mut self.body {
-            ae.fit_principal_components(token_latents);
-        }
-    }
-
     /// [B, d] -> [B, Dpad]
     pub fn decode(&self, z: &Tensor) -> Tensor {
         match &self.body {
@@ -69,6 +60,14 @@ impl Autoencoder {
     /// The chunked autoencoder, if this is one (training works on its tokens directly).
     pub fn chunked(&self) -> Option<&ChunkedAutoencoder> {
         match &self.body {
+            AeBody::Chunked(ae) => Some(ae),
+            AeBody::Conv(_) => None,
+        }
+    }
+
+    /// The chunked autoencoder, mutable (training fixes its principal components).
+    pub fn chunked_mut(&mut self) -> Option<&mut ChunkedAutoencoder> {
+        match &mut self.body {
             AeBody::Chunked(ae) => Some(ae),
             AeBody::Conv(_) => None,
         }
@@ -202,18 +201,18 @@ impl ChunkedAutoencoder {
         }
     }
 
-    /// The principal directions of the token latents `z` [K, L]: the first `components` right
-    /// singular vectors of z minus its mean (fewer than K - 1 of them carry anything).
-    fn fit_principal_components(&mut self, z: &Tensor) {
+    /// With principal components (`ChunkedSpec::components`), fix them from the token latents
+    /// `z` [K, L] of the training checkpoints: the first `components` right singular vectors of
+    /// z minus its mean (training resolves `components` to at most min(K - 1, L)). No-op
+    /// without.
+    pub fn fit_principal_components(&mut self, z: &Tensor) {
         let Some((basis, mean)) = self.principal.as_mut() else {
             return;
         };
         tch::no_grad(|| {
             let mu = z.mean_dim(0, false, Kind::Float);
             let (_, _, v) = (z - mu.unsqueeze(0)).svd(true, true);
-            let r = basis.size()[0].min(v.size()[1]);
-            let _ = basis.zero_();
-            basis.narrow(0, 0, r).copy_(&v.narrow(1, 0, r).tr());
+            basis.copy_(&v.narrow(1, 0, basis.size()[0]).tr());
             mean.copy_(&mu);
         });
     }

@@ -105,14 +105,15 @@ impl Generator {
         config.target.get_or_insert(DiffusionTarget::default_for(condition.is_some() || principal));
         if let Some(spec) = ae_config.chunked.as_mut() {
             validate_chunked(spec, &denoiser_config)?;
-            if let (Some(k), true) = (k, spec.components > 0) {
-                // K centered checkpoints span at most K - 1 directions.
-                spec.components = spec.components.min(k as i64 - 1).max(1);
-            }
             // The latent follows from the layout: the token sequence, or its principal
             // coefficients.
-            let tokens = TokenMap::new(&layout, spec.chunk as usize).tokens() as i64;
-            ae_config.latent_dim = if spec.components > 0 { spec.components } else { tokens * spec.token_dim };
+            let token_latent = TokenMap::new(&layout, spec.chunk as usize).tokens() as i64 * spec.token_dim;
+            if let (Some(k), true) = (k, spec.components > 0) {
+                // K centered checkpoints of token_latent values span at most min(K - 1,
+                // token_latent) directions.
+                spec.components = spec.components.min(k as i64 - 1).min(token_latent).max(1);
+            }
+            ae_config.latent_dim = if spec.components > 0 { spec.components } else { token_latent };
         } else if matches!(denoiser_config, DenoiserConfig::Tokens { .. }) {
             return Err(Error::invalid("denoiser", "the tokens denoiser needs the chunked autoencoder (its latent is a token sequence)"));
         } else if ae_config.encoder.is_empty() || ae_config.decoder_channels.len() != ae_config.encoder.len() {
@@ -228,16 +229,15 @@ impl Generator {
 
         // Latent statistics (no noise).
         let latents;
-        if g.ae_config.chunked.is_some() {
-            // In slices of rows: a pass over all K at once would hold K x (tokens x chunk)
-            // activations, more than the data itself. (The chunked preset's loss is uniform.)
-            let token_latents = tch::no_grad(|| in_slices(&data, |rows| g.ae.chunked().map(|ae| ae.token_latents(rows))));
-            if let Some(z) = token_latents {
-                g.ae.fit_principal_components(&z);
-            }
-            let (z, mse) = tch::no_grad(|| encode_in_slices(&g.ae, &data, d));
-            latents = z;
-            g.history.final_reconstruction_mse = mse;
+        if let Some(ae) = g.ae.chunked_mut() {
+            // One pass of the encoder over the K checkpoints, in slices of rows (all K at once
+            // would hold K x (tokens x chunk) activations, more than the data itself): their
+            // token latents fix the principal basis, the latents are their coefficients in it.
+            let token_latents = tch::no_grad(|| in_slices(&data, |rows| ae.token_latents(rows)));
+            ae.fit_principal_components(&token_latents);
+            latents = tch::no_grad(|| in_slices(&token_latents, |z| ae.project(z)));
+            // (The chunked preset's loss is uniform.)
+            g.history.final_reconstruction_mse = tch::no_grad(|| reconstruction_mse_in_slices(&g.ae, &data, &latents, d));
             g.history.checkpoint_variance = set.checkpoint_variance();
         } else {
             latents = tch::no_grad(|| g.ae.encode(&data));
@@ -451,27 +451,24 @@ fn train_chunked_autoencoder(
     Ok(losses)
 }
 
-/// Latents of every row of `data` [K, D] and the reconstruction MSE over all of them, 16 rows
-/// at a time (chunked autoencoder).
-/// `f` of every row of `data` [K, ..], 16 rows at a time, concatenated (None when `f` gives
-/// None).
-fn in_slices(data: &Tensor, f: impl Fn(&Tensor) -> Option<Tensor>) -> Option<Tensor> {
+/// `f` of every row of `data` [K, ..], 16 rows at a time, concatenated.
+fn in_slices(data: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
     let k = data.size()[0];
-    let parts: Option<Vec<Tensor>> = (0..k).step_by(16).map(|start| f(&data.narrow(0, start, 16.min(k - start)))).collect();
-    parts.map(|p| Tensor::cat(&p, 0))
+    let parts: Vec<Tensor> = (0..k).step_by(16).map(|start| f(&data.narrow(0, start, 16.min(k - start)))).collect();
+    Tensor::cat(&parts, 0)
 }
 
-fn encode_in_slices(ae: &Autoencoder, data: &Tensor, d: usize) -> (Tensor, f64) {
+/// The autoencoder's reconstruction MSE of `data` [K, D] from its `latents` [K, d], decoding 16
+/// rows at a time.
+fn reconstruction_mse_in_slices(ae: &Autoencoder, data: &Tensor, latents: &Tensor, d: usize) -> f64 {
     let k = data.size()[0];
-    let mut parts = Vec::new();
     let mut sq = 0f64;
     for start in (0..k).step_by(16) {
-        let rows = data.narrow(0, start, 16.min(k - start));
-        let z = ae.encode(&rows);
-        sq += (ae.decode(&z).narrow(1, 0, d as i64) - rows.narrow(1, 0, d as i64)).square().sum(Kind::Float).double_value(&[]);
-        parts.push(z);
+        let n = 16.min(k - start);
+        let rows = data.narrow(0, start, n);
+        sq += (ae.decode(&latents.narrow(0, start, n)).narrow(1, 0, d as i64) - rows.narrow(1, 0, d as i64)).square().sum(Kind::Float).double_value(&[]);
     }
-    (Tensor::cat(&parts, 0), sq / (k as f64 * d as f64))
+    sq / (k as f64 * d as f64)
 }
 
 /// A chunked autoencoder's spec and the denoiser it needs, checked before building anything.
