@@ -241,7 +241,7 @@ pub struct Collection {
 /// own seed (from the run's seed and the task), so a task's checkpoints do not depend on which
 /// other tasks are collected.
 pub fn collect(tasks: &MnistTasks, split: &TaskSplit, recipe: &Recipe, k: usize, seed: u64, progress: &mut TasksProgress<'_>) -> Result<Collection> {
-    let init = tasks.shared_init(&split.seen, recipe.shared_objective, recipe.shared_steps, recipe.shared_lr, seed, &mut |i, n| progress("shared init", i, n, None))?;
+    let init = tasks.shared_init(&split.seen, recipe, seed, &mut |i, n| progress("shared init", i, n, None))?;
     let all: Vec<DigitSet> = split.seen.iter().chain(&split.heldout).copied().collect();
     let mut trained = Vec::with_capacity(all.len());
     for (i, &t) in all.iter().enumerate() {

@@ -79,7 +79,7 @@ fn default_shared_initialization_gives_working_bodies() {
     let recipe = Recipe::default();
     for seed in [2, 3] {
         let split = split_tasks(seed, 48, 8);
-        let init = tasks.shared_init(&split.seen, recipe.shared_objective, recipe.shared_steps, recipe.shared_lr, seed, &mut |_, _| true).unwrap();
+        let init = tasks.shared_init(&split.seen, &recipe, seed, &mut |_, _| true).unwrap();
         let task = split.seen[0];
         let rows = tasks.train_task(&init, task, &recipe, 1, seed).unwrap();
         let acc = tasks.accuracies(&layout, &rows[0], task, false).unwrap()[0];

@@ -46,22 +46,11 @@ pub struct Recipe {
     pub trajectory_lr: f64,
     pub body_lr_scale: f64,
     pub checkpoint_every: usize,
-    pub shared_objective: SharedObjective,
-}
-
-/// What the shared initialization's body is trained on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SharedObjective {
-    /// One 2-way head per seen task, mean cross-entropy over the seen tasks.
-    SeenTasks,
-    /// One 10-way head on the digit labels (task-free: every task is a function of the digit).
-    Digits,
 }
 
 impl Default for Recipe {
     fn default() -> Self {
-        Recipe { shared_steps: 4000, shared_lr: 1e-3, finetune_steps: 500, finetune_lr: 5e-3, trajectory_lr: 1e-3, body_lr_scale: 0.03, checkpoint_every: 1, shared_objective: SharedObjective::SeenTasks }
+        Recipe { shared_steps: 4000, shared_lr: 1e-3, finetune_steps: 500, finetune_lr: 5e-3, trajectory_lr: 1e-3, body_lr_scale: 0.03, checkpoint_every: 1 }
     }
 }
 pub const BATCH: i64 = 128;
@@ -146,8 +135,9 @@ impl MnistTasks {
     }
 
     /// The shared initialization (six tensors in layout order): the body trained jointly on
-    /// `seen` (one 2-way head per task, mean cross-entropy over tasks), and a seeded head.
-    pub fn shared_init(&self, seen: &[DigitSet], objective: SharedObjective, steps: usize, lr: f64, seed: u64, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<f32>> {
+    /// `seen` (one 2-way head per task, mean cross-entropy over tasks; `recipe.shared_steps` at
+    /// `recipe.shared_lr`), and a seeded head.
+    pub fn shared_init(&self, seen: &[DigitSet], recipe: &Recipe, seed: u64, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<f32>> {
         if seen.is_empty() {
             return Err(Error::invalid("tasks", "the shared initialization needs at least one seen task"));
         }
@@ -157,17 +147,13 @@ impl MnistTasks {
         let t = seen.len() as i64;
         let (w1, b1) = linear_vars(&(&root / "fc1"), 784, 16);
         let (w2, b2) = linear_vars(&(&root / "fc2"), 16, 16);
-        // labels[digit, head]: the task labels of each seen task, or the digit itself.
-        let (heads, classes, lut) = match objective {
-            SharedObjective::SeenTasks => {
-                let lut: Vec<i64> = (0..10).flat_map(|d| seen.iter().map(move |s| s.contains(d) as i64)).collect();
-                (t, 2, Tensor::from_slice(&lut).view([10, t]))
-            }
-            SharedObjective::Digits => (1, 10, Tensor::arange(10, (Kind::Int64, Device::Cpu)).view([10, 1])),
-        };
-        let (wh, bh) = linear_vars(&(&root / "heads"), 16, classes * heads);
+        let (wh, bh) = linear_vars(&(&root / "heads"), 16, 2 * t);
+        // labels[n, task] for the train split.
+        let lut: Vec<i64> = (0..10).flat_map(|d| seen.iter().map(move |s| s.contains(d) as i64)).collect();
+        let lut = Tensor::from_slice(&lut).view([10, t]);
         let train = &self.data.train;
         let n = train.len() as i64;
+        let (steps, lr) = (recipe.shared_steps, recipe.shared_lr);
         let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, lr)?;
         let ws = [w1, b1, w2, b2];
         for step in 0..steps {
@@ -175,7 +161,7 @@ impl MnistTasks {
             let idx = Tensor::randint(n, [BATCH], (Kind::Int64, Device::Cpu));
             let x = train.images.index_select(0, &idx);
             let y = lut.index_select(0, &train.labels.index_select(0, &idx)).view([-1]);
-            let logits = mlp_body(&ws, &x).linear(&wh, Some(&bh)).view([-1, classes]);
+            let logits = mlp_body(&ws, &x).linear(&wh, Some(&bh)).view([-1, 2]);
             let loss = logits.cross_entropy_for_logits(&y);
             opt.backward_step(&loss);
             if !progress(step + 1, steps) {
