@@ -5,19 +5,7 @@
  * cycles it lets memcheck prove nothing is definitely lost. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include "pdiff.h"
-
-static long rss_kib(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kib = -1;
-    if (!f) return -1;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0) kib = strtol(line + 6, NULL, 10);
-    fclose(f);
-    return kib;
-}
+#include "memory_bound.h"
 
 int main(int argc, char **argv) {
     if (argc < 3) {
@@ -50,9 +38,9 @@ int main(int argc, char **argv) {
         }
         free(buf);
         pdiff_sampler_free(s);
-        if (i == cycles / 2) rss_half = rss_kib();
+        if (i == cycles / 2) rss_half = status_kib("VmRSS:");
     }
-    long growth = rss_kib() - rss_half;
+    long growth = status_kib("VmRSS:") - rss_half;
     printf("%d open/sample/free cycles; resident memory grew %ld KiB over the second half\n", cycles, growth);
     if (max_growth >= 0 && growth > max_growth) {
         printf("0 passed, 1 failed\n");
