@@ -311,7 +311,7 @@ typedef struct {
      */
     size_t ae_steps;
     /**
-     * Diffusion training steps (0: the preset's, 8000 for compact).
+     * Diffusion training steps (0: the preset's: 8000 for compact, 40000 for chunked).
      */
     size_t diffusion_steps;
     /**

@@ -23,7 +23,7 @@ pub struct pdiff_train_options {
     pub preset: i32,
     /// Autoencoder training steps (0: the preset's, 1000 for compact).
     pub ae_steps: usize,
-    /// Diffusion training steps (0: the preset's, 8000 for compact).
+    /// Diffusion training steps (0: the preset's: 8000 for compact, 40000 for chunked).
     pub diffusion_steps: usize,
     /// Mini-batch size, capped at K (0: the preset's, 50).
     pub batch_size: usize,
