@@ -11,7 +11,7 @@ use pdiff::params::Layout;
 #[cfg(feature = "train")]
 use {
     common::torch_lock,
-    pdiff::model::{AutoencoderConfig, DenoiserConfig},
+    pdiff::model::{AutoencoderConfig, DenoiserConfig, CHUNKED_COMPONENTS},
     pdiff::params::{synthetic_trajectory, ParamSet},
     pdiff::train::{DeviceChoice, Generator, TrainConfig},
 };
@@ -122,13 +122,13 @@ fn chunked_generator_learns_and_round_trips_through_a_bundle() {
         let first = g.history.ae_loss[..20].iter().sum::<f32>() / 20.0;
         let last = g.history.ae_loss[380..].iter().sum::<f32>() / 20.0;
         assert!(last < 0.5 * first, "autoencoder loss {first} -> {last}");
-        assert_eq!(g.latent_dim(), if principal { 32 } else { token_latent });
+        assert_eq!(g.latent_dim(), if principal { CHUNKED_COMPONENTS as usize } else { token_latent });
 
         let dir = tempfile::tempdir().unwrap();
         let m = g.export_bundle(&dir.path().join("b")).unwrap();
         assert_eq!(m.preset, Preset::Chunked);
         let spec = m.autoencoder.chunked.clone().expect("the manifest describes the chunked autoencoder");
-        assert_eq!((spec.chunk, spec.token_dim, spec.components), (64, 4, if principal { 32 } else { 0 }));
+        assert_eq!((spec.chunk, spec.token_dim, spec.components), (64, 4, if principal { CHUNKED_COMPONENTS } else { 0 }));
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("b/pdiff.json")).unwrap()).unwrap();
         assert_eq!(json["preset"], "chunked");
         assert_eq!(json["autoencoder"]["chunked"]["chunk"], 64);
@@ -146,19 +146,19 @@ fn chunked_generator_learns_and_round_trips_through_a_bundle() {
 fn principal_components_follow_k_and_hold_the_trajectory() {
     let _guard = torch_lock();
     let layout = Layout::from_shapes(&[("l1.weight", vec![24, 60]), ("l1.bias", vec![24])]).unwrap();
-    // 12 checkpoints span at most 11 directions: the preset's 32 components become 11.
-    let set = trajectory(layout, 12, 3);
+    // 7 checkpoints span at most 6 directions: the preset's 8 components become 6.
+    let set = trajectory(layout, 7, 3);
     let mut c = TrainConfig::new(Preset::Chunked);
     c.ae_steps = 300;
     c.diffusion_steps = 300;
     c.device = DeviceChoice::Cpu;
     let g = Generator::train(&set, &c, &mut |_| true).unwrap();
-    assert_eq!(g.ae_config.chunked.as_ref().unwrap().components, 11);
-    assert_eq!(g.latent_dim(), 11);
+    assert_eq!(g.ae_config.chunked.as_ref().unwrap().components, 6);
+    assert_eq!(g.latent_dim(), 6);
     // The basis rows are orthonormal: the coefficients of a token latent are its coordinates.
     let basis = g.autoencoder_variables()["enc.basis"].shallow_clone();
     let gram = basis.matmul(&basis.tr());
-    let off = (gram - tch::Tensor::eye(11, (tch::Kind::Float, tch::Device::Cpu))).abs().max().double_value(&[]);
+    let off = (gram - tch::Tensor::eye(6, (tch::Kind::Float, tch::Device::Cpu))).abs().max().double_value(&[]);
     assert!(off < 1e-4, "basis rows not orthonormal: {off:.2e}");
     // Samples stay in the training latents' range: the decoder clips almost nothing.
     let z = pdiff::diffusion::sample_latents(&g.tch_denoiser(), &g.config.schedule, pdiff::diffusion::SamplerKind::Ddim { steps: 20 }, 64, 5, &mut |_, _| true).unwrap();

@@ -96,10 +96,9 @@ impl TrainConfig {
         // Chunked: each autoencoder step sees `tokens_per_step` tokens of each checkpoint of the
         // batch, so it needs more steps than a whole-vector one; its denoiser is a small MLP
         // over the principal coefficients (under a millisecond a step), trained 40,000 steps:
-        // at 8,000 its samples sat far from every training latent (mnist-mlp-wide, seeds 0
-        // and 4: median distance to the nearest one 5.3 and 6.1 standardized units, against 2.2
-        // and 3.4 between training latents) and a few decoded one test image below the worst
-        // original; at 40,000, 4.0 and 5.2, and none below (docs/design.md, "Training").
+        // at 8,000 it was underfit, its samples far from every training latent (mnist-mlp-wide
+        // seed 4: median distance to the nearest one 5.7 standardized units, against 1.7
+        // between training latents; docs/design.md, "Training").
         let (ae_steps, diffusion_steps, diffusion_lr) = match preset {
             Preset::Compact => (1000, 8000, 3e-3),
             Preset::Paper => (30_000, 30_000, 1e-3),
