@@ -297,10 +297,11 @@ fn scale_tables_match_the_result_files() {
     );
 
     let c = &wide.latent_clipping;
-    assert_contains(&text, &format!("{} of {} latents have one value out of range", c.clipped.rows, c.generated));
-    assert_eq!(c.clipped.rows, c.clipped.values, "the README says one value per clipped latent");
+    assert_contains(&text, &format!("{} of {} generated latents leave the training range", c.clipped.rows, c.generated));
+    let (o, g) = (&wide.evaluation.originals, &wide.evaluation.generated);
+    assert!(g.min >= o.min && g.median >= o.median - 0.005, "the README says every target holds at seed 0");
 
-    let others = [1u64, 2]
+    let others = [1u64, 2, 3, 4]
         .iter()
         .map(|&seed| {
             let r: DemoResults = json(&format!("docs/results/mnist-mlp-wide-seed{seed}.json"));
@@ -319,7 +320,7 @@ fn scale_tables_match_the_result_files() {
             ])
         })
         .collect();
-    assert_table(&text, "Other collections (`pdiff demo --task mnist-mlp-wide --seed S`, `docs/results/mnist-mlp-wide-seed{1,2}.json`; seed 2 on the idle machine):", others);
+    assert_table(&text, "Other collections (`pdiff demo --task mnist-mlp-wide --seed S`, `docs/results/mnist-mlp-wide-seed{1,2,3,4}.json`):", others);
 
     let scale: ScaleReport = json("docs/results/scale-cpu.json");
     assert!(scale.scale);
