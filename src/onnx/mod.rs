@@ -99,6 +99,25 @@ fn linear_nd(b: &mut GraphBuilder, w: &Weights, prefix: &str, x: &str) -> Result
     Ok(b.op("Add", &[&h, &bias]))
 }
 
+/// One residual block of the `mlp` and `tokens` denoisers (as model::Denoiser::forward):
+/// h + fc2(SiLU(fc1(SiLU(h + temb)))), the layers `block.{i}.fc1/fc2` through `linear` (Gemm
+/// on [B, hidden] for `mlp`, MatMul on [B, tokens, hidden] for `tokens`).
+fn residual_block(
+    b: &mut GraphBuilder,
+    w: &Weights,
+    i: i64,
+    h: &str,
+    temb: &str,
+    linear: fn(&mut GraphBuilder, &Weights, &str, &str) -> Result<String>,
+) -> Result<String> {
+    let u = b.op("Add", &[h, temb]);
+    let u = silu(b, &u);
+    let u = linear(b, w, &format!("block.{i}.fc1"), &u)?;
+    let u = silu(b, &u);
+    let u = linear(b, w, &format!("block.{i}.fc2"), &u)?;
+    Ok(b.op("Add", &[h, &u]))
+}
+
 fn elu(b: &mut GraphBuilder, x: &str) -> String {
     b.node("Elu", &[x], vec![attr("alpha", Attr::Float(1.0))], None)
 }
@@ -257,12 +276,7 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str, cond: O
         DenoiserConfig::Mlp { blocks, .. } => {
             let mut h = linear(b, &w, "in", x)?;
             for i in 0..*blocks {
-                let u = b.op("Add", &[&h, &temb]);
-                let u = silu(b, &u);
-                let u = linear(b, &w, &format!("block.{i}.fc1"), &u)?;
-                let u = silu(b, &u);
-                let u = linear(b, &w, &format!("block.{i}.fc2"), &u)?;
-                h = b.op("Add", &[&h, &u]);
+                h = residual_block(b, &w, i, &h, &temb, linear)?;
             }
             let h = silu(b, &h);
             linear(b, &w, "out", &h)?
@@ -279,12 +293,7 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str, cond: O
             let mut h = b.op("Add", &[&h, &pos]);
             let temb = b.op("Unsqueeze", &[&temb, &ax1]);
             for i in 0..*blocks {
-                let u = b.op("Add", &[&h, &temb]);
-                let u = silu(b, &u);
-                let u = linear_nd(b, &w, &format!("block.{i}.fc1"), &u)?;
-                let u = silu(b, &u);
-                let u = linear_nd(b, &w, &format!("block.{i}.fc2"), &u)?;
-                h = b.op("Add", &[&h, &u]);
+                h = residual_block(b, &w, i, &h, &temb, linear_nd)?;
                 let m = b.node("ReduceMean", &[&h], vec![attr("axes", Attr::Ints(vec![1])), attr("keepdims", Attr::Int(1))], None);
                 let m = linear_nd(b, &w, &format!("block.{i}.mix"), &m)?;
                 h = b.op("Add", &[&h, &m]);
