@@ -76,7 +76,6 @@ pub fn layout_for(d: usize) -> Result<Layout> {
     Layout::from_shapes(&[("fc.weight", vec![r, r]), ("fc.bias", vec![r])])
 }
 
-
 pub struct ScaleOptions {
     pub sizes: Vec<usize>,
     /// `None`: the preset [`Preset::auto`] chooses for each D; else each of these.

@@ -298,16 +298,21 @@ fn scale_tables_match_the_result_files() {
 
     let c = &wide.latent_clipping;
     assert_contains(&text, &format!("{} of {} generated latents leave the training range", c.clipped.rows, c.generated));
-    let (o, g) = (&wide.evaluation.originals, &wide.evaluation.generated);
-    assert!(g.min >= o.min && g.median >= o.median - 0.005, "the README says every target holds at seed 0");
+    // The README says every accuracy target holds at every seed: median within 0.5 pt of the
+    // originals', worst no worse than the worst original.
+    let assert_targets = |r: &DemoResults| {
+        let (o, g) = (&r.evaluation.originals, &r.evaluation.generated);
+        assert!(g.min >= o.min && g.median >= o.median - 0.005, "the README says every target holds at seed {}", r.seed);
+    };
+    assert_targets(&wide);
 
     let others = [1u64, 2, 3, 4]
         .iter()
         .map(|&seed| {
             let r: DemoResults = json(&format!("docs/results/mnist-mlp-wide-seed{seed}.json"));
             assert_eq!((r.task.as_str(), r.seed), ("mnist-mlp-wide", seed));
+            assert_targets(&r);
             let (o, g, t) = (&r.evaluation.originals, &r.evaluation.generated, &r.timings_s);
-            assert!(g.min >= o.min && g.median >= o.median - 0.005, "the README says every target holds at seed {seed}");
             row(&[
                 seed.to_string(),
                 acc(o.median),

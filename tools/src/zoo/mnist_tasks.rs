@@ -148,7 +148,7 @@ impl MnistTasks {
         let (w1, b1) = linear_vars(&(&root / "fc1"), 784, 16);
         let (w2, b2) = linear_vars(&(&root / "fc2"), 16, 16);
         let (wh, bh) = linear_vars(&(&root / "heads"), 16, 2 * t);
-        // labels[n, task] for the train split.
+        // lut[digit, task]: each seen task's label (0 or 1) for each digit.
         let lut: Vec<i64> = (0..10).flat_map(|d| seen.iter().map(move |s| s.contains(d) as i64)).collect();
         let lut = Tensor::from_slice(&lut).view([10, t]);
         let train = &self.data.train;
