@@ -1,11 +1,10 @@
-//! Build script of the engine.
-//! - libpdiff.so exports the C ABI (`pdiff_*`) and nothing else: `--exclude-libs=ALL` keeps the
+//! Build script of libpdiff.so.
+//! - It exports the C ABI (`pdiff_*`) and nothing else: `--exclude-libs=ALL` keeps the
 //!   `#[no_mangle]` symbols of dependencies (tch's stream callbacks, bzip2's error hook) and the
 //!   C++ of libtch local, so they cannot collide with a host's own copies.
-//! - Feature `train`: the prost types of the vendored onnx.proto (protox: no protoc needed);
-//!   libtorch_cuda kept as a dependency when linked for CUDA; an rpath to the build's libtorch for
-//!   this package's own test binaries only. The library itself gets `$ORIGIN` (libtorch
-//!   installed next to it) and otherwise relies on the loader: no path of the build machine.
+//! - Feature `train`: libtorch_cuda kept as a dependency when linked for CUDA. The library's
+//!   only RUNPATH is `$ORIGIN` (libtorch installed next to it); otherwise it relies on the
+//!   loader: no path of the build machine.
 fn main() {
     println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs=ALL");
     // A SONAME, so that hosts (and CMake's imported target) record "libpdiff.so", not a path.
@@ -14,6 +13,7 @@ fn main() {
         return;
     }
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        // tests/abi.rs links the engine: an rpath for that test binary alone.
         println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{dir}");
         println!("cargo:rustc-cdylib-link-arg=-Wl,-rpath,$ORIGIN");
         println!("cargo:rerun-if-env-changed=PDIFF_TORCH_CUDA");
@@ -23,7 +23,4 @@ fn main() {
             println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
         }
     }
-    println!("cargo:rerun-if-changed=proto/onnx.proto");
-    let fds = protox::compile(["proto/onnx.proto"], ["proto"]).expect("compile proto/onnx.proto");
-    prost_build::Config::new().compile_fds(fds).expect("generate onnx prost types");
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite (make test). Runs after scripts/setup.sh. Every step fails the suite.
-#   1. Rust: the engine (full build), the engine serve-only (no libtorch; the unit tests too),
-#      the tools (every bad input through the CLI); the CUDA tests where a usable GPU is visible
-#      (SKIPPED, with the reason, elsewhere); the set-up scripts' GPU detection and the GPU
-#      check's quick tests (tests/setup/).
+#   1. Rust: every crate of the workspace (pdiff-core's tests build and run without libtorch),
+#      the C ABI crate serve-only (no libtorch), the tools (every bad input through the CLI);
+#      the CUDA tests where a usable GPU is visible (SKIPPED, with the reason, elsewhere); the
+#      set-up scripts' GPU detection and the GPU check's quick tests (tests/setup/).
 #   2. Fuzzing of the loaders, bounded in time.
 #   3. A Python host that samples a bundle with onnx + onnxruntime alone.
 #   4. The C ABI: header freshness, exported symbols, no build-tree path, the C test (training
@@ -21,10 +21,10 @@ ORT_LIB=$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so.* | head -n1)
 SERVE_TARGET=target/serve
 step() { echo; echo "=== $* ==="; }
 
-step "1. Rust tests: engine (full), engine (serve-only), tools"
+step "1. Rust tests: pdiff-core, pdiff-train, the C ABI (full and serve-only), tools"
 cargo test --release --workspace -- --test-threads=2
-# Serve-only in its own target directory (target/release keeps the full build).
-cargo test --release --no-default-features --lib --tests --target-dir "$SERVE_TARGET" -- --test-threads=2
+# The C ABI crate serve-only, in its own target directory (target/release keeps the full build).
+cargo test --release -p pdiff --no-default-features --target-dir "$SERVE_TARGET" -- --test-threads=2
 # The CUDA tests (tests/cuda.rs, #[ignore]d for a plain cargo test) run where scripts/lib/gpu.sh
 # finds a usable GPU, on a build linked with libtorch_cuda; elsewhere a SKIPPED line says why.
 # shellcheck source=scripts/lib/gpu.sh
@@ -39,7 +39,7 @@ elif [ "$torch_cuda" != 1 ]; then
   echo "a usable GPU is visible ($PDIFF_GPU_REASON) but .cargo/config.toml has PDIFF_TORCH_CUDA=\"$torch_cuda\": run scripts/setup.sh, which switches to the CUDA venv" >&2
   exit 1
 else
-  cargo test --release --test cuda -- --ignored --test-threads=1
+  cargo test --release -p pdiff-train --test cuda -- --ignored --test-threads=1
 fi
 bash tests/setup/test_detect.sh
 bash tests/setup/test_gpu_check.sh
@@ -52,8 +52,7 @@ cargo build --release --workspace
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
 
 step "4. C ABI"
-# 4a. The committed header is exactly what cbindgen generates, from src/ffi/ and from the whole
-#     crate (a new public constant of the Rust API must not leak in: exclude it in cbindgen.toml).
+# 4a. The committed header is exactly what cbindgen generates from the C ABI crate.
 CBINDGEN_VERSION=0.29.4
 if ! cbindgen --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; then
   echo "cbindgen $CBINDGEN_VERSION is needed (have: $(cbindgen --version 2>/dev/null || echo none)); run scripts/setup.sh" >&2
@@ -61,17 +60,14 @@ if ! cbindgen --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; the
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-cbindgen --quiet --config cbindgen.toml --output "$tmp/from_ffi.h" src/ffi/mod.rs
-cbindgen --quiet --config cbindgen.toml --crate pdiff --output "$tmp/from_crate.h" 2>/dev/null
-for h in from_ffi from_crate; do
-  if ! diff -u include/pdiff.h "$tmp/$h.h"; then
-    echo "include/pdiff.h is stale ($h): cbindgen --config cbindgen.toml --output include/pdiff.h src/ffi/mod.rs" >&2
-    exit 1
-  fi
-done
+cbindgen --quiet --config cbindgen.toml --crate pdiff --output "$tmp/pdiff.h"
+if ! diff -u include/pdiff.h "$tmp/pdiff.h"; then
+  echo "include/pdiff.h is stale: cbindgen --config cbindgen.toml --crate pdiff --output include/pdiff.h" >&2
+  exit 1
+fi
 # 4b. Both libraries export pdiff_* and nothing else, hold no path of this checkout, and the
 #     serve-only one needs no libtorch, OpenMP or CUDA library.
-cargo build --release --no-default-features --lib --target-dir "$SERVE_TARGET"
+cargo build --release -p pdiff --no-default-features --lib --target-dir "$SERVE_TARGET"
 FULL_LIB=target/release/libpdiff.so
 SERVE_LIB=$SERVE_TARGET/release/libpdiff.so
 for lib in "$FULL_LIB" "$SERVE_LIB"; do
@@ -124,7 +120,7 @@ target/stream_memory tests/fixtures/tiny-bundle 400000 64
 HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 TSAN_TARGET=target/tsan
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=thread -Cunsafe-allow-abi-mismatch=sanitizer" \
-    cargo build --release --no-default-features --lib --target "$HOST_TRIPLE" --target-dir "$TSAN_TARGET"
+    cargo build --release -p pdiff --no-default-features --lib --target "$HOST_TRIPLE" --target-dir "$TSAN_TARGET"
 TSAN_LIBDIR=$TSAN_TARGET/$HOST_TRIPLE/release
 case "$(nm -D --undefined-only "$TSAN_LIBDIR/libpdiff.so")" in
   *" __tsan_func_entry"*) ;;

@@ -5,7 +5,7 @@
 //! once up front.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pdiff::runtime::Sampler;
+use pdiff_core::runtime::Sampler;
 use pdiff_fuzz::bundle_input::{BundleInput, WRITE_FILES};
 use pdiff_fuzz::{is_runtime_unavailable, require_runtime, runtime_options, verbose};
 use std::path::Path;
@@ -20,7 +20,7 @@ fn scratch_root() -> &'static Path {
     }
 }
 
-fn run(input: &BundleInput, dir: &Path) -> pdiff::Result<String> {
+fn run(input: &BundleInput, dir: &Path) -> pdiff_core::Result<String> {
     let sampler = Sampler::open(dir, &runtime_options())?;
     let kind = input.sampler();
     let seed = 7;

@@ -2,7 +2,7 @@
 //! selection mode. Any outcome but a panic or crash is fine.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pdiff::params::{ParamSet, Selection};
+use pdiff_core::params::{ParamSet, Selection};
 use std::path::PathBuf;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(m) = pdiff::bundle::parse_manifest(std::path::Path::new("fuzz"), data) {
+    if let Ok(m) = pdiff_core::bundle::parse_manifest(std::path::Path::new("fuzz"), data) {
         let layout = m.layout();
         assert_eq!(layout.param_count(), m.param_count);
         let flat = vec![0f32; m.param_count.min(1 << 20)];

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use pdiff_fuzz::{is_runtime_unavailable, require_runtime, runtime_options, verbose};
 
 fuzz_target!(init: require_runtime(), |data: &[u8]| {
-    let outcome = pdiff::runtime::load_graph(data, &runtime_options());
+    let outcome = pdiff_core::runtime::load_graph(data, &runtime_options());
     if let Err(e) = &outcome {
         assert!(!is_runtime_unavailable(e), "ONNX Runtime became unavailable: {e}");
     }

@@ -59,7 +59,7 @@ const FIXTURE_DENOISER: &[u8] = include_bytes!("../../tests/fixtures/tiny-bundle
 pub const SEPARATOR: &[u8] = b"\0--pdiff-fuzz-next-file--\0";
 
 /// The files of the bundle directory, in input order.
-pub const FILES: [&str; 3] = [pdiff::bundle::MANIFEST, pdiff::bundle::DECODER_ONNX, pdiff::bundle::DENOISER_ONNX];
+pub const FILES: [&str; 3] = [pdiff_core::bundle::MANIFEST, pdiff_core::bundle::DECODER_ONNX, pdiff_core::bundle::DENOISER_ONNX];
 
 /// One decoded input.
 pub struct BundleInput<'a> {
@@ -97,11 +97,11 @@ impl<'a> BundleInput<'a> {
         BundleInput { flags: byte(0), n: 1 + byte(1) as usize % 4, ddim_steps: 1 + byte(2) as usize % 16, files }
     }
 
-    pub fn sampler(&self) -> pdiff::diffusion::SamplerKind {
+    pub fn sampler(&self) -> pdiff_core::diffusion::SamplerKind {
         if self.flags & DDPM != 0 {
-            pdiff::diffusion::SamplerKind::Ddpm
+            pdiff_core::diffusion::SamplerKind::Ddpm
         } else {
-            pdiff::diffusion::SamplerKind::Ddim { steps: self.ddim_steps }
+            pdiff_core::diffusion::SamplerKind::Ddim { steps: self.ddim_steps }
         }
     }
 
@@ -140,7 +140,7 @@ impl<'a> BundleInput<'a> {
         let mut hashes = Vec::new();
         for (role, bytes, default) in [("decoder", self.files[1], FILES[1]), ("denoiser", self.files[2], FILES[2])] {
             let name = obj.get("files").and_then(|f| f.get(role)).and_then(|n| n.as_str()).unwrap_or(default);
-            hashes.push((name.to_string(), pdiff::bundle::sha256_hex(bytes)));
+            hashes.push((name.to_string(), pdiff_core::bundle::sha256_hex(bytes)));
         }
         let sha = obj.entry("sha256").or_insert_with(|| serde_json::json!({}));
         if !sha.is_object() {

@@ -1,6 +1,6 @@
 //! What the fuzz targets share: proof that ONNX Runtime is really there ([`require_runtime`]),
 //! and the input format of the `bundle_dir` target ([`bundle_input`]).
-use pdiff::runtime::{Provider, RuntimeOptions};
+use pdiff_core::runtime::{Provider, RuntimeOptions};
 
 pub mod bundle_input;
 
@@ -18,18 +18,18 @@ pub fn runtime_options() -> RuntimeOptions {
 /// runtime itself could not be loaded, every input would come back as an error and a target
 /// that accepts errors would test nothing while looking green.
 pub fn require_runtime() {
-    let library = pdiff::runtime::init(None)
+    let library = pdiff_core::runtime::init(None)
         .unwrap_or_else(|e| panic!("ONNX Runtime is not loaded, so this target would test nothing: {e}"));
-    if let Err(e) = pdiff::runtime::load_graph(KNOWN_GOOD_GRAPH, &runtime_options()) {
+    if let Err(e) = pdiff_core::runtime::load_graph(KNOWN_GOOD_GRAPH, &runtime_options()) {
         panic!("ONNX Runtime ({}) loaded but rejects the fixture's decoder.onnx: {e}", library.display());
     }
 }
 
 /// Whether `e` says that the runtime itself is missing or unusable, rather than that the input
 /// was rejected. After [`require_runtime`] this must never happen: a target panics on it.
-pub fn is_runtime_unavailable(e: &pdiff::Error) -> bool {
+pub fn is_runtime_unavailable(e: &pdiff_core::Error) -> bool {
     match e {
-        pdiff::Error::Runtime(m) => {
+        pdiff_core::Error::Runtime(m) => {
             m.starts_with("ONNX Runtime library not found") || m.starts_with("cannot load ") || m.contains("ONNX Runtime is not initialized")
         }
         _ => false,

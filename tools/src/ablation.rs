@@ -3,11 +3,12 @@
 //! a generator, samples N models and reports their test accuracy and how closely their mistakes
 //! match the originals (max IoU), with the health checks of each generator (warnings,
 //! reconstruction error against the checkpoints' spread, generated latents clipped).
-use pdiff::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
-use pdiff::error::{Error, Result};
+use pdiff_core::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
+use pdiff_core::error::{Error, Result};
 use crate::eval::{accuracies, evaluate_rows, max_iou_to, Summary};
-use pdiff::params::{list_checkpoints, ParamSet};
-use pdiff::train::{Generator, TrainConfig};
+use pdiff_core::params::{list_checkpoints, ParamSet};
+use pdiff_core::training::{TrainConfig};
+use pdiff_train::{Generator};
 use crate::zoo::Task;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;

@@ -2,11 +2,11 @@
 //! with DDPM-1000 and DDIM-50, plus the accuracy their models reach on a reference task. Every
 //! sampling measurement is one warm-up run (not counted: first-call allocations, lazy
 //! initialisation, cold caches), then the median of `runs` (>= 3) timed runs.
-use pdiff::diffusion::{sample_params, SamplerKind};
-use pdiff::error::Result;
+use pdiff_core::diffusion::{sample_params, SamplerKind};
+use pdiff_core::error::Result;
 use crate::eval::{accuracies, evaluate_rows, Summary};
-use pdiff::runtime::{RuntimeOptions, Sampler};
-use pdiff::train::DeviceChoice;
+use pdiff_core::runtime::{RuntimeOptions, Sampler};
+use pdiff_core::training::{DeviceChoice};
 use crate::zoo::Task;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -73,9 +73,9 @@ pub fn is_report(bytes: &[u8]) -> bool {
 
 /// Train a generator on `set` with `config` and measure time and peak memory: one run (a
 /// training run takes minutes; its times per step are means over every step).
-pub fn train(set: &pdiff::params::ParamSet, config: &pdiff::train::TrainConfig) -> Result<TrainingBench> {
+pub fn train(set: &pdiff_core::params::ParamSet, config: &pdiff_core::training::TrainConfig) -> Result<TrainingBench> {
     reset_peak_rss();
-    let g = pdiff::train::Generator::train(set, config, &mut |_| true)?;
+    let g = pdiff_train::Generator::train(set, config, &mut |_| true)?;
     let h = &g.history;
     Ok(TrainingBench {
         k: set.k(),
@@ -144,7 +144,7 @@ pub fn median(values: &[f64]) -> f64 {
 /// Run `work` once untimed (warm-up), then `runs` (>= [`MIN_RUNS`]) timed times.
 pub fn measure<T>(runs: usize, mut work: impl FnMut(usize) -> Result<T>) -> Result<Measured<T>> {
     if runs < MIN_RUNS {
-        return Err(pdiff::Error::invalid("runs", format!("{runs}: a median needs at least {MIN_RUNS} timed runs")));
+        return Err(pdiff_core::Error::invalid("runs", format!("{runs}: a median needs at least {MIN_RUNS} timed runs")));
     }
     work(0)?;
     reset_peak_rss();
@@ -161,7 +161,7 @@ pub fn measure<T>(runs: usize, mut work: impl FnMut(usize) -> Result<T>) -> Resu
 }
 
 pub fn run(bundle: &Path, n: usize, runs: usize, rt: &RuntimeOptions, task: Option<&dyn Task>, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
-    let g = pdiff::train::Generator::load_bundle(bundle, DeviceChoice::Cpu)?;
+    let g = pdiff_train::Generator::load_bundle(bundle, DeviceChoice::Cpu)?;
     let sampler = Sampler::open(bundle, rt)?;
     let layout = sampler.layout().clone();
     let schedule = sampler.manifest().schedule.clone();
@@ -286,7 +286,7 @@ pub fn parse_batch_sizes(list: &str) -> Result<Vec<usize>> {
 
 /// `field`'s list of positive integers, comma-separated, no duplicates (see [`parse_batch_sizes`]).
 pub fn parse_counts(field: &str, list: &str) -> Result<Vec<usize>> {
-    let bad = |why: String| pdiff::Error::invalid(field, format!("'{list}': {why} (expected positive integers separated by commas, e.g. 1,100,1000)"));
+    let bad = |why: String| pdiff_core::Error::invalid(field, format!("'{list}': {why} (expected positive integers separated by commas, e.g. 1,100,1000)"));
     let mut sizes = Vec::new();
     for item in list.split(',') {
         let item = item.trim();
@@ -328,7 +328,7 @@ pub fn sweep(bundle: &Path, rt: &RuntimeOptions, batch_sizes: &[usize], callers:
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = (0..callers as u64).map(|i| scope.spawn(move || s.sample(batch, seed + i, kind, &mut |_, _| true).map(drop))).collect();
-                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(pdiff::Error::invalid("callers", "a sampling thread panicked")))).collect::<Result<Vec<()>>>()
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(pdiff_core::Error::invalid("callers", "a sampling thread panicked")))).collect::<Result<Vec<()>>>()
                 })?;
             }
             Ok(t0.elapsed().as_secs_f64())

@@ -9,11 +9,12 @@
 use crate::eval::{evaluate_all, novelty};
 use crate::results::{DemoResults, LatentClipping, PeakRss, Timings};
 use crate::zoo;
-use pdiff::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
-use pdiff::error::Result;
-use pdiff::fsutil::{IfForeign, OutputDir, OutputKind};
-use pdiff::params::ParamSet;
-use pdiff::train::{device_name, Generator, Progress, TrainConfig};
+use pdiff_core::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
+use pdiff_core::error::Result;
+use pdiff_core::fsutil::{IfForeign, OutputDir, OutputKind};
+use pdiff_core::params::ParamSet;
+use pdiff_core::training::{Progress, TrainConfig};
+use pdiff_train::{device_name, Generator};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ pub struct DemoOptions {
     pub train: TrainConfig,
     /// Generate through the exported bundle with ONNX Runtime (the product path), or with
     /// the in-memory tch networks (`None`).
-    pub runtime: Option<pdiff::runtime::RuntimeOptions>,
+    pub runtime: Option<pdiff_core::runtime::RuntimeOptions>,
 }
 
 /// Progress of the whole job: (stage, done, total, loss); return false to cancel.
@@ -53,7 +54,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     crate::bench::reset_peak_rss();
     let t0 = Instant::now();
     let ckpt_dir = out.join("checkpoints");
-    pdiff::fsutil::write_output_dir(&ckpt_dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
+    pdiff_core::fsutil::write_output_dir(&ckpt_dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
         task.collect(tmp, opts.k, opts.train.seed, &mut |i, n| progress("collect", i, n, None)).map(|_| ())
     })?;
     let collect_s = t0.elapsed().as_secs_f64();
@@ -77,7 +78,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let schedule = &g.config.schedule;
     let (params, latents, backend) = match &opts.runtime {
         Some(rt) => {
-            let sampler = pdiff::runtime::Sampler::open(&gen_dir, rt)?;
+            let sampler = pdiff_core::runtime::Sampler::open(&gen_dir, rt)?;
             let z = sample_latents(&sampler, schedule, opts.sampler, opts.n, opts.sample_seed, &mut on_step)?;
             (sampler.decode(z.view())?, z, sampler.backend_name().to_string())
         }
@@ -90,7 +91,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     let latent_clipping = LatentClipping { generated: opts.n, latent_dim: g.latent_dim(), clipped: count_outside_clip(latents.view(), &g.latent_clip)? };
     let d = set.layout.param_count();
     let rows = params.as_slice().expect("row-major").to_vec();
-    pdiff::runtime::write_models(&set.layout, &rows, &out.join("generated"), IfForeign::Refuse)?;
+    pdiff_core::runtime::write_models(&set.layout, &rows, &out.join("generated"), IfForeign::Refuse)?;
     rss.sample = stage_peak();
 
     // 4. Evaluate (originals, soup, generated, noise baselines, memorization) and report.
@@ -132,7 +133,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     };
     crate::report::write(out, &results, Some(&g.history))?;
     let json = serde_json::to_vec_pretty(&results).expect("serializable");
-    pdiff::fsutil::write_atomic(&out.join("results.json"), &json)?;
+    pdiff_core::fsutil::write_atomic(&out.join("results.json"), &json)?;
     output.commit()?;
     Ok(results)
 }

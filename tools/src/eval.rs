@@ -2,8 +2,8 @@
 //! median / min / std), the soup baseline and train-selected generated model, verdicts on
 //! integer counts of test images; and a novelty measure that needs no task (distances to the
 //! nearest original in normalized units).
-use pdiff::error::Result;
-use pdiff::params::Layout;
+use pdiff_core::error::Result;
+use pdiff_core::params::Layout;
 use crate::zoo::Task;
 use serde::{Deserialize, Serialize};
 
@@ -147,7 +147,7 @@ pub fn max_iou_to(models: &[ModelEval], reference: &[ModelEval], same_group: boo
 }
 
 /// Each original perturbed by Gaussian noise of `sigma_rel` times each tensor's std.
-pub fn noise_baseline(set: &pdiff::params::ParamSet, sigma_rel: f64, seed: u64) -> Vec<f32> {
+pub fn noise_baseline(set: &pdiff_core::params::ParamSet, sigma_rel: f64, seed: u64) -> Vec<f32> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, Normal};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -233,7 +233,7 @@ pub struct SelectedOnTrain {
 /// generated, generated selected on TRAIN, noise baselines, memorization IoU.
 pub fn evaluate_all(
     task: &dyn Task,
-    set: &pdiff::params::ParamSet,
+    set: &pdiff_core::params::ParamSet,
     generated: &[f32],
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
@@ -382,7 +382,7 @@ fn l2(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// [`Novelty`] of `generated` (rows of D values, host units) against the originals of `set`.
-pub fn novelty(set: &pdiff::params::ParamSet, generated: &[f32]) -> Novelty {
+pub fn novelty(set: &pdiff_core::params::ParamSet, generated: &[f32]) -> Novelty {
     let d = set.layout.param_count();
     let originals = set.normalized();
     let mut gen_norm = vec![0f32; generated.len()];

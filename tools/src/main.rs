@@ -1,13 +1,14 @@
 //! `pdiff`: the command line of libpdiff (collect, train, export, sample, eval, demo, bench).
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pdiff::diffusion::{Conditioning, DecoderBackend, SamplerKind};
-use pdiff::model::Preset;
-use pdiff::params::{ParamSet, Selection};
-use pdiff::train::{DeviceChoice, Generator, TrainConfig};
-use pdiff::runtime::{Provider, RuntimeOptions, Sampler};
-use pdiff::fsutil::{self, IfForeign, OutputKind};
-use pdiff::{bundle, Result};
+use pdiff_core::diffusion::{Conditioning, DecoderBackend, SamplerKind};
+use pdiff_core::model::Preset;
+use pdiff_core::params::{ParamSet, Selection};
+use pdiff_core::training::{DeviceChoice, TrainConfig};
+use pdiff_train::{Generator};
+use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
+use pdiff_core::fsutil::{self, IfForeign, OutputKind};
+use pdiff_core::{bundle, Result};
 use pdiff_tools::{demo, eval, results, zoo};
 use std::path::PathBuf;
 
@@ -247,7 +248,7 @@ fn parse_list<T: std::str::FromStr>(flag: &str, text: &str) -> Result<Vec<T>> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| pdiff::Error::invalid(flag, format!("'{s}' in '{text}' is not a number"))))
+        .map(|s| s.parse().map_err(|_| pdiff_core::Error::invalid(flag, format!("'{s}' in '{text}' is not a number"))))
         .collect()
 }
 
@@ -302,7 +303,7 @@ impl RuntimeArgs {
             "auto" => None,
             "on" => Some(true),
             "off" => Some(false),
-            other => return Err(pdiff::Error::invalid("whole-loop", format!("'{other}' (expected auto, on or off)"))),
+            other => return Err(pdiff_core::Error::invalid("whole-loop", format!("'{other}' (expected auto, on or off)"))),
         };
         let opts = RuntimeOptions {
             library: pdiff_tools::ort_library::resolve(self.ort_lib.as_deref()),
@@ -314,7 +315,7 @@ impl RuntimeArgs {
         match self.backend.as_str() {
             "onnxruntime" | "ort" => Ok(Some(opts)),
             "tch" => Ok(None),
-            other => Err(pdiff::Error::invalid("backend", format!("'{other}' (expected onnxruntime or tch)"))),
+            other => Err(pdiff_core::Error::invalid("backend", format!("'{other}' (expected onnxruntime or tch)"))),
         }
     }
 }
@@ -365,7 +366,7 @@ impl TrainArgs {
         Ok(match self.preset.as_str() {
             "auto" => TrainConfig::auto(d),
             name => TrainConfig::new(name.parse::<Preset>().map_err(|_| {
-                pdiff::Error::invalid("preset", format!("'{name}' (expected auto, compact, chunked or paper)"))
+                pdiff_core::Error::invalid("preset", format!("'{name}' (expected auto, compact, chunked or paper)"))
             })?),
         })
     }
@@ -479,14 +480,14 @@ fn main() {
     });
     if let Err(e) = run(cli) {
         eprintln!("error: {}", message(&e));
-        std::process::exit(if matches!(e, pdiff::Error::Cancelled) { 130 } else { 1 });
+        std::process::exit(if matches!(e, pdiff_core::Error::Cancelled) { 130 } else { 1 });
     }
 }
 
 /// The error as the command line words it: a refused output points at --out and --force.
-fn message(e: &pdiff::Error) -> String {
+fn message(e: &pdiff_core::Error) -> String {
     match e {
-        pdiff::Error::OutputExists { path, reason, force_would } => format!(
+        pdiff_core::Error::OutputExists { path, reason, force_would } => format!(
             "output {} {reason}: choose another --out{}",
             path.display(),
             force_would.map(|f| format!(", or pass --force to {f}")).unwrap_or_default()
@@ -517,15 +518,15 @@ fn run(cli: Cli) -> Result<()> {
             let mut paths = Vec::new();
             let mut config = None;
             for dir in &checkpoints {
-                let (layout, k_dir) = pdiff::params::peek_dir(dir, &selection)?;
+                let (layout, k_dir) = pdiff_core::params::peek_dir(dir, &selection)?;
                 k += k_dir;
                 let c = match config.take() {
                     Some(c) => c,
                     None => train.config(layout.param_count())?,
                 };
-                pdiff::train::check_memory(layout.param_count(), k, &c)?;
+                pdiff_train::check_memory(layout.param_count(), k, &c)?;
                 config = Some(c);
-                paths.extend(pdiff::params::list_checkpoints(dir)?);
+                paths.extend(pdiff_core::params::list_checkpoints(dir)?);
             }
             let config = config.expect("at least one --checkpoints");
             println!("preset {}{}", config.preset, if config.preset_auto { " (chosen automatically for D)" } else { "" });
@@ -546,7 +547,7 @@ fn run(cli: Cli) -> Result<()> {
             g.export_bundle_with(&out, force.policy())?;
             println!(
                 "trained on {}: autoencoder {:.1}s, diffusion {:.1}s, reconstruction mse {:.2e} ({} of the checkpoints' spread {:.2e}); bundle written to {}",
-                pdiff::train::device_name(g.device),
+                pdiff_train::device_name(g.device),
                 g.history.ae_seconds,
                 g.history.diffusion_seconds,
                 g.history.final_reconstruction_mse,
@@ -567,7 +568,7 @@ fn run(cli: Cli) -> Result<()> {
             let kind = sampler.kind()?;
             let values = condition.as_deref().map(parse_condition).transpose()?;
             if values.is_none() && guidance != 1.0 {
-                return Err(pdiff::Error::invalid("guidance", "a guidance scale needs --condition"));
+                return Err(pdiff_core::Error::invalid("guidance", "a guidance scale needs --condition"));
             }
             let cond = values.as_deref().map(|values| Conditioning { values, guidance });
             fsutil::check_output_dir(&out, OutputKind::Samples, force.policy())?;
@@ -598,7 +599,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { scale: true, scale_d, scale_presets, scale_k, scale_report, bundle, task, batch_sizes, checkpoints, n, runtime, train, out, force, .. } => {
             if bundle.is_some() || task.is_some() || batch_sizes.is_some() || checkpoints.is_some() {
-                return Err(pdiff::Error::invalid("scale", "--scale trains on synthetic checkpoints of its own: run --bundle, --task, --batch-sizes or --checkpoints without it"));
+                return Err(pdiff_core::Error::invalid("scale", "--scale trains on synthetic checkpoints of its own: run --bundle, --task, --batch-sizes or --checkpoints without it"));
             }
             let sizes = pdiff_tools::bench::parse_counts("scale_d", &scale_d)?;
             let presets = scale_presets
@@ -608,7 +609,7 @@ fn run(cli: Cli) -> Result<()> {
                     other => other.parse::<Preset>().map(Some),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let rt = runtime.options()?.ok_or_else(|| pdiff::Error::invalid("backend", "--scale samples through ONNX Runtime"))?;
+            let rt = runtime.options()?.ok_or_else(|| pdiff_core::Error::invalid("backend", "--scale samples through ONNX Runtime"))?;
             let report_kind = "pdiff bench --scale report";
             fsutil::check_output_file(&out, if_foreign(force), report_kind, pdiff_tools::scale::is_report)?;
             let png = out.with_extension("png");
@@ -628,11 +629,11 @@ fn run(cli: Cli) -> Result<()> {
             let measured = scale_report.is_none();
             let report = match scale_report {
                 Some(file) => {
-                    let bytes = fsutil::read_regular(&file, 64 << 20).map_err(|e| pdiff::Error::io(&file, e))?;
+                    let bytes = fsutil::read_regular(&file, 64 << 20).map_err(|e| pdiff_core::Error::io(&file, e))?;
                     serde_json::from_slice::<pdiff_tools::scale::ScaleReport>(&bytes)
                         .ok()
                         .filter(|r| r.scale)
-                        .ok_or_else(|| pdiff::Error::invalid("scale_report", format!("{} is not a pdiff bench --scale report", file.display())))?
+                        .ok_or_else(|| pdiff_core::Error::invalid("scale_report", format!("{} is not a pdiff bench --scale report", file.display())))?
                 }
                 None => {
                     let report = pdiff_tools::scale::run(&opts, &mut |what| eprintln!("bench: {what}"))?;
@@ -645,7 +646,7 @@ fn run(cli: Cli) -> Result<()> {
             // then written atomically like the report.
             let tmp = out.with_extension("plot-tmp.png");
             pdiff_tools::scale::plot(&tmp, &report)?;
-            let bytes = std::fs::read(&tmp).map_err(|e| pdiff::Error::io(&tmp, e))?;
+            let bytes = std::fs::read(&tmp).map_err(|e| pdiff_core::Error::io(&tmp, e))?;
             let _ = std::fs::remove_file(&tmp);
             fsutil::write_output_file(&png, &bytes, if_foreign(force), "pdiff bench --scale plot", |b| b.starts_with(b"\x89PNG"))?;
             println!("machine: {} (libtorch threads: {}), K = {}, {} + {} training steps, {} models sampled ({}, DDIM-50)", report.machine, report.torch_threads, report.k, report.ae_steps, report.diffusion_steps, report.n, report.backend);
@@ -665,17 +666,17 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench { batch_sizes: Some(list), callers, bundle, task, checkpoints, runtime, out, force, .. } => {
-            let dir = bundle.ok_or_else(|| pdiff::Error::invalid("bundle", "--bundle is required (the bundle to measure)"))?;
+            let dir = bundle.ok_or_else(|| pdiff_core::Error::invalid("bundle", "--bundle is required (the bundle to measure)"))?;
             let sizes = pdiff_tools::bench::parse_batch_sizes(&list)?;
             let callers = pdiff_tools::bench::parse_counts("callers", &callers)?;
             if task.is_some() || checkpoints.is_some() {
-                return Err(pdiff::Error::invalid("batch_sizes", "the sweep measures sampling speed only: run --task / --checkpoints without it"));
+                return Err(pdiff_core::Error::invalid("batch_sizes", "the sweep measures sampling speed only: run --task / --checkpoints without it"));
             }
-            let opts = runtime.options()?.ok_or_else(|| pdiff::Error::invalid("batch_sizes", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
+            let opts = runtime.options()?.ok_or_else(|| pdiff_core::Error::invalid("batch_sizes", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
             fsutil::check_output_file(&out, if_foreign(force), "pdiff bench report", pdiff_tools::bench::is_report)?;
             let kind = SamplerKind::Ddim { steps: 50 };
             let report = pdiff_tools::bench::sweep(&dir, &opts, &sizes, &callers, kind, &mut |what| eprintln!("bench: {what}"))?;
-            pdiff::fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&report).unwrap())?;
+            pdiff_core::fsutil::write_atomic(&out, &serde_json::to_vec_pretty(&report).unwrap())?;
             println!("machine: {}", report.machine);
             let how = if report.whole_loop { "whole loop" } else { "step by step" };
             println!("{} ({} requested), {} {how}, bundle {} (D = {})", report.backend, report.provider, report.sampler, report.bundle, report.param_count);
@@ -690,7 +691,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("written: {}", out.display());
         }
         Command::Bench { batch_sizes: None, bundle, task, data, n, runs, runtime, checkpoints, train, out, force, .. } => {
-            let dir = bundle.ok_or_else(|| pdiff::Error::invalid("bundle", "--bundle is required (the bundle to measure), or --scale"))?;
+            let dir = bundle.ok_or_else(|| pdiff_core::Error::invalid("bundle", "--bundle is required (the bundle to measure), or --scale"))?;
             let opts = runtime.options()?.unwrap_or_default();
             let report_kind = "pdiff bench report";
             fsutil::check_output_file(&out, if_foreign(force), report_kind, pdiff_tools::bench::is_report)?;
@@ -738,7 +739,7 @@ fn run(cli: Cli) -> Result<()> {
                 let s = eval::Summary::of(&eval::accuracies(&eval::evaluate_rows(task.as_ref(), &gen.layout, &gen.data, false)?));
                 println!("generated (N = {}): {}", gen.k(), fmt_summary(&s));
                 // Novelty compares vectors coordinate by coordinate: only for the same layout.
-                let shape = |l: &pdiff::params::Layout| l.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.offset)).collect::<Vec<_>>();
+                let shape = |l: &pdiff_core::params::Layout| l.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.offset)).collect::<Vec<_>>();
                 if shape(&gen.layout) == shape(&set.layout) {
                     println!("novelty: {}", eval::novelty(&set, &gen.data).sentence());
                 } else {
@@ -824,7 +825,7 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Warn when generated latents fall outside the training range (the decoder clips them to it):
 /// such models come from where the autoencoder never saw a checkpoint.
-fn warn_clipped(n: usize, latent_dim: usize, c: pdiff::diffusion::ClipCount) {
+fn warn_clipped(n: usize, latent_dim: usize, c: pdiff_core::diffusion::ClipCount) {
     if c.rows > 0 {
         let clipping = pdiff_tools::results::LatentClipping { generated: n, latent_dim, clipped: c };
         eprintln!("warning: {}: those models come from outside what the autoencoder was trained on", clipping.sentence());
@@ -838,11 +839,11 @@ const SAMPLE_CHUNK_BYTES: usize = 16 << 20;
 /// The two halves of a generator (latent diffusion, then the decoder), run by `pdiff sample`
 /// itself so that the latents can be checked against the training range before decoding.
 struct Halves<'a> {
-    denoiser: &'a dyn pdiff::diffusion::DenoiserBackend,
+    denoiser: &'a dyn pdiff_core::diffusion::DenoiserBackend,
     decoder: &'a dyn DecoderBackend,
-    schedule: &'a pdiff::diffusion::Schedule,
+    schedule: &'a pdiff_core::diffusion::Schedule,
     clip: &'a [f32],
-    layout: &'a pdiff::params::Layout,
+    layout: &'a pdiff_core::params::Layout,
 }
 
 impl Halves<'_> {
@@ -860,18 +861,18 @@ impl Halves<'_> {
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<PathBuf>> {
         if n == 0 {
-            return Err(pdiff::Error::invalid("n", "number of samples must be at least 1"));
+            return Err(pdiff_core::Error::invalid("n", "number of samples must be at least 1"));
         }
-        let mut writer = pdiff::runtime::ModelWriter::begin(out, self.layout, if_foreign)?;
+        let mut writer = pdiff_core::runtime::ModelWriter::begin(out, self.layout, if_foreign)?;
         let chunk = (SAMPLE_CHUNK_BYTES / (4 * self.layout.param_count().max(1))).max(1);
         let chunks = n.div_ceil(chunk);
-        let mut clipped = pdiff::diffusion::ClipCount::default();
+        let mut clipped = pdiff_core::diffusion::ClipCount::default();
         for c in 0..chunks {
             let rows = c * chunk..((c + 1) * chunk).min(n);
             let first = rows.start;
             let mut step = |done, total| on_step(c * total + done, chunks * total);
-            let z = pdiff::diffusion::sample_latent_rows(self.denoiser, self.schedule, kind, cond, seed, rows, &mut step)?;
-            let count = pdiff::diffusion::count_outside_clip(z.view(), self.clip)?;
+            let z = pdiff_core::diffusion::sample_latent_rows(self.denoiser, self.schedule, kind, cond, seed, rows, &mut step)?;
+            let count = pdiff_core::diffusion::count_outside_clip(z.view(), self.clip)?;
             clipped.rows += count.rows;
             clipped.values += count.values;
             let p = self.decoder.decode(z.view())?;
@@ -887,7 +888,7 @@ impl Halves<'_> {
 /// A condition given on the command line: comma-separated numbers.
 fn parse_condition(text: &str) -> Result<Vec<f32>> {
     text.split(',')
-        .map(|v| v.trim().parse::<f32>().map_err(|_| pdiff::Error::invalid("condition", format!("'{v}' in '{text}' is not a number"))))
+        .map(|v| v.trim().parse::<f32>().map_err(|_| pdiff_core::Error::invalid("condition", format!("'{v}' in '{text}' is not a number"))))
         .collect()
 }
 
@@ -896,7 +897,7 @@ fn parse_condition(text: &str) -> Result<Vec<f32>> {
 fn refuse_input_inside_output(input: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let (Ok(i), Ok(o)) = (input.canonicalize(), out.canonicalize()) else { return Ok(()) };
     if i.starts_with(&o) {
-        return Err(pdiff::Error::invalid(
+        return Err(pdiff_core::Error::invalid(
             "checkpoints",
             format!("{} is inside --out {}, which this run replaces: choose another --out", input.display(), out.display()),
         ));

@@ -1,10 +1,10 @@
 //! report.md and its PNG plots (plotters): accuracy distributions, accuracy versus max IoU to
 //! the originals (new versus copied), and the training loss curves. The verdict lines are
 //! derived from the numbers, never written by hand.
-use pdiff::error::{Error, Result};
+use pdiff_core::error::{Error, Result};
 use crate::eval::Evaluation;
 use crate::results::DemoResults;
-use pdiff::train::TrainHistory;
+use pdiff_core::training::{TrainHistory};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -177,7 +177,7 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
             md,
             "The preset was chosen automatically for D = {}: `compact` below {} parameters, `chunked` from there.\n",
             r.num_params,
-            pdiff::model::AUTO_CHUNKED_MIN_PARAMS
+            pdiff_core::model::AUTO_CHUNKED_MIN_PARAMS
         );
     }
     if let Some(p) = &r.peak_rss_mib {
@@ -306,5 +306,5 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
         "## Timings (s)\n\ncollect {:.1}, autoencoder {:.1}, diffusion {:.1}, sample {:.2}, evaluate {:.1}.",
         t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate
     );
-    pdiff::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
+    pdiff_core::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
 }

@@ -2,7 +2,7 @@
 //! report that renders it (`report`). Accuracies are fractions in [0, 1], test split unless
 //! named otherwise.
 use crate::eval::{Evaluation, Novelty};
-use pdiff::diffusion::ClipCount;
+use pdiff_core::diffusion::ClipCount;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

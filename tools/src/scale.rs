@@ -8,12 +8,13 @@
 //! Synthetic checkpoints are honest for timing and memory, which depend on D, K and the
 //! architecture only; for quality at D = 10^6 see the mnist-mlp-wide demo.
 use crate::bench::{machine_description, measure, peak_rss_mib, reset_peak_rss};
-use pdiff::diffusion::SamplerKind;
-use pdiff::error::{Error, Result};
-use pdiff::model::Preset;
-use pdiff::params::{synthetic_trajectory, Layout};
-use pdiff::runtime::{RuntimeOptions, Sampler};
-use pdiff::train::{Generator, TrainConfig};
+use pdiff_core::diffusion::SamplerKind;
+use pdiff_core::error::{Error, Result};
+use pdiff_core::model::Preset;
+use pdiff_core::params::{synthetic_trajectory, Layout};
+use pdiff_core::runtime::{RuntimeOptions, Sampler};
+use pdiff_core::training::{TrainConfig};
+use pdiff_train::{Generator};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -104,16 +105,16 @@ pub fn run(opts: &ScaleOptions, progress: &mut dyn FnMut(&str)) -> Result<ScaleR
             config.ae_steps = opts.ae_steps;
             config.diffusion_steps = opts.diffusion_steps;
             config.seed = opts.seed;
-            config.device = pdiff::train::DeviceChoice::Cpu;
+            config.device = pdiff_core::training::DeviceChoice::Cpu;
             progress(&format!("D = {d}, preset {}: {} + {} training steps, K = {}", config.preset, opts.ae_steps, opts.diffusion_steps, opts.k));
-            pdiff::train::check_memory(d, opts.k, &config)?;
+            pdiff_train::check_memory(d, opts.k, &config)?;
             // Weights of about 0.1, moving by about 1% of that over K checkpoints.
             let set = synthetic_trajectory(layout, opts.k, 0.1, opts.seed)?;
             reset_peak_rss();
             let g = Generator::train(&set, &config, &mut |_| true)?;
             drop(set);
             let bundle = opts.work_dir.join(format!("scale-{d}-{}", config.preset));
-            g.export_bundle_with(&bundle, pdiff::fsutil::IfForeign::Refuse)?;
+            g.export_bundle_with(&bundle, pdiff_core::fsutil::IfForeign::Refuse)?;
             let train_peak = peak_rss_mib();
             let (ae_params, den_params) = g.parameter_counts();
             let fixed = g.fixed_values();

@@ -18,11 +18,12 @@
 //! seen tasks.
 use crate::eval::Summary;
 use crate::zoo::mnist_tasks::{DigitSet, MnistTasks, Recipe};
-use pdiff::diffusion::{sample_param_rows, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind};
-use pdiff::error::{Error, Result};
-use pdiff::fsutil::{IfForeign, OutputDir, OutputKind};
-use pdiff::params::{ConditionSpec, Conditions, Layout, ParamSet};
-use pdiff::train::{device_name, Generator, Progress, TrainConfig};
+use pdiff_core::diffusion::{sample_param_rows, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind};
+use pdiff_core::error::{Error, Result};
+use pdiff_core::fsutil::{IfForeign, OutputDir, OutputKind};
+use pdiff_core::params::{ConditionSpec, Conditions, Layout, ParamSet};
+use pdiff_core::training::{Progress, TrainConfig};
+use pdiff_train::{device_name, Generator};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -53,7 +54,7 @@ pub struct TasksDemoOptions {
     pub sample_seed: u64,
     pub train: TrainConfig,
     /// Generate through the exported bundle with ONNX Runtime, or with the tch networks (None).
-    pub runtime: Option<pdiff::runtime::RuntimeOptions>,
+    pub runtime: Option<pdiff_core::runtime::RuntimeOptions>,
 }
 
 impl TasksDemoOptions {
@@ -105,8 +106,8 @@ impl TasksDemoOptions {
 /// decides the task), 3,000 autoencoder steps with latent noise 0.02 (1,000 steps at 0.1 lost
 /// 4 points of the originals' accuracy in reconstruction).
 pub fn default_train_config() -> TrainConfig {
-    let mut c = TrainConfig::new(pdiff::model::Preset::Compact);
-    c.reconstruction_weighting = pdiff::train::ReconstructionWeighting::PerTensor;
+    let mut c = TrainConfig::new(pdiff_core::model::Preset::Compact);
+    c.reconstruction_weighting = pdiff_core::training::ReconstructionWeighting::PerTensor;
     c.ae_steps = 3000;
     c.latent_noise = 0.02;
     c
@@ -360,7 +361,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
     }
     let names: Vec<String> = (0..10).map(|d| format!("digit{d}")).collect();
     let cond_json = serde_json::json!({ "names": names, "conditions": cond_map });
-    pdiff::fsutil::write_atomic(&out.join("conditions.json"), &serde_json::to_vec_pretty(&cond_json).expect("JSON"))?;
+    pdiff_core::fsutil::write_atomic(&out.join("conditions.json"), &serde_json::to_vec_pretty(&cond_json).expect("JSON"))?;
     for (t, rows) in &col.heldout {
         let dir = out.join("heldout").join(t.code()).join("scratch");
         write_rows(&layout, rows, &dir, |i| format!("scratch_{i:04}.safetensors"), OutputKind::Checkpoints)?;
@@ -416,7 +417,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
     // 6. Generation and evaluation.
     let t0 = Instant::now();
     let sampler = match &opts.runtime {
-        Some(rt) => Some(pdiff::runtime::Sampler::open(&gen_dir, rt)?),
+        Some(rt) => Some(pdiff_core::runtime::Sampler::open(&gen_dir, rt)?),
         None => None,
     };
     let (tch_den, tch_dec) = (g.tch_denoiser(), g.tch_decoder());
@@ -430,7 +431,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
     let main_scores = score(&tasks, &layout, den, dec, opts, &split.seen, &split.heldout, guidance)?;
     for ((t, _), rows) in col.heldout.iter().zip(&main_scores.heldout_rows) {
         let dir = out.join("heldout").join(t.code()).join("generated");
-        pdiff::runtime::write_models(&layout, rows, &dir, IfForeign::Refuse)?;
+        pdiff_core::runtime::write_models(&layout, rows, &dir, IfForeign::Refuse)?;
     }
     let uncond_rows = generate(den, dec, &opts.train, opts.sampler, None, 1.0, opts.n, opts.sample_seed)?;
     let sample_s = t0.elapsed().as_secs_f64();
@@ -544,14 +545,14 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
         },
     };
     crate::tasks_report::write(out, &results, &g.history)?;
-    pdiff::fsutil::write_atomic(&out.join("results.json"), &serde_json::to_vec_pretty(&results).expect("serializable"))?;
+    pdiff_core::fsutil::write_atomic(&out.join("results.json"), &serde_json::to_vec_pretty(&results).expect("serializable"))?;
     output.commit()?;
     Ok(results)
 }
 
 /// Write rows as safetensors files named by `name(i)` into `dir`, one output of `kind`.
 fn write_rows(layout: &Layout, rows: &[Vec<f32>], dir: &Path, name: impl Fn(usize) -> String, kind: OutputKind) -> Result<()> {
-    pdiff::fsutil::write_output_dir(dir, kind, IfForeign::Refuse, |tmp| {
+    pdiff_core::fsutil::write_output_dir(dir, kind, IfForeign::Refuse, |tmp| {
         for (i, r) in rows.iter().enumerate() {
             layout.save_safetensors(r, &tmp.join(name(i)))?;
         }

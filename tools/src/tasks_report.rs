@@ -4,8 +4,8 @@
 //! against the targets, computed from the numbers.
 use crate::report::{ensure_font, padded_range, plot_err, plot_losses, GROUP_COLORS};
 use crate::tasks_demo::TasksResults;
-use pdiff::error::Result;
-use pdiff::train::TrainHistory;
+use pdiff_core::error::Result;
+use pdiff_core::training::{TrainHistory};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -182,5 +182,5 @@ pub fn write(dir: &Path, r: &TasksResults, history: &TrainHistory) -> Result<()>
         "## Timings (s)\n\ncollect {:.1}, autoencoder {:.1}, diffusion {:.1}, sample {:.1}, evaluate {:.1}, ablations {:.1}; total {:.1}.",
         t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate, t.ablation, t.total
     );
-    pdiff::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
+    pdiff_core::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
 }

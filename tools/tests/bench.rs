@@ -120,7 +120,7 @@ fn fewer_than_three_runs_are_refused() {
         Ok(())
     });
     match r {
-        Err(pdiff::Error::InvalidArgument { field, message }) => {
+        Err(pdiff_core::Error::InvalidArgument { field, message }) => {
             assert_eq!(field, "runs");
             assert!(message.contains("at least 3"), "{message}");
         }
@@ -128,8 +128,8 @@ fn fewer_than_three_runs_are_refused() {
     }
     assert_eq!(calls, 0, "nothing runs");
     // An error of the work stops the measurement.
-    let r = measure(3, |i| if i == 2 { Err(pdiff::Error::Cancelled) } else { Ok(()) });
-    assert!(matches!(r, Err(pdiff::Error::Cancelled)));
+    let r = measure(3, |i| if i == 2 { Err(pdiff_core::Error::Cancelled) } else { Ok(()) });
+    assert!(matches!(r, Err(pdiff_core::Error::Cancelled)));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Evaluation arithmetic that needs no task: verdicts on integer counts of test images, exact
 //! medians of counts, the novelty measure (distances to the nearest original).
-use pdiff::params::{Layout, ParamSet};
+use pdiff_core::params::{Layout, ParamSet};
 use pdiff_tools::eval::{median_count, novelty, verdict, Spread};
 
 #[test]

@@ -2,7 +2,7 @@
 //! them in the bundle; the demo's report.md lists the warnings (latents clipped included), the
 //! reconstruction error against the checkpoints' spread, verdicts in test images and the
 //! task-free novelty table.
-use pdiff::params::Layout;
+use pdiff_core::params::Layout;
 use pdiff_tools::results::DemoResults;
 use std::path::Path;
 use std::process::Command;
@@ -41,10 +41,10 @@ fn train_prints_and_records_the_warnings() {
     assert!(printed[1].starts_with("the autoencoder reconstructs the checkpoints with MSE"), "{}", printed[1]);
     assert!(stdout.contains("of the checkpoints' spread"), "{stdout}");
     // The bundle records the same warnings and the spread they were judged against.
-    let m = pdiff::bundle::load_manifest(&out).unwrap();
+    let m = pdiff_core::bundle::load_manifest(&out).unwrap();
     assert_eq!(m.warnings, printed);
     let ratio = m.history.reconstruction_ratio().expect("a recorded spread");
-    assert!(ratio >= pdiff::train::RECONSTRUCTION_WARN_RATIO, "{ratio}");
+    assert!(ratio >= pdiff_core::training::RECONSTRUCTION_WARN_RATIO, "{ratio}");
 }
 
 fn committed_results(task: &str) -> DemoResults {
@@ -84,7 +84,7 @@ fn report_shows_health_verdicts_and_novelty() {
     // A run with warnings and clipped latents lists each as a warning.
     let mut bad = r.clone();
     bad.warnings = vec!["K = 10 checkpoints is few: ...".into()];
-    bad.latent_clipping.clipped = pdiff::diffusion::ClipCount { rows: 3, values: 4 };
+    bad.latent_clipping.clipped = pdiff_core::diffusion::ClipCount { rows: 3, values: 4 };
     bad.evaluation.points = vec![("originals".into(), 0.880, 0.98), ("generated".into(), 0.882, 0.95), ("generated".into(), 0.881, 0.96)];
     let d2 = tempfile::tempdir().unwrap();
     let md = report_of(&bad, d2.path());

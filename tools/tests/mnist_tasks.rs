@@ -2,7 +2,7 @@
 //! training), and `pdiff demo --task mnist-tasks` end to end on a small configuration (the
 //! files it writes, the results.json schema, its bad options).
 use pdiff_tools::tasks_demo::{collect, nearest, split_tasks};
-use pdiff_tools::zoo::mnist_tasks::{DigitSet, MnistTasks, Recipe};
+use pdiff_tools::zoo::mnist_tasks::{DigitSet, MnistTasks, Recipe, TASK_COUNT};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
@@ -203,5 +203,19 @@ fn demo_refuses_bad_task_options_before_writing() {
         assert_eq!(r.status.code(), Some(1), "{extra:?}: {err}");
         assert!(err.contains(words) && !err.contains("panicked"), "{extra:?}: {err}");
         assert!(!out.exists(), "{extra:?} created the output");
+    }
+}
+
+#[test]
+fn codes_and_conditions() {
+    let all = DigitSet::all();
+    assert_eq!(all.len(), TASK_COUNT);
+    let s = DigitSet::from_code("0110100101").unwrap();
+    assert_eq!(s.code(), "0110100101");
+    assert_eq!(s.condition(), [0., 1., 1., 0., 1., 0., 0., 1., 0., 1.]);
+    assert!(s.contains(1) && !s.contains(0));
+    assert_eq!(s.hamming(DigitSet::from_code("1010100101").unwrap()), 2);
+    for bad in ["011010010", "0110100102", "1110100101", ""] {
+        assert!(DigitSet::from_code(bad).is_err(), "{bad}");
     }
 }

@@ -181,7 +181,7 @@ fn benchmark_table_matches_the_result_file() {
     let text = readme();
     let b: BenchReport = json("docs/results/bench-cpu.json");
     assert!(b.runs >= pdiff_tools::bench::MIN_RUNS && b.warmup_runs >= 1, "runs {}, warm-up {}", b.runs, b.warmup_runs);
-    let timesteps = pdiff::diffusion::Schedule::default().timesteps;
+    let timesteps = pdiff_core::diffusion::Schedule::default().timesteps;
     let rows = b
         .rows
         .iter()

@@ -1,7 +1,7 @@
 //! Reliability: every bad input of the README's Reliability table, through the `pdiff` CLI.
 //! Each case asserts the exit status (1: a clear error, never a panic or abort), the words of
 //! the error, and that no output was created or an existing output was left unchanged.
-use pdiff::params::Layout;
+use pdiff_core::params::Layout;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -149,7 +149,7 @@ fn half_precision_is_converted_not_refused() {
             let v: Vec<u8> = (0..8).flat_map(|j| half::f16::from_f32(0.5 + 0.01 * (i * j) as f32).to_le_bytes()).collect();
             raw_tensor_file(&c.join(format!("c{i}.safetensors")), &[("w", Dtype::F16, vec![8], v)]);
         }
-        let set = pdiff::params::ParamSet::load_dir(&c, &pdiff::params::Selection::AllFloat).unwrap();
+        let set = pdiff_core::params::ParamSet::load_dir(&c, &pdiff_core::params::Selection::AllFloat).unwrap();
         assert_eq!(set.layout.param_count(), 8);
         assert_eq!(set.row(2)[3], half::f16::from_f32(0.5 + 0.01 * 6.0).to_f32());
     });
@@ -279,8 +279,8 @@ fn absurd_size_is_refused_up_front() {
         }
         let d_params = shape[0] * shape[1];
         // The CLI's default preset is chosen by D (chunked here).
-        let need = pdiff::train::estimate_training_bytes(d_params, 2, &pdiff::train::TrainConfig::auto(d_params));
-        let avail = pdiff::train::available_memory_bytes().expect("linux meminfo");
+        let need = pdiff_core::training::estimate_training_bytes(d_params, 2, &pdiff_core::training::TrainConfig::auto(d_params));
+        let avail = pdiff_core::training::available_memory_bytes().expect("linux meminfo");
         assert!(need > avail as u128, "estimate {need} should exceed available {avail}");
         let gib = |b: f64| b / (1u64 << 30) as f64;
 
@@ -463,7 +463,7 @@ fn bundle_damage_is_named() {
 fn bundle_layout_must_match_the_host_model() {
     case(|d| {
         let b = bundle(d);
-        let m = pdiff::bundle::load_manifest(&b).unwrap();
+        let m = pdiff_core::bundle::load_manifest(&b).unwrap();
         let layout = m.layout();
         layout.check_matches(&[("fc.weight", vec![4, 6]), ("fc.bias", vec![4])]).unwrap();
         let e = layout.check_matches(&[("fc.weight", vec![6, 4]), ("fc.bias", vec![4])]).unwrap_err();
@@ -489,7 +489,7 @@ fn onnx_runtime_library_problems() {
         assert_error(&o, &["cannot load", "libonnxruntime.so.1.99.0"]);
         assert_nothing_written(&out);
         // CUDA execution provider required on a runtime without it.
-        if !pdiff::runtime::cuda_available(&Default::default()).unwrap_or(false) {
+        if !pdiff_core::runtime::cuda_available(&Default::default()).unwrap_or(false) {
             let (o, out) = sample(&b, &["--provider", "cuda"]);
             assert_error(&o, &["CUDA execution provider required"]);
             assert_nothing_written(&out);
@@ -625,7 +625,7 @@ fn foreign_directory_with_force_keeps_the_foreign_files_byte_identical() {
         }
         assert!(out.join("gen_0001.safetensors").is_file() && !out.join("gen_0002.safetensors").exists());
         // The loader still reads the generated models (it takes *.safetensors only).
-        assert_eq!(pdiff::params::list_checkpoints(&out).unwrap().len(), 2);
+        assert_eq!(pdiff_core::params::list_checkpoints(&out).unwrap().len(), 2);
 
         let bdir = foreign_dir(&d.join("exported"));
         let theirs = snapshot(&bdir);
@@ -635,7 +635,7 @@ fn foreign_directory_with_force_keeps_the_foreign_files_byte_identical() {
         for (p, bytes) in &theirs {
             assert_eq!(&after[p], bytes, "{} changed", p.display());
         }
-        pdiff::bundle::load_manifest(&bdir).expect("a verified bundle beside the user's files");
+        pdiff_core::bundle::load_manifest(&bdir).expect("a verified bundle beside the user's files");
     });
 }
 
@@ -706,7 +706,7 @@ fn previous_output_of_the_same_command_is_replaced() {
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         let o = pdiff(&["export", "--generator", b.to_str().unwrap(), "--out", b.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-        pdiff::bundle::load_manifest(&b).unwrap();
+        pdiff_core::bundle::load_manifest(&b).unwrap();
         assert_nothing_left_beside(&out);
     });
 }
@@ -801,7 +801,7 @@ fn fixture_copy(dir: &Path) -> PathBuf {
 fn rehash(bundle: &Path, file: &str) {
     let path = bundle.join("pdiff.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    m["sha256"][file] = serde_json::json!(pdiff::bundle::sha256_hex(&std::fs::read(bundle.join(file)).unwrap()));
+    m["sha256"][file] = serde_json::json!(pdiff_core::bundle::sha256_hex(&std::fs::read(bundle.join(file)).unwrap()));
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
 }
 

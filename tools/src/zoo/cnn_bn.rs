@@ -6,8 +6,9 @@
 //! conv3 3x3 24->24, bn3, ReLU, maxpool 2 -> fc 216->10.
 use super::mnist::Mnist;
 use super::Task;
-use pdiff::error::{Error, Result};
-use pdiff::params::{Layout, Selection};
+use pdiff_train::TorchResult;
+use pdiff_core::error::{Error, Result};
+use pdiff_core::params::{Layout, Selection};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -138,7 +139,7 @@ impl Task for CnnBn {
         let n = train.len() as i64;
         let total = PRETRAIN_STEPS + k;
         std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, PRETRAIN_LR)?;
+        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, PRETRAIN_LR).torch()?;
         let mut step = 0;
         // Phase 1: train the whole network normally (BatchNorm in training mode).
         while step < PRETRAIN_STEPS {
@@ -159,7 +160,7 @@ impl Task for CnnBn {
         for name in SUBSET {
             let _ = vars[name].shallow_clone().set_requires_grad(true);
         }
-        let mut opt = nn::AdamW { wd: 0.0, ..Default::default() }.build(&vs, TRAJECTORY_LR)?;
+        let mut opt = nn::AdamW { wd: 0.0, ..Default::default() }.build(&vs, TRAJECTORY_LR).torch()?;
         let mut files = Vec::with_capacity(k);
         for i in 0..k {
             let idx = Tensor::randint(n, [BATCH], (Kind::Int64, Device::Cpu));
@@ -202,7 +203,7 @@ impl Task for CnnBn {
             let h = bn_eval(&h, &get("bn3.weight")?, &get("bn3.bias")?, b("bn3.running_mean"), b("bn3.running_var")).relu().max_pool2d_default(2);
             Ok(h.flatten(1, -1).linear(b("fc.weight"), Some(b("fc.bias"))).argmax(1, false))
         })?;
-        Ok(Vec::<i64>::try_from(&pred)?)
+        Ok(Vec::<i64>::try_from(&pred).torch()?)
     }
 
     fn labels(&self, train: bool) -> &[i64] {
@@ -212,7 +213,7 @@ impl Task for CnnBn {
 
 /// Save every tensor of a VarStore (weights, biases, running statistics) atomically.
 fn save_varstore(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let tmp = pdiff::fsutil::temp_sibling(path);
+    let tmp = pdiff_core::fsutil::temp_sibling(path);
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     Tensor::write_safetensors(&named, &tmp).map_err(|e| Error::Checkpoint { file: path.to_path_buf(), message: e.to_string() })?;

@@ -4,8 +4,9 @@
 //! reference task of the `chunked` preset.
 use super::mnist::Mnist;
 use super::Task;
-use pdiff::error::{Error, Result};
-use pdiff::params::{Layout, Selection};
+use pdiff_train::TorchResult;
+use pdiff_core::error::{Error, Result};
+use pdiff_core::params::{Layout, Selection};
 use std::path::{Path, PathBuf};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -123,7 +124,7 @@ impl Task for Mlp3 {
         let ws = [w1, b1, w2, b2, w3, b3];
         let train = &self.data.train;
         let n = train.len() as i64;
-        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, PRETRAIN_LR)?;
+        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, PRETRAIN_LR).torch()?;
         let total = PRETRAIN_STEPS + k;
         let layout = self.layout();
         std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
@@ -163,7 +164,7 @@ impl Task for Mlp3 {
         let ws = self.tensors_from_flat(layout, flat)?;
         let split = if train { &self.data.train } else { &self.data.test };
         let pred = tch::no_grad(|| Self::forward(&ws, &split.images).argmax(1, false));
-        Ok(Vec::<i64>::try_from(&pred)?)
+        Ok(Vec::<i64>::try_from(&pred).torch()?)
     }
 
     fn labels(&self, train: bool) -> &[i64] {

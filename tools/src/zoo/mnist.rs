@@ -2,7 +2,7 @@
 //! (`digits/<d>.json`, {"data": [784 floats in [0,1] per image]}), split by a fixed rule:
 //! image j of digit d is TEST when j % 5 == 0, else TRAIN (7,996 / 2,004). Standard IDX files
 //! (train-images-idx3-ubyte, ...) are read as well when a directory holds them.
-use pdiff::error::{Error, Result};
+use pdiff_core::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 

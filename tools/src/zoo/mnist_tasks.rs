@@ -11,8 +11,9 @@
 //! enter the shared initialization, the generator or any choice of hyper-parameters.
 use super::mlp3::{linear_vars, mlp_body, mlp_forward, mlp_tensors_from_flat};
 use super::mnist::Mnist;
-use pdiff::error::{Error, Result};
-use pdiff::params::Layout;
+use pdiff_train::TorchResult;
+use pdiff_core::error::{Error, Result};
+use pdiff_core::params::Layout;
 use std::path::Path;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -154,7 +155,7 @@ impl MnistTasks {
         let train = &self.data.train;
         let n = train.len() as i64;
         let (steps, lr) = (recipe.shared_steps, recipe.shared_lr);
-        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, lr)?;
+        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, lr).torch()?;
         let ws = [w1, b1, w2, b2];
         for step in 0..steps {
             opt.set_lr(cosine(lr, lr / 10.0, step, steps));
@@ -194,7 +195,7 @@ impl MnistTasks {
                 vs.root().set_group(group).var_copy(&t.name.replace('.', "_"), &Tensor::from_slice(v).view(dims.as_slice()))
             })
             .collect();
-        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, recipe.finetune_lr)?;
+        let mut opt = nn::AdamW { wd: 1e-4, ..Default::default() }.build(&vs, recipe.finetune_lr).torch()?;
         let train = &self.data.train;
         let labels = self.labels(task, true);
         let n = train.len() as i64;
@@ -245,23 +246,4 @@ fn cosine(from: f64, to: f64, step: usize, total: usize) -> f64 {
 
 fn flatten(ws: &[&Tensor]) -> Vec<f32> {
     ws.iter().flat_map(|w| Vec::<f32>::try_from(&w.detach().contiguous().view([-1])).unwrap_or_default()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_and_conditions() {
-        let all = DigitSet::all();
-        assert_eq!(all.len(), TASK_COUNT);
-        let s = DigitSet::from_code("0110100101").unwrap();
-        assert_eq!(s.code(), "0110100101");
-        assert_eq!(s.condition(), [0., 1., 1., 0., 1., 0., 0., 1., 0., 1.]);
-        assert!(s.contains(1) && !s.contains(0));
-        assert_eq!(s.hamming(DigitSet::from_code("1010100101").unwrap()), 2);
-        for bad in ["011010010", "0110100102", "1110100101", ""] {
-            assert!(DigitSet::from_code(bad).is_err(), "{bad}");
-        }
-    }
 }

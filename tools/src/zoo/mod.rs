@@ -5,8 +5,8 @@ pub mod mlp3;
 pub mod mnist;
 pub mod mnist_tasks;
 
-use pdiff::error::Result;
-use pdiff::params::{Layout, Selection};
+use pdiff_core::error::Result;
+use pdiff_core::params::{Layout, Selection};
 use std::path::PathBuf;
 
 /// What a reference task offers to collection, training and evaluation.
@@ -37,7 +37,7 @@ pub fn task(name: &str, data_dir: Option<&std::path::Path>) -> Result<Box<dyn Ta
         "mnist-mlp3" => Ok(Box::new(mlp3::Mlp3::new(data_dir)?)),
         "mnist-mlp-wide" => Ok(Box::new(mlp3::Mlp3::wide(data_dir)?)),
         "mnist-cnn-bn" => Ok(Box::new(cnn_bn::CnnBn::new(data_dir)?)),
-        _ => Err(pdiff::Error::invalid("task", format!("'{name}' (known: {}; {} for pdiff demo)", TASKS.join(", "), mnist_tasks::NAME))),
+        _ => Err(pdiff_core::Error::invalid("task", format!("'{name}' (known: {}; {} for pdiff demo)", TASKS.join(", "), mnist_tasks::NAME))),
     }
 }
 
@@ -52,6 +52,6 @@ pub fn param_count(name: &str) -> Result<usize> {
         "mnist-mlp3" => Ok(count(&mlp3::TENSORS)),
         "mnist-mlp-wide" => Ok(count(&mlp3::WIDE_TENSORS)),
         "mnist-cnn-bn" => Ok(cnn_bn::MODELLED_PARAMS),
-        _ => Err(pdiff::Error::invalid("task", format!("'{name}' (known: {})", TASKS.join(", ")))),
+        _ => Err(pdiff_core::Error::invalid("task", format!("'{name}' (known: {})", TASKS.join(", ")))),
     }
 }

@@ -1,0 +1,26 @@
+//! pdiff-core: everything libpdiff needs to serve a trained generator, and nothing of libtorch.
+//! The design is written down in docs/design.md.
+//!
+//! Pipeline, one module per stage (a module never imports one below it in this list):
+//! - [`error`]: the one error type; every variant names what is wrong
+//! - [`fsutil`]: atomic writes, bounded reads of regular files, output directories
+//! - [`params`]: checkpoints -> ParamSet (K x D matrix + Layout), normalization, conditions
+//! - [`model`]: autoencoder and denoiser configurations and presets (the networks are in
+//!   pdiff-train)
+//! - [`diffusion`]: schedule, the one DDPM/DDIM sampler loop over a backend trait
+//! - [`training`]: what describes a training run (configuration, progress, history), as a
+//!   bundle records it
+//! - [`external_data`]: which tensors of an ONNX graph keep their bytes in an external file
+//! - [`bundle`]: the exported directory (manifest, hashes, verified reads, atomic write)
+//! - [`runtime`]: serving a bundle with ONNX Runtime ([`runtime::Sampler`])
+pub mod error;
+pub mod fsutil;
+pub mod params;
+pub mod model;
+pub mod diffusion;
+pub mod training;
+pub mod external_data;
+pub mod bundle;
+pub mod runtime;
+
+pub use error::{Error, Result};
