@@ -1,7 +1,7 @@
 # libpdiff: the two commands of the README.
 #   make demo   set everything up, then run the mnist-mlp3 demo into demo-out/
 #   make test   set everything up, then run the whole test suite
-# Deploying (README, "Deploying"):
+# Deploying (docs/api.md, "Deploying"):
 #   make install PREFIX=/opt/pdiff         full build (training with libtorch, and sampling)
 #   make install-serve PREFIX=/opt/pdiff   serve-only build (sampling; no libtorch)
 # Both install lib/libpdiff.so, include/pdiff.h + pdiff_features.h + pdiff.hpp,

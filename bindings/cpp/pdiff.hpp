@@ -270,7 +270,7 @@ public:
     }
 
     /// As load_dir, with each checkpoint's condition vector from `conditions_file` (.json or
-    /// .csv; see the README, "Conditional generation").
+    /// .csv; see docs/api.md, "Conditional generation").
     static Dataset load_dir_conditional(const std::string& dir, const std::string& conditions_file,
                                         const std::vector<std::string>& patterns = {}) {
         const std::vector<const char*> p = c_strings(patterns);

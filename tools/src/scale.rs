@@ -1,4 +1,4 @@
-//! `pdiff bench --scale`: how training and serving grow with D (issue 13). For each D, K
+//! `pdiff bench --scale`: how training and serving grow with D. For each D, K
 //! synthetic checkpoints of a one-layer network ([rows, cols] weight + bias, rows = cols =
 //! sqrt(D)) that look like a training trajectory; a generator trained with the preset chosen
 //! for D (or the ones named); then time per training step, trained generator parameters, peak

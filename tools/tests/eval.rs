@@ -5,7 +5,7 @@ use pdiff_tools::eval::{median_count, novelty, verdict, Spread};
 
 #[test]
 fn verdicts_compare_counts_of_test_images() {
-    // The cases of issue 11: one image apart is one image, whatever the float rounding of
+    // One image apart is one image, whatever the float rounding of
     // 1765/2004 - 1764/2004 or 1966/2004 - 1965/2004 would say.
     assert_eq!(verdict(1765.0, 1764.0), "better");
     assert_eq!(verdict(1966.0, 1965.0), "better");

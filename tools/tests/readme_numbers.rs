@@ -1,12 +1,15 @@
-//! The README's result tables come from committed result files (docs/results/*.json, written by
-//! `pdiff demo`, `pdiff bench` and `pdiff ablation`): every table row, and the sentences that
-//! quote timings, must be exactly what those files give with the formatting rules below (4
-//! decimals for accuracies, ...). Regenerate the files with the commands of docs/results/README.md,
-//! then update the README until this test passes.
+//! Numbers in the docs come from committed result files (docs/results/*.json, written by
+//! `pdiff demo`, `pdiff bench` and `pdiff ablation`). Each result page (docs/results/<family>.md)
+//! and the README's headline table are checked here against those files: every table row, and
+//! the sentences that quote timings or compare the numbers, must be exactly what the files give
+//! with the formatting rules below (4 decimals for accuracies, ...). Regenerate the files with the
+//! commands of docs/results/README.md, then update the pages and the README until this test
+//! passes.
 use pdiff_tools::ablation::AblationRow;
 use pdiff_tools::bench::BenchReport;
 use pdiff_tools::results::DemoResults;
 use pdiff_tools::scale::ScaleReport;
+use pdiff_tools::tasks_demo::TasksResults;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -21,14 +24,35 @@ fn json<T: serde::de::DeserializeOwned>(rel: &str) -> T {
     serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-fn readme() -> String {
-    read("README.md")
+/// A document whose numbers are checked: a result page, or the README.
+struct Page {
+    path: &'static str,
+    text: String,
 }
 
-/// The rows (cells, trimmed, bold markers removed) of the first table after the line `heading`,
-/// without its header and separator rows.
-fn table_after(text: &str, heading: &str) -> Vec<Vec<String>> {
-    let start = text.lines().position(|l| l.trim_end() == heading).unwrap_or_else(|| panic!("README has no line {heading:?}"));
+fn page(path: &'static str) -> Page {
+    Page { path, text: read(path) }
+}
+
+const README: &str = "README.md";
+const MLP3: &str = "docs/results/mnist-mlp3.md";
+const CNN_BN: &str = "docs/results/mnist-cnn-bn.md";
+const TASKS: &str = "docs/results/mnist-tasks.md";
+const WIDE: &str = "docs/results/mnist-mlp-wide.md";
+const ABLATIONS: &str = "docs/results/ablations.md";
+const SCALE: &str = "docs/results/scale.md";
+const BENCH: &str = "docs/results/bench.md";
+const RESULTS_INDEX: &str = "docs/results/README.md";
+
+/// Runs of whitespace as one space: a sentence may be wrapped anywhere in the page.
+fn squash(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The rows (cells, trimmed, bold markers removed) of the first table after the line `heading`
+/// of `text` (the document `path`), without its header and separator rows.
+fn table_after(path: &str, text: &str, heading: &str) -> Vec<Vec<String>> {
+    let start = text.lines().position(|l| l.trim_end() == heading).unwrap_or_else(|| panic!("{path} has no line {heading:?}"));
     let rows: Vec<Vec<String>> = text
         .lines()
         .skip(start + 1)
@@ -36,20 +60,27 @@ fn table_after(text: &str, heading: &str) -> Vec<Vec<String>> {
         .take_while(|l| l.starts_with('|'))
         .map(|l| l.trim().trim_matches('|').split('|').map(|c| c.trim().replace("**", "")).collect())
         .collect();
-    assert!(rows.len() > 2, "no table after {heading:?}");
+    assert!(rows.len() > 2, "{path}: no table after {heading:?}");
     rows[2..].to_vec()
 }
 
-fn assert_table(text: &str, heading: &str, expected: Vec<Vec<String>>) {
-    let got = table_after(text, heading);
-    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-        assert_eq!(g, e, "table after {heading:?}, row {}: README (left) vs result files (right)", i + 1);
+impl Page {
+    fn table_after(&self, heading: &str) -> Vec<Vec<String>> {
+        table_after(self.path, &self.text, heading)
     }
-    assert_eq!(got.len(), expected.len(), "table after {heading:?}: {} rows in the README, {} expected:\n{expected:#?}", got.len(), expected.len());
-}
 
-fn assert_contains(text: &str, sentence: &str) {
-    assert!(text.contains(sentence), "README should say exactly: {sentence:?}");
+    fn assert_table(&self, heading: &str, expected: Vec<Vec<String>>) {
+        let path = self.path;
+        let got = self.table_after(heading);
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(g, e, "{path}, table after {heading:?}, row {}: the page (left) vs the result files (right)", i + 1);
+        }
+        assert_eq!(got.len(), expected.len(), "{path}, table after {heading:?}: {} rows on the page, {} expected:\n{expected:#?}", got.len(), expected.len());
+    }
+
+    fn assert_contains(&self, sentence: &str) {
+        assert!(squash(&self.text).contains(&squash(sentence)), "{} should say exactly: {sentence:?}", self.path);
+    }
 }
 
 fn row(cells: &[String]) -> Vec<String> {
@@ -99,7 +130,7 @@ fn warning_labels(warnings: &[String]) -> String {
             } else if w.starts_with("checkpoints look permutation-misaligned") {
                 "misaligned"
             } else {
-                panic!("a warning the README does not name: {w}")
+                panic!("a warning the docs do not name: {w}")
             }
         })
         .collect();
@@ -110,62 +141,99 @@ fn percent(mse: f64, spread: f64) -> String {
     format!("{:.1}%", 100.0 * mse / spread)
 }
 
+/// 13002 -> "13,002".
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A demo's page: its accuracy table, its verdicts against every baseline and its health and
+/// novelty table (the column named after the task).
+fn assert_demo_page(p: &Page, r: &DemoResults, noise_shown: &[f64]) {
+    p.assert_table("## Test accuracy", demo_table(r, noise_shown));
+    let verdicts = r.evaluation.comparisons.iter().map(|c| row(&[c.baseline.clone(), verdict_cell(c)])).collect();
+    p.assert_table("## Against the baselines", verdicts);
+    let line = |name: &str, value: String| row(&[name.to_string(), value]);
+    let n = &r.novelty;
+    let health = vec![
+        line("warnings", warning_labels(&r.warnings)),
+        line(
+            "reconstruction MSE / checkpoints' spread",
+            format!("{:.1e} / {:.1e} = {}", r.reconstruction_mse, r.checkpoint_variance, percent(r.reconstruction_mse, r.checkpoint_variance)),
+        ),
+        line("generated latents clipped", format!("{} of {}", r.latent_clipping.clipped.rows, r.latent_clipping.generated)),
+        line("distance to the nearest original: generated (median)", format!("{:.3}", n.generated_to_nearest_original.median)),
+        line("distance to the nearest other original: originals (median)", format!("{:.3}", n.original_to_nearest_other_original.median)),
+        line("distance between two originals (median)", format!("{:.3}", n.original_to_original.median)),
+        line("ratio of medians", n.ratio_of_medians.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())),
+    ];
+    p.assert_table("## Health and novelty", health);
+    assert_eq!(p.table_after("## Health and novelty").len(), 7);
+    // The column is named after the task whose file this is.
+    let header = p.text.lines().skip_while(|l| l.trim_end() != "## Health and novelty").find(|l| l.starts_with('|')).unwrap();
+    assert_eq!(header.trim(), format!("| | {} |", r.task), "{}: health table header", p.path);
+}
+
 #[test]
-fn demo_tables_match_the_result_files() {
-    let text = readme();
+fn mnist_mlp3_page_matches_its_result_file() {
+    let p = page(MLP3);
+    let r: DemoResults = json("docs/results/mnist-mlp3.json");
+    assert_eq!(r.task, "mnist-mlp3");
+    assert_demo_page(&p, &r, &[0.05]);
+    let t = &r.timings_s;
+    p.assert_contains(&format!(
+        "Time: collect {:.1} s, autoencoder {:.1} s, diffusion {:.1} s, sample {:.2} s, evaluate {:.1} s",
+        t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate
+    ));
+    p.assert_contains(&format!("({} parameters, all modelled)", thousands(r.num_params)));
+    // The plain-language verdict quotes the numbers it compares.
+    let ev = &r.evaluation;
+    let vs_originals = &ev.comparisons[0];
+    assert_eq!(vs_originals.baseline, "originals (median)");
+    p.assert_contains(&format!(
+        "(by {} of the {} test images)",
+        vs_originals.difference_images,
+        thousands(vs_originals.test_images)
+    ));
+    p.assert_contains(&format!("({} vs {})", acc(ev.generated.median), acc(ev.soup)));
+    let sim = &ev.similarity;
+    p.assert_contains(&format!(
+        "IoU {:.2} (median), less than the originals overlap each other ({:.2})",
+        sim.generated_max_iou_to_originals.median, sim.original_max_iou_to_other_originals.median
+    ));
+    p.assert_contains(&format!("each lies {:.1} times farther", r.novelty.ratio_of_medians.unwrap()));
+}
+
+#[test]
+fn mnist_cnn_bn_page_matches_its_result_file() {
+    let p = page(CNN_BN);
+    let r: DemoResults = json("docs/results/mnist-cnn-bn.json");
+    assert_eq!(r.task, "mnist-cnn-bn");
+    assert_demo_page(&p, &r, &[]);
+    let t = &r.timings_s;
+    p.assert_contains(&format!("Time: collect {:.0} s, training {:.0} s, evaluation {:.0} s.", t.collect, t.train_autoencoder + t.train_diffusion, t.evaluate));
+    p.assert_contains(&format!("({} parameters)", r.num_params));
+}
+
+/// The index's reading notes quote the demos' health and novelty.
+#[test]
+fn results_index_quotes_the_demo_files() {
+    let p = page(RESULTS_INDEX);
     let mlp: DemoResults = json("docs/results/mnist-mlp3.json");
     let cnn: DemoResults = json("docs/results/mnist-cnn-bn.json");
-    assert_eq!((mlp.task.as_str(), cnn.task.as_str()), ("mnist-mlp3", "mnist-cnn-bn"));
-    assert_table(&text, "## The demo (mnist-mlp3)", demo_table(&mlp, &[0.05]));
-    assert_table(&text, "### mnist-cnn-bn (the paper's main protocol)", demo_table(&cnn, &[]));
-
-    // Verdicts and health, both tasks side by side.
-    assert_eq!(mlp.evaluation.comparisons.len(), cnn.evaluation.comparisons.len());
-    let verdicts = mlp
-        .evaluation
-        .comparisons
-        .iter()
-        .zip(&cnn.evaluation.comparisons)
-        .map(|(a, b)| {
-            assert_eq!(a.baseline, b.baseline);
-            row(&[a.baseline.clone(), verdict_cell(a), verdict_cell(b)])
-        })
-        .collect();
-    assert_table(&text, "### Verdicts, health and novelty", verdicts);
-    let both = |f: &dyn Fn(&DemoResults) -> String| [f(&mlp), f(&cnn)];
-    let line = |name: &str, f: &dyn Fn(&DemoResults) -> String| {
-        let [a, b] = both(f);
-        row(&[name.to_string(), a, b])
-    };
-    let health = vec![
-        line("warnings", &|r| warning_labels(&r.warnings)),
-        line("reconstruction MSE / checkpoints' spread", &|r| {
-            format!("{:.1e} / {:.1e} = {}", r.reconstruction_mse, r.checkpoint_variance, percent(r.reconstruction_mse, r.checkpoint_variance))
-        }),
-        line("generated latents clipped", &|r| format!("{} of {}", r.latent_clipping.clipped.rows, r.latent_clipping.generated)),
-        line("distance to the nearest original: generated (median)", &|r| format!("{:.3}", r.novelty.generated_to_nearest_original.median)),
-        line("distance to the nearest other original: originals (median)", &|r| {
-            format!("{:.3}", r.novelty.original_to_nearest_other_original.median)
-        }),
-        line("distance between two originals (median)", &|r| format!("{:.3}", r.novelty.original_to_original.median)),
-        line("ratio of medians", &|r| r.novelty.ratio_of_medians.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())),
-    ];
-    assert_table(&text, "Health and novelty (`report.md` explains each):", health);
-
-    // Timings quoted in the prose.
-    let t = &mlp.timings_s;
-    assert_contains(
-        &text,
-        &format!(
-            "Time: collect {:.1} s, autoencoder {:.1} s, diffusion {:.1} s, sample {:.2} s, evaluate {:.1} s",
-            t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate
-        ),
-    );
-    let t = &cnn.timings_s;
-    assert_contains(
-        &text,
-        &format!("Time: collect {:.0} s, training {:.0} s, evaluation {:.0} s.", t.collect, t.train_autoencoder + t.train_diffusion, t.evaluate),
-    );
+    let ratio = |r: &DemoResults| percent(r.reconstruction_mse, r.checkpoint_variance);
+    p.assert_contains(&format!("the autoencoder gets to {} of it (mnist-mlp3) and {} (mnist-cnn-bn)", ratio(&mlp), ratio(&cnn)));
+    p.assert_contains(&format!(
+        "(on mnist-mlp3: {:.3} against {:.3} between two originals)",
+        mlp.novelty.generated_to_nearest_original.median, mlp.novelty.original_to_original.median
+    ));
 }
 
 /// "DDPM-1000" / "DDIM-50" from the JSON's "ddpm" / "ddim-50".
@@ -177,8 +245,8 @@ fn sampler_name(label: &str, timesteps: usize) -> String {
 }
 
 #[test]
-fn benchmark_table_matches_the_result_file() {
-    let text = readme();
+fn bench_page_matches_its_result_file() {
+    let p = page(BENCH);
     let b: BenchReport = json("docs/results/bench-cpu.json");
     assert!(b.runs >= pdiff_tools::bench::MIN_RUNS && b.warmup_runs >= 1, "runs {}, warm-up {}", b.runs, b.warmup_runs);
     let timesteps = pdiff_core::diffusion::Schedule::default().timesteps;
@@ -197,50 +265,31 @@ fn benchmark_table_matches_the_result_file() {
             ])
         })
         .collect();
-    assert_table(&text, "## Benchmark (`pdiff bench`)", rows);
-    assert_contains(&text, &format!("seconds are the median of {} timed runs after {} warm-up run", b.runs, b.warmup_runs));
+    p.assert_table("## Sampling 100 models", rows);
+    p.assert_contains(&format!("seconds are the median of {} timed runs after {} warm-up run", b.runs, b.warmup_runs));
     let latency = |name: &str| b.single_sample_latency_s.iter().find(|(n, _)| n.starts_with(name)).map(|(_, s)| s * 1e3).unwrap();
-    assert_contains(
-        &text,
-        &format!(
-            "Single-model latency (DDIM-50, median of {}): tch {:.1} ms, ONNX Runtime {:.1} ms. DDIM-50 on ONNX Runtime is {:.0}x faster than DDPM-{timesteps} on tch.",
-            b.latency_runs,
-            latency("tch"),
-            latency("onnxruntime"),
-            b.speedup_ddim_ort_vs_ddpm_tch
-        ),
-    );
+    p.assert_contains(&format!(
+        "Single-model latency (DDIM-50, median of {}): tch {:.1} ms, ONNX Runtime {:.1} ms. DDIM-50 on ONNX Runtime is {:.0}x faster than DDPM-{timesteps} on tch.",
+        b.latency_runs,
+        latency("tch"),
+        latency("onnxruntime"),
+        b.speedup_ddim_ort_vs_ddpm_tch
+    ));
     let t = b.training.expect("bench-cpu.json measures training (--checkpoints)");
-    assert_contains(
-        &text,
-        &format!(
-            "Training (K = {}, D = {}, {}): autoencoder {:.1} ms/step, diffusion {:.1} ms/step, peak RSS {:.0} MiB",
-            t.k,
-            thousands(t.param_count),
-            t.preset,
-            t.ae_ms_per_step,
-            t.diffusion_ms_per_step,
-            t.peak_rss_mib.unwrap_or(f64::NAN)
-        ),
-    );
-}
-
-/// 13002 -> "13,002".
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    p.assert_contains(&format!(
+        "Training (K = {}, D = {}, {}): autoencoder {:.1} ms/step, diffusion {:.1} ms/step, peak RSS {:.0} MiB",
+        t.k,
+        thousands(t.param_count),
+        t.preset,
+        t.ae_ms_per_step,
+        t.diffusion_ms_per_step,
+        t.peak_rss_mib.unwrap_or(f64::NAN)
+    ));
 }
 
 #[test]
-fn ablation_table_matches_the_result_file() {
-    let text = readme();
+fn ablations_page_matches_its_result_file() {
+    let p = page(ABLATIONS);
     let rows: Vec<AblationRow> = json("docs/results/ablation-mlp3.json");
     let expected = rows
         .iter()
@@ -259,59 +308,64 @@ fn ablation_table_matches_the_result_file() {
             ])
         })
         .collect();
-    assert_table(&text, "### Ablations (`pdiff ablation`)", expected);
+    p.assert_table("## K and noise", expected);
+    // The verdicts quote the K = 2 and K = 10 rows.
+    let k = |k: usize| rows.iter().find(|r| r.study == "K" && r.k == k).unwrap_or_else(|| panic!("no K = {k} row"));
+    let (k2, k10) = (k(2), k(10));
+    p.assert_contains(&format!("({}, chance), {} of the {} generated latents lie outside the training range", acc(k2.generated.median), k2.latents_clipped, k2.n));
+    p.assert_contains(&format!(
+        "{} of {} generated latents left the training range and the autoencoder kept {:.0}% of the checkpoints' spread",
+        k10.latents_clipped,
+        k10.n,
+        100.0 * k10.reconstruction_ratio.unwrap()
+    ));
+}
+
+/// The seed-0 and other-seed targets the mnist-mlp-wide page claims: median within 0.5 pt of the
+/// originals', worst no worse than the worst original.
+fn assert_wide_targets(r: &DemoResults) {
+    let (o, g) = (&r.evaluation.originals, &r.evaluation.generated);
+    assert!(g.min >= o.min && g.median >= o.median - 0.005, "{WIDE} says every target holds at seed {}", r.seed);
 }
 
 #[test]
-fn scale_tables_match_the_result_files() {
-    let text = readme();
+fn mnist_mlp_wide_page_matches_its_result_files() {
+    let p = page(WIDE);
     let wide: DemoResults = json("docs/results/mnist-mlp-wide.json");
     assert_eq!((wide.task.as_str(), wide.preset.as_str(), wide.preset_auto), ("mnist-mlp-wide", "chunked", true));
-    assert_table(&text, "### mnist-mlp-wide (issue 13: a million parameters)", demo_table(&wide, &[0.05]));
+    assert_demo_page(&p, &wide, &[0.05]);
+    p.assert_contains(&format!("({} parameters, all modelled)", thousands(wide.num_params)));
     let t = &wide.timings_s;
     let rss = wide.peak_rss_mib.expect("the wide demo records its peak RSS");
     let mib = |v: Option<f64>| format!("{:.0}", v.unwrap_or(f64::NAN));
-    assert_contains(
-        &text,
-        &format!(
-            "Time: collect {:.0} s, autoencoder {:.0} s, diffusion {:.0} s (generator training {:.0} s), sample {:.1} s, evaluate {:.0} s. Peak RSS: training {} MiB, sampling {} MiB, whole demo {} MiB.",
-            t.collect,
-            t.train_autoencoder,
-            t.train_diffusion,
-            t.train_autoencoder + t.train_diffusion,
-            t.sample,
-            t.evaluate,
-            mib(rss.train),
-            mib(rss.sample),
-            mib(rss.demo)
-        ),
-    );
-    assert_contains(
-        &text,
-        &format!(
-            "reconstruction MSE {:.1e} against the checkpoints' spread {:.1e} ({})",
-            wide.reconstruction_mse,
-            wide.checkpoint_variance,
-            percent(wide.reconstruction_mse, wide.checkpoint_variance)
-        ),
-    );
-
+    p.assert_contains(&format!(
+        "Time: collect {:.0} s, autoencoder {:.0} s, diffusion {:.0} s (generator training {:.0} s), sample {:.1} s, evaluate {:.0} s. Peak RSS: training {} MiB, sampling {} MiB, whole demo {} MiB.",
+        t.collect,
+        t.train_autoencoder,
+        t.train_diffusion,
+        t.train_autoencoder + t.train_diffusion,
+        t.sample,
+        t.evaluate,
+        mib(rss.train),
+        mib(rss.sample),
+        mib(rss.demo)
+    ));
+    p.assert_contains(&format!(
+        "reconstruction MSE {:.1e} against the checkpoints' spread {:.1e} ({})",
+        wide.reconstruction_mse,
+        wide.checkpoint_variance,
+        percent(wide.reconstruction_mse, wide.checkpoint_variance)
+    ));
     let c = &wide.latent_clipping;
-    assert_contains(&text, &format!("{} of {} generated latents leave the training range", c.clipped.rows, c.generated));
-    // The README says every accuracy target holds at every seed: median within 0.5 pt of the
-    // originals', worst no worse than the worst original.
-    let assert_targets = |r: &DemoResults| {
-        let (o, g) = (&r.evaluation.originals, &r.evaluation.generated);
-        assert!(g.min >= o.min && g.median >= o.median - 0.005, "the README says every target holds at seed {}", r.seed);
-    };
-    assert_targets(&wide);
+    p.assert_contains(&format!("{} of {} generated latents leave the training range", c.clipped.rows, c.generated));
+    assert_wide_targets(&wide);
 
     let others = [1u64, 2, 3, 4]
         .iter()
         .map(|&seed| {
             let r: DemoResults = json(&format!("docs/results/mnist-mlp-wide-seed{seed}.json"));
             assert_eq!((r.task.as_str(), r.seed), ("mnist-mlp-wide", seed));
-            assert_targets(&r);
+            assert_wide_targets(&r);
             let (o, g, t) = (&r.evaluation.originals, &r.evaluation.generated, &r.timings_s);
             row(&[
                 seed.to_string(),
@@ -325,8 +379,12 @@ fn scale_tables_match_the_result_files() {
             ])
         })
         .collect();
-    assert_table(&text, "Other collections (`pdiff demo --task mnist-mlp-wide --seed S`, `docs/results/mnist-mlp-wide-seed{1,2,3,4}.json`):", others);
+    p.assert_table("## Other collections", others);
+}
 
+#[test]
+fn scale_page_matches_its_result_file() {
+    let p = page(SCALE);
     let scale: ScaleReport = json("docs/results/scale-cpu.json");
     assert!(scale.scale);
     let rows = scale
@@ -347,14 +405,17 @@ fn scale_tables_match_the_result_files() {
             ])
         })
         .collect();
-    assert_table(&text, "### Scale (`pdiff bench --scale`)", rows);
-    assert_contains(
-        &text,
-        &format!(
-            "K = {}, {} autoencoder + {} diffusion training steps per D, {} models sampled with DDIM-50 on {}",
-            scale.k, scale.ae_steps, scale.diffusion_steps, scale.n, scale.backend
-        ),
-    );
+    p.assert_table("## Time, size and memory by D", rows);
+    p.assert_contains(&format!(
+        "K = {}, {} autoencoder + {} diffusion training steps per D, {} models sampled with DDIM-50 on {}",
+        scale.k, scale.ae_steps, scale.diffusion_steps, scale.n, scale.backend
+    ));
+    // The reading quotes the growth of the generator: compact at 10^4, chunked from 10^5 to 10^6.
+    let [small, mid, large] = &scale.rows[..] else { panic!("{SCALE} reads three sizes") };
+    assert_eq!((small.preset.as_str(), mid.preset.as_str(), large.preset.as_str()), ("compact", "chunked", "chunked"));
+    p.assert_contains(&format!("compact's dense layers make its generator more than {} times larger than D at 10^4", small.generator_params_per_d.floor()));
+    p.assert_contains(&format!("({:.1} times from 10^5 to 10^6)", large.autoencoder_params as f64 / mid.autoencoder_params as f64));
+    assert!(large.generator_params_per_d < 0.10, "{SCALE} says the generator stays under 10% of D at 10^6");
 }
 
 #[test]
@@ -364,21 +425,20 @@ fn formatting_helpers() {
     assert_eq!(thousands(1_000_000), "1,000,000");
     assert_eq!(sampler_name("ddpm", 1000), "DDPM-1000");
     assert_eq!(sampler_name("ddim-50", 1000), "DDIM-50");
-    let t = table_after("x\n## H\ntext\n| a | b |\n|---|---|\n| **1** | 2 |\n| 3 | |\n\nafter\n", "## H");
+    let t = table_after("test", "x\n## H\ntext\n| a | b |\n|---|---|\n| **1** | 2 |\n| 3 | |\n\nafter\n", "## H");
     assert_eq!(t, vec![vec!["1".to_string(), "2".into()], vec!["3".into(), "".into()]]);
+    assert_eq!(squash("a\n  b c\n"), "a b c");
 }
 
 #[test]
-fn mnist_tasks_tables_match_the_result_file() {
-    use pdiff_tools::tasks_demo::TasksResults;
-    let text = readme();
+fn mnist_tasks_page_matches_its_result_file() {
+    let p = page(TASKS);
     let r: TasksResults = json("docs/results/mnist-tasks.json");
     assert_eq!(r.task, "mnist-tasks");
     let s = &r.summary;
     let e = String::new;
-    assert_table(
-        &text,
-        "### mnist-tasks (conditional generation on held-out tasks)",
+    p.assert_table(
+        "## Held-out and seen tasks",
         vec![
             row(&["generated".into(), acc(s.heldout_generated), acc(s.seen_generated)]),
             row(&["scratch (trained on the task: the upper reference)".into(), acc(s.heldout_scratch), e()]),
@@ -387,6 +447,24 @@ fn mnist_tasks_tables_match_the_result_file() {
             row(&["the same generator without condition".into(), acc(s.heldout_unconditional), e()]),
         ],
     );
+    p.assert_contains(&format!("({} parameters, all generated)", thousands(r.num_params)));
+    let points = |x: f64| format!("{:.1}", 100.0 * x);
+    p.assert_contains(&format!(
+        "the generator's models are {} points below models trained on those tasks and {} points above the best a memorizing generator could do",
+        points(s.heldout_scratch - s.heldout_generated),
+        points(s.heldout_generated - s.heldout_nearest_seen)
+    ));
+    p.assert_contains(&format!("On the seen tasks it is {} points below their own checkpoints.", points(s.seen_originals - s.seen_generated)));
+    // The caution names every held-out task whose worst generated model is below 0.75.
+    let weak: Vec<_> = r.heldout.iter().filter(|h| h.generated.min < 0.75).collect();
+    p.assert_contains(&format!(
+        "on {} of the {} held-out tasks the worst of {} generated models is near 0.7 ({}), where the task's median is {}:",
+        weak.len(),
+        r.heldout.len(),
+        r.generated_per_task,
+        weak.iter().map(|h| format!("{}: {}", h.code, acc(h.generated.min))).collect::<Vec<_>>().join(", "),
+        weak.iter().map(|h| format!("{:.2}", h.generated.median)).collect::<Vec<_>>().join(" and ")
+    ));
     let abl = r
         .guidance_ablation
         .iter()
@@ -399,31 +477,28 @@ fn mnist_tasks_tables_match_the_result_file() {
             ])
         })
         .collect();
-    assert_table(&text, "Guidance (chosen on the validation tasks):", abl);
+    p.assert_table("## Guidance", abl);
     let abl = r
         .seen_tasks_ablation
         .iter()
         .map(|a| row(&[a.seen_tasks.to_string(), acc(a.heldout_generated), acc(a.heldout_nearest_seen), acc(a.seen_generated), acc(a.seen_originals)]))
         .collect();
-    assert_table(&text, "Number of seen tasks:", abl);
+    p.assert_table("## Number of seen tasks", abl);
     let t = &r.timings_s;
-    assert_contains(
-        &text,
-        &format!(
-            "Time: collect {:.0} s, autoencoder {:.0} s, diffusion {:.0} s, generation and evaluation {:.0} s, ablations {:.0} s; {:.0} s in all",
-            t.collect,
-            t.train_autoencoder,
-            t.train_diffusion,
-            t.sample + t.evaluate,
-            t.ablation,
-            t.total
-        ),
-    );
+    p.assert_contains(&format!(
+        "Time: collect {:.0} s, autoencoder {:.0} s, diffusion {:.0} s, generation and evaluation {:.0} s, ablations {:.0} s; {:.0} s in all",
+        t.collect,
+        t.train_autoencoder,
+        t.train_diffusion,
+        t.sample + t.evaluate,
+        t.ablation,
+        t.total
+    ));
 }
 
 #[test]
 fn mnist_tasks_clean_checks_match_their_result_files() {
-    use pdiff_tools::tasks_demo::TasksResults;
+    let p = page(TASKS);
     let rows = [1u64, 2, 3]
         .iter()
         .map(|&seed| {
@@ -440,7 +515,102 @@ fn mnist_tasks_clean_checks_match_their_result_files() {
             ])
         })
         .collect();
-    assert_table(&readme(), "Clean checks on other seeds:", rows);
+    p.assert_table("## Clean checks on other seeds", rows);
     let seed2: TasksResults = json("docs/results/mnist-tasks-seed2.json");
-    assert_contains(&readme(), &format!("(seed 2: {:.0} s in all,", seed2.timings_s.total));
+    p.assert_contains(&format!("(seed 2: {:.0} s in all,", seed2.timings_s.total));
+}
+
+/// The README's headline table: one row per result page, linked, with the numbers of its files.
+#[test]
+fn readme_headline_table_matches_the_result_files() {
+    let p = page(README);
+    let link = |name: &str, path: &str| {
+        assert!(root().join(path).is_file(), "{README} links {path}, which does not exist");
+        format!("[{name}]({path})")
+    };
+    let mlp: DemoResults = json("docs/results/mnist-mlp3.json");
+    let cnn: DemoResults = json("docs/results/mnist-cnn-bn.json");
+    let tasks: TasksResults = json("docs/results/mnist-tasks.json");
+    let wide: DemoResults = json("docs/results/mnist-mlp-wide.json");
+    let ablation: Vec<AblationRow> = json("docs/results/ablation-mlp3.json");
+    let scale: ScaleReport = json("docs/results/scale-cpu.json");
+    let bench: BenchReport = json("docs/results/bench-cpu.json");
+
+    let medians = |r: &DemoResults| {
+        let ev = &r.evaluation;
+        format!("generated {}, originals {}", acc(ev.generated.median), acc(ev.originals.median))
+    };
+    let t = &tasks.summary;
+    let k_rows: Vec<&AblationRow> = ablation.iter().filter(|r| r.study == "K").collect();
+    let largest = scale.rows.iter().max_by_key(|r| r.param_count).unwrap();
+    let fastest = bench.rows.iter().find(|r| r.backend.starts_with("onnxruntime") && r.sampler.starts_with("ddim")).expect("an ONNX Runtime DDIM row");
+    let timesteps = pdiff::diffusion::Schedule::default().timesteps;
+    let expected = vec![
+        row(&[
+            link("mnist-mlp3", MLP3),
+            format!("the demo: all {} parameters of an MLP 784-16-16-10", thousands(mlp.num_params)),
+            format!("{}, soup {}", medians(&mlp), acc(mlp.evaluation.soup)),
+        ]),
+        row(&[
+            link("mnist-cnn-bn", CNN_BN),
+            format!("the paper's protocol: a CNN's last two BatchNorm layers, {} parameters", cnn.num_params),
+            format!("{}, soup {}", medians(&cnn), acc(cnn.evaluation.soup)),
+        ]),
+        row(&[
+            link("mnist-tasks", TASKS),
+            format!("an MLP 784-16-16-2 ({} parameters) for a task given as a condition", thousands(tasks.num_params)),
+            format!(
+                "{} held-out tasks: generated {}, trained on the task {}, nearest seen task {}",
+                tasks.heldout_tasks.len(),
+                acc(t.heldout_generated),
+                acc(t.heldout_scratch),
+                acc(t.heldout_nearest_seen)
+            ),
+        ]),
+        row(&[
+            link("mnist-mlp-wide", WIDE),
+            format!("all {} parameters of an MLP 784-1024-128-10", thousands(wide.num_params)),
+            format!(
+                "{}; worst model: generated {}, original {}",
+                medians(&wide),
+                acc(wide.evaluation.generated.min),
+                acc(wide.evaluation.originals.min)
+            ),
+        ]),
+        row(&[
+            link("ablations", ABLATIONS),
+            "mnist-mlp3 from fewer checkpoints, with and without noise augmentation".into(),
+            format!(
+                "generated from K = {} checkpoints: {}",
+                k_rows.iter().map(|r| r.k.to_string()).collect::<Vec<_>>().join(", "),
+                k_rows.iter().map(|r| acc(r.generated.median)).collect::<Vec<_>>().join(", ")
+            ),
+        ]),
+        row(&[
+            link("scale", SCALE),
+            format!(
+                "synthetic trajectories, D = {} to {}",
+                thousands(scale.rows.iter().map(|r| r.param_count).min().unwrap()),
+                thousands(largest.param_count)
+            ),
+            format!(
+                "at D = {}: {} trained generator parameters ({:.1}% of D), {:.0} models/s",
+                thousands(largest.param_count),
+                thousands(largest.generator_params),
+                100.0 * largest.generator_params_per_d,
+                largest.models_per_second
+            ),
+        ]),
+        row(&[
+            link("bench", BENCH),
+            format!("{} mnist-mlp3 models", fastest.n),
+            format!(
+                "{} on ONNX Runtime: {:.0} models/s, {:.0}x faster than DDPM-{timesteps} on tch",
+                sampler_name(&fastest.sampler, timesteps),
+                fastest.models_per_second,
+                bench.speedup_ddim_ort_vs_ddpm_tch
+            ),
+        ]),
+    ];
+    p.assert_table("## Results", expected);
 }

@@ -414,7 +414,7 @@ class Dataset(_Handle):
         """Every ``*.safetensors`` file of ``path`` (sorted by name) as one checkpoint; ``patterns``
         selects tensors (exact names or globs; None: every floating-point tensor).
         ``conditions_file``: a .json or .csv file giving each checkpoint its condition vector
-        (a conditional generator; format in the README)."""
+        (a conditional generator; format in docs/api.md, "Conditional generation")."""
         _require_training("Dataset.load_dir")
         if isinstance(patterns, str):
             patterns = [patterns]

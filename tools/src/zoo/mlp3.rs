@@ -1,5 +1,5 @@
 //! `mnist-mlp3`: MLP 784-16-16-10 with ReLU, PyTorch Linear convention (y = x W^T + b),
-//! 13,002 parameters, all of them modelled. `mnist-mlp-wide` (issue 13): the same network at
+//! 13,002 parameters, all of them modelled. `mnist-mlp-wide`: the same network at
 //! 784-1024-128-10, 936,330 parameters, with the same data, split and collection recipe: the
 //! reference task of the `chunked` preset.
 use super::mnist::Mnist;
