@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite (make test). Runs after scripts/setup.sh. Every step fails the suite.
+#   0. Gates: rustfmt, and clippy with warnings as errors on every target of both builds.
 #   1. Rust: every crate of the workspace (pdiff-core's tests build and run without libtorch),
 #      the C ABI crate serve-only (no libtorch), the tools (every bad input through the CLI);
 #      the CUDA tests where a usable GPU is visible (SKIPPED, with the reason, elsewhere); the
@@ -20,6 +21,11 @@ TORCH_LIB="$SITE/torch/lib"
 ORT_LIB=$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so.* | head -n1)
 SERVE_TARGET=target/serve
 step() { echo; echo "=== $* ==="; }
+
+step "0. Gates: cargo fmt, cargo clippy (full and serve-only builds)"
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+cargo clippy --release -p pdiff --no-default-features --all-targets --target-dir "$SERVE_TARGET" -- -D warnings
 
 step "1. Rust tests: pdiff-core, pdiff-train, the C ABI (full and serve-only), tools"
 cargo test --release --workspace -- --test-threads=2

@@ -1,7 +1,7 @@
 //! `pdiff_dataset`: K checkpoints (a `ParamSet`), loaded from safetensors files or pushed from
 //! memory with a declared layout.
-use super::{boundary, call, free_handle, nonnull, path_arg, put_handle, str_arg, try_ref, Failure, FfiResult};
 use super::pdiff_status;
+use super::{boundary, call, free_handle, nonnull, path_arg, put_handle, str_arg, try_ref, Failure, FfiResult};
 use pdiff_core::params::{ConditionSpec, Conditions, Layout, ParamSet, Selection};
 use std::ffi::{c_char, CString};
 
@@ -43,9 +43,7 @@ fn collect_patterns(patterns: *const *const c_char, n: usize) -> FfiResult<Vec<S
         return Ok(Vec::new());
     }
     nonnull!(patterns, "patterns");
-    (0..n)
-        .map(|i| unsafe { str_arg(*patterns.add(i), &format!("patterns[{i}]")) }.map(str::to_string))
-        .collect()
+    (0..n).map(|i| unsafe { str_arg(*patterns.add(i), &format!("patterns[{i}]")) }.map(str::to_string)).collect()
 }
 
 /// Load every `*.safetensors` file of `dir` (sorted by file name) as one checkpoint each.
@@ -235,10 +233,7 @@ pub unsafe extern "C" fn pdiff_dataset_warning_count(dataset: *const pdiff_datas
 pub unsafe extern "C" fn pdiff_dataset_warning(dataset: *const pdiff_dataset, index: usize) -> *const c_char {
     boundary("pdiff_dataset_warning", || {
         let ds = try_ref!(dataset, "dataset");
-        ds.warnings
-            .get(index)
-            .map(|w| w.as_ptr())
-            .ok_or_else(|| Failure::invalid(format!("index {index} >= warning count {}", ds.warnings.len())))
+        ds.warnings.get(index).map(|w| w.as_ptr()).ok_or_else(|| Failure::invalid(format!("index {index} >= warning count {}", ds.warnings.len())))
     })
 }
 

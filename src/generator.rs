@@ -10,8 +10,7 @@ use std::ffi::{c_char, c_int, c_void, CString};
 /// `stage` is "autoencoder" or "diffusion" (a static string), `step` runs from 1 to `total`,
 /// `loss` is the step's training loss. Return 0 to continue, nonzero to cancel: the training
 /// call then returns `PDIFF_ERR_CANCELLED`. `user_data` is `pdiff_train_options.user_data`.
-pub type pdiff_progress_fn =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, stage: *const c_char, step: usize, total: usize, loss: f64) -> c_int>;
+pub type pdiff_progress_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, stage: *const c_char, step: usize, total: usize, loss: f64) -> c_int>;
 
 /// Options of `pdiff_generator_train`. Initialize with `pdiff_train_options_default`, then
 /// change fields. Numeric fields left at 0 take the preset's value.
@@ -77,7 +76,7 @@ impl OptionsStruct for pdiff_train_options {
 
 impl pdiff_train_options {
     /// The training configuration for a dataset of `d` parameters per checkpoint.
-    fn to_config(&self, d: usize) -> Result<TrainConfig, Failure> {
+    fn train_config(&self, d: usize) -> Result<TrainConfig, Failure> {
         let mut c = match self.preset {
             0 => TrainConfig::new(Preset::Compact),
             1 => TrainConfig::new(Preset::Paper),
@@ -168,7 +167,7 @@ pub unsafe extern "C" fn pdiff_generator_train(
         nonnull!(out, "out");
         let ds = try_ref!(dataset, "dataset");
         let opts = unsafe { options_arg(options, "options") }?;
-        let config = opts.to_config(ds.set.layout.param_count())?;
+        let config = opts.train_config(ds.set.layout.param_count())?;
         let mut progress = |p: &pdiff_core::training::Progress| -> bool {
             match opts.progress {
                 Some(cb) => unsafe { cb(opts.user_data, static_cstr(p.stage.name()), p.step, p.total, p.loss) == 0 },
@@ -248,10 +247,7 @@ pub unsafe extern "C" fn pdiff_generator_warning_count(generator: *const pdiff_g
 pub unsafe extern "C" fn pdiff_generator_warning(generator: *const pdiff_generator, index: usize) -> *const c_char {
     boundary("pdiff_generator_warning", || {
         let g = try_ref!(generator, "generator");
-        g.warnings
-            .get(index)
-            .map(|w| w.as_ptr())
-            .ok_or_else(|| Failure::invalid(format!("index {index} >= warning count {}", g.warnings.len())))
+        g.warnings.get(index).map(|w| w.as_ptr()).ok_or_else(|| Failure::invalid(format!("index {index} >= warning count {}", g.warnings.len())))
     })
 }
 

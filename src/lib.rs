@@ -279,10 +279,7 @@ pub fn call(name: &str, f: impl FnOnce() -> FfiResult) -> pdiff_status {
 macro_rules! nonnull {
     ($p:expr, $what:expr) => {
         if $p.is_null() {
-            return Err($crate::Failure::new(
-                $crate::pdiff_status::PDIFF_ERR_NULL_POINTER,
-                concat!($what, " is NULL"),
-            ));
+            return Err($crate::Failure::new($crate::pdiff_status::PDIFF_ERR_NULL_POINTER, concat!($what, " is NULL")));
         }
     };
 }
@@ -341,10 +338,7 @@ pub(crate) unsafe fn options_arg<T: OptionsStruct>(p: *const T, what: &str) -> F
     if !T::SIZES.contains(&size) {
         return Err(Failure::new(
             pdiff_status::PDIFF_ERR_STRUCT_SIZE,
-            format!(
-                "{what}.struct_size is {size}, this library accepts {:?} bytes (initialize it with the *_default() function of the same header)",
-                T::SIZES
-            ),
+            format!("{what}.struct_size is {size}, this library accepts {:?} bytes (initialize it with the *_default() function of the same header)", T::SIZES),
         ));
     }
     let mut out = T::default();

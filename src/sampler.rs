@@ -1,7 +1,7 @@
 //! `pdiff_sampler`: serving an exported bundle with ONNX Runtime; generation into caller
 //! buffers, best-of-N with a host scoring callback, or to safetensors files.
-use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
 use super::pdiff_status;
+use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
 use pdiff_core::diffusion::{Conditioning, SamplerKind};
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler, TensorSink};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -144,7 +144,9 @@ impl pdiff_sample_options {
                 }
                 Ok(None)
             }
-            (true, _) => Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("options.condition is NULL but condition_len is {}", self.condition_len))),
+            (true, _) => {
+                Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("options.condition is NULL but condition_len is {}", self.condition_len)))
+            }
             (false, 0) => Err(Failure::invalid("options.condition_len is 0 but options.condition is not NULL")),
             (false, len) => Ok(Some(Conditioning { values: unsafe { std::slice::from_raw_parts(self.condition, len) }, guidance: self.guidance as f32 })),
         }
@@ -204,11 +206,7 @@ pub struct pdiff_sampler {
 /// `PDIFF_OK`, `*out` receives a new sampler owned by the caller, to be released with
 /// `pdiff_sampler_free`; on error `*out` is left untouched.
 #[no_mangle]
-pub unsafe extern "C" fn pdiff_sampler_open(
-    bundle_dir: *const c_char,
-    options: *const pdiff_sampler_options,
-    out: *mut *mut pdiff_sampler,
-) -> pdiff_status {
+pub unsafe extern "C" fn pdiff_sampler_open(bundle_dir: *const c_char, options: *const pdiff_sampler_options, out: *mut *mut pdiff_sampler) -> pdiff_status {
     call("pdiff_sampler_open", || {
         nonnull!(out, "out");
         let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
@@ -219,11 +217,7 @@ pub unsafe extern "C" fn pdiff_sampler_open(
             2 => Provider::Cuda,
             p => return Err(Failure::invalid(format!("provider {p} (expected PDIFF_PROVIDER_AUTO, _CPU or _CUDA)"))),
         };
-        let library = if opts.runtime_library.is_null() {
-            None
-        } else {
-            Some(unsafe { path_arg(opts.runtime_library, "options.runtime_library") }?)
-        };
+        let library = if opts.runtime_library.is_null() { None } else { Some(unsafe { path_arg(opts.runtime_library, "options.runtime_library") }?) };
         let whole_loop = match opts.whole_loop {
             0 => None,
             1 => Some(true),
@@ -337,12 +331,7 @@ pub unsafe extern "C" fn pdiff_sampler_tensor_info(
 ) -> pdiff_status {
     call("pdiff_sampler_tensor_info", || {
         let s = try_ref!(sampler, "sampler");
-        let t = s
-            .inner
-            .layout()
-            .tensors
-            .get(index)
-            .ok_or_else(|| Failure::invalid(format!("index {index} >= tensor count {}", s.names.len())))?;
+        let t = s.inner.layout().tensors.get(index).ok_or_else(|| Failure::invalid(format!("index {index} >= tensor count {}", s.names.len())))?;
         let dims = &s.shapes[index];
         unsafe {
             if !name.is_null() {
@@ -373,10 +362,7 @@ fn needed(s: &pdiff_sampler, n: usize) -> FfiResult<usize> {
 fn out_buffer<'a>(out: *mut f32, out_len: usize, need: usize, what: &str) -> FfiResult<&'a mut [f32]> {
     nonnull!(out, "out");
     if out_len < need {
-        return Err(Failure::new(
-            pdiff_status::PDIFF_ERR_BUFFER_TOO_SMALL,
-            format!("{what}: out_len is {out_len} floats, {need} are needed"),
-        ));
+        return Err(Failure::new(pdiff_status::PDIFF_ERR_BUFFER_TOO_SMALL, format!("{what}: out_len is {out_len} floats, {need} are needed")));
     }
     Ok(unsafe { std::slice::from_raw_parts_mut(out, need) })
 }
@@ -477,9 +463,9 @@ pub unsafe extern "C" fn pdiff_sampler_sample_tensors(
                 b.index
             } else {
                 let name = unsafe { CStr::from_ptr(b.name) }.to_string_lossy();
-                layout.index_of(&name).ok_or_else(|| {
-                    Failure::invalid(format!("buffers[{k}]: the bundle has no tensor '{name}' (its tensors: {})", tensor_list(layout)))
-                })?
+                layout
+                    .index_of(&name)
+                    .ok_or_else(|| Failure::invalid(format!("buffers[{k}]: the bundle has no tensor '{name}' (its tensors: {})", tensor_list(layout))))?
             };
             let t = &layout.tensors[index];
             if b.data.is_null() {
@@ -510,8 +496,7 @@ pub unsafe extern "C" fn pdiff_sampler_sample_tensors(
             if w[1].0 < w[0].1 {
                 return Err(Failure::invalid(format!(
                     "the buffers of tensors '{}' and '{}' overlap in memory",
-                    layout.tensors[w[0].2].name,
-                    layout.tensors[w[1].2].name
+                    layout.tensors[w[0].2].name, layout.tensors[w[1].2].name
                 )));
             }
         }
@@ -575,17 +560,25 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
         let mut best: Option<(usize, f64)> = None;
         let mut best_params = vec![0f32; d];
         let cond = unsafe { opts.conditioning() }?;
-        s.inner.sample_chunked(n, opts.seed, kind, cond.as_ref(), s.inner.rows_within(BEST_OF_N_CHUNK_BYTES), &mut |first, rows| {
-            for (j, row) in rows.rows().into_iter().enumerate() {
-                let row = row.as_slice().expect("standard layout");
-                let v = unsafe { score(user_data, row.as_ptr(), d) };
-                if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
-                    best = Some((first + j, v));
-                    best_params.copy_from_slice(row);
+        s.inner.sample_chunked(
+            n,
+            opts.seed,
+            kind,
+            cond.as_ref(),
+            s.inner.rows_within(BEST_OF_N_CHUNK_BYTES),
+            &mut |first, rows| {
+                for (j, row) in rows.rows().into_iter().enumerate() {
+                    let row = row.as_slice().expect("standard layout");
+                    let v = unsafe { score(user_data, row.as_ptr(), d) };
+                    if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+                        best = Some((first + j, v));
+                        best_params.copy_from_slice(row);
+                    }
                 }
-            }
-            Ok(())
-        }, &mut |_, _| true)?;
+                Ok(())
+            },
+            &mut |_, _| true,
+        )?;
         let (i, v) = best.ok_or_else(|| Failure::invalid(format!("every one of the {n} scores is NaN")))?;
         buf.copy_from_slice(&best_params);
         unsafe {

@@ -34,4 +34,3 @@ fn output_flags_know_force_and_refuse_unknown_bits() {
     assert_eq!(e.status, pdiff_status::PDIFF_ERR_INVALID_ARGUMENT);
     assert!(e.message.contains("0x5"), "{}", e.message);
 }
-

@@ -156,8 +156,20 @@ impl<'a> BundleInput<'a> {
 /// Strings an edit can put anywhere: file names (the bundle's, a path out of it, the manifest
 /// itself), and the values of the manifest's string fields and their near misses.
 pub const STRINGS: [&str; 14] = [
-    "", "decoder.onnx", "denoiser.onnx", "pdiff.json", "../decoder.onnx", "/dev/zero", ".", "epsilon", "x0", "linear",
-    "cosine", "compact", "paper", "per_tensor_standardize",
+    "",
+    "decoder.onnx",
+    "denoiser.onnx",
+    "pdiff.json",
+    "../decoder.onnx",
+    "/dev/zero",
+    ".",
+    "epsilon",
+    "x0",
+    "linear",
+    "cosine",
+    "compact",
+    "paper",
+    "per_tensor_standardize",
 ];
 
 fn fixture_manifest() -> serde_json::Value {

@@ -18,8 +18,7 @@ pub fn runtime_options() -> RuntimeOptions {
 /// runtime itself could not be loaded, every input would come back as an error and a target
 /// that accepts errors would test nothing while looking green.
 pub fn require_runtime() {
-    let library = pdiff_core::runtime::init(None)
-        .unwrap_or_else(|e| panic!("ONNX Runtime is not loaded, so this target would test nothing: {e}"));
+    let library = pdiff_core::runtime::init(None).unwrap_or_else(|e| panic!("ONNX Runtime is not loaded, so this target would test nothing: {e}"));
     if let Err(e) = pdiff_core::runtime::load_graph(KNOWN_GOOD_GRAPH, &runtime_options()) {
         panic!("ONNX Runtime ({}) loaded but rejects the fixture's decoder.onnx: {e}", library.display());
     }

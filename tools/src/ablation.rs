@@ -3,13 +3,13 @@
 //! a generator, samples N models and reports their test accuracy and how closely their mistakes
 //! match the originals (max IoU), with the health checks of each generator (warnings,
 //! reconstruction error against the checkpoints' spread, generated latents clipped).
+use crate::eval::{accuracies, evaluate_rows, max_iou_to, Summary};
+use crate::zoo::Task;
 use pdiff_core::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
 use pdiff_core::error::{Error, Result};
-use crate::eval::{accuracies, evaluate_rows, max_iou_to, Summary};
 use pdiff_core::params::{list_checkpoints, ParamSet};
-use pdiff_core::training::{TrainConfig};
-use pdiff_train::{Generator};
-use crate::zoo::Task;
+use pdiff_core::training::TrainConfig;
+use pdiff_train::Generator;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -110,7 +110,15 @@ pub fn markdown(task: &str, rows: &[AblationRow]) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} of {n} | {:.1} |",
-            r.study, r.k, r.input_noise, r.latent_noise, r.originals.median, r.soup, r.generated.median, r.generated.min, r.generated.std,
+            r.study,
+            r.k,
+            r.input_noise,
+            r.latent_noise,
+            r.originals.median,
+            r.soup,
+            r.generated.median,
+            r.generated.min,
+            r.generated.std,
             r.generated_max_iou_to_originals.median,
             r.reconstruction_ratio.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
             r.latents_clipped,

@@ -2,12 +2,12 @@
 //! with DDPM-1000 and DDIM-50, plus the accuracy their models reach on a reference task. Every
 //! sampling measurement is one warm-up run (not counted: first-call allocations, lazy
 //! initialisation, cold caches), then the median of `runs` (>= 3) timed runs.
+use crate::eval::{accuracies, evaluate_rows, Summary};
+use crate::zoo::Task;
 use pdiff_core::diffusion::{sample_params, SamplerKind};
 use pdiff_core::error::Result;
-use crate::eval::{accuracies, evaluate_rows, Summary};
 use pdiff_core::runtime::{RuntimeOptions, Sampler};
-use pdiff_core::training::{DeviceChoice};
-use crate::zoo::Task;
+use pdiff_core::training::DeviceChoice;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -138,7 +138,11 @@ pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
 /// Run `work` once untimed (warm-up), then `runs` (>= [`MIN_RUNS`]) timed times.
@@ -313,50 +317,61 @@ pub fn parse_counts(field: &str, list: &str) -> Result<Vec<usize>> {
 /// first thread's start to the last one's end. ONNX Runtime's Run is thread-safe and the
 /// sampler keeps a pool of sessions, so two callers on two cores should come near twice one's
 /// models per second when one caller's intra-op threads leave cores idle.
-pub fn sweep(bundle: &Path, rt: &RuntimeOptions, batch_sizes: &[usize], callers: &[usize], kind: SamplerKind, progress: &mut dyn FnMut(&str)) -> Result<BatchSweep> {
+pub fn sweep(
+    bundle: &Path,
+    rt: &RuntimeOptions,
+    batch_sizes: &[usize],
+    callers: &[usize],
+    kind: SamplerKind,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BatchSweep> {
     let sampler = Sampler::open(bundle, rt)?;
     let seed = 7;
     let mut rows = Vec::new();
     for &batch in batch_sizes {
-      for &callers in callers {
-        progress(&format!("{} {} batch {batch}, {callers} caller(s)", sampler.backend_name(), kind.label()));
-        reset_peak_rss();
-        let timed = |s: &Sampler| -> Result<f64> {
-            let t0 = Instant::now();
-            if callers == 1 {
-                s.sample(batch, seed, kind, &mut |_, _| true)?;
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = (0..callers as u64).map(|i| scope.spawn(move || s.sample(batch, seed + i, kind, &mut |_, _| true).map(drop))).collect();
-                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(pdiff_core::Error::invalid("callers", "a sampling thread panicked")))).collect::<Result<Vec<()>>>()
-                })?;
+        for &callers in callers {
+            progress(&format!("{} {} batch {batch}, {callers} caller(s)", sampler.backend_name(), kind.label()));
+            reset_peak_rss();
+            let timed = |s: &Sampler| -> Result<f64> {
+                let t0 = Instant::now();
+                if callers == 1 {
+                    s.sample(batch, seed, kind, &mut |_, _| true)?;
+                } else {
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> =
+                            (0..callers as u64).map(|i| scope.spawn(move || s.sample(batch, seed + i, kind, &mut |_, _| true).map(drop))).collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().unwrap_or_else(|_| Err(pdiff_core::Error::invalid("callers", "a sampling thread panicked"))))
+                            .collect::<Result<Vec<()>>>()
+                    })?;
+                }
+                Ok(t0.elapsed().as_secs_f64())
+            };
+            let first_call_s = timed(&sampler)?;
+            let first_call_counted = first_call_s >= SWEEP_SINGLE_CALL_SECONDS;
+            let min_calls = if first_call_s < SWEEP_TARGET_SECONDS { SWEEP_MIN_CALLS } else { 1 };
+            let mut times = Vec::new();
+            if first_call_counted {
+                times.push(first_call_s);
             }
-            Ok(t0.elapsed().as_secs_f64())
-        };
-        let first_call_s = timed(&sampler)?;
-        let first_call_counted = first_call_s >= SWEEP_SINGLE_CALL_SECONDS;
-        let min_calls = if first_call_s < SWEEP_TARGET_SECONDS { SWEEP_MIN_CALLS } else { 1 };
-        let mut times = Vec::new();
-        if first_call_counted {
-            times.push(first_call_s);
+            while times.len() < SWEEP_MAX_CALLS && (times.len() < min_calls || times.iter().sum::<f64>() < SWEEP_TARGET_SECONDS) {
+                times.push(timed(&sampler)?);
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            let median_s = median_of_sorted(&times);
+            rows.push(BatchRow {
+                batch,
+                callers,
+                first_call_s,
+                first_call_counted,
+                calls: times.len(),
+                median_s,
+                min_s: times[0],
+                models_per_second: (callers * batch) as f64 / median_s,
+                peak_rss_mib: peak_rss_mib(),
+            });
         }
-        while times.len() < SWEEP_MAX_CALLS && (times.len() < min_calls || times.iter().sum::<f64>() < SWEEP_TARGET_SECONDS) {
-            times.push(timed(&sampler)?);
-        }
-        times.sort_by(|a, b| a.total_cmp(b));
-        let median_s = median_of_sorted(&times);
-        rows.push(BatchRow {
-            batch,
-            callers,
-            first_call_s,
-            first_call_counted,
-            calls: times.len(),
-            median_s,
-            min_s: times[0],
-            models_per_second: (callers * batch) as f64 / median_s,
-            peak_rss_mib: peak_rss_mib(),
-        });
-      }
     }
     Ok(BatchSweep {
         machine: machine_description(),

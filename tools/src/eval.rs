@@ -2,9 +2,9 @@
 //! median / min / std), the soup baseline and train-selected generated model, verdicts on
 //! integer counts of test images; and a novelty measure that needs no task (distances to the
 //! nearest original in normalized units).
+use crate::zoo::Task;
 use pdiff_core::error::Result;
 use pdiff_core::params::Layout;
-use crate::zoo::Task;
 use serde::{Deserialize, Serialize};
 
 /// Summary of a set of accuracies (fractions in [0, 1]).
@@ -107,7 +107,11 @@ pub fn iou(a: &[u32], b: &[u32]) -> f64 {
         }
     }
     let union = a.len() + b.len() - inter;
-    if union == 0 { 1.0 } else { inter as f64 / union as f64 }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
 }
 
 /// Mean IoU over all unordered pairs within one group.
@@ -120,7 +124,11 @@ pub fn mean_pairwise_iou(group: &[ModelEval]) -> f64 {
             n += 1;
         }
     }
-    if n == 0 { f64::NAN } else { sum / n as f64 }
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
 }
 
 /// Mean IoU over all pairs across two groups.
@@ -135,14 +143,7 @@ pub fn max_iou_to(models: &[ModelEval], reference: &[ModelEval], same_group: boo
     models
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            reference
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| !same_group || *j != i)
-                .map(|(_, r)| iou(&m.wrong, &r.wrong))
-                .fold(0.0, f64::max)
-        })
+        .map(|(i, m)| reference.iter().enumerate().filter(|(j, _)| !same_group || *j != i).map(|(_, r)| iou(&m.wrong, &r.wrong)).fold(0.0, f64::max))
         .collect()
 }
 
@@ -248,9 +249,7 @@ pub fn evaluate_all(
     progress(2, total);
     let gen_train = evaluate_rows(task, layout, generated, true)?;
     progress(3, total);
-    let best = (0..gen_train.len())
-        .max_by(|&a, &b| gen_train[a].accuracy.partial_cmp(&gen_train[b].accuracy).unwrap().then(b.cmp(&a)))
-        .unwrap_or(0);
+    let best = (0..gen_train.len()).max_by(|&a, &b| gen_train[a].accuracy.partial_cmp(&gen_train[b].accuracy).unwrap().then(b.cmp(&a))).unwrap_or(0);
     let orig_self = max_iou_to(&orig, &orig, true);
     let gen_max = max_iou_to(&gen_test, &orig, false);
     let mut points: Vec<(String, f64, f64)> = Vec::new();
@@ -390,12 +389,7 @@ pub fn novelty(set: &pdiff_core::params::ParamSet, generated: &[f32]) -> Novelty
         set.layout.normalize(src, dst);
     }
     let nearest = |row: &[f32], skip: Option<usize>| {
-        originals
-            .chunks_exact(d)
-            .enumerate()
-            .filter(|(j, _)| Some(*j) != skip)
-            .map(|(_, o)| l2(row, o))
-            .fold(f64::INFINITY, f64::min)
+        originals.chunks_exact(d).enumerate().filter(|(j, _)| Some(*j) != skip).map(|(_, o)| l2(row, o)).fold(f64::INFINITY, f64::min)
     };
     let gen_dist: Vec<f64> = gen_norm.chunks_exact(d).map(|g| nearest(g, None)).collect();
     let orig_dist: Vec<f64> = originals.chunks_exact(d).enumerate().map(|(i, o)| nearest(o, Some(i))).collect();

@@ -7,14 +7,14 @@
 //! - [`demo`]: the end-to-end job; [`bench`]: the benchmark; [`scale`]: the benchmark over D
 //!   (`pdiff bench --scale`); [`ablation`]: the ablations;
 //! - [`ort_library`]: where the command line finds ONNX Runtime on a development machine.
-pub mod zoo;
-pub mod eval;
-pub mod results;
-pub mod report;
+pub mod ablation;
+pub mod bench;
 pub mod demo;
+pub mod eval;
+pub mod ort_library;
+pub mod report;
+pub mod results;
+pub mod scale;
 pub mod tasks_demo;
 pub mod tasks_report;
-pub mod bench;
-pub mod scale;
-pub mod ablation;
-pub mod ort_library;
+pub mod zoo;

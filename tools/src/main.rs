@@ -2,18 +2,23 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pdiff_core::diffusion::{Conditioning, DecoderBackend, SamplerKind};
+use pdiff_core::fsutil::{self, IfForeign, OutputKind};
 use pdiff_core::model::Preset;
 use pdiff_core::params::{ParamSet, Selection};
-use pdiff_core::training::{DeviceChoice, TrainConfig};
-use pdiff_train::{Generator};
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
-use pdiff_core::fsutil::{self, IfForeign, OutputKind};
+use pdiff_core::training::{DeviceChoice, TrainConfig};
 use pdiff_core::{bundle, Result};
 use pdiff_tools::{demo, eval, results, zoo};
+use pdiff_train::Generator;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "pdiff", version, args_override_self = true, about = "Neural network parameter diffusion (p-diff): train, export and sample weight generators")]
+#[command(
+    name = "pdiff",
+    version,
+    args_override_self = true,
+    about = "Neural network parameter diffusion (p-diff): train, export and sample weight generators"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -365,9 +370,9 @@ impl TrainArgs {
     fn preset_config(&self, d: usize) -> Result<TrainConfig> {
         Ok(match self.preset.as_str() {
             "auto" => TrainConfig::auto(d),
-            name => TrainConfig::new(name.parse::<Preset>().map_err(|_| {
-                pdiff_core::Error::invalid("preset", format!("'{name}' (expected auto, compact, chunked or paper)"))
-            })?),
+            name => TrainConfig::new(
+                name.parse::<Preset>().map_err(|_| pdiff_core::Error::invalid("preset", format!("'{name}' (expected auto, compact, chunked or paper)")))?,
+            ),
         })
     }
 
@@ -386,17 +391,39 @@ impl TrainArgs {
                 c = named;
             }
         }
-        if let Some(v) = self.ae_steps { c.ae_steps = v; }
-        if let Some(v) = self.diffusion_steps { c.diffusion_steps = v; }
-        if let Some(v) = self.batch_size { c.batch_size = v; }
-        if let Some(v) = self.ae_lr { c.ae_lr = v; }
-        if let Some(v) = self.diffusion_lr { c.diffusion_lr = v; }
-        if let Some(v) = self.input_noise { c.input_noise = v; }
-        if let Some(v) = self.latent_noise { c.latent_noise = v; }
-        if self.latent_noise_relative { c.latent_noise_relative = true; }
-        if self.ema.is_some() { c.ema = self.ema; }
-        if let Some(v) = self.condition_dropout { c.condition_dropout = v; }
-        if let Some(v) = &self.reconstruction_weighting { c.reconstruction_weighting = v.parse()?; }
+        if let Some(v) = self.ae_steps {
+            c.ae_steps = v;
+        }
+        if let Some(v) = self.diffusion_steps {
+            c.diffusion_steps = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if let Some(v) = self.ae_lr {
+            c.ae_lr = v;
+        }
+        if let Some(v) = self.diffusion_lr {
+            c.diffusion_lr = v;
+        }
+        if let Some(v) = self.input_noise {
+            c.input_noise = v;
+        }
+        if let Some(v) = self.latent_noise {
+            c.latent_noise = v;
+        }
+        if self.latent_noise_relative {
+            c.latent_noise_relative = true;
+        }
+        if self.ema.is_some() {
+            c.ema = self.ema;
+        }
+        if let Some(v) = self.condition_dropout {
+            c.condition_dropout = v;
+        }
+        if let Some(v) = &self.reconstruction_weighting {
+            c.reconstruction_weighting = v.parse()?;
+        }
         c.seed = self.seed;
         c.device = self.device.parse::<DeviceChoice>()?;
         c.validate()?;
@@ -439,11 +466,7 @@ impl Bars {
                 b.finish();
             }
             let b = ProgressBar::new(total as u64);
-            b.set_style(
-                ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-                    .unwrap()
-                    .progress_chars("=> "),
-            );
+            b.set_style(ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}").unwrap().progress_chars("=> "));
             b.set_prefix(stage.to_string());
             self.bar = Some(b);
             self.stage = stage.to_string();
@@ -452,7 +475,7 @@ impl Bars {
             b.set_length(total as u64);
             b.set_position(done as u64);
             if let Some(l) = loss {
-                if done % 10 == 0 || done == total {
+                if done.is_multiple_of(10) || done == total {
                     b.set_message(format!("loss {l:.5}"));
                 }
             }
@@ -487,11 +510,9 @@ fn main() {
 /// The error as the command line words it: a refused output points at --out and --force.
 fn message(e: &pdiff_core::Error) -> String {
     match e {
-        pdiff_core::Error::OutputExists { path, reason, force_would } => format!(
-            "output {} {reason}: choose another --out{}",
-            path.display(),
-            force_would.map(|f| format!(", or pass --force to {f}")).unwrap_or_default()
-        ),
+        pdiff_core::Error::OutputExists { path, reason, force_would } => {
+            format!("output {} {reason}: choose another --out{}", path.display(), force_would.map(|f| format!(", or pass --force to {f}")).unwrap_or_default())
+        }
         e => e.to_string(),
     }
 }
@@ -597,9 +618,28 @@ fn run(cli: Cli) -> Result<()> {
             bars.finish();
             println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
         }
-        Command::Bench { scale: true, scale_d, scale_presets, scale_k, scale_report, bundle, task, batch_sizes, checkpoints, n, runtime, train, out, force, .. } => {
+        Command::Bench {
+            scale: true,
+            scale_d,
+            scale_presets,
+            scale_k,
+            scale_report,
+            bundle,
+            task,
+            batch_sizes,
+            checkpoints,
+            n,
+            runtime,
+            train,
+            out,
+            force,
+            ..
+        } => {
             if bundle.is_some() || task.is_some() || batch_sizes.is_some() || checkpoints.is_some() {
-                return Err(pdiff_core::Error::invalid("scale", "--scale trains on synthetic checkpoints of its own: run --bundle, --task, --batch-sizes or --checkpoints without it"));
+                return Err(pdiff_core::Error::invalid(
+                    "scale",
+                    "--scale trains on synthetic checkpoints of its own: run --bundle, --task, --batch-sizes or --checkpoints without it",
+                ));
             }
             let sizes = pdiff_tools::bench::parse_counts("scale_d", &scale_d)?;
             let presets = scale_presets
@@ -649,14 +689,29 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = std::fs::read(&tmp).map_err(|e| pdiff_core::Error::io(&tmp, e))?;
             let _ = std::fs::remove_file(&tmp);
             fsutil::write_output_file(&png, &bytes, if_foreign(force), "pdiff bench --scale plot", |b| b.starts_with(b"\x89PNG"))?;
-            println!("machine: {} (libtorch threads: {}), K = {}, {} + {} training steps, {} models sampled ({}, DDIM-50)", report.machine, report.torch_threads, report.k, report.ae_steps, report.diffusion_steps, report.n, report.backend);
-            println!("{:>9} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}", "D", "preset", "gen params", "% of D", "ae ms", "diff ms", "train MiB", "bundle MB", "models/s", "sample s", "samp MiB");
+            println!(
+                "machine: {} (libtorch threads: {}), K = {}, {} + {} training steps, {} models sampled ({}, DDIM-50)",
+                report.machine, report.torch_threads, report.k, report.ae_steps, report.diffusion_steps, report.n, report.backend
+            );
+            println!(
+                "{:>9} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+                "D", "preset", "gen params", "% of D", "ae ms", "diff ms", "train MiB", "bundle MB", "models/s", "sample s", "samp MiB"
+            );
             for r in &report.rows {
                 let mib = |v: Option<f64>| v.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into());
                 println!(
                     "{:>9} {:>8} {:>10} {:>7.2} {:>9.1} {:>9.1} {:>9} {:>9.1} {:>10.1} {:>9.2} {:>9}",
-                    r.param_count, r.preset, r.generator_params, 100.0 * r.generator_params_per_d, r.ae_ms_per_step, r.diffusion_ms_per_step,
-                    mib(r.train_peak_rss_mib), r.bundle_bytes as f64 / 1e6, r.models_per_second, r.sample_seconds, mib(r.sample_peak_rss_mib)
+                    r.param_count,
+                    r.preset,
+                    r.generator_params,
+                    100.0 * r.generator_params_per_d,
+                    r.ae_ms_per_step,
+                    r.diffusion_ms_per_step,
+                    mib(r.train_peak_rss_mib),
+                    r.bundle_bytes as f64 / 1e6,
+                    r.models_per_second,
+                    r.sample_seconds,
+                    mib(r.sample_peak_rss_mib)
                 );
             }
             if measured {
@@ -672,7 +727,9 @@ fn run(cli: Cli) -> Result<()> {
             if task.is_some() || checkpoints.is_some() {
                 return Err(pdiff_core::Error::invalid("batch_sizes", "the sweep measures sampling speed only: run --task / --checkpoints without it"));
             }
-            let opts = runtime.options()?.ok_or_else(|| pdiff_core::Error::invalid("batch_sizes", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
+            let opts = runtime
+                .options()?
+                .ok_or_else(|| pdiff_core::Error::invalid("batch_sizes", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
             fsutil::check_output_file(&out, if_foreign(force), "pdiff bench report", pdiff_tools::bench::is_report)?;
             let kind = SamplerKind::Ddim { steps: 50 };
             let report = pdiff_tools::bench::sweep(&dir, &opts, &sizes, &callers, kind, &mut |what| eprintln!("bench: {what}"))?;
@@ -684,7 +741,12 @@ fn run(cli: Cli) -> Result<()> {
             for r in &report.rows {
                 println!(
                     "{:>6} {:>8} {:>12.1} {:>12.2} {:>12.2} {:>6} {:>10}",
-                    r.batch, r.callers, r.models_per_second, r.median_s * 1e3, r.first_call_s * 1e3, r.calls,
+                    r.batch,
+                    r.callers,
+                    r.models_per_second,
+                    r.median_s * 1e3,
+                    r.first_call_s * 1e3,
+                    r.calls,
                     r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
                 );
             }
@@ -704,7 +766,11 @@ fn run(cli: Cli) -> Result<()> {
                 let t = pdiff_tools::bench::train(&set, &train.config(set.layout.param_count())?)?;
                 println!(
                     "training (K = {}, D = {}, {}): autoencoder {:.1} ms/step, diffusion {:.1} ms/step, peak RSS {} MiB",
-                    t.k, t.param_count, t.preset, t.ae_ms_per_step, t.diffusion_ms_per_step,
+                    t.k,
+                    t.param_count,
+                    t.preset,
+                    t.ae_ms_per_step,
+                    t.diffusion_ms_per_step,
                     t.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
                 );
                 report.training = Some(t);
@@ -717,7 +783,11 @@ fn run(cli: Cli) -> Result<()> {
             for r in &report.rows {
                 println!(
                     "{:<18} {:<9} {:>5} {:>9.3} {:>10.1} {:>10} {:>9}",
-                    r.backend, r.sampler, r.n, r.seconds, r.models_per_second,
+                    r.backend,
+                    r.sampler,
+                    r.n,
+                    r.seconds,
+                    r.models_per_second,
                     r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into()),
                     r.test_accuracy.map(|s| format!("{:.4}", s.median)).unwrap_or_else(|| "-".into())
                 );
@@ -913,7 +983,15 @@ fn print_results(r: &results::DemoResults) {
     println!();
     println!(
         "task {}  D = {}  K = {}  N = {}  device {}  preset {}{}  sampler {} ({})",
-        r.task, r.num_params, r.k, r.n_generated, r.device, r.preset, if r.preset_auto { " (auto)" } else { "" }, r.sampler, r.backend
+        r.task,
+        r.num_params,
+        r.k,
+        r.n_generated,
+        r.device,
+        r.preset,
+        if r.preset_auto { " (auto)" } else { "" },
+        r.sampler,
+        r.backend
     );
     println!("{:<22} {:>8} {:>8} {:>8} {:>8}", "test accuracy", "best", "mean", "median", "min");
     for (name, s) in [("originals", &r.evaluation.originals), ("generated", &r.evaluation.generated)] {

@@ -1,19 +1,16 @@
 //! report.md and its PNG plots (plotters): accuracy distributions, accuracy versus max IoU to
 //! the originals (new versus copied), and the training loss curves. The verdict lines are
 //! derived from the numbers, never written by hand.
-use pdiff_core::error::{Error, Result};
 use crate::eval::Evaluation;
 use crate::results::DemoResults;
-use pdiff_core::training::{TrainHistory};
+use pdiff_core::error::{Error, Result};
+use pdiff_core::training::TrainHistory;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
 
-const FONT_CANDIDATES: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-];
+const FONT_CANDIDATES: [&str; 3] =
+    ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
 
 /// Register a TrueType font for plot labels once; false when none is found ($PDIFF_FONT or
 /// DejaVu Sans from the fonts-dejavu-core package).
@@ -38,7 +35,8 @@ pub(crate) fn plot_err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> E
     move |e| Error::invalid("plot", format!("{}: {e}", path.display()))
 }
 
-pub(crate) const GROUP_COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
+pub(crate) const GROUP_COLORS: [RGBColor; 5] =
+    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
 
 fn groups(points: &[(String, f64, f64)]) -> Vec<String> {
     let mut g: Vec<String> = Vec::new();
@@ -132,7 +130,13 @@ fn plot_similarity(path: &Path, ev: &Evaluation, title: &str) -> Result<()> {
             .label(name.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err(path))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err(path))?;
     root.present().map_err(plot_err(path))
 }
 
@@ -155,9 +159,7 @@ pub(crate) fn plot_losses(path: &Path, h: &TrainHistory) -> Result<()> {
             .build_cartesian_2d(0f64..losses.len() as f64, (lo * 0.8..hi * 1.2).log_scale())
             .map_err(plot_err(path))?;
         chart.configure_mesh().x_desc("step").draw().map_err(plot_err(path))?;
-        chart
-            .draw_series(LineSeries::new(losses.iter().enumerate().map(|(i, &l)| (i as f64, (l as f64).max(1e-12))), &BLUE))
-            .map_err(plot_err(path))?;
+        chart.draw_series(LineSeries::new(losses.iter().enumerate().map(|(i, &l)| (i as f64, (l as f64).max(1e-12))), &BLUE)).map_err(plot_err(path))?;
     }
     root.present().map_err(plot_err(path))
 }
@@ -218,11 +220,7 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
         row(&mut md, &format!("originals + noise {} x tensor std", nb.sigma_rel), &nb.accuracy);
     }
     let _ = writeln!(md, "| soup (uniform average of the originals) | {:.4} | | | | |", ev.soup);
-    let _ = writeln!(
-        md,
-        "| generated, best on TRAIN ({:.4}), on TEST | {:.4} | | | | |\n",
-        ev.selected_on_train.train, ev.selected_on_train.test
-    );
+    let _ = writeln!(md, "| generated, best on TRAIN ({:.4}), on TEST | {:.4} | | | | |\n", ev.selected_on_train.train, ev.selected_on_train.test);
     let _ = writeln!(md, "## Generated against the baselines\n");
     let test_images = ev.comparisons.first().map(|c| c.test_images).unwrap_or(0);
     let _ = writeln!(
@@ -270,11 +268,7 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
     let _ = writeln!(md, "\nReading: {novelty}.\n");
     let nv = &r.novelty;
     let _ = writeln!(md, "## Novelty without a task: distance to the nearest original\n");
-    let _ = writeln!(
-        md,
-        "L2 distance over the {} parameters in normalized units (each tensor standardized with the originals' mean and std).\n",
-        r.num_params
-    );
+    let _ = writeln!(md, "L2 distance over the {} parameters in normalized units (each tensor standardized with the originals' mean and std).\n", r.num_params);
     let _ = writeln!(md, "| distance | median | min | max |\n|---|---|---|---|");
     for (name, d) in [
         ("generated to the nearest original", &nv.generated_to_nearest_original),

@@ -13,8 +13,8 @@ use pdiff_core::error::{Error, Result};
 use pdiff_core::model::Preset;
 use pdiff_core::params::{synthetic_trajectory, Layout};
 use pdiff_core::runtime::{RuntimeOptions, Sampler};
-use pdiff_core::training::{TrainConfig};
-use pdiff_train::{Generator};
+use pdiff_core::training::TrainConfig;
+use pdiff_train::Generator;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -195,7 +195,8 @@ pub fn plot(path: &Path, report: &ScaleReport) -> Result<()> {
     }
     let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
     type Series = (&'static str, fn(&ScaleRow) -> Option<f64>);
-    let panels: [(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, &str, Vec<Series>, SeriesLabelPosition); 2] = [
+    type Panel<'a, 'b> = (&'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>, &'a str, Vec<Series>, SeriesLabelPosition);
+    let panels: [Panel<'_, '_>; 2] = [
         (
             &left,
             "training time per step (ms)",

@@ -405,10 +405,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
             let best = (0..opts.guidance_sweep.len())
                 .min_by(|&a, &b| validation_scores[b].total_cmp(&validation_scores[a]).then(opts.guidance_sweep[a].total_cmp(&opts.guidance_sweep[b])))
                 .expect("a non-empty sweep");
-            (
-                opts.guidance_sweep[best],
-                format!("validation: the generator of the first {m} seen tasks on the other {} seen tasks", split.seen.len() - m),
-            )
+            (opts.guidance_sweep[best], format!("validation: the generator of the first {m} seen tasks on the other {} seen tasks", split.seen.len() - m))
         }
         (None, None) => (1.0, "default".to_string()),
     };

@@ -5,7 +5,7 @@
 use crate::report::{ensure_font, padded_range, plot_err, plot_losses, GROUP_COLORS};
 use crate::tasks_demo::TasksResults;
 use pdiff_core::error::Result;
-use pdiff_core::training::{TrainHistory};
+use pdiff_core::training::TrainHistory;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -53,7 +53,13 @@ fn plot_heldout(path: &Path, r: &TasksResults) -> Result<()> {
             .label(*name)
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err(path))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err(path))?;
     root.present().map_err(plot_err(path))
 }
 
@@ -79,12 +85,20 @@ fn plot_hamming(path: &Path, r: &TasksResults) -> Result<()> {
     for (si, (name, pts, dx)) in [("generated", &gen, -0.08), ("nearest seen task's checkpoints", &orig, 0.08)].into_iter().enumerate() {
         let color = GROUP_COLORS[if si == 0 { 0 } else { 2 }];
         chart
-            .draw_series(pts.iter().enumerate().map(|(i, &(x, v))| Circle::new((x + dx + ((i * 37 % 100) as f64 / 100.0 - 0.5) * 0.12, v), 4, color.mix(0.7).filled())))
+            .draw_series(
+                pts.iter().enumerate().map(|(i, &(x, v))| Circle::new((x + dx + ((i * 37 % 100) as f64 / 100.0 - 0.5) * 0.12, v), 4, color.mix(0.7).filled())),
+            )
             .map_err(plot_err(path))?
             .label(name)
             .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err(path))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err(path))?;
     root.present().map_err(plot_err(path))
 }
 
@@ -97,15 +111,30 @@ pub fn verdicts(r: &TasksResults) -> Vec<(String, bool)> {
     let s = &r.summary;
     vec![
         (
-            format!("held-out tasks: generated {:.4} vs scratch {:.4} ({}; target >= -3 pts)", s.heldout_generated, s.heldout_scratch, pts(s.heldout_generated - s.heldout_scratch)),
+            format!(
+                "held-out tasks: generated {:.4} vs scratch {:.4} ({}; target >= -3 pts)",
+                s.heldout_generated,
+                s.heldout_scratch,
+                pts(s.heldout_generated - s.heldout_scratch)
+            ),
             s.heldout_generated >= s.heldout_scratch - 0.03,
         ),
         (
-            format!("held-out tasks: generated {:.4} vs nearest seen task {:.4} ({}; target >= +3 pts)", s.heldout_generated, s.heldout_nearest_seen, pts(s.heldout_generated - s.heldout_nearest_seen)),
+            format!(
+                "held-out tasks: generated {:.4} vs nearest seen task {:.4} ({}; target >= +3 pts)",
+                s.heldout_generated,
+                s.heldout_nearest_seen,
+                pts(s.heldout_generated - s.heldout_nearest_seen)
+            ),
             s.heldout_generated >= s.heldout_nearest_seen + 0.03,
         ),
         (
-            format!("seen tasks: generated {:.4} vs originals {:.4} ({}; target >= -1 pt)", s.seen_generated, s.seen_originals, pts(s.seen_generated - s.seen_originals)),
+            format!(
+                "seen tasks: generated {:.4} vs originals {:.4} ({}; target >= -1 pt)",
+                s.seen_generated,
+                s.seen_originals,
+                pts(s.seen_generated - s.seen_originals)
+            ),
             s.seen_generated >= s.seen_originals - 0.01,
         ),
     ]
@@ -137,7 +166,15 @@ pub fn write(dir: &Path, r: &TasksResults, history: &TrainHistory) -> Result<()>
         let _ = writeln!(
             md,
             "| {} | {:.4} / {:.4} / {:.4} | {:.4} | {} ({}) {:.4} | {:.4} |",
-            h.code, h.generated.best, h.generated.median, h.generated.min, h.scratch.median, h.nearest_seen.code, h.nearest_seen.hamming, h.nearest_seen.accuracy.median, h.unconditional.median
+            h.code,
+            h.generated.best,
+            h.generated.median,
+            h.generated.min,
+            h.scratch.median,
+            h.nearest_seen.code,
+            h.nearest_seen.hamming,
+            h.nearest_seen.accuracy.median,
+            h.unconditional.median
         );
     }
     if ensure_font() {
@@ -164,7 +201,11 @@ pub fn write(dir: &Path, r: &TasksResults, history: &TrainHistory) -> Result<()>
              | seen tasks | held-out generated | held-out nearest seen | seen generated | seen originals |\n|---|---|---|---|---|"
         );
         for a in &r.seen_tasks_ablation {
-            let _ = writeln!(md, "| {} | {:.4} | {:.4} | {:.4} | {:.4} |", a.seen_tasks, a.heldout_generated, a.heldout_nearest_seen, a.seen_generated, a.seen_originals);
+            let _ = writeln!(
+                md,
+                "| {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                a.seen_tasks, a.heldout_generated, a.heldout_nearest_seen, a.seen_generated, a.seen_originals
+            );
         }
     }
     let _ = writeln!(md, "\n## Health\n");
@@ -175,7 +216,11 @@ pub fn write(dir: &Path, r: &TasksResults, history: &TrainHistory) -> Result<()>
         let _ = writeln!(md, "- warning: {w}");
     }
     let ratio = if r.checkpoint_variance > 0.0 { format!("{:.1}%", 100.0 * r.reconstruction_mse / r.checkpoint_variance) } else { "-".into() };
-    let _ = writeln!(md, "\nReconstruction MSE {:.2e} against the checkpoints' spread {:.2e} (normalized units): {ratio}.\n", r.reconstruction_mse, r.checkpoint_variance);
+    let _ = writeln!(
+        md,
+        "\nReconstruction MSE {:.2e} against the checkpoints' spread {:.2e} (normalized units): {ratio}.\n",
+        r.reconstruction_mse, r.checkpoint_variance
+    );
     let t = &r.timings_s;
     let _ = writeln!(
         md,

@@ -44,7 +44,14 @@ fn sweep_measures_each_batch_size() {
 fn batch_size_lists() {
     assert_eq!(parse_batch_sizes("1,100,1000").unwrap(), [1, 100, 1000]);
     assert_eq!(parse_batch_sizes(" 4 , 2").unwrap(), [4, 2]);
-    for (list, words) in [("0", "a batch size of 0"), ("1,,2", "'' is not a positive integer"), ("x", "'x' is not"), ("-3", "'-3' is not"), ("5,5", "5 appears twice"), ("", "'' is not")] {
+    for (list, words) in [
+        ("0", "a batch size of 0"),
+        ("1,,2", "'' is not a positive integer"),
+        ("x", "'x' is not"),
+        ("-3", "'-3' is not"),
+        ("5,5", "5 appears twice"),
+        ("", "'' is not"),
+    ] {
         let e = parse_batch_sizes(list).unwrap_err().to_string();
         assert!(e.contains("invalid batch_sizes") && e.contains(words), "{list:?}: {e}");
     }
@@ -81,7 +88,21 @@ fn bad_sweeps_are_refused_before_anything_is_written() {
 fn sweep_with_concurrent_callers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep.json");
-    let o = pdiff(&["bench", "--bundle", fixture().to_str().unwrap(), "--batch-sizes", "2,5", "--callers", "1,2", "--provider", "cpu", "--whole-loop", "on", "--out", out.to_str().unwrap()]);
+    let o = pdiff(&[
+        "bench",
+        "--bundle",
+        fixture().to_str().unwrap(),
+        "--batch-sizes",
+        "2,5",
+        "--callers",
+        "1,2",
+        "--provider",
+        "cpu",
+        "--whole-loop",
+        "on",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
     let r: BatchSweep = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert!(r.whole_loop);

@@ -64,11 +64,20 @@ fn report_shows_health_verdicts_and_novelty() {
     let md = report_of(&r, d.path());
     assert!(md.contains("## Health\n\nNo warning: "), "{md}");
     let ratio = 100.0 * r.reconstruction_mse / r.checkpoint_variance;
-    assert!(md.contains(&format!("Reconstruction MSE {:.2e} against a spread of the checkpoints across K of {:.2e} (normalized units): {ratio:.1}%.", r.reconstruction_mse, r.checkpoint_variance)), "{md}");
+    assert!(
+        md.contains(&format!(
+            "Reconstruction MSE {:.2e} against a spread of the checkpoints across K of {:.2e} (normalized units): {ratio:.1}%.",
+            r.reconstruction_mse, r.checkpoint_variance
+        )),
+        "{md}"
+    );
     assert!(md.contains("0 of 100 generated latents were clipped to the training range (0 of 6400 values)"), "{md}");
     // Verdicts in test images: one row per comparison, with its counts.
     for c in &r.evaluation.comparisons {
-        let row = format!("| {} | {:.4} | {} | {} | {:+} | **{}** |", c.baseline, c.baseline_accuracy, c.baseline_correct, c.generated_median_correct, c.difference_images, c.verdict);
+        let row = format!(
+            "| {} | {:.4} | {} | {} | {:+} | **{}** |",
+            c.baseline, c.baseline_accuracy, c.baseline_correct, c.generated_median_correct, c.difference_images, c.verdict
+        );
         assert!(md.contains(&row), "no row {row:?} in\n{md}");
     }
     // The novelty table and its reading.
@@ -137,7 +146,10 @@ fn sample_warns_of_latents_outside_the_training_range() {
     for backend in ["onnxruntime", "tch"] {
         let err = sample(&narrow, backend, &format!("out-narrow-{backend}"));
         // (A few standardized values may sit within 1e-6 of 0: not every value is outside.)
-        assert!(err.contains("warning: 3 of 3 generated latents were clipped to the training range (") && err.contains(&format!(" of {} values)", 3 * d)), "{backend}: {err}");
+        assert!(
+            err.contains("warning: 3 of 3 generated latents were clipped to the training range (") && err.contains(&format!(" of {} values)", 3 * d)),
+            "{backend}: {err}"
+        );
         let err = sample(&wide, backend, &format!("out-{backend}"));
         assert!(!err.contains("clipped"), "{backend}: {err}");
     }

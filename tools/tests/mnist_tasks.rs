@@ -92,7 +92,10 @@ fn json(path: &Path) -> serde_json::Value {
 }
 
 fn files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "safetensors")).count()
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "safetensors"))
+        .count()
 }
 
 #[test]
@@ -101,8 +104,33 @@ fn demo_writes_the_task_layout_and_results() {
     let out = tmp.path().join("demo-out-tasks");
     let o = out.to_str().unwrap();
     let args = [
-        "demo", "--task", "mnist-tasks", "--out", o, "--seen", "4", "--heldout", "2", "--k", "3", "-n", "2", "--ae-steps", "40",
-        "--diffusion-steps", "40", "--shared-steps", "300", "--finetune-steps", "200", "--seen-ablation", "2", "--guidance-sweep", "1,2", "--device", "cpu",
+        "demo",
+        "--task",
+        "mnist-tasks",
+        "--out",
+        o,
+        "--seen",
+        "4",
+        "--heldout",
+        "2",
+        "--k",
+        "3",
+        "-n",
+        "2",
+        "--ae-steps",
+        "40",
+        "--diffusion-steps",
+        "40",
+        "--shared-steps",
+        "300",
+        "--finetune-steps",
+        "200",
+        "--seen-ablation",
+        "2",
+        "--guidance-sweep",
+        "1,2",
+        "--device",
+        "cpu",
     ];
     let r = pdiff(&args);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -171,7 +199,20 @@ fn demo_writes_the_task_layout_and_results() {
     let stdout = String::from_utf8_lossy(&t.stdout);
     assert!(stdout.contains("conditional: C = 10") && stdout.contains("K = 12,"), "{stdout}");
     // One task's directory alone does not cover conditions.json: refused, naming an entry.
-    let t = pdiff(&["train", "--out", retrained.to_str().unwrap(), "--force", "--checkpoints", &dirs[0], "--conditions", cond_file.to_str().unwrap(), "--ae-steps", "3", "--diffusion-steps", "3"]);
+    let t = pdiff(&[
+        "train",
+        "--out",
+        retrained.to_str().unwrap(),
+        "--force",
+        "--checkpoints",
+        &dirs[0],
+        "--conditions",
+        cond_file.to_str().unwrap(),
+        "--ae-steps",
+        "3",
+        "--diffusion-steps",
+        "3",
+    ]);
     let err = String::from_utf8_lossy(&t.stderr);
     assert_eq!(t.status.code(), Some(1), "{err}");
     assert!(err.contains("is not one of the 3 checkpoints"), "{err}");
@@ -179,7 +220,19 @@ fn demo_writes_the_task_layout_and_results() {
     // The bundle serves a condition from the command line.
     let bundle = out.join("generator");
     let samples = tmp.path().join("samples");
-    let s = pdiff(&["sample", "--bundle", bundle.to_str().unwrap(), "--out", samples.to_str().unwrap(), "-n", "2", "--condition", "1,1,1,1,1,0,0,0,0,0", "--guidance", "2"]);
+    let s = pdiff(&[
+        "sample",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--out",
+        samples.to_str().unwrap(),
+        "-n",
+        "2",
+        "--condition",
+        "1,1,1,1,1,0,0,0,0,0",
+        "--guidance",
+        "2",
+    ]);
     assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
     assert_eq!(files(&samples), 2);
 }

@@ -134,7 +134,11 @@ fn warning_labels(warnings: &[String]) -> String {
             }
         })
         .collect();
-    if labels.is_empty() { "none".into() } else { labels.join(", ") }
+    if labels.is_empty() {
+        "none".into()
+    } else {
+        labels.join(", ")
+    }
 }
 
 fn percent(mse: f64, spread: f64) -> String {
@@ -146,7 +150,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -197,11 +201,7 @@ fn mnist_mlp3_page_matches_its_result_file() {
     let ev = &r.evaluation;
     let vs_originals = &ev.comparisons[0];
     assert_eq!(vs_originals.baseline, "originals (median)");
-    p.assert_contains(&format!(
-        "(by {} of the {} test images)",
-        vs_originals.difference_images,
-        thousands(vs_originals.test_images)
-    ));
+    p.assert_contains(&format!("(by {} of the {} test images)", vs_originals.difference_images, thousands(vs_originals.test_images)));
     p.assert_contains(&format!("({} vs {})", acc(ev.generated.median), acc(ev.soup)));
     let sim = &ev.similarity;
     p.assert_contains(&format!(
@@ -312,7 +312,12 @@ fn ablations_page_matches_its_result_file() {
     // The verdicts quote the K = 2 and K = 10 rows.
     let k = |k: usize| rows.iter().find(|r| r.study == "K" && r.k == k).unwrap_or_else(|| panic!("no K = {k} row"));
     let (k2, k10) = (k(2), k(10));
-    p.assert_contains(&format!("({}, chance), {} of the {} generated latents lie outside the training range", acc(k2.generated.median), k2.latents_clipped, k2.n));
+    p.assert_contains(&format!(
+        "({}, chance), {} of the {} generated latents lie outside the training range",
+        acc(k2.generated.median),
+        k2.latents_clipped,
+        k2.n
+    ));
     p.assert_contains(&format!(
         "{} of {} generated latents left the training range and the autoencoder kept {:.0}% of the checkpoints' spread",
         k10.latents_clipped,
@@ -469,12 +474,7 @@ fn mnist_tasks_page_matches_its_result_file() {
         .guidance_ablation
         .iter()
         .map(|g| {
-            row(&[
-                format!("{}", g.guidance),
-                g.validation_generated.map(acc).unwrap_or_else(|| "-".into()),
-                acc(g.heldout_generated),
-                acc(g.seen_generated),
-            ])
+            row(&[format!("{}", g.guidance), g.validation_generated.map(acc).unwrap_or_else(|| "-".into()), acc(g.heldout_generated), acc(g.seen_generated)])
         })
         .collect();
     p.assert_table("## Guidance", abl);
@@ -544,7 +544,7 @@ fn readme_headline_table_matches_the_result_files() {
     let k_rows: Vec<&AblationRow> = ablation.iter().filter(|r| r.study == "K").collect();
     let largest = scale.rows.iter().max_by_key(|r| r.param_count).unwrap();
     let fastest = bench.rows.iter().find(|r| r.backend.starts_with("onnxruntime") && r.sampler.starts_with("ddim")).expect("an ONNX Runtime DDIM row");
-    let timesteps = pdiff::diffusion::Schedule::default().timesteps;
+    let timesteps = pdiff_core::diffusion::Schedule::default().timesteps;
     let expected = vec![
         row(&[
             link("mnist-mlp3", MLP3),
@@ -570,12 +570,7 @@ fn readme_headline_table_matches_the_result_files() {
         row(&[
             link("mnist-mlp-wide", WIDE),
             format!("all {} parameters of an MLP 784-1024-128-10", thousands(wide.num_params)),
-            format!(
-                "{}; worst model: generated {}, original {}",
-                medians(&wide),
-                acc(wide.evaluation.generated.min),
-                acc(wide.evaluation.originals.min)
-            ),
+            format!("{}; worst model: generated {}, original {}", medians(&wide), acc(wide.evaluation.generated.min), acc(wide.evaluation.originals.min)),
         ]),
         row(&[
             link("ablations", ABLATIONS),
@@ -588,11 +583,7 @@ fn readme_headline_table_matches_the_result_files() {
         ]),
         row(&[
             link("scale", SCALE),
-            format!(
-                "synthetic trajectories, D = {} to {}",
-                thousands(scale.rows.iter().map(|r| r.param_count).min().unwrap()),
-                thousands(largest.param_count)
-            ),
+            format!("synthetic trajectories, D = {} to {}", thousands(scale.rows.iter().map(|r| r.param_count).min().unwrap()), thousands(largest.param_count)),
             format!(
                 "at D = {}: {} trained generator parameters ({:.1}% of D), {:.0} models/s",
                 thousands(largest.param_count),

@@ -29,10 +29,8 @@ fn good_checkpoints(dir: &Path, k: usize) -> Vec<PathBuf> {
 }
 
 fn raw_tensor_file(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
@@ -43,7 +41,8 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// Run `pdiff train` on `ckpts` into a fresh output dir; return (output, out dir).
 fn train(ckpts: &Path, extra: &[&str]) -> (Output, PathBuf) {
     let out = ckpts.parent().unwrap().join("bundle-out");
-    let mut args = vec!["train", "--checkpoints", ckpts.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ae-steps", "3", "--diffusion-steps", "3", "--device", "cpu"];
+    let mut args =
+        vec!["train", "--checkpoints", ckpts.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ae-steps", "3", "--diffusion-steps", "3", "--device", "cpu"];
     args.extend_from_slice(extra);
     (pdiff(&args), out)
 }
@@ -115,10 +114,10 @@ fn integer_tensor_selected() {
         let c = d.join("ckpt");
         std::fs::create_dir_all(&c).unwrap();
         for i in 0..2 {
-            raw_tensor_file(&c.join(format!("c{i}.safetensors")), &[
-                ("w", Dtype::F32, vec![3], f32_bytes(&[1.0, 2.0, i as f32])),
-                ("steps", Dtype::I64, vec![1], 5i64.to_le_bytes().to_vec()),
-            ]);
+            raw_tensor_file(
+                &c.join(format!("c{i}.safetensors")),
+                &[("w", Dtype::F32, vec![3], f32_bytes(&[1.0, 2.0, i as f32])), ("steps", Dtype::I64, vec![1], 5i64.to_le_bytes().to_vec())],
+            );
         }
         let (o, out) = train(&c, &["--select", "steps"]);
         assert_error(&o, &["steps", "not floating point"]);
@@ -174,7 +173,7 @@ fn missing_tensor_in_one_checkpoint() {
         let c = d.join("ckpt");
         good_checkpoints(&c, 2);
         let only_w = Layout::from_shapes(&[("fc.weight", vec![4, 6])]).unwrap();
-        only_w.save_safetensors(&vec![0.1; 24], &c.join("c002.safetensors")).unwrap();
+        only_w.save_safetensors(&[0.1; 24], &c.join("c002.safetensors")).unwrap();
         let (o, out) = train(&c, &[]);
         assert_error(&o, &["c002.safetensors", "fc.bias", "missing"]);
         assert_nothing_written(&out);
@@ -596,7 +595,14 @@ fn foreign_directory_at_out_is_refused_by_every_command() {
         for (cmd, args) in writing_commands(out.to_str().unwrap(), b.to_str().unwrap(), d.join("ckpt").to_str().unwrap()) {
             let before = snapshot(d);
             let o = pdiff_owned(&args);
-            assert_error(&o, &["home", "already exists and holds files libpdiff did not write (notes.txt, photos)", "choose another --out, or pass --force to write beside them"]);
+            assert_error(
+                &o,
+                &[
+                    "home",
+                    "already exists and holds files libpdiff did not write (notes.txt, photos)",
+                    "choose another --out, or pass --force to write beside them",
+                ],
+            );
             assert_eq!(snapshot(d), before, "{cmd} changed something");
         }
     });

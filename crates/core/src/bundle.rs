@@ -132,8 +132,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, &[u8])>, if_foreign: IfForeign) -> Result<Manifest> {
     manifest.files.clear();
     manifest.sha256.clear();
-    manifest.format_version =
-        if files.iter().any(|(role, _, _)| graph_of_data_role(role).is_some()) { FORMAT_VERSION_EXTERNAL_DATA } else { FORMAT_VERSION };
+    manifest.format_version = if files.iter().any(|(role, _, _)| graph_of_data_role(role).is_some()) { FORMAT_VERSION_EXTERNAL_DATA } else { FORMAT_VERSION };
     crate::fsutil::write_output_dir(dir, OutputKind::Bundle, if_foreign, |staging| {
         for (role, name, bytes) in &files {
             crate::fsutil::write_atomic(&staging.join(name), bytes)?;
@@ -217,18 +216,14 @@ impl Bundle {
 
     /// The verified bytes of `role` (one of the roles given to [`Bundle::read`]).
     pub fn file(&self, role: &str) -> Result<&[u8]> {
-        self.files
-            .get(role)
-            .map(Vec::as_slice)
-            .ok_or_else(|| Error::bundle(&self.dir, format!("{role} was not read from the bundle")))
+        self.files.get(role).map(Vec::as_slice).ok_or_else(|| Error::bundle(&self.dir, format!("{role} was not read from the bundle")))
     }
 }
 
 /// Read one file of a bundle and check it against the manifest's sha256.
 fn read_verified(dir: &Path, m: &Manifest, role: &str, name: &str) -> Result<Vec<u8>> {
     let expected = m.sha256.get(name).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: no sha256 for {name}")))?;
-    let bytes = crate::fsutil::read_regular(&dir.join(name), MAX_GRAPH_BYTES)
-        .map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
+    let bytes = crate::fsutil::read_regular(&dir.join(name), MAX_GRAPH_BYTES).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
     let got = sha256_hex(&bytes);
     if &got != expected {
         return Err(Error::bundle(dir, format!("{name}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
@@ -292,10 +287,7 @@ fn read_graph_data(dir: &Path, m: &Manifest, role: &str, name: &str, graph: &[u8
         return Err(Error::bundle(dir, format!("{data}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
     }
     if let Some(r) = refs.iter().find(|r| r.end() > bytes.len() as u64) {
-        return Err(Error::bundle(
-            dir,
-            format!("{data}: {} bytes, but tensor '{}' of {name} needs bytes {}..{}", bytes.len(), r.tensor, r.offset, r.end()),
-        ));
+        return Err(Error::bundle(dir, format!("{data}: {} bytes, but tensor '{}' of {name} needs bytes {}..{}", bytes.len(), r.tensor, r.offset, r.end())));
     }
     Ok(Some(GraphData { name: data.clone(), bytes }))
 }
@@ -305,8 +297,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     if !dir.is_dir() {
         return Err(Error::bundle(dir, "not a directory"));
     }
-    let text = crate::fsutil::read_regular(&dir.join(MANIFEST), MAX_MANIFEST_BYTES)
-        .map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
+    let text = crate::fsutil::read_regular(&dir.join(MANIFEST), MAX_MANIFEST_BYTES).map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
     parse_manifest(dir, &text)
 }
 
@@ -328,8 +319,7 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest> {
 /// Parse and validate manifest JSON (no file access): version, fields, internal consistency.
 /// `dir` only names the bundle in errors.
 pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
-    let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| Error::bundle(dir, format!("{MANIFEST} is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| Error::bundle(dir, format!("{MANIFEST} is not valid JSON: {e}")))?;
     match value.get("format_version").and_then(|v| v.as_u64()) {
         Some(v) if v == FORMAT_VERSION as u64 || v == FORMAT_VERSION_EXTERNAL_DATA as u64 => {}
         Some(v) => {
@@ -377,7 +367,10 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
             if m.format_version != FORMAT_VERSION_EXTERNAL_DATA {
                 return Err(Error::bundle(
                     dir,
-                    format!("{MANIFEST}: files.{role} (external data) needs format_version {FORMAT_VERSION_EXTERNAL_DATA}, the manifest says {}", m.format_version),
+                    format!(
+                        "{MANIFEST}: files.{role} (external data) needs format_version {FORMAT_VERSION_EXTERNAL_DATA}, the manifest says {}",
+                        m.format_version
+                    ),
                 ));
             }
         }

@@ -371,9 +371,9 @@ fn written_by_us(path: &Path, depth: usize) -> bool {
     }
     let Some(marker) = read_marker(path) else { return false };
     let Ok(names) = entry_names(path) else { return false };
-    names.iter().all(|name| {
-        name == OUTPUT_MARKER || (name.to_str().is_some_and(|n| marker.files.iter().any(|f| f == n)) && written_by_us(&path.join(name), depth + 1))
-    })
+    names
+        .iter()
+        .all(|name| name == OUTPUT_MARKER || (name.to_str().is_some_and(|n| marker.files.iter().any(|f| f == n)) && written_by_us(&path.join(name), depth + 1)))
 }
 
 /// Decide how an output of `kind` goes to `dest`, or refuse.

@@ -13,14 +13,14 @@
 //! - [`external_data`]: which tensors of an ONNX graph keep their bytes in an external file
 //! - [`bundle`]: the exported directory (manifest, hashes, verified reads, atomic write)
 //! - [`runtime`]: serving a bundle with ONNX Runtime ([`runtime::Sampler`])
-pub mod error;
-pub mod fsutil;
-pub mod params;
-pub mod model;
-pub mod diffusion;
-pub mod training;
-pub mod external_data;
 pub mod bundle;
+pub mod diffusion;
+pub mod error;
+pub mod external_data;
+pub mod fsutil;
+pub mod model;
+pub mod params;
 pub mod runtime;
+pub mod training;
 
 pub use error::{Error, Result};

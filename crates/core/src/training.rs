@@ -11,7 +11,6 @@ use crate::model::Preset;
 use crate::model::{AutoencoderConfig, DenoiserConfig};
 use serde::{Deserialize, Serialize};
 
-
 /// Where training runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,7 +38,6 @@ impl std::str::FromStr for DeviceChoice {
         }
     }
 }
-
 
 /// Everything that decides a training run. `TrainConfig::new(preset)` gives the defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -386,4 +384,3 @@ pub fn available_memory_bytes() -> Option<u64> {
     let kb: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
-

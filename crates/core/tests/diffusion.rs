@@ -1,10 +1,12 @@
 //! The noise schedule (closed forms, validation) and the shared sampler loop: DDPM and DDIM
 //! against an f64 reference of the same trajectory, determinism per seed, cancel and errors.
 //! The denoiser here is a deterministic stand-in; no libtorch or ONNX Runtime is needed.
-use pdiff_test_support::*;
 use ndarray::{Array2, ArrayView2};
-use pdiff_core::diffusion::{count_outside_clip, ddim_timesteps, sample_latent_rows, sample_latents, ClipCount, CondInput, DenoiserBackend, SamplerKind, Schedule};
+use pdiff_core::diffusion::{
+    count_outside_clip, ddim_timesteps, sample_latent_rows, sample_latents, ClipCount, CondInput, DenoiserBackend, SamplerKind, Schedule,
+};
 use pdiff_core::Error;
+use pdiff_test_support::*;
 use std::cell::RefCell;
 
 #[test]
@@ -77,8 +79,7 @@ fn schedule_validate_rejects_bad_values() {
     assert_eq!(bad(&|s| s.beta_start = f64::NAN).0, "schedule.beta");
 
     // The sampler refuses a bad schedule before calling the backend.
-    let mut s = Schedule::default();
-    s.kind = "quadratic".into();
+    let s = Schedule { kind: "quadratic".into(), ..Default::default() };
     let calls = RefCell::new(Vec::new());
     let r = sample_latents(&Linear { d: 2, calls: &calls }, &s, SamplerKind::Ddpm, 1, 0, &mut |_, _| true);
     assert_eq!(invalid_err(r).0, "schedule.kind");
@@ -117,7 +118,11 @@ impl DenoiserBackend for Broken {
     }
 }
 
-fn run(kind: SamplerKind, n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<(Array2<f32>, Vec<i64>)>, Vec<(usize, usize)>) {
+/// What the denoiser was called with: (x, t) per call.
+type Calls = Vec<(Array2<f32>, Vec<i64>)>;
+
+/// The latents, the denoiser's calls and the progress reports of one sampling run.
+fn run(kind: SamplerKind, n: usize, d: usize, seed: u64) -> (Array2<f32>, Calls, Vec<(usize, usize)>) {
     let calls = RefCell::new(Vec::new());
     let mut steps = Vec::new();
     let out = sample_latents(&Linear { d, calls: &calls }, &Schedule::default(), kind, n, seed, &mut |done, total| {
@@ -143,7 +148,14 @@ fn row_streams(seed: u64, rows: std::ops::Range<usize>) -> Vec<rand_chacha::ChaC
 fn gaussian_f64(rngs: &mut [rand_chacha::ChaCha8Rng], d: usize) -> Vec<f64> {
     use rand_distr::Distribution;
     rngs.iter_mut()
-        .flat_map(|rng| (0..d).map(move |_| { let z: f32 = rand_distr::StandardNormal.sample(rng); z as f64 }).collect::<Vec<_>>())
+        .flat_map(|rng| {
+            (0..d)
+                .map(move |_| {
+                    let z: f32 = rand_distr::StandardNormal.sample(rng);
+                    z as f64
+                })
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 

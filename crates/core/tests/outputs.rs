@@ -77,7 +77,13 @@ fn missing_destination_is_created_with_a_marker() {
 fn previous_output_is_replaced_whole() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
-    write(&out, OutputKind::Samples, IfForeign::Refuse, &[("gen_0000.safetensors", "old0"), ("gen_0001.safetensors", "old1"), ("gen_0002.safetensors", "old2")]).unwrap();
+    write(
+        &out,
+        OutputKind::Samples,
+        IfForeign::Refuse,
+        &[("gen_0000.safetensors", "old0"), ("gen_0001.safetensors", "old1"), ("gen_0002.safetensors", "old2")],
+    )
+    .unwrap();
     let inode_before = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&out).unwrap());
     write(&out, OutputKind::Samples, IfForeign::Refuse, &[("gen_0000.safetensors", "new0"), ("gen_0001.safetensors", "new1")]).unwrap();
     let after = snapshot(&out);

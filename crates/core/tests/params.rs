@@ -1,16 +1,15 @@
 //! Parameter data: layout offsets and split, normalization round trips, safetensors I/O,
 //! dtype conversion, and every bad checkpoint input (missing or misshaped tensors, non-finite
 //! values, too few checkpoints, bad selections, corrupt files). No libtorch needed.
-use pdiff_test_support::*;
 use pdiff_core::params::{Layout, ParamSet, Selection};
 use pdiff_core::Error;
+use pdiff_test_support::*;
 use safetensors::Dtype;
 use std::path::PathBuf;
 
 #[test]
 fn layout_offsets_and_split_are_bit_exact() {
-    let l = Layout::from_shapes(&[("conv.weight", vec![3, 2, 2]), ("conv.bias", vec![3]), ("fc.weight", vec![2, 5]), ("fc.bias", vec![2])])
-        .unwrap();
+    let l = Layout::from_shapes(&[("conv.weight", vec![3, 2, 2]), ("conv.bias", vec![3]), ("fc.weight", vec![2, 5]), ("fc.bias", vec![2])]).unwrap();
     assert_eq!(l.param_count(), 12 + 3 + 10 + 2);
     let offsets: Vec<usize> = l.tensors.iter().map(|t| t.offset).collect();
     assert_eq!(offsets, vec![0, 12, 15, 25]);
@@ -348,12 +347,20 @@ fn corrupt_and_unreadable_files() {
 
     // Not a safetensors file: text, pseudo-random bytes, an 8-byte header length with garbage
     // JSON, and an empty file. First position too, so the layout cannot be taken from it.
-    let mut junk: Vec<(String, Vec<u8>)> = vec![
-        ("text".into(), b"this is not a safetensors file at all, just some text".to_vec()),
-        ("empty".into(), Vec::new()),
-    ];
+    let mut junk: Vec<(String, Vec<u8>)> =
+        vec![("text".into(), b"this is not a safetensors file at all, just some text".to_vec()), ("empty".into(), Vec::new())];
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    junk.push(("random".into(), (0..4096).map(|_| { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state as u8 }).collect()));
+    junk.push((
+        "random".into(),
+        (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect(),
+    ));
     let mut hdr = 12u64.to_le_bytes().to_vec();
     hdr.extend_from_slice(b"{not json!!}");
     junk.push(("header".into(), hdr));
@@ -441,12 +448,8 @@ fn checkpoint_variance_is_the_error_of_the_mean() {
     // Two tensors of very different scales: the spread is measured per coordinate after each
     // tensor's standardization, so both count alike.
     let l = Layout::from_shapes(&[("big", vec![3]), ("small", vec![2])]).unwrap();
-    let rows: [[f32; 5]; 4] = [
-        [100.0, 200.0, -50.0, 0.001, 0.002],
-        [101.0, 198.0, -51.0, 0.003, 0.002],
-        [99.0, 203.0, -49.0, 0.001, 0.001],
-        [102.0, 199.0, -52.0, 0.002, 0.004],
-    ];
+    let rows: [[f32; 5]; 4] =
+        [[100.0, 200.0, -50.0, 0.001, 0.002], [101.0, 198.0, -51.0, 0.003, 0.002], [99.0, 203.0, -49.0, 0.001, 0.001], [102.0, 199.0, -52.0, 0.002, 0.004]];
     let data: Vec<f32> = rows.iter().flatten().copied().collect();
     let set = ParamSet::from_rows(l, data, (0..4).map(|i| format!("memory[{i}]")).collect()).unwrap();
     // Independently: normalize, then the MSE of predicting every row by the mean row.

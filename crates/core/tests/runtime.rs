@@ -237,7 +237,8 @@ fn sample_into_tensors_equals_sample_to_dir() {
 
     // Refusals name the tensor (or the index), before any sampling.
     let mut short = vec![0f32; n * layout.tensors[head].numel() - 1];
-    let (field, msg) = pdiff_test_support::invalid_err(s.sample_into_tensors(n, 7, kind, None, &mut [TensorSink { tensor: head, out: &mut short }], &mut |_, _| true));
+    let (field, msg) =
+        pdiff_test_support::invalid_err(s.sample_into_tensors(n, 7, kind, None, &mut [TensorSink { tensor: head, out: &mut short }], &mut |_, _| true));
     assert_eq!(field, "buffers");
     assert!(msg.contains("'head.w'") && msg.contains(&format!("{} floats given", short.len())) && msg.contains("5 x 18 = 90"), "{msg}");
     let (mut a, mut b) = (vec![0f32; n * 18], vec![0f32; n * 18]);

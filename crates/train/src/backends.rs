@@ -1,12 +1,12 @@
 //! The tch backends of pdiff-core's sampler loop: a trained generator's denoiser and decoder
 //! run by libtorch, converting and de-normalizing exactly as the exported graphs do.
 use crate::generator::Generator;
+use crate::nets::ConditionBatch;
 use crate::torch::{array_to_tensor, tensor_to_array, torch_boundary};
 use ndarray::{Array2, ArrayView2};
 use pdiff_core::diffusion::{check_condition_input, CondInput, DecoderBackend, DenoiserBackend};
 use pdiff_core::error::{Error, Result};
 use pdiff_core::training::DiffusionTarget;
-use crate::nets::ConditionBatch;
 use tch::Tensor;
 
 /// The denoiser run by libtorch.
@@ -40,7 +40,8 @@ impl DenoiserBackend for TchDenoiser<'_> {
                 // exported graph uses.
                 DiffusionTarget::V => {
                     let tab = self.g.config.schedule.tables();
-                    let (a, b): (Vec<f32>, Vec<f32>) = t.iter().map(|&ti| (tab.alpha_bars[ti as usize].sqrt() as f32, (1.0 - tab.alpha_bars[ti as usize]).sqrt() as f32)).unzip();
+                    let (a, b): (Vec<f32>, Vec<f32>) =
+                        t.iter().map(|&ti| (tab.alpha_bars[ti as usize].sqrt() as f32, (1.0 - tab.alpha_bars[ti as usize]).sqrt() as f32)).unzip();
                     let a = Tensor::from_slice(&a).to_device(device).unsqueeze(1);
                     let b = Tensor::from_slice(&b).to_device(device).unsqueeze(1);
                     out * a + &xt * b

@@ -58,7 +58,8 @@ impl Generator {
             ("autoencoder_weights".to_string(), bundle::AE_WEIGHTS.to_string(), varstore_to_safetensors(&self.ae_vs)?),
             ("denoiser_weights".to_string(), bundle::DENOISER_WEIGHTS.to_string(), varstore_to_safetensors(&self.den_vs)?),
         ];
-        let graphs: [(&str, &str, fn(&Generator) -> Result<crate::onnx::proto::ModelProto>); 3] = [
+        type Export = fn(&Generator) -> Result<crate::onnx::proto::ModelProto>;
+        let graphs: [(&str, &str, Export); 3] = [
             ("decoder", bundle::DECODER_ONNX, crate::onnx::export_decoder),
             ("denoiser", bundle::DENOISER_ONNX, crate::onnx::export_denoiser),
             ("sampler", bundle::SAMPLER_ONNX, crate::onnx::export_sampler),

@@ -140,17 +140,12 @@ impl Generator {
         let sqrt_ab = Tensor::from_slice(&sqrt_ab).to_device(device);
         let sqrt_1mab = Tensor::from_slice(&sqrt_1mab).to_device(device);
         let mut opt = nn::AdamW { wd: config.weight_decay, ..Default::default() }.build(&g.den_vs, config.diffusion_lr).torch()?;
-        let mut ema: Option<Vec<(Tensor, Tensor)>> = config.ema.map(|_| {
-            g.den_vs.trainable_variables().into_iter().map(|v| (v.detach().copy(), v)).collect()
-        });
+        let mut ema: Option<Vec<(Tensor, Tensor)>> = config.ema.map(|_| g.den_vs.trainable_variables().into_iter().map(|v| (v.detach().copy(), v)).collect());
         let timesteps = config.schedule.timesteps as i64;
         // Conditional generators: every checkpoint's condition; each step drops a row's
         // condition with probability `condition_dropout` (the same network then also learns the
         // unconditional model that classifier-free guidance needs).
-        let conditions = match &set.conditions {
-            Some(c) => Some(Tensor::from_slice(&c.values).view([k, c.spec.dim as i64]).to_device(device)),
-            None => None,
-        };
+        let conditions = set.conditions.as_ref().map(|c| Tensor::from_slice(&c.values).view([k, c.spec.dim as i64]).to_device(device));
         for step in 0..config.diffusion_steps {
             opt.set_lr(cosine_lr(config.diffusion_lr, step, config.diffusion_steps));
             let idx = Tensor::randint(k, [batch], (Kind::Int64, device));

@@ -104,7 +104,6 @@ impl Generator {
         })
     }
 
-
     pub fn latent_dim(&self) -> usize {
         self.ae_config.latent_dim as usize
     }
@@ -112,7 +111,7 @@ impl Generator {
     /// Encode K parameter vectors (host units, row-major) to standardized latents.
     pub fn encode(&self, rows: &[f32]) -> Result<Array2<f32>> {
         let d = self.layout.param_count();
-        if rows.len() % d != 0 || rows.is_empty() {
+        if !rows.len().is_multiple_of(d) || rows.is_empty() {
             return Err(Error::invalid("parameters", format!("{} values is not a multiple of D = {d}", rows.len())));
         }
         let n = rows.len() / d;

@@ -63,11 +63,7 @@ pub fn torch_boundary<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(payload) => {
-            let text = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
+            let text = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
             match torch_message(text) {
                 Some(message) => Err(Error::Torch(format!("{what}: {message}"))),
                 None => std::panic::resume_unwind(payload),

@@ -106,7 +106,15 @@ fn principal_components_follow_k_and_hold_the_trajectory() {
     let off = (gram - tch::Tensor::eye(6, (tch::Kind::Float, tch::Device::Cpu))).abs().max().double_value(&[]);
     assert!(off < 1e-4, "basis rows not orthonormal: {off:.2e}");
     // Samples stay in the training latents' range: the decoder clips almost nothing.
-    let z = pdiff_core::diffusion::sample_latents(&g.tch_denoiser(), &g.config.schedule, pdiff_core::diffusion::SamplerKind::Ddim { steps: 20 }, 64, 5, &mut |_, _| true).unwrap();
+    let z = pdiff_core::diffusion::sample_latents(
+        &g.tch_denoiser(),
+        &g.config.schedule,
+        pdiff_core::diffusion::SamplerKind::Ddim { steps: 20 },
+        64,
+        5,
+        &mut |_, _| true,
+    )
+    .unwrap();
     let outside = pdiff_core::diffusion::count_outside_clip(z.view(), &g.latent_clip).unwrap();
     assert!(outside.values * 20 < z.len(), "{} of {} sampled values outside the clip bounds", outside.values, z.len());
 }

@@ -29,7 +29,6 @@ fn two_task_set() -> (ParamSet, Vec<f32>, Vec<f32>) {
     (set.with_conditions(Conditions::new(spec, cond).unwrap()).unwrap(), a, b)
 }
 
-
 #[test]
 fn a_conditional_generator_generates_each_condition() {
     common::single_threaded_torch();

@@ -22,7 +22,6 @@ fn require_cuda() {
     );
 }
 
-
 /// Tolerance between the same generator sampled on CUDA and on the CPU, relative to the largest
 /// parameter. Both runs share the weights (exported from the CUDA generator, f32 exact), the
 /// noise (ChaCha8 on the host, same seed) and the sampler loop (host arithmetic): only the
@@ -168,7 +167,13 @@ fn route_noise_through_det(path: &std::path::Path) {
     for o in producer.output.iter_mut().filter(|o| **o == out) {
         *o = "eps_before_det".into();
     }
-    g.initializer.push(TensorProto { name: Some("det_shape".into()), dims: vec![3], data_type: Some(DataType::Int64 as i32), int64_data: vec![-1, 1, 1], ..Default::default() });
+    g.initializer.push(TensorProto {
+        name: Some("det_shape".into()),
+        dims: vec![3],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: vec![-1, 1, 1],
+        ..Default::default()
+    });
     let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
         op_type: Some(op.into()),
         input: inputs.iter().map(|s| s.to_string()).collect(),

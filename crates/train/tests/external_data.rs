@@ -4,13 +4,13 @@
 //! every way a data file or a reference to it can be wrong is refused, naming the file.
 mod common;
 use common::torch_lock;
-use pdiff_test_support::{bits, fixture};
 use pdiff_core::bundle::{self, ExportOptions};
 use pdiff_core::diffusion::SamplerKind;
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
 use pdiff_core::training::DeviceChoice;
-use pdiff_train::Generator;
 use pdiff_core::Error;
+use pdiff_test_support::{bits, fixture};
+use pdiff_train::Generator;
 use std::path::{Path, PathBuf};
 
 fn cpu(whole_loop: Option<bool>) -> RuntimeOptions {
@@ -118,12 +118,17 @@ fn bad_external_data_is_refused_with_the_file_named() {
     let data = "decoder.onnx.data";
 
     // Tampered: one byte changed.
-    let b = copy_with(&good, &tmp.path().join("tampered"), |d, _| {
-        let mut bytes = std::fs::read(d.join(data)).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        std::fs::write(d.join(data), bytes).unwrap();
-    }, &[]);
+    let b = copy_with(
+        &good,
+        &tmp.path().join("tampered"),
+        |d, _| {
+            let mut bytes = std::fs::read(d.join(data)).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            std::fs::write(d.join(data), bytes).unwrap();
+        },
+        &[],
+    );
     for e in [bundle_err(open(&b)), bundle_err(bundle::load_manifest(&b))] {
         assert!(e.contains(data) && e.contains("sha256 mismatch"), "{e}");
     }
@@ -132,24 +137,39 @@ fn bad_external_data_is_refused_with_the_file_named() {
     let e = bundle_err(open(&b));
     assert!(e.contains(data) && e.contains("No such file"), "{e}");
     // Shorter than the graph needs (hash recomputed: a consistent but wrong bundle).
-    let b = copy_with(&good, &tmp.path().join("short"), |d, _| {
-        let bytes = std::fs::read(d.join(data)).unwrap();
-        std::fs::write(d.join(data), &bytes[..bytes.len() - 4]).unwrap();
-    }, &[data]);
+    let b = copy_with(
+        &good,
+        &tmp.path().join("short"),
+        |d, _| {
+            let bytes = std::fs::read(d.join(data)).unwrap();
+            std::fs::write(d.join(data), &bytes[..bytes.len() - 4]).unwrap();
+        },
+        &[data],
+    );
     let e = bundle_err(open(&b));
     assert!(e.contains(data) && e.contains("needs bytes") && e.contains("tensor '"), "{e}");
     // Longer than the graph references: refused before it is read.
-    let b = copy_with(&good, &tmp.path().join("long"), |d, _| {
-        let mut bytes = std::fs::read(d.join(data)).unwrap();
-        bytes.extend_from_slice(&[0; 16]);
-        std::fs::write(d.join(data), bytes).unwrap();
-    }, &[data]);
+    let b = copy_with(
+        &good,
+        &tmp.path().join("long"),
+        |d, _| {
+            let mut bytes = std::fs::read(d.join(data)).unwrap();
+            bytes.extend_from_slice(&[0; 16]);
+            std::fs::write(d.join(data), bytes).unwrap();
+        },
+        &[data],
+    );
     let e = bundle_err(open(&b));
     assert!(e.contains(data) && e.contains("more than") && e.contains("decoder.onnx references"), "{e}");
     // The manifest does not list the data file.
-    let b = copy_with(&good, &tmp.path().join("unlisted"), |_, m| {
-        m["files"].as_object_mut().unwrap().remove("decoder_data");
-    }, &[]);
+    let b = copy_with(
+        &good,
+        &tmp.path().join("unlisted"),
+        |_, m| {
+            m["files"].as_object_mut().unwrap().remove("decoder_data");
+        },
+        &[],
+    );
     let e = bundle_err(open(&b));
     assert!(e.contains("decoder.onnx") && e.contains("files.decoder_data") && e.contains(data), "{e}");
     // External data in a bundle that says format_version 1 (which older readers would load).
@@ -159,20 +179,30 @@ fn bad_external_data_is_refused_with_the_file_named() {
     // A graph whose initializer points outside the bundle (or at another file of it), hashes
     // recomputed: refused before ONNX Runtime sees the graph.
     for (name, location) in [("escape", "../outside.data"), ("absolute", "/etc/passwd"), ("other", "denoiser.onnx.data")] {
-        let b = copy_with(&good, &tmp.path().join(name), |d, _| {
-            let path = d.join("decoder.onnx");
-            let mut model = pdiff_train::onnx::proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
-            let t = model.graph.as_mut().unwrap().initializer.iter_mut().find(|t| !t.external_data.is_empty()).unwrap();
-            t.external_data.iter_mut().find(|e| e.key.as_deref() == Some("location")).unwrap().value = Some(location.into());
-            std::fs::write(&path, model.encode_to_vec()).unwrap();
-        }, &["decoder.onnx"]);
+        let b = copy_with(
+            &good,
+            &tmp.path().join(name),
+            |d, _| {
+                let path = d.join("decoder.onnx");
+                let mut model = pdiff_train::onnx::proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+                let t = model.graph.as_mut().unwrap().initializer.iter_mut().find(|t| !t.external_data.is_empty()).unwrap();
+                t.external_data.iter_mut().find(|e| e.key.as_deref() == Some("location")).unwrap().value = Some(location.into());
+                std::fs::write(&path, model.encode_to_vec()).unwrap();
+            },
+            &["decoder.onnx"],
+        );
         let e = bundle_err(open(&b));
         assert!(e.contains("decoder.onnx") && e.contains(&format!("'{location}'")) && e.contains("not decoder's data file"), "{e}");
     }
     // A graph that lost its external data (inline again) while the manifest still lists it.
-    let b = copy_with(&good, &tmp.path().join("stale"), |d, _| {
-        std::fs::copy(export(tmp.path(), bundle::PROTOBUF_LIMIT).join("decoder.onnx"), d.join("decoder.onnx")).unwrap();
-    }, &["decoder.onnx"]);
+    let b = copy_with(
+        &good,
+        &tmp.path().join("stale"),
+        |d, _| {
+            std::fs::copy(export(tmp.path(), bundle::PROTOBUF_LIMIT).join("decoder.onnx"), d.join("decoder.onnx")).unwrap();
+        },
+        &["decoder.onnx"],
+    );
     let e = bundle_err(open(&b));
     assert!(e.contains("files.decoder_data") && e.contains("references none"), "{e}");
     // A graph with external data given to the bare graph loader (the fuzzer's path): refused.

@@ -131,7 +131,12 @@ fn regenerate_fixture_bundle() {
 /// A copy of the fixture whose file `file` was changed by `edit` (ONNX protobuf) and whose
 /// manifest was changed by `edit_manifest`, with the hashes recomputed: a bundle another tool
 /// could have written, consistent in itself but not what this library writes.
-fn foreign_bundle(dir: &Path, file: &str, edit: impl FnOnce(&mut pdiff_train::onnx::proto::ModelProto), edit_manifest: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+fn foreign_bundle(
+    dir: &Path,
+    file: &str,
+    edit: impl FnOnce(&mut pdiff_train::onnx::proto::ModelProto),
+    edit_manifest: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
     use prost::Message;
     let b = copy_fixture(&dir.join("bundle"));
     let path = b.join(file);
@@ -242,10 +247,7 @@ fn foreign_graphs_are_refused_with_names() {
     // sampler.onnx is checked too when it is used.
     let b = foreign_bundle(&next(), "sampler.onnx", |m| rename_output(m, "params", "weights"), |_| {});
     Sampler::open(&b, &cpu()).expect("auto on the CPU does not use sampler.onnx");
-    check(
-        Sampler::open(&b, &RuntimeOptions { whole_loop: Some(true), ..cpu() }).err().unwrap(),
-        &["sampler.onnx", "output 'params' is missing", "'weights'"],
-    );
+    check(Sampler::open(&b, &RuntimeOptions { whole_loop: Some(true), ..cpu() }).err().unwrap(), &["sampler.onnx", "output 'params' is missing", "'weights'"]);
 }
 
 /// decoder.onnx and denoiser.onnx hold no node whose output ONNX Runtime keeps in host memory

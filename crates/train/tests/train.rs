@@ -9,7 +9,6 @@ use pdiff_core::Error;
 use pdiff_test_support::*;
 use pdiff_train::{resolve_device, Generator};
 
-
 #[test]
 fn end_to_end_train_and_sample() {
     let set = trajectory_set();
@@ -17,8 +16,7 @@ fn end_to_end_train_and_sample() {
     let (g, reports) = train(&set, &small_config(0));
 
     // Progress: 30 autoencoder steps then 30 diffusion steps, in order.
-    let want: Vec<(Stage, usize, usize)> =
-        (1..=30).map(|s| (Stage::Autoencoder, s, 30)).chain((1..=30).map(|s| (Stage::Diffusion, s, 30))).collect();
+    let want: Vec<(Stage, usize, usize)> = (1..=30).map(|s| (Stage::Autoencoder, s, 30)).chain((1..=30).map(|s| (Stage::Diffusion, s, 30))).collect();
     assert_eq!(reports, want);
     assert_eq!(g.history.ae_loss.len(), 30);
     assert_eq!(g.history.diffusion_loss.len(), 30);
@@ -260,10 +258,13 @@ fn libtorch_errors_are_errors_not_panics() {
 fn concurrent_trainings_are_each_reproducible() {
     let set = trajectory_set();
     single_threaded_torch();
-    let alone: Vec<Vec<f32>> = [5u64, 6].iter().map(|&seed| {
-        let g = Generator::train(&set, &small_config(seed), &mut |_| true).unwrap();
-        g.history.ae_loss.clone()
-    }).collect();
+    let alone: Vec<Vec<f32>> = [5u64, 6]
+        .iter()
+        .map(|&seed| {
+            let g = Generator::train(&set, &small_config(seed), &mut |_| true).unwrap();
+            g.history.ae_loss.clone()
+        })
+        .collect();
     let handles: Vec<_> = [5u64, 6, 5, 6]
         .into_iter()
         .map(|seed| {

@@ -6,9 +6,9 @@
 //! conv3 3x3 24->24, bn3, ReLU, maxpool 2 -> fc 216->10.
 use super::mnist::Mnist;
 use super::Task;
-use pdiff_train::TorchResult;
 use pdiff_core::error::{Error, Result};
 use pdiff_core::params::{Layout, Selection};
+use pdiff_train::TorchResult;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -120,10 +120,7 @@ impl Task for CnnBn {
     }
 
     fn layout(&self) -> Layout {
-        let entries: Vec<(&str, Vec<usize>)> = SUBSET
-            .iter()
-            .map(|n| (*n, vec![if n.starts_with("bn2") { C2 as usize } else { C3 as usize }]))
-            .collect();
+        let entries: Vec<(&str, Vec<usize>)> = SUBSET.iter().map(|n| (*n, vec![if n.starts_with("bn2") { C2 as usize } else { C3 as usize }])).collect();
         Layout::from_shapes(&entries).expect("static layout")
     }
 
@@ -178,8 +175,7 @@ impl Task for CnnBn {
     }
 
     fn load_base(&self, checkpoint: &Path) -> Result<()> {
-        let tensors = Tensor::read_safetensors(checkpoint)
-            .map_err(|e| Error::Checkpoint { file: checkpoint.to_path_buf(), message: e.to_string() })?;
+        let tensors = Tensor::read_safetensors(checkpoint).map_err(|e| Error::Checkpoint { file: checkpoint.to_path_buf(), message: e.to_string() })?;
         self.set_base(tensors.into_iter().collect())
     }
 
@@ -203,11 +199,15 @@ impl Task for CnnBn {
             let h = bn_eval(&h, &get("bn3.weight")?, &get("bn3.bias")?, b("bn3.running_mean"), b("bn3.running_var")).relu().max_pool2d_default(2);
             Ok(h.flatten(1, -1).linear(b("fc.weight"), Some(b("fc.bias"))).argmax(1, false))
         })?;
-        Ok(Vec::<i64>::try_from(&pred).torch()?)
+        Vec::<i64>::try_from(&pred).torch()
     }
 
     fn labels(&self, train: bool) -> &[i64] {
-        if train { &self.data.train.labels_vec } else { &self.data.test.labels_vec }
+        if train {
+            &self.data.train.labels_vec
+        } else {
+            &self.data.test.labels_vec
+        }
     }
 }
 

@@ -4,30 +4,18 @@
 //! reference task of the `chunked` preset.
 use super::mnist::Mnist;
 use super::Task;
-use pdiff_train::TorchResult;
 use pdiff_core::error::{Error, Result};
 use pdiff_core::params::{Layout, Selection};
+use pdiff_train::TorchResult;
 use std::path::{Path, PathBuf};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-pub const TENSORS: [(&str, &[usize]); 6] = [
-    ("fc1.weight", &[16, 784]),
-    ("fc1.bias", &[16]),
-    ("fc2.weight", &[16, 16]),
-    ("fc2.bias", &[16]),
-    ("fc3.weight", &[10, 16]),
-    ("fc3.bias", &[10]),
-];
+pub const TENSORS: [(&str, &[usize]); 6] =
+    [("fc1.weight", &[16, 784]), ("fc1.bias", &[16]), ("fc2.weight", &[16, 16]), ("fc2.bias", &[16]), ("fc3.weight", &[10, 16]), ("fc3.bias", &[10])];
 
 /// mnist-mlp-wide's tensors (936,330 parameters).
-pub const WIDE_TENSORS: [(&str, &[usize]); 6] = [
-    ("fc1.weight", &[1024, 784]),
-    ("fc1.bias", &[1024]),
-    ("fc2.weight", &[128, 1024]),
-    ("fc2.bias", &[128]),
-    ("fc3.weight", &[10, 128]),
-    ("fc3.bias", &[10]),
-];
+pub const WIDE_TENSORS: [(&str, &[usize]); 6] =
+    [("fc1.weight", &[1024, 784]), ("fc1.bias", &[1024]), ("fc2.weight", &[128, 1024]), ("fc2.bias", &[128]), ("fc3.weight", &[10, 128]), ("fc3.bias", &[10])];
 
 /// Collection hyper-parameters (train from scratch, then the constant-LR trajectory).
 pub const PRETRAIN_STEPS: usize = 3000;
@@ -145,10 +133,7 @@ impl Task for Mlp3 {
             opt.backward_step(&loss);
             if step >= PRETRAIN_STEPS {
                 let i = step - PRETRAIN_STEPS;
-                let flat: Vec<f32> = ws
-                    .iter()
-                    .flat_map(|w| Vec::<f32>::try_from(&w.detach().contiguous().view([-1])).unwrap_or_default())
-                    .collect();
+                let flat: Vec<f32> = ws.iter().flat_map(|w| Vec::<f32>::try_from(&w.detach().contiguous().view([-1])).unwrap_or_default()).collect();
                 let path = out_dir.join(format!("ckpt_{i:04}.safetensors"));
                 layout.save_safetensors(&flat, &path)?;
                 files.push(path);
@@ -164,10 +149,14 @@ impl Task for Mlp3 {
         let ws = self.tensors_from_flat(layout, flat)?;
         let split = if train { &self.data.train } else { &self.data.test };
         let pred = tch::no_grad(|| Self::forward(&ws, &split.images).argmax(1, false));
-        Ok(Vec::<i64>::try_from(&pred).torch()?)
+        Vec::<i64>::try_from(&pred).torch()
     }
 
     fn labels(&self, train: bool) -> &[i64] {
-        if train { &self.data.train.labels_vec } else { &self.data.test.labels_vec }
+        if train {
+            &self.data.train.labels_vec
+        } else {
+            &self.data.test.labels_vec
+        }
     }
 }

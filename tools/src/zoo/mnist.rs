@@ -55,9 +55,7 @@ impl Mnist {
     pub fn load(dir: Option<&Path>) -> Result<Self> {
         let dir = match dir {
             Some(d) => d.to_path_buf(),
-            None => default_dir().ok_or_else(|| {
-                Error::invalid("mnist", "data not found: run scripts/setup.sh or set PDIFF_MNIST_DIR / --data")
-            })?,
+            None => default_dir().ok_or_else(|| Error::invalid("mnist", "data not found: run scripts/setup.sh or set PDIFF_MNIST_DIR / --data"))?,
         };
         if dir.join("train-images-idx3-ubyte").exists() {
             return Self::load_idx(&dir);
@@ -66,8 +64,7 @@ impl Mnist {
         for digit in 0..10i64 {
             let path = dir.join(format!("{digit}.json"));
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Checkpoint { file: path.clone(), message: format!("not JSON: {e}") })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint { file: path.clone(), message: format!("not JSON: {e}") })?;
             let data = v["data"].as_array().ok_or_else(|| Error::Checkpoint { file: path.clone(), message: "no \"data\" array".into() })?;
             if data.len() % PIXELS != 0 {
                 return Err(Error::Checkpoint { file: path, message: format!("{} values is not a multiple of 784", data.len()) });

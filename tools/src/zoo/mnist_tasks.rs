@@ -11,22 +11,16 @@
 //! enter the shared initialization, the generator or any choice of hyper-parameters.
 use super::mlp3::{linear_vars, mlp_body, mlp_forward, mlp_tensors_from_flat};
 use super::mnist::Mnist;
-use pdiff_train::TorchResult;
 use pdiff_core::error::{Error, Result};
 use pdiff_core::params::Layout;
+use pdiff_train::TorchResult;
 use std::path::Path;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 pub const NAME: &str = "mnist-tasks";
 
-pub const TENSORS: [(&str, &[usize]); 6] = [
-    ("fc1.weight", &[16, 784]),
-    ("fc1.bias", &[16]),
-    ("fc2.weight", &[16, 16]),
-    ("fc2.bias", &[16]),
-    ("fc3.weight", &[2, 16]),
-    ("fc3.bias", &[2]),
-];
+pub const TENSORS: [(&str, &[usize]); 6] =
+    [("fc1.weight", &[16, 784]), ("fc1.bias", &[16]), ("fc2.weight", &[16, 16]), ("fc2.bias", &[16]), ("fc3.weight", &[2, 16]), ("fc3.bias", &[2])];
 
 /// Digits per task and the number of tasks (10 choose 5).
 pub const DIGITS_PER_TASK: usize = 5;
@@ -209,7 +203,7 @@ impl MnistTasks {
             let idx = Tensor::randint(n, [BATCH], (Kind::Int64, Device::Cpu));
             let loss = Self::forward(&ws, &train.images.index_select(0, &idx)).cross_entropy_for_logits(&labels.index_select(0, &idx));
             opt.backward_step(&loss);
-            if step >= steps && (step + 1 - steps) % every == 0 {
+            if step >= steps && (step + 1 - steps).is_multiple_of(every) {
                 out.push(flatten(&ws.iter().collect::<Vec<_>>()));
             }
         }
@@ -221,7 +215,7 @@ impl MnistTasks {
         let split = if train { &self.data.train } else { &self.data.test };
         let labels = self.labels(task, train);
         let d = layout.param_count();
-        if d == 0 || rows.len() % d != 0 {
+        if d == 0 || !rows.len().is_multiple_of(d) {
             return Err(Error::invalid("parameters", format!("{} values is not a multiple of the layout's {d}", rows.len())));
         }
         rows.chunks_exact(d)

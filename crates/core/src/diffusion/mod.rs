@@ -49,18 +49,14 @@ impl Schedule {
             return Err(Error::invalid("schedule.timesteps", format!("{} (must be 2 ..= {MAX_TIMESTEPS})", self.timesteps)));
         }
         if !(self.beta_start > 0.0 && self.beta_start < self.beta_end && self.beta_end < 1.0) {
-            return Err(Error::invalid(
-                "schedule.beta",
-                format!("need 0 < beta_start < beta_end < 1, got {} .. {}", self.beta_start, self.beta_end),
-            ));
+            return Err(Error::invalid("schedule.beta", format!("need 0 < beta_start < beta_end < 1, got {} .. {}", self.beta_start, self.beta_end)));
         }
         Ok(())
     }
 
     pub fn tables(&self) -> ScheduleTables {
         let t = self.timesteps;
-        let betas: Vec<f64> =
-            (0..t).map(|i| self.beta_start + (self.beta_end - self.beta_start) * i as f64 / (t - 1) as f64).collect();
+        let betas: Vec<f64> = (0..t).map(|i| self.beta_start + (self.beta_end - self.beta_start) * i as f64 / (t - 1) as f64).collect();
         let alphas: Vec<f64> = betas.iter().map(|b| 1.0 - b).collect();
         let mut alpha_bars = Vec::with_capacity(t);
         let mut acc = 1.0;
@@ -68,9 +64,7 @@ impl Schedule {
             acc *= a;
             alpha_bars.push(acc);
         }
-        let posterior_variance = (0..t)
-            .map(|i| if i == 0 { 0.0 } else { betas[i] * (1.0 - alpha_bars[i - 1]) / (1.0 - alpha_bars[i]) })
-            .collect();
+        let posterior_variance = (0..t).map(|i| if i == 0 { 0.0 } else { betas[i] * (1.0 - alpha_bars[i - 1]) / (1.0 - alpha_bars[i]) }).collect();
         ScheduleTables { betas, alphas, alpha_bars, posterior_variance }
     }
 }
@@ -387,11 +381,7 @@ pub fn sample_param_rows(
     let z = sample_latent_rows(denoiser, schedule, kind, cond, seed, rows, on_step)?;
     let params = decoder.decode(z.view())?;
     if params.dim() != (n, decoder.param_count()) {
-        return Err(Error::Runtime(format!(
-            "decoder returned shape {:?}, expected [{n}, {}]",
-            params.dim(),
-            decoder.param_count()
-        )));
+        return Err(Error::Runtime(format!("decoder returned shape {:?}, expected [{n}, {}]", params.dim(), decoder.param_count())));
     }
     Ok(params)
 }
@@ -416,7 +406,7 @@ pub fn count_outside_clip(latents: ArrayView2<'_, f32>, clip: &[f32]) -> Result<
     }
     let mut count = ClipCount::default();
     for row in latents.rows() {
-        let outside = row.iter().zip(clip).filter(|(v, c)| !(v.abs() <= **c)).count();
+        let outside = row.iter().zip(clip).filter(|(v, c)| v.is_nan() || v.abs() > **c).count();
         count.values += outside;
         count.rows += usize::from(outside > 0);
     }

@@ -121,13 +121,23 @@ impl AutoencoderConfig {
 }
 
 fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl ChunkedSpec {
     /// Every size at least 1; the error names the field.
     pub fn validate(&self) -> crate::Result<()> {
-        for (field, v) in [("chunk", self.chunk), ("hidden", self.hidden), ("token_dim", self.token_dim), ("tokens_per_step", self.tokens_per_step), ("components", self.components)] {
+        for (field, v) in [
+            ("chunk", self.chunk),
+            ("hidden", self.hidden),
+            ("token_dim", self.token_dim),
+            ("tokens_per_step", self.tokens_per_step),
+            ("components", self.components),
+        ] {
             if v < 1 {
                 return Err(crate::Error::invalid(format!("autoencoder.chunked.{field}"), format!("{v} (must be >= 1)")));
             }
@@ -140,7 +150,7 @@ impl ChunkedSpec {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DenoiserConfig {
     /// Reference denoiser: 1-D CNN over the latent as a 1-channel sequence, kernel k, GroupNorm
-    /// + ELU, additive skips from the first convs to their mirrors, time embedding added
+    /// and ELU, additive skips from the first convs to their mirrors, time embedding added
     /// (broadcast over channels) before every conv.
     Cnn { channels: Vec<i64>, kernel: i64, time_dim: i64 },
     /// Compact denoiser: residual MLP over the latent vector, time embedding added in every block.
@@ -237,12 +247,15 @@ impl Preset {
     pub fn architecture(self, d: usize) -> (AutoencoderConfig, DenoiserConfig) {
         match self {
             Preset::Paper => {
-                let enc = [64, 128, 256, 256, 32]
-                    .iter()
-                    .map(|&c| ConvSpec { channels: c, kernel: 7, stride: 2, padding: 3 })
-                    .collect();
+                let enc = [64, 128, 256, 256, 32].iter().map(|&c| ConvSpec { channels: c, kernel: 7, stride: 2, padding: 3 }).collect();
                 // Reference latent sizes: 128 for ~2k params, 256 for ~10k, 768 for 25k-80k.
-                let latent = if d <= 4096 { 128 } else if d <= 20_000 { 256 } else { 768 };
+                let latent = if d <= 4096 {
+                    128
+                } else if d <= 20_000 {
+                    256
+                } else {
+                    768
+                };
                 (
                     AutoencoderConfig { encoder: enc, decoder_channels: vec![256, 256, 128, 64, 64], final_kernel: Some(7), latent_dim: latent, chunked: None },
                     DenoiserConfig::Cnn { channels: vec![1, 64, 128, 256, 512, 256, 128, 64, 1], kernel: 7, time_dim: 256 },
@@ -250,10 +263,7 @@ impl Preset {
             }
             Preset::Compact => (
                 AutoencoderConfig {
-                    encoder: vec![
-                        ConvSpec { channels: 16, kernel: 8, stride: 8, padding: 0 },
-                        ConvSpec { channels: 64, kernel: 8, stride: 8, padding: 0 },
-                    ],
+                    encoder: vec![ConvSpec { channels: 16, kernel: 8, stride: 8, padding: 0 }, ConvSpec { channels: 64, kernel: 8, stride: 8, padding: 0 }],
                     decoder_channels: vec![16, 1],
                     final_kernel: None,
                     latent_dim: 64,
@@ -267,7 +277,13 @@ impl Preset {
                     decoder_channels: Vec::new(),
                     final_kernel: None,
                     latent_dim: 0,
-                    chunked: Some(ChunkedSpec { chunk: auto_chunk_len(d) as i64, hidden: 16, token_dim: 4, tokens_per_step: 128, components: CHUNKED_COMPONENTS }),
+                    chunked: Some(ChunkedSpec {
+                        chunk: auto_chunk_len(d) as i64,
+                        hidden: 16,
+                        token_dim: 4,
+                        tokens_per_step: 128,
+                        components: CHUNKED_COMPONENTS,
+                    }),
                 },
                 DenoiserConfig::Mlp { hidden: 64, blocks: 2, time_dim: 64 },
             ),

@@ -63,7 +63,7 @@ impl TokenMap {
         for t in &layout.tensors {
             let numel = t.numel();
             let rows = if t.shape.len() >= 2 { t.shape[0].max(1) } else { 1 };
-            let row_len = if rows == 0 { 0 } else { numel / rows };
+            let row_len = numel.checked_div(rows).unwrap_or(0);
             for r in 0..rows {
                 let start = t.offset + r * row_len;
                 let mut done = 0;

@@ -46,7 +46,7 @@ impl Conditions {
     /// K vectors of `spec.dim` floats (row-major); every value must be finite.
     pub fn new(spec: ConditionSpec, values: Vec<f32>) -> Result<Self> {
         spec.validate()?;
-        if values.is_empty() || values.len() % spec.dim != 0 {
+        if values.is_empty() || !values.len().is_multiple_of(spec.dim) {
             return Err(Error::invalid("conditions", format!("{} values is not a positive multiple of the condition dimension {}", values.len(), spec.dim)));
         }
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {

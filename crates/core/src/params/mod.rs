@@ -70,9 +70,7 @@ impl Layout {
                 return Err(Error::invalid("layout", format!("tensor '{name}' has no elements (shape {shape:?})")));
             }
             tensors.push(TensorSpec { name: name.to_string(), shape: shape.clone(), offset, mean: 0.0, std: 1.0 });
-            offset = offset
-                .checked_add(numel)
-                .ok_or_else(|| Error::invalid("layout", "parameter count overflows"))?;
+            offset = offset.checked_add(numel).ok_or_else(|| Error::invalid("layout", "parameter count overflows"))?;
         }
         Ok(Layout { tensors })
     }
@@ -140,10 +138,7 @@ impl Layout {
     /// Serialize one flat vector as safetensors bytes with the original tensor names (f32).
     pub fn to_safetensors(&self, flat: &[f32]) -> Result<Vec<u8>> {
         if flat.len() != self.param_count() {
-            return Err(Error::invalid(
-                "parameters",
-                format!("vector has {} values, layout needs {}", flat.len(), self.param_count()),
-            ));
+            return Err(Error::invalid("parameters", format!("vector has {} values, layout needs {}", flat.len(), self.param_count())));
         }
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .split(flat)
@@ -244,7 +239,7 @@ impl ParamSet {
         if d == 0 {
             return Err(Error::invalid("layout", "no parameters selected"));
         }
-        if data.len() % d != 0 {
+        if !data.len().is_multiple_of(d) {
             return Err(Error::invalid("data", format!("{} values is not a multiple of D = {d}", data.len())));
         }
         let k = data.len() / d;
@@ -292,10 +287,8 @@ impl ParamSet {
         let mut data = Vec::new();
         for path in paths {
             let bytes = read(path)?;
-            let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint {
-                file: path.clone(),
-                message: format!("not a readable safetensors file ({e})"),
-            })?;
+            let st = SafeTensors::deserialize(&bytes)
+                .map_err(|e| Error::Checkpoint { file: path.clone(), message: format!("not a readable safetensors file ({e})") })?;
             let layout = match &layout {
                 Some(l) => l,
                 None => layout.insert(select_layout(path, stored_tensors(&st, &bytes), selection)?),
@@ -436,12 +429,7 @@ impl ParamSet {
                 *q += x as f64 * x as f64;
             }
         }
-        let total: f64 = sum
-            .iter()
-            .zip(&sum_sq)
-            .enumerate()
-            .map(|(j, (s, q))| (q / k - (s / k).powi(2)).max(0.0) * weights.map_or(1.0, |w| w[j] as f64))
-            .sum();
+        let total: f64 = sum.iter().zip(&sum_sq).enumerate().map(|(j, (s, q))| (q / k - (s / k).powi(2)).max(0.0) * weights.map_or(1.0, |w| w[j] as f64)).sum();
         total / d as f64
     }
 
@@ -465,10 +453,7 @@ fn too_few_checkpoints(k: usize) -> Error {
 /// `*.safetensors` files of a directory, sorted by file name.
 pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut paths: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().map(|e| e == "safetensors").unwrap_or(false))
-        .collect();
+    let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().map(|e| e == "safetensors").unwrap_or(false)).collect();
     paths.sort();
     Ok(paths)
 }
@@ -540,11 +525,7 @@ fn select_layout(path: &Path, mut all: Vec<StoredTensor>, selection: &Selection)
                 // An exact name that is not floating point is an error; a glob pattern skips
                 // non-float tensors (e.g. `bn.*` and PyTorch's int64 num_batches_tracked).
                 let is_glob = p.contains(['*', '?', '[']);
-                let hits: Vec<_> = all
-                    .iter()
-                    .filter(|t| t.0 == *p || pat.matches(&t.0))
-                    .filter(|t| !is_glob || t.0 == *p || is_float(t.1))
-                    .collect();
+                let hits: Vec<_> = all.iter().filter(|t| t.0 == *p || pat.matches(&t.0)).filter(|t| !is_glob || t.0 == *p || is_float(t.1)).collect();
                 if hits.is_empty() {
                     return Err(Error::Tensor {
                         file: path.to_path_buf(),

@@ -146,9 +146,8 @@ pub struct CudaPreload {
 /// ONNX Runtime in use (pip puts both in one site-packages: `onnxruntime/capi/libonnxruntime.so.*`
 /// and `nvidia/cu13/lib`, `nvidia/cudnn/lib`).
 pub fn cuda_library_dirs(ort_library: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PDIFF_CUDA_LIBRARY_PATH")
-        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PDIFF_CUDA_LIBRARY_PATH").map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect()).unwrap_or_default();
     // site-packages/onnxruntime/capi/libonnxruntime.so.X -> site-packages
     if let Some(site) = ort_library.parent().and_then(Path::parent).and_then(Path::parent) {
         for sub in ["nvidia/cu13/lib", "nvidia/cudnn/lib"] {

@@ -235,7 +235,9 @@ impl Sampler {
         let decoder = SessionPool::new("decoder.onnx", bundle.take_file("decoder")?, bundle.take_data("decoder"), settings.clone(), opened.decoder, max);
         let denoiser = SessionPool::new("denoiser.onnx", bundle.take_file("denoiser")?, bundle.take_data("denoiser"), settings.clone(), opened.denoiser, max);
         let whole_loop = match opened.sampler {
-            Some(first) => Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, bundle.take_data("sampler"), settings.for_loop_graph(), first, max)),
+            Some(first) => {
+                Some(SessionPool::new("sampler.onnx", bundle.take_file("sampler")?, bundle.take_data("sampler"), settings.for_loop_graph(), first, max))
+            }
             None => None,
         };
         let layout = bundle.manifest.layout();
@@ -248,14 +250,13 @@ impl Sampler {
     fn try_cuda(library: &Path, opts: &RuntimeOptions, open: &dyn Fn() -> Result<Opened>) -> std::result::Result<Result<Opened>, String> {
         let available = ort::ep::CUDA::is_available().map_err(|e| format!("querying the CUDA provider: {e}"))?;
         if !available {
-            return Err(format!(
-                "the ONNX Runtime at {} was built without the CUDA execution provider (install onnxruntime-gpu)",
-                library.display()
-            ));
+            return Err(format!("the ONNX Runtime at {} was built without the CUDA execution provider (install onnxruntime-gpu)", library.display()));
         }
         let preload = preload_cuda_libraries(library);
         Ok(open().map_err(|e| match e {
-            Error::Runtime(m) => Error::DeviceUnavailable(format!("CUDA execution provider, device {}: {}", opts.device_id, explain_cuda_failure(&m, &preload))),
+            Error::Runtime(m) => {
+                Error::DeviceUnavailable(format!("CUDA execution provider, device {}: {}", opts.device_id, explain_cuda_failure(&m, &preload)))
+            }
             other => other,
         }))
     }
@@ -353,7 +354,14 @@ impl Sampler {
     }
 
     /// Generate `n` parameter vectors for a condition (a conditional generator only).
-    pub fn sample_conditional(&self, n: usize, seed: u64, kind: SamplerKind, cond: &Conditioning<'_>, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
+    pub fn sample_conditional(
+        &self,
+        n: usize,
+        seed: u64,
+        kind: SamplerKind,
+        cond: &Conditioning<'_>,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Array2<f32>> {
         self.sample_rows(0..n, seed, kind, Some(cond), on_step)
     }
 
@@ -456,7 +464,15 @@ impl Sampler {
 
     /// Generate and write `gen_XXXX.safetensors` files with the original tensor names (see
     /// [`write_models`]; files libpdiff did not write at `dir` are refused).
-    pub fn sample_to_dir(&self, n: usize, seed: u64, kind: SamplerKind, cond: Option<&Conditioning<'_>>, dir: &Path, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Vec<PathBuf>> {
+    pub fn sample_to_dir(
+        &self,
+        n: usize,
+        seed: u64,
+        kind: SamplerKind,
+        cond: Option<&Conditioning<'_>>,
+        dir: &Path,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<PathBuf>> {
         self.sample_to_dir_with(n, seed, kind, cond, dir, IfForeign::Refuse, on_step)
     }
 
@@ -476,12 +492,20 @@ impl Sampler {
         let mut out = ModelWriter::begin(dir, &self.layout, if_foreign)?;
         // Model by model: a chunk of at most SAMPLE_TO_DIR_CHUNK_BYTES of parameters is
         // generated, written file by file and dropped, so memory does not grow with n.
-        self.sample_chunked(n, seed, kind, cond, self.rows_within(SAMPLE_TO_DIR_CHUNK_BYTES), &mut |first, rows| {
-            for (j, row) in rows.rows().into_iter().enumerate() {
-                out.write(first + j, row.as_slice().expect("standard layout"))?;
-            }
-            Ok(())
-        }, on_step)?;
+        self.sample_chunked(
+            n,
+            seed,
+            kind,
+            cond,
+            self.rows_within(SAMPLE_TO_DIR_CHUNK_BYTES),
+            &mut |first, rows| {
+                for (j, row) in rows.rows().into_iter().enumerate() {
+                    out.write(first + j, row.as_slice().expect("standard layout"))?;
+                }
+                Ok(())
+            },
+            on_step,
+        )?;
         out.commit()
     }
 
@@ -505,18 +529,26 @@ impl Sampler {
     ) -> Result<()> {
         check_sinks(&self.layout, n, sinks)?;
         let tensors = &self.layout.tensors;
-        self.sample_chunked(n, seed, kind, cond, self.rows_within(SAMPLE_INTO_CHUNK_BYTES), &mut |first, rows| {
-            for (j, row) in rows.rows().into_iter().enumerate() {
-                let row = row.as_slice().expect("standard layout");
-                let i = first + j;
-                for sink in sinks.iter_mut() {
-                    let t = &tensors[sink.tensor];
-                    let numel = t.numel();
-                    sink.out[i * numel..(i + 1) * numel].copy_from_slice(&row[t.offset..t.offset + numel]);
+        self.sample_chunked(
+            n,
+            seed,
+            kind,
+            cond,
+            self.rows_within(SAMPLE_INTO_CHUNK_BYTES),
+            &mut |first, rows| {
+                for (j, row) in rows.rows().into_iter().enumerate() {
+                    let row = row.as_slice().expect("standard layout");
+                    let i = first + j;
+                    for sink in sinks.iter_mut() {
+                        let t = &tensors[sink.tensor];
+                        let numel = t.numel();
+                        sink.out[i * numel..(i + 1) * numel].copy_from_slice(&row[t.offset..t.offset + numel]);
+                    }
                 }
-            }
-            Ok(())
-        }, on_step)
+                Ok(())
+            },
+            on_step,
+        )
     }
 }
 
@@ -546,9 +578,10 @@ pub fn check_sinks(layout: &Layout, n: usize, sinks: &[TensorSink<'_>]) -> Resul
     }
     let mut seen = vec![false; layout.tensors.len()];
     for s in sinks {
-        let t = layout.tensors.get(s.tensor).ok_or_else(|| {
-            Error::invalid("buffers", format!("tensor index {} is out of range (the layout has {} tensors)", s.tensor, layout.tensors.len()))
-        })?;
+        let t = layout
+            .tensors
+            .get(s.tensor)
+            .ok_or_else(|| Error::invalid("buffers", format!("tensor index {} is out of range (the layout has {} tensors)", s.tensor, layout.tensors.len())))?;
         if std::mem::replace(&mut seen[s.tensor], true) {
             return Err(Error::invalid("buffers", format!("tensor '{}' is given twice", t.name)));
         }
@@ -608,7 +641,13 @@ impl<'a> ModelWriter<'a> {
 
 /// Run a session and take one f32 output of shape [rows, cols]; any other outcome (a missing
 /// output, another element type or shape) is an error naming the output, never a panic.
-fn run_f32(session: &mut Session, inputs: Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)>, output: &str, rows: usize, cols: usize) -> Result<Array2<f32>> {
+fn run_f32(
+    session: &mut Session,
+    inputs: Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)>,
+    output: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Array2<f32>> {
     let out = session.run(inputs).map_err(|e| Error::Runtime(format!("run: {e}")))?;
     let value = out.get(output).ok_or_else(|| Error::Runtime(format!("the graph returned no output '{output}'")))?;
     let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| Error::Runtime(format!("output '{output}': {e}")))?;

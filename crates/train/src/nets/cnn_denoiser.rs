@@ -44,7 +44,7 @@ impl CnnDenoiser {
             if i < mirror && i < n / 2 - 1 {
                 skips.push(h.shallow_clone());
             } else if mirror < i && mirror < skips.len() {
-                h = h + &skips[mirror];
+                h += &skips[mirror];
             }
         }
         h.squeeze_dim(1)

@@ -27,13 +27,7 @@ impl ConvAutoencoder {
         let mut enc_convs = Vec::new();
         for (i, c) in config.encoder.iter().enumerate() {
             let p = &enc_vs / i;
-            let conv = nn::conv1d(
-                &p / "conv",
-                in_ch,
-                c.channels,
-                c.kernel,
-                nn::ConvConfig { stride: c.stride, padding: c.padding, ..Default::default() },
-            );
+            let conv = nn::conv1d(&p / "conv", in_ch, c.channels, c.kernel, nn::ConvConfig { stride: c.stride, padding: c.padding, ..Default::default() });
             let norm = nn::group_norm(&p / "norm", norm_groups(c.channels), c.channels, Default::default());
             enc_convs.push((conv, norm));
             in_ch = c.channels;
@@ -53,31 +47,15 @@ impl ConvAutoencoder {
                 in_ch,
                 out_ch,
                 c.kernel,
-                nn::ConvTransposeConfig {
-                    stride: c.stride,
-                    padding: c.padding,
-                    output_padding: c.output_padding(),
-                    ..Default::default()
-                },
+                nn::ConvTransposeConfig { stride: c.stride, padding: c.padding, output_padding: c.output_padding(), ..Default::default() },
             );
             let norm = (!is_output).then(|| nn::group_norm(&p / "norm", norm_groups(out_ch), out_ch, Default::default()));
             dec_convs.push((conv, norm));
             in_ch = out_ch;
         }
-        let dec_final = config.final_kernel.map(|k| {
-            nn::conv1d(&dec_vs / "out", in_ch, 1, k, nn::ConvConfig { padding: k / 2, ..Default::default() })
-        });
+        let dec_final = config.final_kernel.map(|k| nn::conv1d(&dec_vs / "out", in_ch, 1, k, nn::ConvConfig { padding: k / 2, ..Default::default() }));
         let dec_position_bias = (&dec_vs / "out").zeros("position_bias", &[padded_len as i64]);
-        ConvAutoencoder {
-            config: config.clone(),
-            padded_len: padded_len as i64,
-            enc_convs,
-            enc_linear,
-            dec_linear,
-            dec_convs,
-            dec_final,
-            dec_position_bias,
-        }
+        ConvAutoencoder { config: config.clone(), padded_len: padded_len as i64, enc_convs, enc_linear, dec_linear, dec_convs, dec_final, dec_position_bias }
     }
 
     /// Data-dependent init: start the per-position output bias at the mean of the training

@@ -2,9 +2,8 @@
 //! names, subgraphs (the body of a `Loop`), and the model wrapper (opset 17, IR version 8,
 //! accepted by ONNX Runtime >= 1.14).
 use super::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, tensor_shape_proto::Dimension,
-    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, tensor_shape_proto::Dimension, type_proto, AttributeProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 pub const OPSET: i64 = 17;
@@ -16,7 +15,7 @@ pub enum Attr {
     Ints(Vec<i64>),
     Float(f32),
     /// A subgraph (e.g. the `body` of a `Loop`), from [`GraphBuilder::end_subgraph`].
-    Graph(GraphProto),
+    Graph(Box<GraphProto>),
     /// A one-element float tensor (e.g. `ConstantOfShape`'s `value`).
     Tensor1F32(f32),
 }
@@ -63,10 +62,7 @@ fn value_info(name: &str, elem: DataType, dims: &[Dim]) -> ValueInfoProto {
     ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(elem as i32), shape: Some(TensorShapeProto { dim }) })),
             ..Default::default()
         }),
         ..Default::default()
@@ -199,16 +195,11 @@ impl GraphBuilder {
                         p.r#type = Some(AttributeType::Float as i32);
                     }
                     Attr::Graph(g) => {
-                        p.g = Some(g);
+                        p.g = Some(*g);
                         p.r#type = Some(AttributeType::Graph as i32);
                     }
                     Attr::Tensor1F32(v) => {
-                        p.t = Some(TensorProto {
-                            dims: vec![1],
-                            data_type: Some(DataType::Float as i32),
-                            float_data: vec![v],
-                            ..Default::default()
-                        });
+                        p.t = Some(TensorProto { dims: vec![1], data_type: Some(DataType::Float as i32), float_data: vec![v], ..Default::default() });
                         p.r#type = Some(AttributeType::Tensor as i32);
                     }
                 }
@@ -244,14 +235,14 @@ impl GraphBuilder {
             doc_string: Some(doc.into()),
             ..Default::default()
         };
-        let model = ModelProto {
+
+        ModelProto {
             ir_version: Some(IR_VERSION),
             opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
             producer_name: Some("libpdiff".into()),
             producer_version: Some(env!("CARGO_PKG_VERSION").into()),
             graph: Some(graph),
             ..Default::default()
-        };
-        model
+        }
     }
 }

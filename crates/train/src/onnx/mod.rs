@@ -14,14 +14,14 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+use crate::generator::Generator;
+use crate::torch::tensor_to_vec;
+use graph::{attr, Attr, Dim, GraphBuilder};
 use pdiff_core::error::{Error, Result};
 use pdiff_core::model::{norm_groups, timestep_frequencies, DenoiserConfig, TokenMap, NORM_EPS};
-use crate::generator::Generator;
 use pdiff_core::training::DiffusionTarget;
-use graph::{attr, Attr, Dim, GraphBuilder};
 use proto::tensor_proto::DataType;
 use std::collections::HashMap;
-use crate::torch::tensor_to_vec;
 use tch::Tensor;
 
 /// Weights of one network by VarStore name, as (shape, flat f32 values).
@@ -57,11 +57,7 @@ fn conv_transpose(b: &mut GraphBuilder, w: &Weights, prefix: &str, x: &str, stri
     Ok(b.node(
         "ConvTranspose",
         &[x, &wt, &bias],
-        vec![
-            attr("strides", Attr::Ints(vec![stride])),
-            attr("pads", Attr::Ints(vec![pad, pad])),
-            attr("output_padding", Attr::Ints(vec![out_pad])),
-        ],
+        vec![attr("strides", Attr::Ints(vec![stride])), attr("pads", Attr::Ints(vec![pad, pad])), attr("output_padding", Attr::Ints(vec![out_pad]))],
         None,
     ))
 }
@@ -198,11 +194,7 @@ fn decoder_nodes(b: &mut GraphBuilder, g: &Generator, z: &str, out: Option<&str>
     let h = b.op("Max", &[&h, &lo]);
     let h = b.op("Mul", &[&h, &std]);
     let h = b.op("Add", &[&h, &mean]);
-    let h = if cfg.chunked.is_some() {
-        chunked_decoder_nodes(b, g, &w, &h)?
-    } else {
-        conv_decoder_nodes(b, g, &w, &h)?
-    };
+    let h = if cfg.chunked.is_some() { chunked_decoder_nodes(b, g, &w, &h)? } else { conv_decoder_nodes(b, g, &w, &h)? };
     let (starts, ends, axes) = (b.i64("starts", &[0]), b.i64("ends", &[d as i64]), b.i64("axes", &[1]));
     let h = b.op("Slice", &[&h, &starts, &ends, &axes]);
     // Per-tensor de-normalization, expanded to one scale and one shift per parameter.
@@ -436,7 +428,7 @@ pub fn export_sampler(g: &Generator) -> Result<proto::ModelProto> {
     let body = b.end_subgraph("ddim_step");
 
     let z = b.name("z");
-    b.node_multi("Loop", &[&steps, &keep_going, &noise], vec![attr("body", Attr::Graph(body))], std::slice::from_ref(&z));
+    b.node_multi("Loop", &[&steps, &keep_going, &noise], vec![attr("body", Attr::Graph(Box::new(body)))], std::slice::from_ref(&z));
     decoder_nodes(&mut b, g, &z, Some("params"))?;
     b.output("params", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(g.layout.param_count() as i64)]);
     let doc = match &g.condition {
