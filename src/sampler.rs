@@ -3,7 +3,8 @@
 use super::pdiff_status;
 use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
 use pdiff_core::diffusion::{Conditioning, SamplerKind};
-use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler, TensorSink};
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest, TensorSink};
+use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::Arc;
 
@@ -150,6 +151,14 @@ impl pdiff_sample_options {
             (false, 0) => Err(Failure::invalid("options.condition_len is 0 but options.condition is not NULL")),
             (false, len) => Ok(Some(Conditioning { values: unsafe { std::slice::from_raw_parts(self.condition, len) }, guidance: self.guidance as f32 })),
         }
+    }
+
+    /// The request for `n` models with these options (the condition borrowed from the caller's
+    /// buffer for the call's duration).
+    unsafe fn request(&self, n: usize) -> FfiResult<SampleRequest<'_>> {
+        let mut request = SampleRequest::new(n).seed(self.seed).sampler(self.kind()?);
+        request.condition = unsafe { self.conditioning() }?;
+        Ok(request)
     }
 
     fn kind(&self) -> FfiResult<SamplerKind> {
@@ -386,11 +395,10 @@ pub unsafe extern "C" fn pdiff_sampler_sample(
     call("pdiff_sampler_sample", || {
         let s = try_ref!(sampler, "sampler");
         let opts = unsafe { options_arg(options, "options") }?;
-        let kind = opts.kind()?;
+        let request = unsafe { opts.request(n) }?;
         let need = needed(s, n)?;
         let buf = out_buffer(out, out_len, need, "pdiff_sampler_sample")?;
-        let cond = unsafe { opts.conditioning() }?;
-        s.inner.sample_into(n, opts.seed, kind, cond.as_ref(), buf, &mut |_, _| true)?;
+        s.inner.sample_into(&request, buf, &mut no_progress)?;
         Ok(())
     })
 }
@@ -441,7 +449,7 @@ pub unsafe extern "C" fn pdiff_sampler_sample_tensors(
     call("pdiff_sampler_sample_tensors", || {
         let s = try_ref!(sampler, "sampler");
         let opts = unsafe { options_arg(options, "options") }?;
-        let kind = opts.kind()?;
+        let request = unsafe { opts.request(n) }?;
         needed(s, n)?;
         nonnull!(buffers, "buffers");
         if buffer_count == 0 {
@@ -500,12 +508,11 @@ pub unsafe extern "C" fn pdiff_sampler_sample_tensors(
                 )));
             }
         }
-        let cond = unsafe { opts.conditioning() }?;
         // SAFETY: each data pointer is non-NULL, aligned, holds `len` floats (the caller's
         // promise) and no two ranges overlap (checked above).
         let mut sinks: Vec<TensorSink<'_>> =
             resolved.iter().map(|&(tensor, p, len)| TensorSink { tensor, out: unsafe { std::slice::from_raw_parts_mut(p, len) } }).collect();
-        s.inner.sample_into_tensors(n, opts.seed, kind, cond.as_ref(), &mut sinks, &mut |_, _| true)?;
+        s.inner.sample_into_tensors(&request, &mut sinks, &mut no_progress)?;
         Ok(())
     })
 }
@@ -551,7 +558,7 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
         let s = try_ref!(sampler, "sampler");
         let score = score.ok_or_else(|| Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, "score is NULL"))?;
         let opts = unsafe { options_arg(options, "options") }?;
-        let kind = opts.kind()?;
+        let request = unsafe { opts.request(n) }?;
         needed(s, n)?;
         let d = s.inner.layout().param_count();
         let buf = out_buffer(out, out_len, d, "pdiff_sampler_best_of_n")?;
@@ -559,15 +566,11 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
         // far: memory stays bounded whatever n is, and `out` is written only on success.
         let mut best: Option<(usize, f64)> = None;
         let mut best_params = vec![0f32; d];
-        let cond = unsafe { opts.conditioning() }?;
-        s.inner.sample_chunked(
-            n,
-            opts.seed,
-            kind,
-            cond.as_ref(),
+        s.inner.sample_chunks(
+            &request,
             s.inner.rows_within(BEST_OF_N_CHUNK_BYTES),
-            &mut |first, rows| {
-                for (j, row) in rows.rows().into_iter().enumerate() {
+            &mut |first, samples| {
+                for (j, row) in samples.params.rows().into_iter().enumerate() {
                     let row = row.as_slice().expect("standard layout");
                     let v = unsafe { score(user_data, row.as_ptr(), d) };
                     if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
@@ -577,7 +580,7 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
                 }
                 Ok(())
             },
-            &mut |_, _| true,
+            &mut no_progress,
         )?;
         let (i, v) = best.ok_or_else(|| Failure::invalid(format!("every one of the {n} scores is NaN")))?;
         buf.copy_from_slice(&best_params);
@@ -648,12 +651,11 @@ unsafe fn sample_to_dir(
     call(name, || {
         let s = try_ref!(sampler, "sampler");
         let opts = unsafe { options_arg(options, "options") }?;
-        let kind = opts.kind()?;
+        let request = unsafe { opts.request(n) }?;
         let dir = unsafe { path_arg(dir, "dir") }?;
         let if_foreign = output_flags(flags)?;
         needed(s, n)?;
-        let cond = unsafe { opts.conditioning() }?;
-        s.inner.sample_to_dir_with(n, opts.seed, kind, cond.as_ref(), &dir, if_foreign, &mut |_, _| true)?;
+        s.inner.sample_to_dir(&request, &dir, if_foreign, &mut no_progress)?;
         Ok(())
     })
 }

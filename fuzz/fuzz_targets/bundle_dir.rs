@@ -24,7 +24,7 @@ fn run(input: &BundleInput, dir: &Path) -> pdiff_core::Result<String> {
     let sampler = Sampler::open(dir, &runtime_options())?;
     let kind = input.sampler();
     let seed = 7;
-    let params = sampler.sample(input.n, seed, kind, &mut |_, _| true)?;
+    let params = sampler.sample(&SampleRequest::new(input.n).seed(seed).sampler(kind), &mut no_progress)?.params;
     // What a host relies on: [n, D] with D the manifest's param_count, split by the layout into
     // tensors of their declared sizes.
     let d = sampler.manifest().param_count;
@@ -39,7 +39,8 @@ fn run(input: &BundleInput, dir: &Path) -> pdiff_core::Result<String> {
         assert_eq!(covered, d, "the layout does not cover D");
     }
     if input.flags & WRITE_FILES != 0 {
-        let written = sampler.sample_to_dir(input.n, seed, kind, None, &dir.join("generated"), &mut |_, _| true)?;
+        let written =
+            sampler.sample_to_dir(&SampleRequest::new(input.n).seed(seed).sampler(kind), &dir.join("generated"), IfForeign::Refuse, &mut no_progress)?.0;
         assert_eq!(written.len(), input.n, "sample_to_dir wrote {} files for n = {}", written.len(), input.n);
     }
     Ok(format!("sampled [{}, {d}] with {kind:?}", input.n))

@@ -5,8 +5,9 @@
 //! reconstruction error against the checkpoints' spread, generated latents clipped).
 use crate::eval::{accuracies, evaluate_rows, max_iou_to, Summary};
 use crate::zoo::Task;
-use pdiff_core::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
+use pdiff_core::diffusion::SamplerKind;
 use pdiff_core::error::{Error, Result};
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::params::{list_checkpoints, ParamSet};
 use pdiff_core::training::TrainConfig;
 use pdiff_train::Generator;
@@ -45,9 +46,8 @@ pub const NOISE_VARIANTS: [(&str, f64, f64); 4] = [("none", 0.0, 0.0), ("input o
 
 fn variant(task: &dyn Task, set: &ParamSet, config: &TrainConfig, n: usize, study: &str) -> Result<AblationRow> {
     let g = Generator::train(set, config, &mut |_| true)?;
-    let z = sample_latents(&g.tch_denoiser(), &g.config.schedule, SamplerKind::Ddim { steps: 50 }, n, 7, &mut |_, _| true)?;
-    let clipped = count_outside_clip(z.view(), &g.latent_clip)?;
-    let gen = g.tch_decoder().decode(z.view())?;
+    let samples = g.sample(&SampleRequest::new(n).seed(7).sampler(SamplerKind::Ddim { steps: 50 }), &mut no_progress)?;
+    let (gen, clipped) = (samples.params, samples.clipped);
     let orig = evaluate_rows(task, &set.layout, &set.data, false)?;
     let ev = evaluate_rows(task, &set.layout, gen.as_slice().expect("standard layout"), false)?;
     Ok(AblationRow {

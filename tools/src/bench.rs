@@ -4,8 +4,9 @@
 //! initialisation, cold caches), then the median of `runs` (>= 3) timed runs.
 use crate::eval::{accuracies, evaluate_rows, Summary};
 use crate::zoo::Task;
-use pdiff_core::diffusion::{sample_params, SamplerKind};
+use pdiff_core::diffusion::SamplerKind;
 use pdiff_core::error::Result;
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::runtime::{RuntimeOptions, Sampler};
 use pdiff_core::training::DeviceChoice;
 use serde::{Deserialize, Serialize};
@@ -168,14 +169,11 @@ pub fn run(bundle: &Path, n: usize, runs: usize, rt: &RuntimeOptions, task: Opti
     let g = pdiff_train::Generator::load_bundle(bundle, DeviceChoice::Cpu)?;
     let sampler = Sampler::open(bundle, rt)?;
     let layout = sampler.layout().clone();
-    let schedule = sampler.manifest().schedule.clone();
     let kinds = [SamplerKind::Ddpm, SamplerKind::Ddim { steps: 50 }];
     let sample = |backend: &str, kind: SamplerKind, n: usize, seed: u64| {
-        if backend == "tch" {
-            sample_params(&g.tch_denoiser(), &g.tch_decoder(), &schedule, kind, n, seed, &mut |_, _| true)
-        } else {
-            sampler.sample(n, seed, kind, &mut |_, _| true)
-        }
+        let request = SampleRequest::new(n).seed(seed).sampler(kind);
+        let source: &dyn ModelSource = if backend == "tch" { &g } else { &sampler };
+        source.sample(&request, &mut no_progress).map(|s| s.params)
     };
     let mut rows = Vec::new();
     for backend in ["tch", sampler.backend_name()] {
@@ -335,11 +333,12 @@ pub fn sweep(
             let timed = |s: &Sampler| -> Result<f64> {
                 let t0 = Instant::now();
                 if callers == 1 {
-                    s.sample(batch, seed, kind, &mut |_, _| true)?;
+                    s.sample(&SampleRequest::new(batch).seed(seed).sampler(kind), &mut no_progress)?;
                 } else {
                     std::thread::scope(|scope| {
-                        let handles: Vec<_> =
-                            (0..callers as u64).map(|i| scope.spawn(move || s.sample(batch, seed + i, kind, &mut |_, _| true).map(drop))).collect();
+                        let handles: Vec<_> = (0..callers as u64)
+                            .map(|i| scope.spawn(move || s.sample(&SampleRequest::new(batch).seed(seed + i).sampler(kind), &mut no_progress).map(drop)))
+                            .collect();
                         handles
                             .into_iter()
                             .map(|h| h.join().unwrap_or_else(|_| Err(pdiff_core::Error::invalid("callers", "a sampling thread panicked"))))

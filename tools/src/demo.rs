@@ -9,9 +9,10 @@
 use crate::eval::{evaluate_all, novelty};
 use crate::results::{DemoResults, LatentClipping, PeakRss, Timings};
 use crate::zoo;
-use pdiff_core::diffusion::{count_outside_clip, sample_latents, DecoderBackend, SamplerKind};
+use pdiff_core::diffusion::SamplerKind;
 use pdiff_core::error::Result;
 use pdiff_core::fsutil::{IfForeign, OutputDir, OutputKind};
+use pdiff_core::generate::{ModelSource, SampleRequest};
 use pdiff_core::params::ParamSet;
 use pdiff_core::training::{Progress, TrainConfig};
 use pdiff_train::{device_name, Generator};
@@ -70,28 +71,22 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     g.export_bundle(&gen_dir)?;
     rss.train = stage_peak();
 
-    // 3. Generate N models: latents with the reverse process, counted against the training
-    //    range (the decoder clips what falls outside), then decoded. The same loop and seed as
-    //    Sampler::sample, in two halves so that the latents can be inspected.
+    // 3. Generate N models (with how many of their latents the decoder had to clip).
     let mut on_step = |i, n| progress("sample", i, n, None);
     let t0 = Instant::now();
-    let schedule = &g.config.schedule;
-    let (params, latents, backend) = match &opts.runtime {
+    let request = SampleRequest::new(opts.n).seed(opts.sample_seed).sampler(opts.sampler);
+    let (samples, backend) = match &opts.runtime {
         Some(rt) => {
             let sampler = pdiff_core::runtime::Sampler::open(&gen_dir, rt)?;
-            let z = sample_latents(&sampler, schedule, opts.sampler, opts.n, opts.sample_seed, &mut on_step)?;
-            (sampler.decode(z.view())?, z, sampler.backend_name().to_string())
+            (sampler.sample(&request, &mut on_step)?, sampler.backend_name().to_string())
         }
-        None => {
-            let z = sample_latents(&g.tch_denoiser(), schedule, opts.sampler, opts.n, opts.sample_seed, &mut on_step)?;
-            (g.tch_decoder().decode(z.view())?, z, "tch".to_string())
-        }
+        None => (g.sample(&request, &mut on_step)?, "tch".to_string()),
     };
     let sample_s = t0.elapsed().as_secs_f64();
-    let latent_clipping = LatentClipping { generated: opts.n, latent_dim: g.latent_dim(), clipped: count_outside_clip(latents.view(), &g.latent_clip)? };
+    let latent_clipping = LatentClipping { generated: opts.n, latent_dim: g.latent_dim(), clipped: samples.clipped };
     let d = set.layout.param_count();
-    let rows = params.as_slice().expect("row-major").to_vec();
-    pdiff_core::runtime::write_models(&set.layout, &rows, &out.join("generated"), IfForeign::Refuse)?;
+    let rows = samples.params.into_raw_vec_and_offset().0;
+    pdiff_core::generate::write_models(&set.layout, &rows, &out.join("generated"), IfForeign::Refuse)?;
     rss.sample = stage_peak();
 
     // 4. Evaluate (originals, soup, generated, noise baselines, memorization) and report.

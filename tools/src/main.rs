@@ -1,8 +1,9 @@
 //! `pdiff`: the command line of libpdiff (collect, train, export, sample, eval, demo, bench).
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pdiff_core::diffusion::{Conditioning, DecoderBackend, SamplerKind};
+use pdiff_core::diffusion::{Conditioning, SamplerKind};
 use pdiff_core::fsutil::{self, IfForeign, OutputKind};
+use pdiff_core::generate::{ModelSource, SampleRequest};
 use pdiff_core::model::Preset;
 use pdiff_core::params::{ParamSet, Selection};
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
@@ -591,31 +592,23 @@ fn run(cli: Cli) -> Result<()> {
             if values.is_none() && guidance != 1.0 {
                 return Err(pdiff_core::Error::invalid("guidance", "a guidance scale needs --condition"));
             }
-            let cond = values.as_deref().map(|values| Conditioning { values, guidance });
+            let mut request = SampleRequest::new(n).seed(seed).sampler(kind);
+            request.condition = values.as_deref().map(|values| Conditioning { values, guidance });
             fsutil::check_output_dir(&out, OutputKind::Samples, force.policy())?;
             let mut on_step = |i, t| bars.update("sample", i, t, None);
-            let (files, backend) = match runtime.options()? {
+            let ((files, clipped), latent_dim, backend) = match runtime.options()? {
                 Some(opts) => {
                     let s = Sampler::open(&dir, &opts)?;
                     eprintln!("backend: {} ({})", s.backend_name(), s.backend().detail);
-                    if s.runs_whole_loop() {
-                        // One graph from noise to parameters: its latents are not seen here.
-                        (s.sample_to_dir_with(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, s.backend_name().to_string())
-                    } else {
-                        // The sampler's own two halves (its sample() is exactly this), so that the
-                        // latents can be checked against the training range before decoding.
-                        let how = Halves { denoiser: &s, decoder: &s, schedule: &s.manifest().schedule, clip: &s.manifest().latent.clip, layout: s.layout() };
-                        (how.sample_to_dir(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, s.backend_name().to_string())
-                    }
+                    (s.sample_to_dir(&request, &out, force.policy(), &mut on_step)?, s.manifest().latent_dim, s.backend_name().to_string())
                 }
                 None => {
                     let g = Generator::load_bundle(&dir, DeviceChoice::Auto)?;
-                    let (den, dec) = (g.tch_denoiser(), g.tch_decoder());
-                    let how = Halves { denoiser: &den, decoder: &dec, schedule: &g.config.schedule, clip: &g.latent_clip, layout: &g.layout };
-                    (how.sample_to_dir(n, seed, kind, cond.as_ref(), &out, force.policy(), &mut on_step)?, "tch".to_string())
+                    (g.sample_to_dir(&request, &out, force.policy(), &mut on_step)?, g.latent_dim(), "tch".to_string())
                 }
             };
             bars.finish();
+            warn_clipped(n, latent_dim, clipped);
             println!("wrote {} models to {} ({}, {})", files.len(), out.display(), kind.label(), backend);
         }
         Command::Bench {
@@ -899,59 +892,6 @@ fn warn_clipped(n: usize, latent_dim: usize, c: pdiff_core::diffusion::ClipCount
     if c.rows > 0 {
         let clipping = pdiff_tools::results::LatentClipping { generated: n, latent_dim, clipped: c };
         eprintln!("warning: {}: those models come from outside what the autoencoder was trained on", clipping.sentence());
-    }
-}
-
-/// Generated parameters `pdiff sample` holds at once: the models are sampled, decoded and
-/// written chunk by chunk, so its memory does not grow with -n.
-const SAMPLE_CHUNK_BYTES: usize = 16 << 20;
-
-/// The two halves of a generator (latent diffusion, then the decoder), run by `pdiff sample`
-/// itself so that the latents can be checked against the training range before decoding.
-struct Halves<'a> {
-    denoiser: &'a dyn pdiff_core::diffusion::DenoiserBackend,
-    decoder: &'a dyn DecoderBackend,
-    schedule: &'a pdiff_core::diffusion::Schedule,
-    clip: &'a [f32],
-    layout: &'a pdiff_core::params::Layout,
-}
-
-impl Halves<'_> {
-    /// `n` models into `out`, chunk by chunk (each row's noise depends only on the seed and its
-    /// index, so the models are those of one batch of n); one clipping warning for all.
-    #[allow(clippy::too_many_arguments)]
-    fn sample_to_dir(
-        &self,
-        n: usize,
-        seed: u64,
-        kind: SamplerKind,
-        cond: Option<&Conditioning<'_>>,
-        out: &std::path::Path,
-        if_foreign: IfForeign,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Vec<PathBuf>> {
-        if n == 0 {
-            return Err(pdiff_core::Error::invalid("n", "number of samples must be at least 1"));
-        }
-        let mut writer = pdiff_core::runtime::ModelWriter::begin(out, self.layout, if_foreign)?;
-        let chunk = (SAMPLE_CHUNK_BYTES / (4 * self.layout.param_count().max(1))).max(1);
-        let chunks = n.div_ceil(chunk);
-        let mut clipped = pdiff_core::diffusion::ClipCount::default();
-        for c in 0..chunks {
-            let rows = c * chunk..((c + 1) * chunk).min(n);
-            let first = rows.start;
-            let mut step = |done, total| on_step(c * total + done, chunks * total);
-            let z = pdiff_core::diffusion::sample_latent_rows(self.denoiser, self.schedule, kind, cond, seed, rows, &mut step)?;
-            let count = pdiff_core::diffusion::count_outside_clip(z.view(), self.clip)?;
-            clipped.rows += count.rows;
-            clipped.values += count.values;
-            let p = self.decoder.decode(z.view())?;
-            for (j, row) in p.rows().into_iter().enumerate() {
-                writer.write(first + j, row.as_slice().expect("row-major"))?;
-            }
-        }
-        warn_clipped(n, self.clip.len(), clipped);
-        writer.commit()
     }
 }
 

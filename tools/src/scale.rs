@@ -10,6 +10,7 @@
 use crate::bench::{machine_description, measure, peak_rss_mib, reset_peak_rss};
 use pdiff_core::diffusion::SamplerKind;
 use pdiff_core::error::{Error, Result};
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::model::Preset;
 use pdiff_core::params::{synthetic_trajectory, Layout};
 use pdiff_core::runtime::{RuntimeOptions, Sampler};
@@ -125,7 +126,7 @@ pub fn run(opts: &ScaleOptions, progress: &mut dyn FnMut(&str)) -> Result<ScaleR
             progress(&format!("D = {d}: sampling {} models (DDIM-50), 1 warm-up + 3 runs", opts.n));
             let sampler = Sampler::open(&bundle, &opts.runtime)?;
             backend = sampler.backend_name().to_string();
-            let m = measure(3, |_| sampler.sample(opts.n, 7, SamplerKind::Ddim { steps: 50 }, &mut |_, _| true))?;
+            let m = measure(3, |_| sampler.sample(&SampleRequest::new(opts.n).seed(7).sampler(SamplerKind::Ddim { steps: 50 }), &mut no_progress))?;
             drop(sampler);
             std::fs::remove_dir_all(&bundle).map_err(|e| Error::io(&bundle, e))?;
             rows.push(ScaleRow {

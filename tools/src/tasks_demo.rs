@@ -18,9 +18,10 @@
 //! seen tasks.
 use crate::eval::Summary;
 use crate::zoo::mnist_tasks::{DigitSet, MnistTasks, Recipe};
-use pdiff_core::diffusion::{sample_param_rows, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind};
+use pdiff_core::diffusion::{Conditioning, SamplerKind};
 use pdiff_core::error::{Error, Result};
 use pdiff_core::fsutil::{IfForeign, OutputDir, OutputKind};
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::params::{ConditionSpec, Conditions, Layout, ParamSet};
 use pdiff_core::training::{Progress, TrainConfig};
 use pdiff_train::{device_name, Generator};
@@ -280,20 +281,10 @@ fn checkpoint_name(t: DigitSet, i: usize) -> String {
 }
 
 /// `n` models for a condition (None: the generator without condition), host units, row-major.
-#[allow(clippy::too_many_arguments)]
-pub fn generate(
-    denoiser: &dyn DenoiserBackend,
-    decoder: &dyn DecoderBackend,
-    config: &TrainConfig,
-    kind: SamplerKind,
-    condition: Option<&[f32]>,
-    guidance: f32,
-    n: usize,
-    seed: u64,
-) -> Result<Vec<f32>> {
-    let cond = condition.map(|values| Conditioning { values, guidance });
-    let a = sample_param_rows(denoiser, decoder, &config.schedule, kind, cond.as_ref(), seed, 0..n, &mut |_, _| true)?;
-    Ok(a.into_raw_vec_and_offset().0)
+pub fn generate(source: &dyn ModelSource, kind: SamplerKind, condition: Option<&[f32]>, guidance: f32, n: usize, seed: u64) -> Result<Vec<f32>> {
+    let mut request = SampleRequest::new(n).seed(seed).sampler(kind);
+    request.condition = condition.map(|values| Conditioning { values, guidance });
+    Ok(source.sample(&request, &mut no_progress)?.params.into_raw_vec_and_offset().0)
 }
 
 /// What one generator gives on a list of seen tasks and on the held-out tasks (per-task median
@@ -308,8 +299,7 @@ struct GeneratorScores {
 fn score(
     tasks: &MnistTasks,
     layout: &Layout,
-    den: &dyn DenoiserBackend,
-    dec: &dyn DecoderBackend,
+    source: &dyn ModelSource,
     opts: &TasksDemoOptions,
     seen: &[DigitSet],
     heldout: &[DigitSet],
@@ -317,11 +307,11 @@ fn score(
 ) -> Result<GeneratorScores> {
     let mut out = GeneratorScores { seen: Vec::new(), heldout: Vec::new(), heldout_rows: Vec::new() };
     for &t in seen {
-        let rows = generate(den, dec, &opts.train, opts.sampler, Some(&t.condition()), guidance, opts.n, opts.sample_seed)?;
+        let rows = generate(source, opts.sampler, Some(&t.condition()), guidance, opts.n, opts.sample_seed)?;
         out.seen.push(test_summary(tasks, layout, &rows, t)?);
     }
     for &t in heldout {
-        let rows = generate(den, dec, &opts.train, opts.sampler, Some(&t.condition()), guidance, opts.n, opts.sample_seed)?;
+        let rows = generate(source, opts.sampler, Some(&t.condition()), guidance, opts.n, opts.sample_seed)?;
         out.heldout.push(test_summary(tasks, layout, &rows, t)?);
         out.heldout_rows.push(rows);
     }
@@ -394,7 +384,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
             if !progress("validation", validation_scores.len(), opts.guidance_sweep.len(), None) {
                 return Err(Error::Cancelled);
             }
-            let s = score(&tasks, &layout, &gm.tch_denoiser(), &gm.tch_decoder(), opts, &split.seen[*m..], &[], gs)?;
+            let s = score(&tasks, &layout, gm, opts, &split.seen[*m..], &[], gs)?;
             validation_scores.push(median(s.seen.iter().map(|x| x.median)));
         }
     }
@@ -417,20 +407,19 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
         Some(rt) => Some(pdiff_core::runtime::Sampler::open(&gen_dir, rt)?),
         None => None,
     };
-    let (tch_den, tch_dec) = (g.tch_denoiser(), g.tch_decoder());
-    let (den, dec, backend): (&dyn DenoiserBackend, &dyn DecoderBackend, String) = match &sampler {
-        Some(s) => (s, s, s.backend_name().to_string()),
-        None => (&tch_den, &tch_dec, "tch".to_string()),
+    let (source, backend): (&dyn ModelSource, String) = match &sampler {
+        Some(s) => (s, s.backend_name().to_string()),
+        None => (&g, "tch".to_string()),
     };
     if !progress("generate", 0, 1, None) {
         return Err(Error::Cancelled);
     }
-    let main_scores = score(&tasks, &layout, den, dec, opts, &split.seen, &split.heldout, guidance)?;
+    let main_scores = score(&tasks, &layout, source, opts, &split.seen, &split.heldout, guidance)?;
     for ((t, _), rows) in col.heldout.iter().zip(&main_scores.heldout_rows) {
         let dir = out.join("heldout").join(t.code()).join("generated");
-        pdiff_core::runtime::write_models(&layout, rows, &dir, IfForeign::Refuse)?;
+        pdiff_core::generate::write_models(&layout, rows, &dir, IfForeign::Refuse)?;
     }
-    let uncond_rows = generate(den, dec, &opts.train, opts.sampler, None, 1.0, opts.n, opts.sample_seed)?;
+    let uncond_rows = generate(source, opts.sampler, None, 1.0, opts.n, opts.sample_seed)?;
     let sample_s = t0.elapsed().as_secs_f64();
 
     let t0 = Instant::now();
@@ -468,7 +457,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
         if !progress("guidance ablation", i, opts.guidance_sweep.len(), None) {
             return Err(Error::Cancelled);
         }
-        let s = if gs == guidance { None } else { Some(score(&tasks, &layout, den, dec, opts, &split.seen, &split.heldout, gs)?) };
+        let s = if gs == guidance { None } else { Some(score(&tasks, &layout, source, opts, &split.seen, &split.heldout, gs)?) };
         let s = s.as_ref().unwrap_or(&main_scores);
         guidance_ablation.push(GuidanceRow {
             guidance: gs,
@@ -480,7 +469,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
     let mut seen_tasks_ablation = Vec::new();
     for (m, gm) in &ablation_generators {
         let m = *m;
-        let s = score(&tasks, &layout, &gm.tch_denoiser(), &gm.tch_decoder(), opts, &split.seen[..m], &split.heldout, guidance)?;
+        let s = score(&tasks, &layout, gm, opts, &split.seen[..m], &split.heldout, guidance)?;
         let near = split.heldout.iter().map(|&t| {
             let (j, _) = nearest(t, &split.seen[..m]);
             test_summary(&tasks, &layout, &col.seen[j].1.concat(), t).map(|a| a.median)

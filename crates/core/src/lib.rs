@@ -11,6 +11,8 @@
 //! - [`training`]: what describes a training run (configuration, progress, history), as a
 //!   bundle records it
 //! - [`external_data`]: which tensors of an ONNX graph keep their bytes in an external file
+//! - [`generate`]: one sampling request, the [`generate::ModelSource`] trait, the ways out
+//!   (arrays, host buffers and tensors, safetensors files)
 //! - [`bundle`]: the exported directory (manifest, hashes, verified reads, atomic write)
 //! - [`runtime`]: serving a bundle with ONNX Runtime ([`runtime::Sampler`])
 pub mod bundle;
@@ -18,6 +20,7 @@ pub mod diffusion;
 pub mod error;
 pub mod external_data;
 pub mod fsutil;
+pub mod generate;
 pub mod model;
 pub mod params;
 pub mod runtime;

@@ -2,9 +2,7 @@
 //! against an f64 reference of the same trajectory, determinism per seed, cancel and errors.
 //! The denoiser here is a deterministic stand-in; no libtorch or ONNX Runtime is needed.
 use ndarray::{Array2, ArrayView2};
-use pdiff_core::diffusion::{
-    count_outside_clip, ddim_timesteps, sample_latent_rows, sample_latents, ClipCount, CondInput, DenoiserBackend, SamplerKind, Schedule,
-};
+use pdiff_core::diffusion::{count_outside_clip, ddim_timesteps, sample_latents, ClipCount, CondInput, DenoiserBackend, SamplerKind, Schedule};
 use pdiff_core::Error;
 use pdiff_test_support::*;
 use std::cell::RefCell;
@@ -81,7 +79,7 @@ fn schedule_validate_rejects_bad_values() {
     // The sampler refuses a bad schedule before calling the backend.
     let s = Schedule { kind: "quadratic".into(), ..Default::default() };
     let calls = RefCell::new(Vec::new());
-    let r = sample_latents(&Linear { d: 2, calls: &calls }, &s, SamplerKind::Ddpm, 1, 0, &mut |_, _| true);
+    let r = sample_latents(&Linear { d: 2, calls: &calls }, &s, SamplerKind::Ddpm, None, 0, 0..1, &mut |_, _| true);
     assert_eq!(invalid_err(r).0, "schedule.kind");
     assert!(calls.borrow().is_empty());
 }
@@ -125,7 +123,7 @@ type Calls = Vec<(Array2<f32>, Vec<i64>)>;
 fn run(kind: SamplerKind, n: usize, d: usize, seed: u64) -> (Array2<f32>, Calls, Vec<(usize, usize)>) {
     let calls = RefCell::new(Vec::new());
     let mut steps = Vec::new();
-    let out = sample_latents(&Linear { d, calls: &calls }, &Schedule::default(), kind, n, seed, &mut |done, total| {
+    let out = sample_latents(&Linear { d, calls: &calls }, &Schedule::default(), kind, None, seed, 0..n, &mut |done, total| {
         steps.push((done, total));
         true
     })
@@ -255,7 +253,7 @@ fn rows_do_not_depend_on_the_batch() {
         let (all, _, _) = run(kind, 7, d, 5);
         for rows in [0..1, 2..5, 6..7, 0..7] {
             let calls = RefCell::new(Vec::new());
-            let part = sample_latent_rows(&Linear { d, calls: &calls }, &Schedule::default(), kind, None, 5, rows.clone(), &mut |_, _| true).unwrap();
+            let part = sample_latents(&Linear { d, calls: &calls }, &Schedule::default(), kind, None, 5, rows.clone(), &mut |_, _| true).unwrap();
             let want = all.slice(ndarray::s![rows.clone(), ..]).to_owned();
             assert_eq!(bits(part.as_slice().unwrap()), bits(want.as_slice().unwrap()), "{kind:?} rows {rows:?}");
         }
@@ -269,7 +267,7 @@ fn sampler_cancel_and_errors() {
     for kind in [SamplerKind::Ddpm, SamplerKind::Ddim { steps: 20 }] {
         calls.borrow_mut().clear();
         let mut seen = 0;
-        let r = sample_latents(&den, &Schedule::default(), kind, 2, 1, &mut |done, _| {
+        let r = sample_latents(&den, &Schedule::default(), kind, None, 1, 0..2, &mut |done, _| {
             seen = done;
             done < 3
         });
@@ -278,14 +276,14 @@ fn sampler_cancel_and_errors() {
         assert_eq!(calls.borrow().len(), 3, "{kind:?}: no denoiser call after the cancel");
     }
     // Bad arguments.
-    assert_eq!(invalid_err(sample_latents(&den, &Schedule::default(), SamplerKind::Ddpm, 0, 1, &mut |_, _| true)).0, "n");
-    assert_eq!(invalid_err(sample_latents(&den, &Schedule::default(), SamplerKind::Ddim { steps: 0 }, 1, 1, &mut |_, _| true)).0, "steps");
+    assert_eq!(invalid_err(sample_latents(&den, &Schedule::default(), SamplerKind::Ddpm, None, 1, 0..0, &mut |_, _| true)).0, "n");
+    assert_eq!(invalid_err(sample_latents(&den, &Schedule::default(), SamplerKind::Ddim { steps: 0 }, None, 1, 0..1, &mut |_, _| true)).0, "steps");
     assert_eq!(SamplerKind::parse("ddim", 25).unwrap(), SamplerKind::Ddim { steps: 25 });
     assert_eq!(SamplerKind::parse("ddpm", 0).unwrap(), SamplerKind::Ddpm);
     assert_eq!(invalid_err(SamplerKind::parse("ddim", 0)).0, "steps");
     assert_eq!(invalid_err(SamplerKind::parse("euler", 10)).0, "sampler");
     // A backend returning the wrong shape is reported, not silently broadcast.
-    match sample_latents(&Broken, &Schedule::default(), SamplerKind::Ddim { steps: 2 }, 2, 0, &mut |_, _| true) {
+    match sample_latents(&Broken, &Schedule::default(), SamplerKind::Ddim { steps: 2 }, None, 0, 0..2, &mut |_, _| true) {
         Err(Error::Runtime(m)) => assert!(m.contains("[2, 3]"), "{m}"),
         other => panic!("expected Error::Runtime, got {other:?}"),
     }

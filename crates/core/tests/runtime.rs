@@ -4,6 +4,8 @@
 //! pdiff-train's (crates/train/tests/onnx_graphs.rs).
 use ndarray::Array2;
 use pdiff_core::diffusion::{DecoderBackend, DenoiserBackend, SamplerKind};
+use pdiff_core::fsutil::IfForeign;
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest, TensorSink};
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
 use pdiff_test_support::{copy_fixture, fixture};
 use std::path::PathBuf;
@@ -27,30 +29,31 @@ fn whole_loop_graph_matches_the_step_loop() {
     assert!(whole.runs_whole_loop());
     for (n, seed, steps) in [(1, 0, 1), (5, 3, 10), (17, 9, 50), (2, 4, 1000)] {
         let kind = SamplerKind::Ddim { steps };
-        let a = step.sample(n, seed, kind, &mut |_, _| true).unwrap();
+        let a = step.sample(&SampleRequest::new(n).seed(seed).sampler(kind), &mut no_progress).unwrap().params;
         let mut calls = Vec::new();
         let b = whole
-            .sample(n, seed, kind, &mut |done, total| {
+            .sample(&SampleRequest::new(n).seed(seed).sampler(kind), &mut |done, total| {
                 calls.push((done, total));
                 true
             })
-            .unwrap();
+            .unwrap()
+            .params;
         let r = rel_diff(&a, &b);
         assert!(r <= 1e-5, "n {n}, DDIM-{steps}: sampler.onnx differs from the step loop by {r}");
         assert_eq!(calls, vec![(steps, steps)], "one progress report, at the end");
     }
     // Out-of-range settings are errors on both paths, before anything runs.
     for s in [&step, &whole] {
-        let err = s.sample(2, 0, SamplerKind::Ddim { steps: 1001 }, &mut |_, _| true).err().unwrap();
+        let err = s.sample(&SampleRequest::new(2).seed(0).sampler(SamplerKind::Ddim { steps: 1001 }), &mut no_progress).err().unwrap();
         assert!(matches!(&err, pdiff_core::Error::InvalidArgument { field, .. } if field == "steps"), "{err}");
         assert!(err.to_string().contains("T = 1000"), "{err}");
-        let err = s.sample(2, 0, SamplerKind::Ddim { steps: 0 }, &mut |_, _| true).err().unwrap();
+        let err = s.sample(&SampleRequest::new(2).seed(0).sampler(SamplerKind::Ddim { steps: 0 }), &mut no_progress).err().unwrap();
         assert!(err.to_string().contains("at least 1 step"), "{err}");
-        assert!(s.sample(0, 0, SamplerKind::Ddim { steps: 5 }, &mut |_, _| true).is_err());
+        assert!(s.sample(&SampleRequest::new(0).seed(0).sampler(SamplerKind::Ddim { steps: 5 }), &mut no_progress).is_err());
     }
     // DDPM has no loop graph: it runs step by step on the same sampler.
-    let a = step.sample(2, 1, SamplerKind::Ddpm, &mut |_, _| true).unwrap();
-    let b = whole.sample(2, 1, SamplerKind::Ddpm, &mut |_, _| true).unwrap();
+    let a = step.sample(&SampleRequest::new(2).seed(1).sampler(SamplerKind::Ddpm), &mut no_progress).unwrap().params;
+    let b = whole.sample(&SampleRequest::new(2).seed(1).sampler(SamplerKind::Ddpm), &mut no_progress).unwrap().params;
     assert_eq!(a, b);
     // Off means off, even with the graph present.
     let off = Sampler::open(&fixture(), &RuntimeOptions { whole_loop: Some(false), ..cpu() }).unwrap();
@@ -70,7 +73,7 @@ fn whole_loop_on_a_bundle_without_the_graph_is_refused() {
     std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     let s = Sampler::open(&bundle, &cpu()).unwrap();
     assert!(!s.runs_whole_loop());
-    s.sample(2, 0, SamplerKind::Ddim { steps: 5 }, &mut |_, _| true).unwrap();
+    s.sample(&SampleRequest::new(2).seed(0).sampler(SamplerKind::Ddim { steps: 5 }), &mut no_progress).unwrap();
     let err = Sampler::open(&bundle, &RuntimeOptions { whole_loop: Some(true), ..cpu() }).err().unwrap();
     assert!(matches!(err, pdiff_core::Error::Bundle { .. }) && err.to_string().contains("no sampler.onnx"), "{err}");
 }
@@ -150,7 +153,7 @@ fn runtime_errors_are_clear() {
     assert!(err.to_string().contains("t [1]"), "{err}");
     // Caller buffer too small.
     let mut buf = vec![0f32; 3];
-    let err = s.sample_into(2, 0, SamplerKind::Ddim { steps: 5 }, None, &mut buf, &mut |_, _| true).err().unwrap();
+    let err = s.sample_into(&SampleRequest::new(2).seed(0).sampler(SamplerKind::Ddim { steps: 5 }), &mut buf, &mut no_progress).err().unwrap();
     assert!(err.to_string().contains("needed"), "{err}");
 
     // Missing and corrupt graph files.
@@ -177,11 +180,11 @@ fn sampler_is_shareable_across_threads() {
     assert_send_sync::<Sampler>();
     let s = std::sync::Arc::new(Sampler::open(&fixture(), &RuntimeOptions { max_sessions: Some(3), ..cpu() }).unwrap());
     let kind = SamplerKind::Ddim { steps: 10 };
-    let sequential: Vec<Array2<f32>> = (0..8).map(|seed| s.sample(2, seed, kind, &mut |_, _| true).unwrap()).collect();
+    let sequential: Vec<Array2<f32>> = (0..8).map(|seed| s.sample(&SampleRequest::new(2).seed(seed).sampler(kind), &mut no_progress).unwrap().params).collect();
     let handles: Vec<_> = (0..8u64)
         .map(|seed| {
             let s = s.clone();
-            std::thread::spawn(move || s.sample(2, seed, kind, &mut |_, _| true).unwrap())
+            std::thread::spawn(move || s.sample(&SampleRequest::new(2).seed(seed).sampler(kind), &mut no_progress).unwrap().params)
         })
         .collect();
     for (seed, h) in handles.into_iter().enumerate() {
@@ -194,13 +197,12 @@ fn sampler_is_shareable_across_threads() {
 /// the layout's order or another; bad buffers are refused, naming the tensor.
 #[test]
 fn sample_into_tensors_equals_sample_to_dir() {
-    use pdiff_core::runtime::TensorSink;
     let s = Sampler::open(&fixture(), &cpu()).unwrap();
     let kind = SamplerKind::Ddim { steps: 10 };
     let n = 5;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("gen");
-    let files = s.sample_to_dir(n, 7, kind, None, &out, &mut |_, _| true).unwrap();
+    let files = s.sample_to_dir(&SampleRequest::new(n).seed(7).sampler(kind), &out, IfForeign::Refuse, &mut no_progress).unwrap().0;
     assert_eq!(files.len(), n);
     // What the files hold, per tensor: n x numel values, model by model.
     let layout = s.layout().clone();
@@ -218,7 +220,7 @@ fn sample_into_tensors_equals_sample_to_dir() {
     let mut bufs: Vec<Vec<f32>> = layout.tensors.iter().map(|t| vec![f32::NAN; n * t.numel()]).collect();
     {
         let mut sinks: Vec<TensorSink<'_>> = bufs.iter_mut().enumerate().rev().map(|(tensor, out)| TensorSink { tensor, out }).collect();
-        s.sample_into_tensors(n, 7, kind, None, &mut sinks, &mut |_, _| true).unwrap();
+        s.sample_into_tensors(&SampleRequest::new(n).seed(7).sampler(kind), &mut sinks, &mut no_progress).unwrap();
     }
     for (i, b) in bufs.iter().enumerate() {
         assert_eq!(pdiff_test_support::bits(b), from_files[i], "tensor {}", layout.tensors[i].name);
@@ -226,34 +228,39 @@ fn sample_into_tensors_equals_sample_to_dir() {
     // One tensor only (the others are generated and dropped); DDPM as well.
     let head = layout.index_of("head.w").unwrap();
     let mut only = vec![0f32; n * layout.tensors[head].numel()];
-    s.sample_into_tensors(n, 7, kind, None, &mut [TensorSink { tensor: head, out: &mut only }], &mut |_, _| true).unwrap();
+    s.sample_into_tensors(&SampleRequest::new(n).seed(7).sampler(kind), &mut [TensorSink { tensor: head, out: &mut only }], &mut no_progress).unwrap();
     assert_eq!(pdiff_test_support::bits(&only), from_files[head]);
-    let flat = s.sample(2, 3, SamplerKind::Ddpm, &mut |_, _| true).unwrap();
+    let flat = s.sample(&SampleRequest::new(2).seed(3).sampler(SamplerKind::Ddpm), &mut no_progress).unwrap().params;
     let t = &layout.tensors[head];
     let mut ddpm = vec![0f32; 2 * t.numel()];
-    s.sample_into_tensors(2, 3, SamplerKind::Ddpm, None, &mut [TensorSink { tensor: head, out: &mut ddpm }], &mut |_, _| true).unwrap();
+    s.sample_into_tensors(&SampleRequest::new(2).seed(3).sampler(SamplerKind::Ddpm), &mut [TensorSink { tensor: head, out: &mut ddpm }], &mut no_progress)
+        .unwrap();
     let want: Vec<f32> = flat.rows().into_iter().flat_map(|r| r.as_slice().unwrap()[t.offset..t.offset + t.numel()].to_vec()).collect();
     assert_eq!(pdiff_test_support::bits(&ddpm), pdiff_test_support::bits(&want));
 
     // Refusals name the tensor (or the index), before any sampling.
     let mut short = vec![0f32; n * layout.tensors[head].numel() - 1];
-    let (field, msg) =
-        pdiff_test_support::invalid_err(s.sample_into_tensors(n, 7, kind, None, &mut [TensorSink { tensor: head, out: &mut short }], &mut |_, _| true));
+    let (field, msg) = pdiff_test_support::invalid_err(s.sample_into_tensors(
+        &SampleRequest::new(n).seed(7).sampler(kind),
+        &mut [TensorSink { tensor: head, out: &mut short }],
+        &mut no_progress,
+    ));
     assert_eq!(field, "buffers");
     assert!(msg.contains("'head.w'") && msg.contains(&format!("{} floats given", short.len())) && msg.contains("5 x 18 = 90"), "{msg}");
     let (mut a, mut b) = (vec![0f32; n * 18], vec![0f32; n * 18]);
     let (_, msg) = pdiff_test_support::invalid_err(s.sample_into_tensors(
-        n,
-        7,
-        kind,
-        None,
+        &SampleRequest::new(n).seed(7).sampler(kind),
         &mut [TensorSink { tensor: head, out: &mut a }, TensorSink { tensor: head, out: &mut b }],
-        &mut |_, _| true,
+        &mut no_progress,
     ));
     assert!(msg.contains("'head.w' is given twice"), "{msg}");
-    let (_, msg) = pdiff_test_support::invalid_err(s.sample_into_tensors(n, 7, kind, None, &mut [TensorSink { tensor: 3, out: &mut a }], &mut |_, _| true));
+    let (_, msg) = pdiff_test_support::invalid_err(s.sample_into_tensors(
+        &SampleRequest::new(n).seed(7).sampler(kind),
+        &mut [TensorSink { tensor: 3, out: &mut a }],
+        &mut no_progress,
+    ));
     assert!(msg.contains("index 3 is out of range") && msg.contains("3 tensors"), "{msg}");
-    let (_, msg) = pdiff_test_support::invalid_err(s.sample_into_tensors(n, 7, kind, None, &mut [], &mut |_, _| true));
+    let (_, msg) = pdiff_test_support::invalid_err(s.sample_into_tensors(&SampleRequest::new(n).seed(7).sampler(kind), &mut [], &mut no_progress));
     assert!(msg.contains("no tensor buffer"), "{msg}");
 }
 
@@ -262,9 +269,9 @@ fn sample_into_tensors_equals_sample_to_dir() {
 fn sample_to_dir_equals_one_batch() {
     let s = Sampler::open(&fixture(), &cpu()).unwrap();
     let kind = SamplerKind::Ddim { steps: 5 };
-    let all = s.sample(4, 9, kind, &mut |_, _| true).unwrap();
+    let all = s.sample(&SampleRequest::new(4).seed(9).sampler(kind), &mut no_progress).unwrap().params;
     let tmp = tempfile::tempdir().unwrap();
-    let files = s.sample_to_dir(4, 9, kind, None, &tmp.path().join("gen"), &mut |_, _| true).unwrap();
+    let files = s.sample_to_dir(&SampleRequest::new(4).seed(9).sampler(kind), &tmp.path().join("gen"), IfForeign::Refuse, &mut no_progress).unwrap().0;
     for (i, f) in files.iter().enumerate() {
         assert!(f.ends_with(format!("gen_{i:04}.safetensors")), "{f:?}");
         let bytes = std::fs::read(f).unwrap();

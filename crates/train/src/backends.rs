@@ -1,25 +1,24 @@
-//! The tch backends of pdiff-core's sampler loop: a trained generator's denoiser and decoder
-//! run by libtorch, converting and de-normalizing exactly as the exported graphs do.
+//! A trained generator as the backends of pdiff-core's sampler loop: its denoiser and decoder run
+//! by libtorch, converting and de-normalizing exactly as the exported graphs do, and so a
+//! [`ModelSource`] like ONNX Runtime's sampler.
 use crate::generator::Generator;
 use crate::nets::ConditionBatch;
 use crate::torch::{array_to_tensor, tensor_to_array, torch_boundary};
 use ndarray::{Array2, ArrayView2};
 use pdiff_core::diffusion::{check_condition_input, CondInput, DecoderBackend, DenoiserBackend};
 use pdiff_core::error::{Error, Result};
+use pdiff_core::generate::{ModelSource, OnStep, SampleRequest, Samples, StepLoop};
+use pdiff_core::params::Layout;
 use pdiff_core::training::DiffusionTarget;
 use tch::Tensor;
 
 /// The denoiser run by libtorch.
-pub struct TchDenoiser<'a> {
-    pub(crate) g: &'a Generator,
-}
-
-impl DenoiserBackend for TchDenoiser<'_> {
+impl DenoiserBackend for Generator {
     fn latent_dim(&self) -> usize {
-        self.g.latent_dim()
+        Generator::latent_dim(self)
     }
     fn condition_dim(&self) -> Option<usize> {
-        self.g.condition.as_ref().map(|c| c.dim)
+        self.condition.as_ref().map(|c| c.dim)
     }
     fn predict_noise(&self, x: ArrayView2<'_, f32>, t: &[i64], cond: Option<CondInput<'_>>) -> Result<Array2<f32>> {
         if x.ncols() != self.latent_dim() || t.len() != x.nrows() {
@@ -27,19 +26,19 @@ impl DenoiserBackend for TchDenoiser<'_> {
         }
         check_condition_input(self.condition_dim(), x.nrows(), cond.as_ref())?;
         torch_boundary("denoiser", || {
-            let device = self.g.device;
+            let device = self.device;
             let xt = array_to_tensor(x, device);
             let tt = Tensor::from_slice(t).to_device(device);
             let values = cond.map(|c| array_to_tensor(c.values, device));
             let mask = cond.map(|c| Tensor::from_slice(c.mask).to_device(device));
             let batch = values.as_ref().zip(mask.as_ref()).map(|(values, mask)| ConditionBatch { values, mask });
-            let out = tch::no_grad(|| self.g.den.forward(&xt, &tt, batch));
-            let eps = match self.g.target() {
+            let out = tch::no_grad(|| self.den.forward(&xt, &tt, batch));
+            let eps = match self.target() {
                 DiffusionTarget::Epsilon => out,
                 // eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t, with the f32 coefficients the
                 // exported graph uses.
                 DiffusionTarget::V => {
-                    let tab = self.g.config.schedule.tables();
+                    let tab = self.config.schedule.tables();
                     let (a, b): (Vec<f32>, Vec<f32>) =
                         t.iter().map(|&ti| (tab.alpha_bars[ti as usize].sqrt() as f32, (1.0 - tab.alpha_bars[ti as usize]).sqrt() as f32)).unzip();
                     let a = Tensor::from_slice(&a).to_device(device).unsqueeze(1);
@@ -54,16 +53,15 @@ impl DenoiserBackend for TchDenoiser<'_> {
 
 /// The decoder run by libtorch, with the same de-standardization, unpadding and
 /// de-normalization that the exported decoder graph does.
-pub struct TchDecoder<'a> {
-    pub(crate) g: &'a Generator,
-}
-
-impl DecoderBackend for TchDecoder<'_> {
+impl DecoderBackend for Generator {
     fn param_count(&self) -> usize {
-        self.g.layout.param_count()
+        self.layout.param_count()
+    }
+    fn latent_clip(&self) -> &[f32] {
+        &self.latent_clip
     }
     fn decode(&self, z: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
-        let g = self.g;
+        let g = self;
         if z.ncols() != g.latent_dim() {
             return Err(Error::invalid("decoder input", format!("z {:?}; expected [B, {}]", z.dim(), g.latent_dim())));
         }
@@ -82,5 +80,16 @@ impl DecoderBackend for TchDecoder<'_> {
             row.as_slice_mut().unwrap().copy_from_slice(&tmp);
         }
         Ok(a)
+    }
+}
+
+/// Sampling through libtorch: the step-by-step loop over this generator's networks (the same
+/// models as its bundle served by ONNX Runtime, to within float rounding).
+impl ModelSource for Generator {
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    fn sample(&self, request: &SampleRequest<'_>, on_step: OnStep<'_>) -> Result<Samples> {
+        StepLoop { denoiser: self, decoder: self, schedule: &self.config.schedule, layout: &self.layout }.sample(request, on_step)
     }
 }

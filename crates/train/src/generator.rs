@@ -1,7 +1,6 @@
 //! A generator: its two networks on tch and the statistics that map latents back to
-//! parameters in host units. Fitting is in [`crate::fit`], the tch backends of the sampler
-//! loop in [`crate::backends`], bundles in [`crate::export`].
-use crate::backends::{TchDecoder, TchDenoiser};
+//! parameters in host units. Fitting is in [`crate::fit`], sampling through libtorch in
+//! [`crate::backends`], bundles in [`crate::export`].
 use crate::nets::{Autoencoder, Denoiser};
 use crate::torch::{tensor_to_array, torch_boundary};
 use ndarray::Array2;
@@ -154,16 +153,8 @@ impl Generator {
         all - a - d
     }
 
-    /// tch backends over this generator, for the shared sampler loop.
     /// What the denoiser network predicts (its output is converted to the noise for sampling).
     pub fn target(&self) -> DiffusionTarget {
         self.config.target.unwrap_or(DiffusionTarget::default_for(self.condition.is_some()))
-    }
-
-    pub fn tch_denoiser(&self) -> TchDenoiser<'_> {
-        TchDenoiser { g: self }
-    }
-    pub fn tch_decoder(&self) -> TchDecoder<'_> {
-        TchDecoder { g: self }
     }
 }

@@ -14,6 +14,5 @@ pub mod nets;
 pub mod onnx;
 pub mod torch;
 
-pub use backends::{TchDecoder, TchDenoiser};
 pub use generator::{Generator, LATENT_CLIP_MARGIN, LATENT_STD_FLOOR};
 pub use torch::{check_memory, device_name, resolve_device, torch_boundary, TorchResult};

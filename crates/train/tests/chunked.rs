@@ -4,6 +4,8 @@
 //! are pdiff-core's (crates/core/tests/chunked.rs); ONNX parity with tch is in onnx_graphs.rs.
 mod common;
 use common::torch_lock;
+use pdiff_core::diffusion::SamplerKind;
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::model::{AutoencoderConfig, DenoiserConfig, Preset, TokenMap, AUTO_CHUNKED_MIN_PARAMS, CHUNKED_COMPONENTS};
 use pdiff_core::params::{synthetic_trajectory, Layout, ParamSet};
 use pdiff_core::training::{DeviceChoice, TrainConfig};
@@ -106,17 +108,9 @@ fn principal_components_follow_k_and_hold_the_trajectory() {
     let off = (gram - tch::Tensor::eye(6, (tch::Kind::Float, tch::Device::Cpu))).abs().max().double_value(&[]);
     assert!(off < 1e-4, "basis rows not orthonormal: {off:.2e}");
     // Samples stay in the training latents' range: the decoder clips almost nothing.
-    let z = pdiff_core::diffusion::sample_latents(
-        &g.tch_denoiser(),
-        &g.config.schedule,
-        pdiff_core::diffusion::SamplerKind::Ddim { steps: 20 },
-        64,
-        5,
-        &mut |_, _| true,
-    )
-    .unwrap();
-    let outside = pdiff_core::diffusion::count_outside_clip(z.view(), &g.latent_clip).unwrap();
-    assert!(outside.values * 20 < z.len(), "{} of {} sampled values outside the clip bounds", outside.values, z.len());
+    let samples = g.sample(&SampleRequest::new(64).seed(5).sampler(SamplerKind::Ddim { steps: 20 }), &mut no_progress).unwrap();
+    let values = 64 * g.latent_dim();
+    assert!(samples.clipped.values * 20 < values, "{} of {values} sampled values outside the clip bounds", samples.clipped.values);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! (crates/core/tests/conditional.rs).
 mod common;
 use ndarray::Array2;
-use pdiff_core::diffusion::{sample_param_rows, Conditioning, SamplerKind};
+use pdiff_core::diffusion::{Conditioning, SamplerKind};
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::model::Preset;
 use pdiff_core::params::{ConditionSpec, Conditions, Layout, ParamSet};
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
@@ -46,7 +47,7 @@ fn a_conditional_generator_generates_each_condition() {
     let kind = SamplerKind::Ddim { steps: 20 };
     let sample = |values: &[f32], guidance: f32| {
         let cond = Conditioning { values, guidance };
-        sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, Some(&cond), 3, 0..32, &mut |_, _| true).unwrap()
+        g.sample(&SampleRequest::new(32).seed(3).sampler(kind).condition(cond), &mut no_progress).unwrap().params
     };
     // Each condition's samples land at its own task's point (nearer to it than to the other).
     let on_own = |rows: &Array2<f32>, own: &[f32], other: &[f32]| {
@@ -60,7 +61,7 @@ fn a_conditional_generator_generates_each_condition() {
     let (sa, sb) = (on_own(&sample(&[1.0, 0.0], 3.0), &a, &b), on_own(&sample(&[0.0, 1.0], 3.0), &b, &a));
     assert!(sa >= ra.min(30) && sb >= rb.min(30), "guidance 3: {sa} and {sb} of 32 (guidance 1: {ra}, {rb})");
     // No condition: the unconditional model, which gives both tasks.
-    let none = sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, None, 3, 0..32, &mut |_, _| true).unwrap();
+    let none = g.sample(&SampleRequest::new(32).seed(3).sampler(kind), &mut no_progress).unwrap().params;
     let na = on_own(&none, &a, &b);
     assert!((4..=28).contains(&na), "without a condition {na} of 32 samples are A's");
     // One condition per row: rows 0, 2, .. get A, rows 1, 3, .. get B.
@@ -72,10 +73,10 @@ fn a_conditional_generator_generates_each_condition() {
     // Errors: a condition of the wrong size, a non-finite guidance, a condition for an
     // unconditional backend.
     let bad = Conditioning { values: &[1.0, 0.0, 0.0], guidance: 1.0 };
-    let r = sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, Some(&bad), 3, 0..4, &mut |_, _| true);
+    let r = g.sample(&SampleRequest::new(4).seed(3).sampler(kind).condition(bad), &mut no_progress);
     assert!(r.unwrap_err().to_string().contains("3 values: expected C = 2"));
     let nan = Conditioning { values: &[1.0, 0.0], guidance: f32::NAN };
-    let r = sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, Some(&nan), 3, 0..4, &mut |_, _| true);
+    let r = g.sample(&SampleRequest::new(4).seed(3).sampler(kind).condition(nan), &mut no_progress);
     assert!(r.unwrap_err().to_string().contains("guidance"));
 
     // The bundle: the manifest declares the condition; ONNX Runtime gives tch's samples, step by
@@ -90,9 +91,11 @@ fn a_conditional_generator_generates_each_condition() {
     assert_eq!(step.condition_dim(), Some(2));
     for (values, guidance) in [(Some(&[1.0f32, 0.0][..]), 1.0f32), (Some(&[0.0, 1.0][..]), 2.0), (None, 1.0)] {
         let cond = values.map(|values| Conditioning { values, guidance });
-        let t = sample_param_rows(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, cond.as_ref(), 5, 0..6, &mut |_, _| true).unwrap();
-        let s = step.sample_rows(0..6, 5, kind, cond.as_ref(), &mut |_, _| true).unwrap();
-        let w = whole.sample_rows(0..6, 5, kind, cond.as_ref(), &mut |_, _| true).unwrap();
+        let t = g.sample(&SampleRequest { condition: cond.as_ref().copied(), ..SampleRequest::new(6).seed(5).sampler(kind) }, &mut no_progress).unwrap().params;
+        let s =
+            step.sample(&SampleRequest { condition: cond.as_ref().copied(), ..SampleRequest::new(6).seed(5).sampler(kind) }, &mut no_progress).unwrap().params;
+        let w =
+            whole.sample(&SampleRequest { condition: cond.as_ref().copied(), ..SampleRequest::new(6).seed(5).sampler(kind) }, &mut no_progress).unwrap().params;
         let scale = t.iter().fold(0f32, |m, v| m.max(v.abs()));
         let diff = |x: &Array2<f32>, y: &Array2<f32>| x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale;
         assert!(diff(&t, &s) < 1e-3, "{values:?} g {guidance}: tch vs ONNX Runtime {}", diff(&t, &s));
@@ -102,6 +105,7 @@ fn a_conditional_generator_generates_each_condition() {
     let fixture = pdiff_test_support::fixture();
     let plain = Sampler::open(&fixture, &cpu).unwrap();
     assert_eq!(plain.condition_dim(), None);
-    let err = plain.sample_conditional(2, 0, kind, &Conditioning { values: &[1.0], guidance: 1.0 }, &mut |_, _| true).unwrap_err();
+    let err =
+        plain.sample(&SampleRequest::new(2).seed(0).sampler(kind).condition(Conditioning { values: &[1.0], guidance: 1.0 }), &mut no_progress).unwrap_err();
     assert!(err.to_string().contains("unconditional"), "{err}");
 }

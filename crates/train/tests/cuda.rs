@@ -8,7 +8,7 @@
 //! fails: it asserts that libtorch sees a CUDA device first.
 mod common;
 use common::*;
-use pdiff_core::diffusion::{sample_params, SamplerKind};
+use pdiff_core::diffusion::SamplerKind;
 use pdiff_core::training::{DeviceChoice, Progress};
 use pdiff_test_support::*;
 use pdiff_train::Generator;
@@ -74,7 +74,7 @@ fn training_on_cuda() {
     let cpu = Generator::load_bundle(&bundle, DeviceChoice::Cpu).unwrap();
     assert_eq!(cpu.device, tch::Device::Cpu);
     let kind = SamplerKind::Ddim { steps: 10 };
-    let sample = |g: &Generator, seed| sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, 6, seed, &mut |_, _| true).unwrap();
+    let sample = |g: &Generator, seed| g.sample(&SampleRequest::new(6).seed(seed).sampler(kind), &mut no_progress).unwrap().params;
     let on_cuda = sample(&g, 11);
     let on_cpu = sample(&cpu, 11);
     assert_eq!(on_cuda.dim(), (6, set.layout.param_count()));
@@ -88,6 +88,7 @@ fn training_on_cuda() {
 // ---- ONNX Runtime's CUDA execution provider (needs the onnxruntime-gpu library: scripts/setup.sh
 // installs it on a GPU machine and .cargo/config.toml's ORT_DYLIB_PATH names it) ----
 
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
 
 /// Fails, naming what is missing, when the ONNX Runtime library has no usable CUDA provider.
@@ -115,13 +116,13 @@ fn required_cuda_sampler_runs_on_cuda() {
     let fixture = fixture();
     let cpu = Sampler::open(&fixture, &RuntimeOptions { provider: Provider::Cpu, intra_threads: Some(1), ..Default::default() }).unwrap();
     let kind = pdiff_core::diffusion::SamplerKind::Ddim { steps: 10 };
-    let reference = cpu.sample(6, 3, kind, &mut |_, _| true).unwrap();
+    let reference = cpu.sample(&SampleRequest::new(6).seed(3).sampler(kind), &mut no_progress).unwrap().params;
     for whole_loop in [Some(false), Some(true), None] {
         let s = Sampler::open(&fixture, &cuda_runtime(whole_loop)).unwrap();
         let b = s.backend();
         assert_eq!(b.name, "onnxruntime-cuda", "{whole_loop:?}: {}", b.detail);
         assert!(b.detail.contains("CUDA execution provider") && b.detail.contains("asked for"), "{}", b.detail);
-        let got = s.sample(6, 3, kind, &mut |_, _| true).unwrap();
+        let got = s.sample(&SampleRequest::new(6).seed(3).sampler(kind), &mut no_progress).unwrap().params;
         let diff = max_rel_diff(&reference, &got);
         assert!(diff < 1e-3, "{whole_loop:?}: CUDA and CPU samples differ by {diff:.3e} (relative)");
     }
@@ -151,7 +152,10 @@ fn required_cuda_has_no_cpu_fallback() {
     // The rewritten graph is sound: on the CPU it samples what the fixture samples.
     let kind = pdiff_core::diffusion::SamplerKind::Ddim { steps: 5 };
     let original = Sampler::open(&fixture, &RuntimeOptions { provider: Provider::Cpu, ..Default::default() }).unwrap();
-    assert_eq!(auto.sample(3, 1, kind, &mut |_, _| true).unwrap(), original.sample(3, 1, kind, &mut |_, _| true).unwrap());
+    assert_eq!(
+        auto.sample(&SampleRequest::new(3).seed(1).sampler(kind), &mut no_progress).unwrap().params,
+        original.sample(&SampleRequest::new(3).seed(1).sampler(kind), &mut no_progress).unwrap().params
+    );
 }
 
 /// Rewrites the denoiser so that its output `eps` = Reshape(Det(Reshape(eps', [-1, 1, 1])),
@@ -205,10 +209,10 @@ fn tch_cuda_and_ort_cuda_agree() {
     let bundle = dir.path().join("bundle");
     g.export_bundle(&bundle).unwrap();
     let kind = SamplerKind::Ddim { steps: 10 };
-    let by_tch = sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, 6, 5, &mut |_, _| true).unwrap();
+    let by_tch = g.sample(&SampleRequest::new(6).seed(5).sampler(kind), &mut no_progress).unwrap().params;
     let s = Sampler::open(&bundle, &cuda_runtime(Some(false))).unwrap();
     assert_eq!(s.backend_name(), "onnxruntime-cuda");
-    let by_ort = s.sample(6, 5, kind, &mut |_, _| true).unwrap();
+    let by_ort = s.sample(&SampleRequest::new(6).seed(5).sampler(kind), &mut no_progress).unwrap().params;
     let r = max_rel_diff(&by_tch, &by_ort);
     assert!(r < CUDA_CPU_TOLERANCE, "tch-CUDA and ORT-CUDA samples differ by {r:.3e} (relative), bound {CUDA_CPU_TOLERANCE:e}");
 }

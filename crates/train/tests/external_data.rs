@@ -6,6 +6,7 @@ mod common;
 use common::torch_lock;
 use pdiff_core::bundle::{self, ExportOptions};
 use pdiff_core::diffusion::SamplerKind;
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
 use pdiff_core::training::DeviceChoice;
 use pdiff_core::Error;
@@ -72,11 +73,15 @@ fn external_data_bundles_sample_like_inline_ones() {
     // holds no data file: ONNX Runtime gets the data from memory.
     assert!(!Path::new("decoder.onnx.data").exists());
     for whole_loop in [Some(false), Some(true)] {
-        let want = Sampler::open(&inline, &cpu(whole_loop)).unwrap().sample(3, 7, SamplerKind::Ddim { steps: 10 }, &mut |_, _| true).unwrap();
+        let want = Sampler::open(&inline, &cpu(whole_loop))
+            .unwrap()
+            .sample(&SampleRequest::new(3).seed(7).sampler(SamplerKind::Ddim { steps: 10 }), &mut no_progress)
+            .unwrap()
+            .params;
         for b in [&all_external, &partial] {
             let s = Sampler::open(b, &cpu(whole_loop)).unwrap();
             assert_eq!(s.runs_whole_loop(), whole_loop == Some(true));
-            let got = s.sample(3, 7, SamplerKind::Ddim { steps: 10 }, &mut |_, _| true).unwrap();
+            let got = s.sample(&SampleRequest::new(3).seed(7).sampler(SamplerKind::Ddim { steps: 10 }), &mut no_progress).unwrap().params;
             assert_eq!(bits(got.as_slice().unwrap()), bits(want.as_slice().unwrap()), "{b:?} whole_loop {whole_loop:?}");
         }
     }

@@ -4,7 +4,8 @@
 //! fixture bundle of pdiff-core's tests is regenerated here.
 mod common;
 use ndarray::Array2;
-use pdiff_core::diffusion::{sample_params, DecoderBackend, DenoiserBackend, SamplerKind};
+use pdiff_core::diffusion::{DecoderBackend, DenoiserBackend, SamplerKind};
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::model::{AutoencoderConfig, ConvSpec, DenoiserConfig, Preset};
 use pdiff_core::params::{Layout, ParamSet};
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
@@ -59,11 +60,11 @@ fn check_preset(preset: Preset) {
     for (b, seed) in [(1usize, 3u64), (5, 4), (17, 5)] {
         let x = random(b, d, seed);
         let t: Vec<i64> = (0..b as i64).map(|i| (i * 97) % 1000).collect();
-        let eps_tch = g.tch_denoiser().predict_noise(x.view(), &t, None).unwrap();
+        let eps_tch = g.predict_noise(x.view(), &t, None).unwrap();
         let eps_ort = sampler.predict_noise(x.view(), &t, None).unwrap();
         let r = max_rel_diff(&eps_tch, &eps_ort);
         assert!(r < 1e-4, "{preset}: denoiser relative difference {r}");
-        let p_tch = g.tch_decoder().decode(x.view()).unwrap();
+        let p_tch = g.decode(x.view()).unwrap();
         let p_ort = sampler.decode(x.view()).unwrap();
         let r = max_rel_diff(&p_tch, &p_ort);
         assert!(r < 1e-4, "{preset}: decoder relative difference {r}");
@@ -72,8 +73,8 @@ fn check_preset(preset: Preset) {
 
     // The same seed gives the same parameters on both backends (shared sampler loop).
     for kind in [SamplerKind::Ddim { steps: 20 }, SamplerKind::Ddpm] {
-        let a = sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, kind, 4, 11, &mut |_, _| true).unwrap();
-        let b = sampler.sample(4, 11, kind, &mut |_, _| true).unwrap();
+        let a = g.sample(&SampleRequest::new(4).seed(11).sampler(kind), &mut no_progress).unwrap().params;
+        let b = sampler.sample(&SampleRequest::new(4).seed(11).sampler(kind), &mut no_progress).unwrap().params;
         let r = max_rel_diff(&a, &b);
         assert!(r < 1e-3, "{preset} {kind:?}: generated parameters differ by {r}");
     }
@@ -83,8 +84,8 @@ fn check_preset(preset: Preset) {
     assert!(whole.runs_whole_loop() && !sampler.runs_whole_loop());
     for steps in [1, 20] {
         let kind = SamplerKind::Ddim { steps };
-        let a = sampler.sample(4, 5, kind, &mut |_, _| true).unwrap();
-        let b = whole.sample(4, 5, kind, &mut |_, _| true).unwrap();
+        let a = sampler.sample(&SampleRequest::new(4).seed(5).sampler(kind), &mut no_progress).unwrap().params;
+        let b = whole.sample(&SampleRequest::new(4).seed(5).sampler(kind), &mut no_progress).unwrap().params;
         let r = max_rel_diff(&a, &b);
         assert!(r <= 1e-5, "{preset} DDIM-{steps}: sampler.onnx differs from the step loop by {r}");
     }

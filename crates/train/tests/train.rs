@@ -2,7 +2,8 @@
 //! reproducibility per seed, cancel and device errors; configuration validation.
 mod common;
 use common::*;
-use pdiff_core::diffusion::{sample_params, SamplerKind};
+use pdiff_core::diffusion::SamplerKind;
+use pdiff_core::generate::{ModelSource, SampleRequest};
 use pdiff_core::model::Preset;
 use pdiff_core::training::{DeviceChoice, Progress, Stage, TrainConfig};
 use pdiff_core::Error;
@@ -59,7 +60,7 @@ fn end_to_end_train_and_sample() {
     let sample_max = a.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(sample_max < 100.0 * data_max, "samples {sample_max} vs data {data_max}");
     // A cancel from the sampling callback.
-    let r = sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, SamplerKind::Ddim { steps: 10 }, 2, 0, &mut |s, _| s < 4);
+    let r = g.sample(&SampleRequest::new(2).seed(0).sampler(SamplerKind::Ddim { steps: 10 }), &mut |s, _| s < 4);
     assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
 }
 

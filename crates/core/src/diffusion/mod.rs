@@ -187,6 +187,9 @@ impl RowCondition {
 /// Runs the decoder: standardized latents [B, d] -> parameters [B, D] in the host's units.
 pub trait DecoderBackend {
     fn param_count(&self) -> usize;
+    /// The bound on |standardized latent| per dimension that the decoder clips to (the
+    /// manifest's `latent.clip`), for [`count_outside_clip`].
+    fn latent_clip(&self) -> &[f32];
     fn decode(&self, z: ArrayView2<'_, f32>) -> Result<Array2<f32>>;
 }
 
@@ -256,33 +259,20 @@ pub fn check_kind(schedule: &Schedule, kind: SamplerKind) -> Result<()> {
     Ok(())
 }
 
-/// The initial noise x_T of rows `rows` of [`sample_latent_rows`] for `seed`: [rows, d]
+/// The initial noise x_T of rows `rows` of [`sample_latents`] for `seed`: [rows, d]
 /// standard normal, the first d draws of each row's stream. A backend that runs the whole loop
 /// itself (sampler.onnx) starts from it and so gives the step-by-step loop's parameters.
 pub fn initial_noise(seed: u64, rows: std::ops::Range<usize>, d: usize) -> Array2<f32> {
     gaussian_rows(&mut rows.map(|r| row_rng(seed, r)).collect::<Vec<_>>(), d)
 }
 
-/// Generate `n` standardized latents with the reverse process. `on_step(done, total)` returns
-/// false to cancel.
+/// Rows `rows` of the standardized latents the reverse process gives for `seed`: each row's
+/// noise comes from its own stream (ChaCha8 seeded with `seed`, stream = the row's index), so a
+/// row is the same whether it is sampled alone, in a chunk, or among any number of others. This
+/// is what lets a caller sample N models in bounded chunks. `cond`: the condition of a
+/// conditional generator (None: the "no condition" embedding; unconditional generators take
+/// none). `on_step(done, total)` returns false to cancel.
 pub fn sample_latents(
-    denoiser: &dyn DenoiserBackend,
-    schedule: &Schedule,
-    kind: SamplerKind,
-    n: usize,
-    seed: u64,
-    on_step: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<Array2<f32>> {
-    sample_latent_rows(denoiser, schedule, kind, None, seed, 0..n, on_step)
-}
-
-/// Rows `rows` of what [`sample_latents`] gives for `seed`: each row's noise comes from its own
-/// stream (ChaCha8 seeded with `seed`, stream = the row's index), so a row is the same whether
-/// it is sampled alone, in a chunk, or among any number of others. This is what lets a caller
-/// sample N models in bounded chunks.
-/// `cond`: the condition of a conditional generator (None: the "no condition" embedding;
-/// unconditional generators take none).
-pub fn sample_latent_rows(
     denoiser: &dyn DenoiserBackend,
     schedule: &Schedule,
     kind: SamplerKind,
@@ -352,40 +342,6 @@ fn check_shape(eps: &Array2<f32>, n: usize, d: usize) -> Result<()> {
     Ok(())
 }
 
-/// Sample `n` parameter vectors in host units ([n, D]): latents, then the decoder.
-pub fn sample_params(
-    denoiser: &dyn DenoiserBackend,
-    decoder: &dyn DecoderBackend,
-    schedule: &Schedule,
-    kind: SamplerKind,
-    n: usize,
-    seed: u64,
-    on_step: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<Array2<f32>> {
-    sample_param_rows(denoiser, decoder, schedule, kind, None, seed, 0..n, on_step)
-}
-
-/// Rows `rows` of what [`sample_params`] gives for `seed` (see [`sample_latent_rows`]).
-#[allow(clippy::too_many_arguments)]
-pub fn sample_param_rows(
-    denoiser: &dyn DenoiserBackend,
-    decoder: &dyn DecoderBackend,
-    schedule: &Schedule,
-    kind: SamplerKind,
-    cond: Option<&Conditioning<'_>>,
-    seed: u64,
-    rows: std::ops::Range<usize>,
-    on_step: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<Array2<f32>> {
-    let n = rows.len();
-    let z = sample_latent_rows(denoiser, schedule, kind, cond, seed, rows, on_step)?;
-    let params = decoder.decode(z.view())?;
-    if params.dim() != (n, decoder.param_count()) {
-        return Err(Error::Runtime(format!("decoder returned shape {:?}, expected [{n}, {}]", params.dim(), decoder.param_count())));
-    }
-    Ok(params)
-}
-
 /// How many generated standardized latents fall outside the training range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClipCount {
@@ -393,6 +349,13 @@ pub struct ClipCount {
     pub rows: usize,
     /// Values outside their bound, over all rows and dimensions.
     pub values: usize,
+}
+
+impl std::ops::AddAssign for ClipCount {
+    fn add_assign(&mut self, other: ClipCount) {
+        self.rows += other.rows;
+        self.values += other.values;
+    }
 }
 
 /// Count, in a batch of standardized latents `[n, d]`, the values and rows outside the

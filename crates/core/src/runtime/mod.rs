@@ -8,9 +8,9 @@ mod session;
 pub use library::{cuda_library_dirs, init, library_path, preload_cuda_libraries, CudaPreload};
 
 use crate::bundle::{Bundle, Manifest};
-use crate::diffusion::{check_condition_input, sample_param_rows, CondInput, Conditioning, DecoderBackend, DenoiserBackend, RowCondition, SamplerKind};
+use crate::diffusion::{check_condition_input, count_outside_clip, CondInput, DecoderBackend, DenoiserBackend, RowCondition, SamplerKind};
 use crate::error::{Error, Result};
-use crate::fsutil::{IfForeign, OutputDir, OutputKind};
+use crate::generate::{ModelSource, OnStep, SampleRequest, Samples, StepLoop};
 use crate::params::Layout;
 use ndarray::{Array2, ArrayView2};
 use ort::ep::ExecutionProvider;
@@ -107,7 +107,7 @@ fn sampler_ports(m: &Manifest) -> (Vec<Port>, Vec<Port>) {
         inputs.push(Port::f32("condition", &[Dim::Batch, Dim::Is(c.dim)]));
         inputs.push(Port::f32("guidance", &[]));
     }
-    (inputs, vec![Port::f32("params", &[Dim::Batch, Dim::Is(m.param_count)])])
+    (inputs, vec![Port::f32("params", &[Dim::Batch, Dim::Is(m.param_count)]), Port::f32("latent", &[Dim::Batch, Dim::Is(m.latent_dim)])])
 }
 
 fn denoiser_ports(m: &Manifest) -> (Vec<Port>, Vec<Port>) {
@@ -283,26 +283,17 @@ impl Sampler {
         self.whole_loop.is_some()
     }
 
-    /// DDIM through sampler.onnx: rows `rows` of the step-by-step loop's initial noise for
-    /// `seed`, the DDIM timesteps, one run.
-    #[allow(clippy::too_many_arguments)]
-    fn sample_whole_loop(
-        &self,
-        pool: &SessionPool,
-        rows: std::ops::Range<usize>,
-        seed: u64,
-        steps: usize,
-        cond: Option<&Conditioning<'_>>,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Array2<f32>> {
+    /// DDIM through sampler.onnx: the request's rows of the step-by-step loop's initial noise,
+    /// the DDIM timesteps, one run. The graph also returns the standardized latents before the
+    /// decoder clips them, which the clip count is taken from.
+    fn sample_whole_loop(&self, pool: &SessionPool, request: &SampleRequest<'_>, steps: usize, on_step: OnStep<'_>) -> Result<Samples> {
+        request.validate()?;
         let schedule = &self.manifest.schedule;
         crate::diffusion::check_kind(schedule, SamplerKind::Ddim { steps })?;
-        if rows.is_empty() {
-            return Err(Error::invalid("n", "number of samples must be at least 1"));
-        }
-        let condition = RowCondition::new(self.condition_dim(), cond, &rows)?;
+        let rows = request.rows();
+        let condition = RowCondition::new(self.condition_dim(), request.condition.as_ref(), &rows)?;
         let (n, d) = (rows.len(), self.manifest.latent_dim);
-        let noise = crate::diffusion::initial_noise(seed, rows, d);
+        let noise = crate::diffusion::initial_noise(request.seed, rows, d);
         let seq: Vec<i64> = crate::diffusion::ddim_timesteps(schedule.timesteps, steps).into_iter().map(|t| t as i64).collect();
         let noise = Tensor::from_array(([n, d], noise.into_raw_vec_and_offset().0)).map_err(tensor_err("noise"))?;
         let seq = Tensor::from_array(([seq.len()], seq)).map_err(tensor_err("timesteps"))?;
@@ -318,11 +309,15 @@ impl Sampler {
             inputs.push(("condition".into(), Tensor::from_array(([n, c], v.into_raw_vec_and_offset().0)).map_err(tensor_err("condition"))?.into()));
             inputs.push(("guidance".into(), Tensor::from_array((Vec::<usize>::new(), vec![guidance])).map_err(tensor_err("guidance"))?.into()));
         }
-        let params = pool.with(|s| run_f32(s, inputs, "params", n, self.manifest.param_count))?;
+        let (params, latent) = pool.with(|s| {
+            let out = s.run(inputs).map_err(|e| Error::Runtime(format!("run: {e}")))?;
+            Ok((take_f32(&out, "params", n, self.manifest.param_count)?, take_f32(&out, "latent", n, d)?))
+        })?;
+        let clipped = count_outside_clip(latent.view(), &self.manifest.latent.clip)?;
         if !on_step(steps, steps) {
             return Err(Error::Cancelled);
         }
-        Ok(params)
+        Ok(Samples { params, clipped })
     }
 
     /// "onnxruntime-cpu" or "onnxruntime-cuda": the provider actually in use.
@@ -344,303 +339,34 @@ impl Sampler {
         (self.decoder.created(), self.denoiser.created())
     }
 
-    /// Generate `n` parameter vectors ([n, D], host units).
-    /// DDIM runs as one graph when [`Sampler::runs_whole_loop`] (`on_step` is then called once,
-    /// at the end), else step by step through the shared loop of [`crate::diffusion`].
-    /// A conditional generator samples with "no condition" here: see
-    /// [`Sampler::sample_conditional`].
-    pub fn sample(&self, n: usize, seed: u64, kind: SamplerKind, on_step: &mut dyn FnMut(usize, usize) -> bool) -> Result<Array2<f32>> {
-        self.sample_rows(0..n, seed, kind, None, on_step)
-    }
-
-    /// Generate `n` parameter vectors for a condition (a conditional generator only).
-    pub fn sample_conditional(
-        &self,
-        n: usize,
-        seed: u64,
-        kind: SamplerKind,
-        cond: &Conditioning<'_>,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Array2<f32>> {
-        self.sample_rows(0..n, seed, kind, Some(cond), on_step)
-    }
-
-    /// Rows `rows` of what [`Sampler::sample`] (or, with a condition,
-    /// [`Sampler::sample_conditional`]) gives for `seed` with any n >= `rows.end`: each generated
-    /// model depends only on the seed, the condition and its index.
-    pub fn sample_rows(
-        &self,
-        rows: std::ops::Range<usize>,
-        seed: u64,
-        kind: SamplerKind,
-        cond: Option<&Conditioning<'_>>,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Array2<f32>> {
-        match (kind, &self.whole_loop) {
-            (SamplerKind::Ddim { steps }, Some(pool)) => self.sample_whole_loop(pool, rows, seed, steps, cond, on_step),
-            _ => sample_param_rows(self, self, &self.manifest.schedule, kind, cond, seed, rows, on_step),
-        }
-    }
-
     /// C, for a conditional generator.
     pub fn condition_dim(&self) -> Option<usize> {
         self.manifest.condition.as_ref().map(|c| c.dim)
     }
 
-    /// Generate `n` models in chunks of at most `chunk` rows and hand each chunk to
-    /// `on_chunk(first_row, rows)`: memory stays bounded by `chunk` x D whatever `n`, and the
-    /// models are those of [`Sampler::sample`]. `on_step(done, total)` counts the steps of all
-    /// chunks.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample_chunked(
-        &self,
-        n: usize,
-        seed: u64,
-        kind: SamplerKind,
-        cond: Option<&Conditioning<'_>>,
-        chunk: usize,
-        on_chunk: &mut dyn FnMut(usize, ArrayView2<'_, f32>) -> Result<()>,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<()> {
-        if n == 0 {
-            return Err(Error::invalid("n", "number of samples must be at least 1"));
-        }
-        let chunk = chunk.max(1);
-        let chunks = n.div_ceil(chunk);
-        for c in 0..chunks {
-            let rows = c * chunk..((c + 1) * chunk).min(n);
-            let first = rows.start;
-            let params = self.sample_rows(rows, seed, kind, cond, &mut |done, total| on_step(c * total + done, chunks * total))?;
-            on_chunk(first, params.view())?;
-        }
-        Ok(())
-    }
-
-    /// Rows per chunk so that a chunk of generated parameters holds at most `bytes`.
-    pub fn rows_within(&self, bytes: usize) -> usize {
-        (bytes / (4 * self.layout.param_count().max(1))).max(1)
-    }
-
-    /// Generate into a caller buffer of at least n * D floats (row-major).
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample_into(
-        &self,
-        n: usize,
-        seed: u64,
-        kind: SamplerKind,
-        cond: Option<&Conditioning<'_>>,
-        out: &mut [f32],
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<()> {
-        let need = n.checked_mul(self.layout.param_count()).ok_or_else(|| Error::invalid("n", "too large"))?;
-        if out.len() < need {
-            return Err(Error::invalid("buffer", format!("{} floats given, {n} x {} = {need} needed", out.len(), self.layout.param_count())));
-        }
-        let a = self.sample_rows(0..n, seed, kind, cond, on_step)?;
-        out[..need].copy_from_slice(a.as_slice().expect("standard layout"));
-        Ok(())
-    }
-
-    /// Generate `n` models as named tensors: for each model, (name, shape, values) in layout
-    /// order, ready to place into the host's own network.
-    #[allow(clippy::type_complexity)]
-    pub fn sample_named(
-        &self,
-        n: usize,
-        seed: u64,
-        kind: SamplerKind,
-        cond: Option<&Conditioning<'_>>,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Vec<Vec<(String, Vec<usize>, Vec<f32>)>>> {
-        let a = self.sample_rows(0..n, seed, kind, cond, on_step)?;
-        Ok(a.rows()
-            .into_iter()
-            .map(|row| {
-                let row = row.as_slice().expect("standard layout");
-                self.layout.split(row).map(|(t, v)| (t.name.clone(), t.shape.clone(), v.to_vec())).collect()
-            })
-            .collect())
-    }
-
-    /// Generate and write `gen_XXXX.safetensors` files with the original tensor names (see
-    /// [`write_models`]; files libpdiff did not write at `dir` are refused).
-    pub fn sample_to_dir(
-        &self,
-        n: usize,
-        seed: u64,
-        kind: SamplerKind,
-        cond: Option<&Conditioning<'_>>,
-        dir: &Path,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Vec<PathBuf>> {
-        self.sample_to_dir_with(n, seed, kind, cond, dir, IfForeign::Refuse, on_step)
-    }
-
-    /// [`Sampler::sample_to_dir`] with the policy for files libpdiff did not write at `dir`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample_to_dir_with(
-        &self,
-        n: usize,
-        seed: u64,
-        kind: SamplerKind,
-        cond: Option<&Conditioning<'_>>,
-        dir: &Path,
-        if_foreign: IfForeign,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Vec<PathBuf>> {
-        // Refuse an unusable destination before sampling.
-        let mut out = ModelWriter::begin(dir, &self.layout, if_foreign)?;
-        // Model by model: a chunk of at most SAMPLE_TO_DIR_CHUNK_BYTES of parameters is
-        // generated, written file by file and dropped, so memory does not grow with n.
-        self.sample_chunked(
-            n,
-            seed,
-            kind,
-            cond,
-            self.rows_within(SAMPLE_TO_DIR_CHUNK_BYTES),
-            &mut |first, rows| {
-                for (j, row) in rows.rows().into_iter().enumerate() {
-                    out.write(first + j, row.as_slice().expect("standard layout"))?;
-                }
-                Ok(())
-            },
-            on_step,
-        )?;
-        out.commit()
-    }
-
-    /// Generate `n` models straight into the host's own tensors: each [`TensorSink`] names a
-    /// tensor of the layout (by index) and holds `n x numel` floats, model i's values at
-    /// `[i * numel, (i + 1) * numel)`. Tensors without a sink are generated but not kept.
-    /// Sampling runs in chunks of at most `SAMPLE_INTO_CHUNK_BYTES` of parameters, scattered
-    /// into the sinks as they come: no n x D copy is ever held, and the values are those of
-    /// [`Sampler::sample`] with the same arguments, bit for bit. Every sink is checked before
-    /// any work (index, length, duplicates); on an error the sinks' contents are unspecified
-    /// (some chunks may have been written).
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample_into_tensors(
-        &self,
-        n: usize,
-        seed: u64,
-        kind: SamplerKind,
-        cond: Option<&Conditioning<'_>>,
-        sinks: &mut [TensorSink<'_>],
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<()> {
-        check_sinks(&self.layout, n, sinks)?;
-        let tensors = &self.layout.tensors;
-        self.sample_chunked(
-            n,
-            seed,
-            kind,
-            cond,
-            self.rows_within(SAMPLE_INTO_CHUNK_BYTES),
-            &mut |first, rows| {
-                for (j, row) in rows.rows().into_iter().enumerate() {
-                    let row = row.as_slice().expect("standard layout");
-                    let i = first + j;
-                    for sink in sinks.iter_mut() {
-                        let t = &tensors[sink.tensor];
-                        let numel = t.numel();
-                        sink.out[i * numel..(i + 1) * numel].copy_from_slice(&row[t.offset..t.offset + numel]);
-                    }
-                }
-                Ok(())
-            },
-            on_step,
-        )
+    /// The step-by-step loop over this sampler's denoiser and decoder sessions.
+    fn step_loop(&self) -> StepLoop<'_> {
+        StepLoop { denoiser: self, decoder: self, schedule: &self.manifest.schedule, layout: &self.layout }
     }
 }
 
-/// Generated parameters held at once by [`Sampler::sample_to_dir`] (whole models, at least one).
-const SAMPLE_TO_DIR_CHUNK_BYTES: usize = 16 << 20;
-/// Generated parameters held at once by [`Sampler::sample_into_tensors`].
-const SAMPLE_INTO_CHUNK_BYTES: usize = 4 << 20;
-
-/// A host buffer that receives one tensor of every generated model
-/// ([`Sampler::sample_into_tensors`]).
-#[derive(Debug)]
-pub struct TensorSink<'a> {
-    /// Index of the tensor in the layout ([`Layout::index_of`] finds it by name).
-    pub tensor: usize,
-    /// n x numel floats: model i's tensor at `[i * numel, (i + 1) * numel)`, row-major.
-    pub out: &'a mut [f32],
-}
-
-/// Every sink names a tensor of `layout` once and holds exactly n x numel floats; the error
-/// names the tensor (or the index) that is wrong.
-pub fn check_sinks(layout: &Layout, n: usize, sinks: &[TensorSink<'_>]) -> Result<()> {
-    if n == 0 {
-        return Err(Error::invalid("n", "number of samples must be at least 1"));
+/// DDIM runs as one graph when [`Sampler::runs_whole_loop`] (`on_step` is then called once, at
+/// the end), else step by step through the shared loop of [`crate::diffusion`]; both give the
+/// same models.
+impl ModelSource for Sampler {
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
-    if sinks.is_empty() {
-        return Err(Error::invalid("buffers", "no tensor buffer given"));
-    }
-    let mut seen = vec![false; layout.tensors.len()];
-    for s in sinks {
-        let t = layout
-            .tensors
-            .get(s.tensor)
-            .ok_or_else(|| Error::invalid("buffers", format!("tensor index {} is out of range (the layout has {} tensors)", s.tensor, layout.tensors.len())))?;
-        if std::mem::replace(&mut seen[s.tensor], true) {
-            return Err(Error::invalid("buffers", format!("tensor '{}' is given twice", t.name)));
-        }
-        let need = n.checked_mul(t.numel()).ok_or_else(|| Error::invalid("n", "too large"))?;
-        if s.out.len() != need {
-            return Err(Error::invalid(
-                "buffers",
-                format!("tensor '{}' {:?}: {} floats given, {n} x {} = {need} needed", t.name, t.shape, s.out.len(), t.numel()),
-            ));
+
+    fn sample(&self, request: &SampleRequest<'_>, on_step: OnStep<'_>) -> Result<Samples> {
+        match (request.sampler, &self.whole_loop) {
+            (SamplerKind::Ddim { steps }, Some(pool)) => self.sample_whole_loop(pool, request, steps, on_step),
+            _ => self.step_loop().sample(request, on_step),
         }
     }
-    Ok(())
 }
 
-/// Write rows of a [n, D] matrix as `gen_XXXX.safetensors` into `dir`, one output of kind
-/// samples ([`crate::fsutil::OutputDir`]): a previous one is replaced atomically, files
-/// libpdiff did not write are refused or, with [`IfForeign::Force`], kept beside.
-pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path, if_foreign: IfForeign) -> Result<Vec<PathBuf>> {
-    let mut out = ModelWriter::begin(dir, layout, if_foreign)?;
-    for (i, row) in rows.chunks_exact(layout.param_count().max(1)).enumerate() {
-        out.write(i, row)?;
-    }
-    out.commit()
-}
-
-/// Generated models written one by one as `gen_XXXX.safetensors` into an output directory of
-/// kind samples: the caller holds one model (or a chunk) at a time, so writing N models needs
-/// memory for one, not N. Nothing is visible at `dir` before [`ModelWriter::commit`]; dropped
-/// without it, nothing is left behind.
-pub struct ModelWriter<'a> {
-    out: OutputDir,
-    layout: &'a Layout,
-    files: Vec<PathBuf>,
-}
-
-impl<'a> ModelWriter<'a> {
-    /// Check the destination (a refusal comes before any sampling) and open the staging
-    /// directory.
-    pub fn begin(dir: &Path, layout: &'a Layout, if_foreign: IfForeign) -> Result<Self> {
-        Ok(ModelWriter { out: OutputDir::begin(dir, OutputKind::Samples, if_foreign)?, layout, files: Vec::new() })
-    }
-
-    /// Write model `index` (its D floats) as `gen_{index:04}.safetensors`.
-    pub fn write(&mut self, index: usize, row: &[f32]) -> Result<()> {
-        let name = format!("gen_{index:04}.safetensors");
-        self.layout.save_safetensors(row, &self.out.path().join(&name))?;
-        self.files.push(self.out.dest().join(name));
-        Ok(())
-    }
-
-    /// Put the models in place; returns their final paths in the order written.
-    pub fn commit(self) -> Result<Vec<PathBuf>> {
-        self.out.commit()?;
-        Ok(self.files)
-    }
-}
-
-/// Run a session and take one f32 output of shape [rows, cols]; any other outcome (a missing
-/// output, another element type or shape) is an error naming the output, never a panic.
+/// Run a session and take one f32 output of shape [rows, cols].
 fn run_f32(
     session: &mut Session,
     inputs: Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)>,
@@ -649,6 +375,12 @@ fn run_f32(
     cols: usize,
 ) -> Result<Array2<f32>> {
     let out = session.run(inputs).map_err(|e| Error::Runtime(format!("run: {e}")))?;
+    take_f32(&out, output, rows, cols)
+}
+
+/// The f32 output `output` of a run, of shape [rows, cols]; any other outcome (a missing output,
+/// another element type or shape) is an error naming the output, never a panic.
+fn take_f32(out: &ort::session::SessionOutputs<'_>, output: &str, rows: usize, cols: usize) -> Result<Array2<f32>> {
     let value = out.get(output).ok_or_else(|| Error::Runtime(format!("the graph returned no output '{output}'")))?;
     let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| Error::Runtime(format!("output '{output}': {e}")))?;
     if shape.len() != 2 || shape[0] != rows as i64 || shape[1] != cols as i64 {
@@ -691,6 +423,9 @@ impl DenoiserBackend for Sampler {
 impl DecoderBackend for Sampler {
     fn param_count(&self) -> usize {
         self.manifest.param_count
+    }
+    fn latent_clip(&self) -> &[f32] {
+        &self.manifest.latent.clip
     }
     fn decode(&self, z: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
         let (b, d) = z.dim();

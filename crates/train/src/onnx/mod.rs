@@ -288,7 +288,7 @@ fn denoiser_nodes(b: &mut GraphBuilder, g: &Generator, x: &str, t: &str, cond: O
         }
     };
     // A v-predicting network's output becomes the noise: eps = sqrt(abar_t) v + sqrt(1 - abar_t)
-    // x_t (as TchDenoiser does), so the graph's output is the noise for every generator.
+    // x_t (as the tch backend does), so the graph's output is the noise for every generator.
     match g.target() {
         DiffusionTarget::Epsilon => Ok(out),
         DiffusionTarget::V => {
@@ -431,10 +431,13 @@ pub fn export_sampler(g: &Generator) -> Result<proto::ModelProto> {
     b.node_multi("Loop", &[&steps, &keep_going, &noise], vec![attr("body", Attr::Graph(Box::new(body)))], std::slice::from_ref(&z));
     decoder_nodes(&mut b, g, &z, Some("params"))?;
     b.output("params", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(g.layout.param_count() as i64)]);
+    // The standardized latents before the decoder clips them: the host counts the clipped ones.
+    b.node("Identity", &[&z], vec![], Some("latent"));
+    b.output("latent", DataType::Float, &[Dim::Named("batch"), Dim::Fixed(d_lat)]);
     let doc = match &g.condition {
-        None => "p-diff DDIM sampler: noise x_T [B, d], timesteps [S] (ascending DDIM sequence) -> parameters [B, D] in host units".to_string(),
+        None => "p-diff DDIM sampler: noise x_T [B, d], timesteps [S] (ascending DDIM sequence) -> parameters [B, D] in host units, latent [B, d] (standardized, before clipping)".to_string(),
         Some(c) => format!(
-            "p-diff conditional DDIM sampler: noise x_T [B, d], timesteps [S] (ascending DDIM sequence), condition [B, {}], guidance [] (classifier-free guidance scale; 0: no condition) -> parameters [B, D] in host units",
+            "p-diff conditional DDIM sampler: noise x_T [B, d], timesteps [S] (ascending DDIM sequence), condition [B, {}], guidance [] (classifier-free guidance scale; 0: no condition) -> parameters [B, D] in host units, latent [B, d] (standardized, before clipping)",
             c.dim
         ),
     };

@@ -2,7 +2,8 @@
 //! (its RNG and thread count) and a tiny trained generator.
 #![allow(dead_code)]
 use ndarray::Array2;
-use pdiff_core::diffusion::{sample_params, SamplerKind};
+use pdiff_core::diffusion::SamplerKind;
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
 use pdiff_core::params::ParamSet;
 use pdiff_core::training::{Progress, Stage, TrainConfig};
 use pdiff_train::Generator;
@@ -41,5 +42,5 @@ pub fn train(set: &ParamSet, config: &TrainConfig) -> (Generator, Vec<(Stage, us
 /// `n` models of `g` through libtorch (DDIM, 10 steps).
 pub fn sample(g: &Generator, n: usize, seed: u64) -> Array2<f32> {
     single_threaded_torch();
-    sample_params(&g.tch_denoiser(), &g.tch_decoder(), &g.config.schedule, SamplerKind::Ddim { steps: 10 }, n, seed, &mut |_, _| true).unwrap()
+    g.sample(&SampleRequest::new(n).seed(seed).sampler(SamplerKind::Ddim { steps: 10 }), &mut no_progress).unwrap().params
 }
