@@ -8,10 +8,24 @@
  *  - Opaque handles (pdiff_dataset, pdiff_generator, pdiff_sampler) are created by
  *    pdiff_*_load / _from_memory / _train / _open and released by the matching pdiff_*_free,
  *    which accepts NULL.
- *  - Every fallible call returns a pdiff_status; PDIFF_OK is 0. On failure,
- *    pdiff_last_error() describes the error (thread-local) and output parameters are untouched.
+ *  - Every fallible call returns a pdiff_status; PDIFF_OK is 0; pdiff_status_name() names one.
+ *    On failure, pdiff_last_error() describes the error (thread-local), prefixed once with the
+ *    function's name, and output parameters are untouched.
  *  - Options structs start with `size_t struct_size`: initialize them with their
- *    *_default() function before changing fields. NULL options mean the defaults.
+ *    *_default() function before changing fields. NULL options mean the defaults. Fields are
+ *    only ever appended: a host built against an older pdiff.h passes the smaller struct_size
+ *    of its header and the fields it does not know take their defaults (each struct lists its
+ *    layouts); any other struct_size is PDIFF_ERR_STRUCT_SIZE.
+ *  - Enum-valued option fields are int32_t; a value that is not one of the enum's is
+ *    PDIFF_ERR_INVALID_ARGUMENT, the message naming the field and the known values.
+ *  - A CUDA device index is `uint32_t device_index` in every options struct. (Earlier ABI 1
+ *    headers called the sampler's `int32_t device_id`: same size and offset, so binaries
+ *    built against them are unaffected; their sources rename the field.)
+ *  - Additions to ABI 1 since its first header, which binaries built against an earlier
+ *    header do not see: pdiff_status_name(); sampling progress and clip count
+ *    (pdiff_sample_options.progress, .progress_user_data, .clipped: pdiff_sample_progress_fn,
+ *    pdiff_clip_count); an explicit 0 for training's numeric fields
+ *    (pdiff_train_options.explicit_fields, PDIFF_TRAIN_EXPLICIT_*).
  *  - No Rust panic crosses this boundary: a library bug is reported as PDIFF_ERR_PANIC.
  *  - Training (pdiff_dataset_*, pdiff_generator_*) exists only in a full build: it is declared
  *    under PDIFF_FEATURE_TRAIN (pdiff_features.h), and pdiff_capabilities() tells at run time.
@@ -27,12 +41,6 @@
 #include "pdiff_features.h"
 
 /**
- * Version of this C ABI. It changes whenever a function, struct or enum of pdiff.h changes
- * incompatibly; compare it with `pdiff_abi_version()` at run time.
- */
-#define PDIFF_ABI_VERSION 1
-
-/**
  * Bit of the `flags` of `pdiff_generator_export_ex` and `pdiff_sampler_sample_to_dir_ex`:
  * when the output directory holds files libpdiff did not write, write the new files beside
  * them instead of refusing. Those files are never removed or overwritten: a new file whose
@@ -42,15 +50,71 @@
 #define PDIFF_OUTPUT_FORCE 1
 
 /**
+ * Version of this C ABI. It changes whenever a function, struct or enum of pdiff.h changes
+ * incompatibly (additions, such as new functions and fields appended to an options struct,
+ * keep it); compare it with `pdiff_abi_version()` at run time.
+ */
+#define PDIFF_ABI_VERSION 1
+
+/**
  * Bit of `pdiff_capabilities()`: training is compiled in (`pdiff_dataset_*`,
  * `pdiff_generator_*`: a full build, linked with libtorch). Without it the library only
  * serves bundles (`pdiff_sampler_*`).
  */
 #define PDIFF_CAPABILITY_TRAIN 1
 
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Bit of `pdiff_train_options.explicit_fields`: `ae_steps` holds the value to use even when 0
+ * (then refused: training needs at least one step).
+ */
+#define PDIFF_TRAIN_EXPLICIT_AE_STEPS 1
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Bit of `pdiff_train_options.explicit_fields`: `diffusion_steps` holds the value to use even
+ * when 0 (then refused: training needs at least one step).
+ */
+#define PDIFF_TRAIN_EXPLICIT_DIFFUSION_STEPS 2
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Bit of `pdiff_train_options.explicit_fields`: `batch_size` holds the value to use even when
+ * 0 (then refused: a batch needs at least one checkpoint).
+ */
+#define PDIFF_TRAIN_EXPLICIT_BATCH_SIZE 4
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Bit of `pdiff_train_options.explicit_fields`: `ae_lr` holds the value to use even when 0
+ * (then refused: a learning rate must be > 0).
+ */
+#define PDIFF_TRAIN_EXPLICIT_AE_LR 8
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Bit of `pdiff_train_options.explicit_fields`: `diffusion_lr` holds the value to use even
+ * when 0 (then refused: a learning rate must be > 0).
+ */
+#define PDIFF_TRAIN_EXPLICIT_DIFFUSION_LR 16
+#endif
+
+#if defined(PDIFF_FEATURE_TRAIN)
+/**
+ * Bit of `pdiff_train_options.explicit_fields`: `latent_noise` holds the value to use even
+ * when 0 (no noise on the latent while the autoencoder trains).
+ */
+#define PDIFF_TRAIN_EXPLICIT_LATENT_NOISE 32
+#endif
+
 /**
  * Result of every fallible call. `PDIFF_OK` is 0; on any other value `pdiff_last_error()`
- * describes what went wrong and no output parameter was written.
+ * describes what went wrong and no output parameter was written. `pdiff_status_name()` names
+ * a value.
  */
 typedef enum {
     /**
@@ -94,7 +158,7 @@ typedef enum {
      */
     PDIFF_ERR_DIVERGED = 9,
     /**
-     * A progress callback returned nonzero.
+     * A progress callback (of training or of sampling) returned nonzero.
      */
     PDIFF_ERR_CANCELLED = 10,
     /**
@@ -106,7 +170,8 @@ typedef enum {
      */
     PDIFF_ERR_PANIC = 12,
     /**
-     * An options struct's `struct_size` does not match this library's struct.
+     * An options struct's `struct_size` is none of the sizes this library accepts for it
+     * (the struct's current size and the smaller sizes of its earlier layouts).
      */
     PDIFF_ERR_STRUCT_SIZE = 13,
     /**
@@ -227,7 +292,7 @@ typedef enum {
     PDIFF_WHOLE_LOOP_AUTO = 0,
     /**
      * Always as one graph; `pdiff_sampler_open` fails with `PDIFF_ERR_BUNDLE` when the bundle
-     * has no sampler.onnx. Progress is then reported once, at the end.
+     * has no sampler.onnx. A sampling progress callback is then called once, at the end.
      */
     PDIFF_WHOLE_LOOP_ON = 1,
     /**
@@ -295,7 +360,12 @@ typedef int (*pdiff_progress_fn)(void *user_data, const char *stage, size_t step
 #if defined(PDIFF_FEATURE_TRAIN)
 /**
  * Options of `pdiff_generator_train`. Initialize with `pdiff_train_options_default`, then
- * change fields. Numeric fields left at 0 take the preset's value.
+ * change fields. The numeric fields `ae_steps`, `diffusion_steps`, `batch_size`, `ae_lr`,
+ * `diffusion_lr` and `latent_noise` left at 0 take the preset's value, unless their bit is set
+ * in `explicit_fields`.
+ *
+ * Layouts (the `struct_size` values accepted): up to `user_data` (the first); up to
+ * `reconstruction_weighting`; the whole struct.
  */
 typedef struct {
     /**
@@ -335,7 +405,7 @@ typedef struct {
      */
     int32_t device;
     /**
-     * CUDA device index when `device` is `PDIFF_DEVICE_CUDA`.
+     * CUDA device index when `device` is `PDIFF_DEVICE_CUDA` (default 0).
      */
     uint32_t device_index;
     /**
@@ -348,19 +418,28 @@ typedef struct {
     void *user_data;
     /**
      * Gaussian noise added to the latent while the autoencoder trains (0: the preset's, 0.1).
-     * This field and the next came after the struct's first layout: a host built against that
-     * older pdiff.h passes its smaller struct_size and gets the defaults.
      */
     double latent_noise;
     /**
      * A `pdiff_reconstruction_weighting` value.
      */
     int32_t reconstruction_weighting;
+    /**
+     * `PDIFF_TRAIN_EXPLICIT_*` bits (default 0): each says that its field holds the value to
+     * use even when it is 0, instead of the preset's. A value of 0 then meets the field's
+     * rules: a `latent_noise` of 0 trains without latent noise; 0 steps, a batch of 0 or a
+     * learning rate of 0 is `PDIFF_ERR_INVALID_ARGUMENT` naming the field. An unknown bit is
+     * `PDIFF_ERR_INVALID_ARGUMENT`.
+     */
+    uint64_t explicit_fields;
 } pdiff_train_options;
 #endif
 
 /**
  * Options of `pdiff_sampler_open`. Initialize with `pdiff_sampler_options_default`.
+ *
+ * Layouts (the `struct_size` values accepted): up to `runtime_library` (the first); the
+ * whole struct.
  */
 typedef struct {
     /**
@@ -372,9 +451,9 @@ typedef struct {
      */
     int32_t provider;
     /**
-     * CUDA device index for `PDIFF_PROVIDER_CUDA` / `_AUTO`.
+     * CUDA device index for `PDIFF_PROVIDER_CUDA` / `_AUTO` (at most INT32_MAX; default 0).
      */
-    int32_t device_id;
+    uint32_t device_index;
     /**
      * Intra-op threads per ONNX Runtime session (0: ONNX Runtime's default).
      */
@@ -389,8 +468,7 @@ typedef struct {
     /**
      * At most this many threads sample from this sampler at the same time, each with its own
      * ONNX Runtime sessions (one copy of the graphs' weights each); more wait their turn.
-     * 0: the number of CPUs. This field and the next came after the struct's first layout: a
-     * host built against that older pdiff.h passes its smaller struct_size and gets defaults.
+     * 0: the number of CPUs.
      */
     size_t max_sessions;
     /**
@@ -400,9 +478,42 @@ typedef struct {
 } pdiff_sampler_options;
 
 /**
+ * Progress callback of a generation call (`pdiff_sample_options.progress`), called on the
+ * calling thread as the call advances: `step` of `total` denoising steps are done, `step`
+ * rising from 1 to `total`. `total` counts every step of the call: DDIM's `ddim_steps` (DDPM:
+ * the schedule's T) times the number of chunks a large n is sampled in (one for
+ * `pdiff_sampler_sample`). When DDIM runs as one graph (`pdiff_sampler_options.whole_loop`),
+ * it is called once per chunk, at the chunk's end. Return 0 to continue, nonzero to cancel:
+ * the call then returns `PDIFF_ERR_CANCELLED`. `user_data` is
+ * `pdiff_sample_options.progress_user_data`.
+ */
+typedef int (*pdiff_sample_progress_fn)(void *user_data, size_t step, size_t total);
+
+/**
+ * How many generated latents fell outside the range the autoencoder was trained on, over a
+ * whole generation call (`pdiff_sample_options.clipped`). The decoder clips such a latent to
+ * the training range (the bundle's `latent.clip`), so a model whose latent was clipped comes
+ * from outside the region the generator learnt; many clipped latents suggest an undertrained
+ * denoiser or too few sampling steps.
+ */
+typedef struct {
+    /**
+     * Generated models whose latent had at least one value outside the training range.
+     */
+    size_t latents;
+    /**
+     * Latent values outside the training range, over all the call's models.
+     */
+    size_t values;
+} pdiff_clip_count;
+
+/**
  * Options of one generation call. Initialize with `pdiff_sample_options_default`.
  * The same options (seed included) and n give bit-identical output on the same machine,
  * whichever thread calls.
+ *
+ * Layouts (the `struct_size` values accepted): up to `seed` (the first); up to `guidance`;
+ * the whole struct.
  */
 typedef struct {
     /**
@@ -426,8 +537,7 @@ typedef struct {
      * `condition_len` floats: C (the same condition for every generated vector) or n x C (one
      * per vector, row-major). NULL with `condition_len` 0: no condition (the generator's
      * unconditional model). Must be NULL for an unconditional generator. Borrowed during the
-     * call. This field and the next two came after the struct's first layout: a host built
-     * against that older pdiff.h passes its smaller struct_size and gets the defaults.
+     * call.
      */
     const float *condition;
     /**
@@ -439,6 +549,19 @@ typedef struct {
      * condition; above 1: further from the unconditional model).
      */
     double guidance;
+    /**
+     * Progress callback of the call (NULL, the default: none); see `pdiff_sample_progress_fn`.
+     */
+    pdiff_sample_progress_fn progress;
+    /**
+     * Passed unchanged to `progress`; never dereferenced by the library.
+     */
+    void *progress_user_data;
+    /**
+     * Where the call's clip count goes (NULL, the default: not wanted): written when the call
+     * returns `PDIFF_OK`, untouched otherwise.
+     */
+    pdiff_clip_count *clipped;
 } pdiff_sample_options;
 
 /**
@@ -479,13 +602,25 @@ extern "C" {
 
 /**
  * The message of the most recent failed call on the calling thread, or "" if none has
- * failed yet. Successful calls do not clear it.
+ * failed yet. Successful calls do not clear it. It starts with the failed function's name
+ * ("pdiff_sampler_open: bundle /x: not a directory").
  *
  * Ownership: the returned string is owned by the library (thread-local storage). It stays
  * valid until the next failing pdiff call on the same thread; copy it to keep it. Never NULL;
  * do not free it.
  */
 const char *pdiff_last_error(void);
+
+/**
+ * The name of `status` as the header spells it ("PDIFF_ERR_BUNDLE"), or
+ * "PDIFF_STATUS_UNKNOWN" for a value that is not a `pdiff_status` of this library (e.g. one
+ * added by a newer version). `status` is an `int32_t` so that any value may be passed; a
+ * `pdiff_status` converts to it implicitly.
+ *
+ * Ownership: a static string owned by the library, valid for the life of the process; never
+ * NULL. Do not free it.
+ */
+const char *pdiff_status_name(int32_t status);
 
 /**
  * The ABI version this library implements (`PDIFF_ABI_VERSION` of the header it was built
@@ -643,8 +778,10 @@ pdiff_status pdiff_train_options_default(pdiff_train_options *options);
  * the calling thread; `options->progress` is called on it after every step.
  *
  * `options` may be NULL (all defaults). Returns `PDIFF_ERR_STRUCT_SIZE` when
- * `options->struct_size` is not `sizeof(pdiff_train_options)`, `PDIFF_ERR_CANCELLED` when the
- * callback asked to stop, `PDIFF_ERR_DIVERGED` on a non-finite loss.
+ * `options->struct_size` is neither `sizeof(pdiff_train_options)` nor the size of one of its
+ * earlier layouts, `PDIFF_ERR_INVALID_ARGUMENT` for an invalid field (named in the message),
+ * `PDIFF_ERR_CANCELLED` when the callback asked to stop, `PDIFF_ERR_DIVERGED` on a non-finite
+ * loss.
  *
  * Ownership: `dataset` and `options` are borrowed for the duration of the call; the dataset
  * may be freed afterwards. On `PDIFF_OK`, `*out` receives a new generator owned by the
@@ -735,7 +872,8 @@ void pdiff_generator_free(pdiff_generator *generator);
 pdiff_status pdiff_sampler_options_default(pdiff_sampler_options *options);
 
 /**
- * Fill `*options` with the defaults (DDIM, 50 steps, seed 0) and set its `struct_size`.
+ * Fill `*options` with the defaults (DDIM, 50 steps, seed 0, no condition, no progress
+ * callback, no clip count wanted) and set its `struct_size`.
  *
  * Ownership: `options` is caller-owned memory, written during the call only.
  */
@@ -818,7 +956,9 @@ pdiff_status pdiff_sampler_tensor_info(const pdiff_sampler *sampler, size_t inde
 /**
  * Generate `n` parameter vectors into `out`, row-major: vector i is `out[i*D .. (i+1)*D]`, in
  * the host's units and in the layout of `pdiff_sampler_tensor_info`. `options` may be NULL
- * (defaults). `PDIFF_ERR_BUFFER_TOO_SMALL` when `out_len < n * D` (nothing is written).
+ * (defaults); its `progress` is called as the call advances and its `clipped` receives the
+ * call's clip count. `PDIFF_ERR_BUFFER_TOO_SMALL` when `out_len < n * D`; on any failure
+ * (`PDIFF_ERR_CANCELLED` included) nothing is written.
  *
  * Thread-safe: several threads may sample from one sampler at once.
  *
@@ -840,7 +980,8 @@ pdiff_status pdiff_sampler_sample(const pdiff_sampler *sampler, const pdiff_samp
  * NULL `data` (or `buffers`); `PDIFF_ERR_INVALID_ARGUMENT` for an unknown name, an index out
  * of range, a tensor given twice, a `len` other than n x numel, a misaligned `data`,
  * buffers that overlap in memory, or `buffer_count` 0. Nothing is written then; after a later
- * failure (a cancelled or failing run) the buffers' contents are unspecified.
+ * failure (a cancelled or failing run) the buffers' contents are unspecified. `options`'
+ * `progress` and `clipped` as in `pdiff_sampler_sample`.
  *
  * Thread-safe: several threads may sample from one sampler at once (into distinct buffers).
  *
@@ -855,7 +996,8 @@ pdiff_status pdiff_sampler_sample_tensors(const pdiff_sampler *sampler, const pd
  * first of the highest score) into `out[0..D]`. The paper picks the best of 100.
  * `*best_index` (0-based) and `*best_score` receive its index and score; either may be NULL.
  * `PDIFF_ERR_BUFFER_TOO_SMALL` when `out_len < D`; `PDIFF_ERR_INVALID_ARGUMENT` when every
- * score is NaN.
+ * score is NaN. `options`' `progress` counts the steps of all n candidates and `clipped`
+ * receives their clip count (all n, not only the best's).
  *
  * Ownership: `sampler` and `options` are borrowed for the call; `user_data` is passed
  * unchanged to `score` and never dereferenced; the `params` pointer given to `score` is owned
@@ -869,7 +1011,9 @@ pdiff_status pdiff_sampler_best_of_n(const pdiff_sampler *sampler, const pdiff_s
  * original tensor names, ready to load), with a marker `.pdiff-output.json` that records them.
  * The models are sampled and written chunk by chunk (about 16 MiB of generated parameters at a
  * time), so memory does not grow with n; they are those of `pdiff_sampler_sample`, bit for bit.
- * `options` may be NULL (defaults). The same as `pdiff_sampler_sample_to_dir_ex` with no flags:
+ * `options` may be NULL (defaults); its `progress` and `clipped` as in `pdiff_sampler_sample`
+ * (a cancelled call writes nothing). The same as `pdiff_sampler_sample_to_dir_ex` with no
+ * flags:
  *
  * - `dir` missing: created, atomically (the files are written and fsynced in a temporary
  *   sibling directory, which is then renamed);

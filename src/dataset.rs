@@ -1,7 +1,9 @@
 //! `pdiff_dataset`: K checkpoints (a `ParamSet`), loaded from safetensors files or pushed from
 //! memory with a declared layout.
-use super::pdiff_status;
-use super::{boundary, call, free_handle, nonnull, path_arg, put_handle, str_arg, try_ref, Failure, FfiResult};
+use crate::args::{nonnull, path_arg, str_arg};
+use crate::boundary::{ffi_boundary, ffi_call};
+use crate::handles::{Handle, HandleOut};
+use crate::status::{pdiff_status, Failure, FfiResult};
 use pdiff_core::params::{ConditionSpec, Conditions, Layout, ParamSet, Selection};
 use std::ffi::{c_char, CString};
 
@@ -19,6 +21,8 @@ impl pdiff_dataset {
         pdiff_dataset { set, warnings }
     }
 }
+
+impl Handle for pdiff_dataset {}
 
 /// Warnings as C strings owned by their handle (a NUL inside a message becomes a space).
 pub(super) fn warning_cstrings(warnings: &[String]) -> Vec<CString> {
@@ -62,12 +66,12 @@ pub unsafe extern "C" fn pdiff_dataset_load_dir(
     n_patterns: usize,
     out: *mut *mut pdiff_dataset,
 ) -> pdiff_status {
-    call("pdiff_dataset_load_dir", || {
-        nonnull!(out, "out");
+    ffi_call!(pdiff_dataset_load_dir, || {
+        let out = HandleOut::new(out)?;
         let dir = unsafe { path_arg(dir, "dir") }?;
         let patterns = collect_patterns(patterns, n_patterns)?;
         let set = ParamSet::load_dir(&dir, &Selection::patterns(&patterns))?;
-        put_handle(out, pdiff_dataset::new(set));
+        out.give(pdiff_dataset::new(set));
         Ok(())
     })
 }
@@ -89,10 +93,10 @@ pub unsafe extern "C" fn pdiff_dataset_from_memory(
     k: usize,
     out: *mut *mut pdiff_dataset,
 ) -> pdiff_status {
-    call("pdiff_dataset_from_memory", || {
-        nonnull!(out, "out");
+    ffi_call!(pdiff_dataset_from_memory, || {
+        let out = HandleOut::new(out)?;
         let set = unsafe { set_from_memory(tensors, n_tensors, data, k) }?;
-        put_handle(out, pdiff_dataset::new(set));
+        out.give(pdiff_dataset::new(set));
         Ok(())
     })
 }
@@ -111,7 +115,7 @@ unsafe fn set_from_memory(tensors: *const pdiff_tensor_decl, n_tensors: usize, d
             Vec::new()
         } else {
             if t.shape.is_null() {
-                return Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("tensors[{i}].shape is NULL")));
+                return Err(Failure::null(format!("tensors[{i}].shape is NULL")));
             }
             unsafe { std::slice::from_raw_parts(t.shape, t.ndim) }.to_vec()
         };
@@ -150,13 +154,13 @@ pub unsafe extern "C" fn pdiff_dataset_load_dir_conditional(
     conditions_file: *const c_char,
     out: *mut *mut pdiff_dataset,
 ) -> pdiff_status {
-    call("pdiff_dataset_load_dir_conditional", || {
-        nonnull!(out, "out");
+    ffi_call!(pdiff_dataset_load_dir_conditional, || {
+        let out = HandleOut::new(out)?;
         let dir = unsafe { path_arg(dir, "dir") }?;
         let file = unsafe { path_arg(conditions_file, "conditions_file") }?;
         let patterns = collect_patterns(patterns, n_patterns)?;
         let set = ParamSet::load_dir(&dir, &Selection::patterns(&patterns))?.with_conditions_file(&file)?;
-        put_handle(out, pdiff_dataset::new(set));
+        out.give(pdiff_dataset::new(set));
         Ok(())
     })
 }
@@ -176,15 +180,15 @@ pub unsafe extern "C" fn pdiff_dataset_from_memory_conditional(
     condition_dim: usize,
     out: *mut *mut pdiff_dataset,
 ) -> pdiff_status {
-    call("pdiff_dataset_from_memory_conditional", || {
-        nonnull!(out, "out");
+    ffi_call!(pdiff_dataset_from_memory_conditional, || {
+        let out = HandleOut::new(out)?;
         nonnull!(conditions, "conditions");
         let set = unsafe { set_from_memory(tensors, n_tensors, data, k) }?;
         let len = k.checked_mul(condition_dim).ok_or_else(|| Failure::invalid(format!("k = {k} times condition_dim = {condition_dim} overflows")))?;
         let values = unsafe { std::slice::from_raw_parts(conditions, len) }.to_vec();
         let spec = ConditionSpec { dim: condition_dim, names: None };
         let set = set.with_conditions(Conditions::new(spec, values)?)?;
-        put_handle(out, pdiff_dataset::new(set));
+        out.give(pdiff_dataset::new(set));
         Ok(())
     })
 }
@@ -195,7 +199,12 @@ pub unsafe extern "C" fn pdiff_dataset_from_memory_conditional(
 /// Ownership: `dataset` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_dataset_condition_dim(dataset: *const pdiff_dataset) -> usize {
-    boundary("pdiff_dataset_condition_dim", || Ok(try_ref!(dataset, "dataset").set.conditions.as_ref().map(|c| c.spec.dim).unwrap_or(0)))
+    ffi_boundary!(pdiff_dataset_condition_dim, || Ok(unsafe { pdiff_dataset::borrow(dataset, "dataset") }?
+        .set
+        .conditions
+        .as_ref()
+        .map(|c| c.spec.dim)
+        .unwrap_or(0)))
 }
 
 /// Number of checkpoints K of `dataset` (0 when `dataset` is NULL).
@@ -203,7 +212,7 @@ pub unsafe extern "C" fn pdiff_dataset_condition_dim(dataset: *const pdiff_datas
 /// Ownership: `dataset` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_dataset_k(dataset: *const pdiff_dataset) -> usize {
-    boundary("pdiff_dataset_k", || Ok(try_ref!(dataset, "dataset").set.k()))
+    ffi_boundary!(pdiff_dataset_k, || Ok(unsafe { pdiff_dataset::borrow(dataset, "dataset") }?.set.k()))
 }
 
 /// Number of scalars D in one parameter vector of `dataset` (0 when `dataset` is NULL).
@@ -211,7 +220,7 @@ pub unsafe extern "C" fn pdiff_dataset_k(dataset: *const pdiff_dataset) -> usize
 /// Ownership: `dataset` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_dataset_param_count(dataset: *const pdiff_dataset) -> usize {
-    boundary("pdiff_dataset_param_count", || Ok(try_ref!(dataset, "dataset").set.layout.param_count()))
+    ffi_boundary!(pdiff_dataset_param_count, || Ok(unsafe { pdiff_dataset::borrow(dataset, "dataset") }?.set.layout.param_count()))
 }
 
 /// Number of non-fatal warnings found while building `dataset`: fewer than 50 checkpoints
@@ -221,7 +230,7 @@ pub unsafe extern "C" fn pdiff_dataset_param_count(dataset: *const pdiff_dataset
 /// Ownership: `dataset` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_dataset_warning_count(dataset: *const pdiff_dataset) -> usize {
-    boundary("pdiff_dataset_warning_count", || Ok(try_ref!(dataset, "dataset").warnings.len()))
+    ffi_boundary!(pdiff_dataset_warning_count, || Ok(unsafe { pdiff_dataset::borrow(dataset, "dataset") }?.warnings.len()))
 }
 
 /// Warning `index` (< `pdiff_dataset_warning_count`) of `dataset`, or NULL when `dataset` is
@@ -231,8 +240,8 @@ pub unsafe extern "C" fn pdiff_dataset_warning_count(dataset: *const pdiff_datas
 /// Do not free it.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_dataset_warning(dataset: *const pdiff_dataset, index: usize) -> *const c_char {
-    boundary("pdiff_dataset_warning", || {
-        let ds = try_ref!(dataset, "dataset");
+    ffi_boundary!(pdiff_dataset_warning, || {
+        let ds = unsafe { pdiff_dataset::borrow(dataset, "dataset") }?;
         ds.warnings.get(index).map(|w| w.as_ptr()).ok_or_else(|| Failure::invalid(format!("index {index} >= warning count {}", ds.warnings.len())))
     })
 }
@@ -243,8 +252,8 @@ pub unsafe extern "C" fn pdiff_dataset_warning(dataset: *const pdiff_dataset, in
 /// not be used afterwards, nor freed twice.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_dataset_free(dataset: *mut pdiff_dataset) {
-    boundary("pdiff_dataset_free", || {
-        unsafe { free_handle(dataset) };
+    ffi_boundary!(pdiff_dataset_free, || {
+        unsafe { pdiff_dataset::free(dataset) };
         Ok(())
     })
 }

@@ -1,8 +1,12 @@
 //! `pdiff_generator`: training (autoencoder + latent DDPM, tch) and export as a bundle.
-use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, OptionsStruct};
-use super::{dataset::warning_cstrings, pdiff_dataset, pdiff_device, pdiff_preset, pdiff_reconstruction_weighting, pdiff_status};
-use pdiff_core::model::Preset;
-use pdiff_core::training::{DeviceChoice, ReconstructionWeighting, TrainConfig};
+use crate::args::{nonnull, output_flags, path_arg, static_cstr};
+use crate::boundary::{ffi_boundary, ffi_call};
+use crate::dataset::{pdiff_dataset, warning_cstrings};
+use crate::enums::{pdiff_device, pdiff_preset, pdiff_reconstruction_weighting};
+use crate::handles::{Handle, HandleOut};
+use crate::options::{options_arg, options_struct};
+use crate::status::{pdiff_status, Failure, FfiResult};
+use pdiff_core::training::TrainConfig;
 use pdiff_train::Generator;
 use std::ffi::{c_char, c_int, c_void, CString};
 
@@ -12,8 +16,42 @@ use std::ffi::{c_char, c_int, c_void, CString};
 /// call then returns `PDIFF_ERR_CANCELLED`. `user_data` is `pdiff_train_options.user_data`.
 pub type pdiff_progress_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, stage: *const c_char, step: usize, total: usize, loss: f64) -> c_int>;
 
+/// Bit of `pdiff_train_options.explicit_fields`: `ae_steps` holds the value to use even when 0
+/// (then refused: training needs at least one step).
+pub const PDIFF_TRAIN_EXPLICIT_AE_STEPS: u64 = 1;
+/// Bit of `pdiff_train_options.explicit_fields`: `diffusion_steps` holds the value to use even
+/// when 0 (then refused: training needs at least one step).
+pub const PDIFF_TRAIN_EXPLICIT_DIFFUSION_STEPS: u64 = 2;
+/// Bit of `pdiff_train_options.explicit_fields`: `batch_size` holds the value to use even when
+/// 0 (then refused: a batch needs at least one checkpoint).
+pub const PDIFF_TRAIN_EXPLICIT_BATCH_SIZE: u64 = 4;
+/// Bit of `pdiff_train_options.explicit_fields`: `ae_lr` holds the value to use even when 0
+/// (then refused: a learning rate must be > 0).
+pub const PDIFF_TRAIN_EXPLICIT_AE_LR: u64 = 8;
+/// Bit of `pdiff_train_options.explicit_fields`: `diffusion_lr` holds the value to use even
+/// when 0 (then refused: a learning rate must be > 0).
+pub const PDIFF_TRAIN_EXPLICIT_DIFFUSION_LR: u64 = 16;
+/// Bit of `pdiff_train_options.explicit_fields`: `latent_noise` holds the value to use even
+/// when 0 (no noise on the latent while the autoencoder trains).
+pub const PDIFF_TRAIN_EXPLICIT_LATENT_NOISE: u64 = 32;
+
+/// Every `PDIFF_TRAIN_EXPLICIT_*` bit, with the field it makes explicit.
+const EXPLICIT_BITS: [(u64, &str); 6] = [
+    (PDIFF_TRAIN_EXPLICIT_AE_STEPS, "PDIFF_TRAIN_EXPLICIT_AE_STEPS"),
+    (PDIFF_TRAIN_EXPLICIT_DIFFUSION_STEPS, "PDIFF_TRAIN_EXPLICIT_DIFFUSION_STEPS"),
+    (PDIFF_TRAIN_EXPLICIT_BATCH_SIZE, "PDIFF_TRAIN_EXPLICIT_BATCH_SIZE"),
+    (PDIFF_TRAIN_EXPLICIT_AE_LR, "PDIFF_TRAIN_EXPLICIT_AE_LR"),
+    (PDIFF_TRAIN_EXPLICIT_DIFFUSION_LR, "PDIFF_TRAIN_EXPLICIT_DIFFUSION_LR"),
+    (PDIFF_TRAIN_EXPLICIT_LATENT_NOISE, "PDIFF_TRAIN_EXPLICIT_LATENT_NOISE"),
+];
+
 /// Options of `pdiff_generator_train`. Initialize with `pdiff_train_options_default`, then
-/// change fields. Numeric fields left at 0 take the preset's value.
+/// change fields. The numeric fields `ae_steps`, `diffusion_steps`, `batch_size`, `ae_lr`,
+/// `diffusion_lr` and `latent_noise` left at 0 take the preset's value, unless their bit is set
+/// in `explicit_fields`.
+///
+/// Layouts (the `struct_size` values accepted): up to `user_data` (the first); up to
+/// `reconstruction_weighting`; the whole struct.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct pdiff_train_options {
@@ -35,18 +73,22 @@ pub struct pdiff_train_options {
     pub seed: u64,
     /// A `pdiff_device` value.
     pub device: i32,
-    /// CUDA device index when `device` is `PDIFF_DEVICE_CUDA`.
+    /// CUDA device index when `device` is `PDIFF_DEVICE_CUDA` (default 0).
     pub device_index: u32,
     /// Optional progress callback (NULL: none).
     pub progress: pdiff_progress_fn,
     /// Passed unchanged to `progress`; never dereferenced by the library.
     pub user_data: *mut c_void,
     /// Gaussian noise added to the latent while the autoencoder trains (0: the preset's, 0.1).
-    /// This field and the next came after the struct's first layout: a host built against that
-    /// older pdiff.h passes its smaller struct_size and gets the defaults.
     pub latent_noise: f64,
     /// A `pdiff_reconstruction_weighting` value.
     pub reconstruction_weighting: i32,
+    /// `PDIFF_TRAIN_EXPLICIT_*` bits (default 0): each says that its field holds the value to
+    /// use even when it is 0, instead of the preset's. A value of 0 then meets the field's
+    /// rules: a `latent_noise` of 0 trains without latent noise; 0 steps, a batch of 0 or a
+    /// learning rate of 0 is `PDIFF_ERR_INVALID_ARGUMENT` naming the field. An unknown bit is
+    /// `PDIFF_ERR_INVALID_ARGUMENT`.
+    pub explicit_fields: u64,
 }
 
 impl Default for pdiff_train_options {
@@ -66,54 +108,58 @@ impl Default for pdiff_train_options {
             user_data: std::ptr::null_mut(),
             latent_noise: 0.0,
             reconstruction_weighting: pdiff_reconstruction_weighting::PDIFF_RECONSTRUCTION_UNIFORM as i32,
+            explicit_fields: 0,
         }
     }
 }
 
-impl OptionsStruct for pdiff_train_options {
-    const SIZES: &'static [usize] = &[std::mem::offset_of!(pdiff_train_options, latent_noise), std::mem::size_of::<pdiff_train_options>()];
-}
+options_struct!(pdiff_train_options, [latent_noise, explicit_fields]);
 
 impl pdiff_train_options {
+    /// Whether the host gave field `bit` itself: nonzero, or explicit.
+    fn given(&self, bit: u64, zero: bool) -> bool {
+        !zero || self.explicit_fields & bit != 0
+    }
+
     /// The training configuration for a dataset of `d` parameters per checkpoint.
-    fn train_config(&self, d: usize) -> Result<TrainConfig, Failure> {
-        let mut c = match self.preset {
-            0 => TrainConfig::new(Preset::Compact),
-            1 => TrainConfig::new(Preset::Paper),
-            2 => TrainConfig::new(Preset::Chunked),
-            3 => TrainConfig::auto(d),
-            p => return Err(Failure::invalid(format!("preset {p} (expected PDIFF_PRESET_COMPACT, _PAPER, _CHUNKED or _AUTO)"))),
-        };
-        if self.ae_steps != 0 {
-            c.ae_steps = self.ae_steps;
+    fn train_config(&self, d: usize) -> FfiResult<TrainConfig> {
+        let unknown = self.explicit_fields & !EXPLICIT_BITS.iter().fold(0, |all, (bit, _)| all | bit);
+        if unknown != 0 {
+            let known: Vec<String> = EXPLICIT_BITS.iter().map(|(bit, name)| format!("{name} = {bit:#x}")).collect();
+            return Err(Failure::invalid(format!(
+                "options.explicit_fields {:#x}: unknown bits {unknown:#x} (known: {})",
+                self.explicit_fields,
+                known.join(", ")
+            )));
         }
-        if self.diffusion_steps != 0 {
-            c.diffusion_steps = self.diffusion_steps;
+        let mut c = pdiff_preset::try_from(self.preset)?.config(d);
+        for (bit, steps, field, name) in [
+            (PDIFF_TRAIN_EXPLICIT_AE_STEPS, self.ae_steps, &mut c.ae_steps, "ae_steps"),
+            (PDIFF_TRAIN_EXPLICIT_DIFFUSION_STEPS, self.diffusion_steps, &mut c.diffusion_steps, "diffusion_steps"),
+        ] {
+            if self.given(bit, steps == 0) {
+                // The engine would run no step and export an untrained network: refused here.
+                if steps == 0 {
+                    return Err(Failure::invalid(format!("options.{name} is 0 (explicit): training needs at least 1 step")));
+                }
+                *field = steps;
+            }
         }
-        if self.batch_size != 0 {
+        if self.given(PDIFF_TRAIN_EXPLICIT_BATCH_SIZE, self.batch_size == 0) {
             c.batch_size = self.batch_size;
         }
-        if self.ae_lr != 0.0 {
-            c.ae_lr = self.ae_lr;
+        for (bit, value, field) in [
+            (PDIFF_TRAIN_EXPLICIT_AE_LR, self.ae_lr, &mut c.ae_lr),
+            (PDIFF_TRAIN_EXPLICIT_DIFFUSION_LR, self.diffusion_lr, &mut c.diffusion_lr),
+            (PDIFF_TRAIN_EXPLICIT_LATENT_NOISE, self.latent_noise, &mut c.latent_noise),
+        ] {
+            if self.given(bit, value == 0.0) {
+                *field = value;
+            }
         }
-        if self.diffusion_lr != 0.0 {
-            c.diffusion_lr = self.diffusion_lr;
-        }
-        if self.latent_noise != 0.0 {
-            c.latent_noise = self.latent_noise;
-        }
-        c.reconstruction_weighting = match self.reconstruction_weighting {
-            0 => ReconstructionWeighting::Uniform,
-            1 => ReconstructionWeighting::PerTensor,
-            w => return Err(Failure::invalid(format!("reconstruction_weighting {w} (expected PDIFF_RECONSTRUCTION_UNIFORM or _PER_TENSOR)"))),
-        };
+        c.reconstruction_weighting = pdiff_reconstruction_weighting::try_from(self.reconstruction_weighting)?.into();
         c.seed = self.seed;
-        c.device = match self.device {
-            0 => DeviceChoice::Auto,
-            1 => DeviceChoice::Cpu,
-            2 => DeviceChoice::Cuda(self.device_index as usize),
-            d => return Err(Failure::invalid(format!("device {d} (expected PDIFF_DEVICE_AUTO, _CPU or _CUDA)"))),
-        };
+        c.device = pdiff_device::try_from(self.device)?.choice(self.device_index);
         c.validate()?;
         Ok(c)
     }
@@ -125,7 +171,7 @@ impl pdiff_train_options {
 /// Ownership: `options` is caller-owned memory, written during the call only.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_train_options_default(options: *mut pdiff_train_options) -> pdiff_status {
-    call("pdiff_train_options_default", || {
+    ffi_call!(pdiff_train_options_default, || {
         nonnull!(options, "options");
         unsafe { options.write(pdiff_train_options::default()) };
         Ok(())
@@ -147,12 +193,16 @@ impl pdiff_generator {
     }
 }
 
+impl Handle for pdiff_generator {}
+
 /// Train a generator on `dataset`: the autoencoder, then the latent diffusion model. Blocks
 /// the calling thread; `options->progress` is called on it after every step.
 ///
 /// `options` may be NULL (all defaults). Returns `PDIFF_ERR_STRUCT_SIZE` when
-/// `options->struct_size` is not `sizeof(pdiff_train_options)`, `PDIFF_ERR_CANCELLED` when the
-/// callback asked to stop, `PDIFF_ERR_DIVERGED` on a non-finite loss.
+/// `options->struct_size` is neither `sizeof(pdiff_train_options)` nor the size of one of its
+/// earlier layouts, `PDIFF_ERR_INVALID_ARGUMENT` for an invalid field (named in the message),
+/// `PDIFF_ERR_CANCELLED` when the callback asked to stop, `PDIFF_ERR_DIVERGED` on a non-finite
+/// loss.
 ///
 /// Ownership: `dataset` and `options` are borrowed for the duration of the call; the dataset
 /// may be freed afterwards. On `PDIFF_OK`, `*out` receives a new generator owned by the
@@ -163,9 +213,9 @@ pub unsafe extern "C" fn pdiff_generator_train(
     options: *const pdiff_train_options,
     out: *mut *mut pdiff_generator,
 ) -> pdiff_status {
-    call("pdiff_generator_train", || {
-        nonnull!(out, "out");
-        let ds = try_ref!(dataset, "dataset");
+    ffi_call!(pdiff_generator_train, || {
+        let out = HandleOut::new(out)?;
+        let ds = unsafe { pdiff_dataset::borrow(dataset, "dataset") }?;
         let opts = unsafe { options_arg(options, "options") }?;
         let config = opts.train_config(ds.set.layout.param_count())?;
         let mut progress = |p: &pdiff_core::training::Progress| -> bool {
@@ -175,7 +225,7 @@ pub unsafe extern "C" fn pdiff_generator_train(
             }
         };
         let g = Generator::train(&ds.set, &config, &mut progress)?;
-        put_handle(out, pdiff_generator::new(g));
+        out.give(pdiff_generator::new(g));
         Ok(())
     })
 }
@@ -195,7 +245,7 @@ pub unsafe extern "C" fn pdiff_generator_train(
 /// Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_generator_export(generator: *const pdiff_generator, bundle_dir: *const c_char) -> pdiff_status {
-    unsafe { export("pdiff_generator_export", generator, bundle_dir, 0) }
+    ffi_call!(pdiff_generator_export, || unsafe { export(generator, bundle_dir, 0) })
 }
 
 /// `pdiff_generator_export` with `flags`: 0, or `PDIFF_OUTPUT_FORCE` to write the bundle beside
@@ -206,17 +256,16 @@ pub unsafe extern "C" fn pdiff_generator_export(generator: *const pdiff_generato
 /// Ownership: `generator` and `bundle_dir` are borrowed for the duration of the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_generator_export_ex(generator: *const pdiff_generator, bundle_dir: *const c_char, flags: u32) -> pdiff_status {
-    unsafe { export("pdiff_generator_export_ex", generator, bundle_dir, flags) }
+    ffi_call!(pdiff_generator_export_ex, || unsafe { export(generator, bundle_dir, flags) })
 }
 
-unsafe fn export(name: &str, generator: *const pdiff_generator, bundle_dir: *const c_char, flags: u32) -> pdiff_status {
-    call(name, || {
-        let g = try_ref!(generator, "generator");
-        let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
-        let if_foreign = output_flags(flags)?;
-        g.g.export_bundle_with(&dir, if_foreign)?;
-        Ok(())
-    })
+/// The body of `pdiff_generator_export(_ex)`.
+unsafe fn export(generator: *const pdiff_generator, bundle_dir: *const c_char, flags: u32) -> FfiResult {
+    let g = unsafe { pdiff_generator::borrow(generator, "generator") }?;
+    let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
+    let if_foreign = output_flags(flags)?;
+    g.g.export_bundle_with(&dir, if_foreign)?;
+    Ok(())
 }
 
 /// Number of scalars D in one parameter vector generated by `generator` (0 when NULL).
@@ -224,7 +273,7 @@ unsafe fn export(name: &str, generator: *const pdiff_generator, bundle_dir: *con
 /// Ownership: `generator` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_generator_param_count(generator: *const pdiff_generator) -> usize {
-    boundary("pdiff_generator_param_count", || Ok(try_ref!(generator, "generator").g.layout.param_count()))
+    ffi_boundary!(pdiff_generator_param_count, || Ok(unsafe { pdiff_generator::borrow(generator, "generator") }?.g.layout.param_count()))
 }
 
 /// Number of health warnings of `generator` (0 when NULL): its dataset's warnings (fewer than
@@ -235,7 +284,7 @@ pub unsafe extern "C" fn pdiff_generator_param_count(generator: *const pdiff_gen
 /// Ownership: `generator` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_generator_warning_count(generator: *const pdiff_generator) -> usize {
-    boundary("pdiff_generator_warning_count", || Ok(try_ref!(generator, "generator").warnings.len()))
+    ffi_boundary!(pdiff_generator_warning_count, || Ok(unsafe { pdiff_generator::borrow(generator, "generator") }?.warnings.len()))
 }
 
 /// Warning `index` (< `pdiff_generator_warning_count`) of `generator`, or NULL when `generator`
@@ -245,8 +294,8 @@ pub unsafe extern "C" fn pdiff_generator_warning_count(generator: *const pdiff_g
 /// `pdiff_generator_free(generator)`. Do not free it.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_generator_warning(generator: *const pdiff_generator, index: usize) -> *const c_char {
-    boundary("pdiff_generator_warning", || {
-        let g = try_ref!(generator, "generator");
+    ffi_boundary!(pdiff_generator_warning, || {
+        let g = unsafe { pdiff_generator::borrow(generator, "generator") }?;
         g.warnings.get(index).map(|w| w.as_ptr()).ok_or_else(|| Failure::invalid(format!("index {index} >= warning count {}", g.warnings.len())))
     })
 }
@@ -257,8 +306,8 @@ pub unsafe extern "C" fn pdiff_generator_warning(generator: *const pdiff_generat
 /// twice.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_generator_free(generator: *mut pdiff_generator) {
-    boundary("pdiff_generator_free", || {
-        unsafe { free_handle(generator) };
+    ffi_boundary!(pdiff_generator_free, || {
+        unsafe { pdiff_generator::free(generator) };
         Ok(())
     })
 }

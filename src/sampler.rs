@@ -1,27 +1,23 @@
 //! `pdiff_sampler`: serving an exported bundle with ONNX Runtime; generation into caller
-//! buffers, best-of-N with a host scoring callback, or to safetensors files.
-use super::pdiff_status;
-use super::{boundary, call, free_handle, nonnull, options_arg, output_flags, path_arg, put_handle, static_cstr, try_ref, Failure, FfiResult, OptionsStruct};
-use pdiff_core::diffusion::{Conditioning, SamplerKind};
-use pdiff_core::generate::{no_progress, ModelSource, SampleRequest, TensorSink};
-use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
-use std::ffi::{c_char, c_void, CStr, CString};
+//! buffers, into the host's own tensors, best-of-N with a host scoring callback, or to
+//! safetensors files. Every generation call takes a `pdiff_sample_options`, which also carries
+//! the call's progress callback and where its clip count goes.
+use crate::args::{nonnull, output_flags, path_arg, static_cstr};
+use crate::boundary::{ffi_boundary, ffi_call};
+use crate::enums::{pdiff_provider, pdiff_sampler_kind, pdiff_whole_loop};
+use crate::handles::{Handle, HandleOut};
+use crate::options::{options_arg, options_struct};
+use crate::status::{pdiff_status, Failure, FfiResult};
+use pdiff_core::diffusion::{ClipCount, Conditioning};
+use pdiff_core::generate::{ModelSource, SampleRequest, TensorSink};
+use pdiff_core::runtime::{RuntimeOptions, Sampler};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Arc;
 
-/// ONNX Runtime execution provider (`pdiff_sampler_options.provider`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum pdiff_provider {
-    /// CUDA when this ONNX Runtime has it and it registers, else CPU (the default); see
-    /// `pdiff_sampler_backend` for the choice made.
-    PDIFF_PROVIDER_AUTO = 0,
-    /// CPU.
-    PDIFF_PROVIDER_CPU = 1,
-    /// CUDA, or `PDIFF_ERR_DEVICE_UNAVAILABLE` (never a silent fallback).
-    PDIFF_PROVIDER_CUDA = 2,
-}
-
 /// Options of `pdiff_sampler_open`. Initialize with `pdiff_sampler_options_default`.
+///
+/// Layouts (the `struct_size` values accepted): up to `runtime_library` (the first); the
+/// whole struct.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct pdiff_sampler_options {
@@ -29,8 +25,8 @@ pub struct pdiff_sampler_options {
     pub struct_size: usize,
     /// A `pdiff_provider` value.
     pub provider: i32,
-    /// CUDA device index for `PDIFF_PROVIDER_CUDA` / `_AUTO`.
-    pub device_id: i32,
+    /// CUDA device index for `PDIFF_PROVIDER_CUDA` / `_AUTO` (at most INT32_MAX; default 0).
+    pub device_index: u32,
     /// Intra-op threads per ONNX Runtime session (0: ONNX Runtime's default).
     pub intra_threads: usize,
     /// Path of libonnxruntime.so, or NULL for the default ($PDIFF_ORT_LIB, $ORT_DYLIB_PATH,
@@ -40,8 +36,7 @@ pub struct pdiff_sampler_options {
     pub runtime_library: *const c_char,
     /// At most this many threads sample from this sampler at the same time, each with its own
     /// ONNX Runtime sessions (one copy of the graphs' weights each); more wait their turn.
-    /// 0: the number of CPUs. This field and the next came after the struct's first layout: a
-    /// host built against that older pdiff.h passes its smaller struct_size and gets defaults.
+    /// 0: the number of CPUs.
     pub max_sessions: usize,
     /// A `pdiff_whole_loop` value: whether DDIM runs as one graph (the bundle's sampler.onnx).
     pub whole_loop: i32,
@@ -52,7 +47,7 @@ impl Default for pdiff_sampler_options {
         pdiff_sampler_options {
             struct_size: std::mem::size_of::<pdiff_sampler_options>(),
             provider: pdiff_provider::PDIFF_PROVIDER_AUTO as i32,
-            device_id: 0,
+            device_index: 0,
             intra_threads: 0,
             runtime_library: std::ptr::null(),
             max_sessions: 0,
@@ -61,37 +56,61 @@ impl Default for pdiff_sampler_options {
     }
 }
 
-impl OptionsStruct for pdiff_sampler_options {
-    const SIZES: &'static [usize] = &[std::mem::offset_of!(pdiff_sampler_options, max_sessions), std::mem::size_of::<pdiff_sampler_options>()];
+options_struct!(pdiff_sampler_options, [max_sessions]);
+
+impl pdiff_sampler_options {
+    /// The engine's runtime options.
+    unsafe fn runtime(&self) -> FfiResult<RuntimeOptions> {
+        let library = if self.runtime_library.is_null() { None } else { Some(unsafe { path_arg(self.runtime_library, "options.runtime_library") }?) };
+        let device_id = i32::try_from(self.device_index)
+            .map_err(|_| Failure::invalid(format!("options.device_index is {}: at most {} (INT32_MAX)", self.device_index, i32::MAX)))?;
+        Ok(RuntimeOptions {
+            library,
+            provider: pdiff_provider::try_from(self.provider)?.into(),
+            intra_threads: (self.intra_threads > 0).then_some(self.intra_threads),
+            device_id,
+            max_sessions: (self.max_sessions > 0).then_some(self.max_sessions),
+            whole_loop: pdiff_whole_loop::try_from(self.whole_loop)?.into(),
+        })
+    }
 }
 
-/// How DDIM runs (`pdiff_sampler_options.whole_loop`).
+/// Progress callback of a generation call (`pdiff_sample_options.progress`), called on the
+/// calling thread as the call advances: `step` of `total` denoising steps are done, `step`
+/// rising from 1 to `total`. `total` counts every step of the call: DDIM's `ddim_steps` (DDPM:
+/// the schedule's T) times the number of chunks a large n is sampled in (one for
+/// `pdiff_sampler_sample`). When DDIM runs as one graph (`pdiff_sampler_options.whole_loop`),
+/// it is called once per chunk, at the chunk's end. Return 0 to continue, nonzero to cancel:
+/// the call then returns `PDIFF_ERR_CANCELLED`. `user_data` is
+/// `pdiff_sample_options.progress_user_data`.
+pub type pdiff_sample_progress_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, step: usize, total: usize) -> c_int>;
+
+/// How many generated latents fell outside the range the autoencoder was trained on, over a
+/// whole generation call (`pdiff_sample_options.clipped`). The decoder clips such a latent to
+/// the training range (the bundle's `latent.clip`), so a model whose latent was clipped comes
+/// from outside the region the generator learnt; many clipped latents suggest an undertrained
+/// denoiser or too few sampling steps.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum pdiff_whole_loop {
-    /// As one graph on CUDA (no host round trip per step) when the bundle has sampler.onnx;
-    /// step by step on the CPU (the default).
-    PDIFF_WHOLE_LOOP_AUTO = 0,
-    /// Always as one graph; `pdiff_sampler_open` fails with `PDIFF_ERR_BUNDLE` when the bundle
-    /// has no sampler.onnx. Progress is then reported once, at the end.
-    PDIFF_WHOLE_LOOP_ON = 1,
-    /// Always step by step.
-    PDIFF_WHOLE_LOOP_OFF = 2,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct pdiff_clip_count {
+    /// Generated models whose latent had at least one value outside the training range.
+    pub latents: usize,
+    /// Latent values outside the training range, over all the call's models.
+    pub values: usize,
 }
 
-/// Reverse process used to generate (`pdiff_sample_options.sampler`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum pdiff_sampler_kind {
-    /// Ancestral DDPM over all T steps, as in the paper (slow).
-    PDIFF_SAMPLER_DDPM = 0,
-    /// Deterministic DDIM (eta = 0) over `ddim_steps` steps (the default).
-    PDIFF_SAMPLER_DDIM = 1,
+impl From<ClipCount> for pdiff_clip_count {
+    fn from(c: ClipCount) -> Self {
+        pdiff_clip_count { latents: c.rows, values: c.values }
+    }
 }
 
 /// Options of one generation call. Initialize with `pdiff_sample_options_default`.
 /// The same options (seed included) and n give bit-identical output on the same machine,
 /// whichever thread calls.
+///
+/// Layouts (the `struct_size` values accepted): up to `seed` (the first); up to `guidance`;
+/// the whole struct.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct pdiff_sample_options {
@@ -107,19 +126,23 @@ pub struct pdiff_sample_options {
     /// `condition_len` floats: C (the same condition for every generated vector) or n x C (one
     /// per vector, row-major). NULL with `condition_len` 0: no condition (the generator's
     /// unconditional model). Must be NULL for an unconditional generator. Borrowed during the
-    /// call. This field and the next two came after the struct's first layout: a host built
-    /// against that older pdiff.h passes its smaller struct_size and gets the defaults.
+    /// call.
     pub condition: *const f32,
     /// Number of floats at `condition`.
     pub condition_len: usize,
     /// Classifier-free guidance scale (default 1: the plain conditional model; 0: no
     /// condition; above 1: further from the unconditional model).
     pub guidance: f64,
+    /// Progress callback of the call (NULL, the default: none); see `pdiff_sample_progress_fn`.
+    pub progress: pdiff_sample_progress_fn,
+    /// Passed unchanged to `progress`; never dereferenced by the library.
+    pub progress_user_data: *mut c_void,
+    /// Where the call's clip count goes (NULL, the default: not wanted): written when the call
+    /// returns `PDIFF_OK`, untouched otherwise.
+    pub clipped: *mut pdiff_clip_count,
 }
 
-impl OptionsStruct for pdiff_sample_options {
-    const SIZES: &'static [usize] = &[std::mem::offset_of!(pdiff_sample_options, condition), std::mem::size_of::<pdiff_sample_options>()];
-}
+options_struct!(pdiff_sample_options, [condition, progress]);
 
 impl Default for pdiff_sample_options {
     fn default() -> Self {
@@ -131,6 +154,9 @@ impl Default for pdiff_sample_options {
             condition: std::ptr::null(),
             condition_len: 0,
             guidance: 1.0,
+            progress: None,
+            progress_user_data: std::ptr::null_mut(),
+            clipped: std::ptr::null_mut(),
         }
     }
 }
@@ -141,13 +167,11 @@ impl pdiff_sample_options {
         match (self.condition.is_null(), self.condition_len) {
             (true, 0) => {
                 if self.guidance != 1.0 {
-                    return Err(Failure::invalid(format!("guidance {} without a condition", self.guidance)));
+                    return Err(Failure::invalid(format!("options.guidance is {} without a condition", self.guidance)));
                 }
                 Ok(None)
             }
-            (true, _) => {
-                Err(Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, format!("options.condition is NULL but condition_len is {}", self.condition_len)))
-            }
+            (true, _) => Err(Failure::null(format!("options.condition is NULL but options.condition_len is {}", self.condition_len))),
             (false, 0) => Err(Failure::invalid("options.condition_len is 0 but options.condition is not NULL")),
             (false, len) => Ok(Some(Conditioning { values: unsafe { std::slice::from_raw_parts(self.condition, len) }, guidance: self.guidance as f32 })),
         }
@@ -156,16 +180,28 @@ impl pdiff_sample_options {
     /// The request for `n` models with these options (the condition borrowed from the caller's
     /// buffer for the call's duration).
     unsafe fn request(&self, n: usize) -> FfiResult<SampleRequest<'_>> {
-        let mut request = SampleRequest::new(n).seed(self.seed).sampler(self.kind()?);
+        let sampler = pdiff_sampler_kind::try_from(self.sampler)?.kind(self.ddim_steps)?;
+        let mut request = SampleRequest::new(n).seed(self.seed).sampler(sampler);
         request.condition = unsafe { self.conditioning() }?;
         Ok(request)
     }
 
-    fn kind(&self) -> FfiResult<SamplerKind> {
-        match self.sampler {
-            0 => Ok(SamplerKind::Ddpm),
-            1 => Ok(SamplerKind::parse("ddim", self.ddim_steps)?),
-            s => Err(Failure::invalid(format!("sampler {s} (expected PDIFF_SAMPLER_DDPM or PDIFF_SAMPLER_DDIM)"))),
+    /// The engine's progress closure: the host's callback (false, to cancel, when it returns
+    /// nonzero), or one that never cancels.
+    fn on_step(&self) -> impl FnMut(usize, usize) -> bool {
+        let (progress, user_data) = (self.progress, self.progress_user_data);
+        move |step, total| match progress {
+            // SAFETY: the host's callback, with the user data it gave for it.
+            Some(f) => (unsafe { f(user_data, step, total) }) == 0,
+            None => true,
+        }
+    }
+
+    /// Write the call's clip count where the host asked for it (after the call succeeded).
+    fn report(&self, clipped: ClipCount) {
+        if !self.clipped.is_null() {
+            // SAFETY: `clipped` points to the caller's writable pdiff_clip_count (its promise).
+            unsafe { self.clipped.write(clipped.into()) };
         }
     }
 }
@@ -176,19 +212,20 @@ impl pdiff_sample_options {
 /// Ownership: `options` is caller-owned memory, written during the call only.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_options_default(options: *mut pdiff_sampler_options) -> pdiff_status {
-    call("pdiff_sampler_options_default", || {
+    ffi_call!(pdiff_sampler_options_default, || {
         nonnull!(options, "options");
         unsafe { options.write(pdiff_sampler_options::default()) };
         Ok(())
     })
 }
 
-/// Fill `*options` with the defaults (DDIM, 50 steps, seed 0) and set its `struct_size`.
+/// Fill `*options` with the defaults (DDIM, 50 steps, seed 0, no condition, no progress
+/// callback, no clip count wanted) and set its `struct_size`.
 ///
 /// Ownership: `options` is caller-owned memory, written during the call only.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sample_options_default(options: *mut pdiff_sample_options) -> pdiff_status {
-    call("pdiff_sample_options_default", || {
+    ffi_call!(pdiff_sample_options_default, || {
         nonnull!(options, "options");
         unsafe { options.write(pdiff_sample_options::default()) };
         Ok(())
@@ -206,6 +243,8 @@ pub struct pdiff_sampler {
     condition_names: Vec<CString>,
 }
 
+impl Handle for pdiff_sampler {}
+
 /// Open the bundle directory `bundle_dir` (written by `pdiff_generator_export` or
 /// `pdiff export`): verify its manifest and file hashes, load ONNX Runtime and both graphs.
 /// `options` may be NULL (all defaults). A missing or corrupt bundle gives `PDIFF_ERR_BUNDLE`.
@@ -216,31 +255,10 @@ pub struct pdiff_sampler {
 /// `pdiff_sampler_free`; on error `*out` is left untouched.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_open(bundle_dir: *const c_char, options: *const pdiff_sampler_options, out: *mut *mut pdiff_sampler) -> pdiff_status {
-    call("pdiff_sampler_open", || {
-        nonnull!(out, "out");
+    ffi_call!(pdiff_sampler_open, || {
+        let out = HandleOut::new(out)?;
         let dir = unsafe { path_arg(bundle_dir, "bundle_dir") }?;
-        let opts = unsafe { options_arg(options, "options") }?;
-        let provider = match opts.provider {
-            0 => Provider::Auto,
-            1 => Provider::Cpu,
-            2 => Provider::Cuda,
-            p => return Err(Failure::invalid(format!("provider {p} (expected PDIFF_PROVIDER_AUTO, _CPU or _CUDA)"))),
-        };
-        let library = if opts.runtime_library.is_null() { None } else { Some(unsafe { path_arg(opts.runtime_library, "options.runtime_library") }?) };
-        let whole_loop = match opts.whole_loop {
-            0 => None,
-            1 => Some(true),
-            2 => Some(false),
-            w => return Err(Failure::invalid(format!("whole_loop {w} (expected PDIFF_WHOLE_LOOP_AUTO, _ON or _OFF)"))),
-        };
-        let rt = RuntimeOptions {
-            library,
-            provider,
-            intra_threads: (opts.intra_threads > 0).then_some(opts.intra_threads),
-            device_id: opts.device_id,
-            max_sessions: (opts.max_sessions > 0).then_some(opts.max_sessions),
-            whole_loop,
-        };
+        let rt = unsafe { options_arg(options, "options")?.runtime() }?;
         let sampler = Sampler::open(&dir, &rt)?;
         let layout = sampler.layout();
         let names = layout
@@ -254,7 +272,7 @@ pub unsafe extern "C" fn pdiff_sampler_open(bundle_dir: *const c_char, options: 
             Some(names) => names.iter().map(|n| CString::new(n.replace('\0', " ")).unwrap_or_default()).collect(),
             None => Vec::new(),
         };
-        put_handle(out, pdiff_sampler { inner: Arc::new(sampler), names, shapes, backend_detail, condition_names });
+        out.give(pdiff_sampler { inner: Arc::new(sampler), names, shapes, backend_detail, condition_names });
         Ok(())
     })
 }
@@ -265,7 +283,7 @@ pub unsafe extern "C" fn pdiff_sampler_open(bundle_dir: *const c_char, options: 
 /// Ownership: a static string, valid for the life of the process. Do not free it.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_backend(sampler: *const pdiff_sampler) -> *const c_char {
-    boundary("pdiff_sampler_backend", || Ok(static_cstr(try_ref!(sampler, "sampler").inner.backend_name())))
+    ffi_boundary!(pdiff_sampler_backend, || Ok(static_cstr(unsafe { pdiff_sampler::borrow(sampler, "sampler") }?.inner.backend_name())))
 }
 
 /// Why the sampler runs on its execution provider: "CPU execution provider (asked for)",
@@ -277,7 +295,7 @@ pub unsafe extern "C" fn pdiff_sampler_backend(sampler: *const pdiff_sampler) ->
 /// Do not free it.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_backend_detail(sampler: *const pdiff_sampler) -> *const c_char {
-    boundary("pdiff_sampler_backend_detail", || Ok(try_ref!(sampler, "sampler").backend_detail.as_ptr()))
+    ffi_boundary!(pdiff_sampler_backend_detail, || Ok(unsafe { pdiff_sampler::borrow(sampler, "sampler") }?.backend_detail.as_ptr()))
 }
 
 /// Dimension C of the condition of a conditional generator; 0 for an unconditional one (or
@@ -286,7 +304,7 @@ pub unsafe extern "C" fn pdiff_sampler_backend_detail(sampler: *const pdiff_samp
 /// Ownership: `sampler` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_condition_dim(sampler: *const pdiff_sampler) -> usize {
-    boundary("pdiff_sampler_condition_dim", || Ok(try_ref!(sampler, "sampler").inner.condition_dim().unwrap_or(0)))
+    ffi_boundary!(pdiff_sampler_condition_dim, || Ok(unsafe { pdiff_sampler::borrow(sampler, "sampler") }?.inner.condition_dim().unwrap_or(0)))
 }
 
 /// Name of condition dimension `index` (< `pdiff_sampler_condition_dim`), or NULL when the
@@ -296,8 +314,8 @@ pub unsafe extern "C" fn pdiff_sampler_condition_dim(sampler: *const pdiff_sampl
 /// Do not free it.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_condition_name(sampler: *const pdiff_sampler, index: usize) -> *const c_char {
-    boundary("pdiff_sampler_condition_name", || {
-        let s = try_ref!(sampler, "sampler");
+    ffi_boundary!(pdiff_sampler_condition_name, || {
+        let s = unsafe { pdiff_sampler::borrow(sampler, "sampler") }?;
         s.condition_names
             .get(index)
             .map(|n| n.as_ptr())
@@ -310,7 +328,7 @@ pub unsafe extern "C" fn pdiff_sampler_condition_name(sampler: *const pdiff_samp
 /// Ownership: `sampler` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_param_count(sampler: *const pdiff_sampler) -> usize {
-    boundary("pdiff_sampler_param_count", || Ok(try_ref!(sampler, "sampler").inner.layout().param_count()))
+    ffi_boundary!(pdiff_sampler_param_count, || Ok(unsafe { pdiff_sampler::borrow(sampler, "sampler") }?.inner.layout().param_count()))
 }
 
 /// Number of named tensors in one generated parameter vector (0 when `sampler` is NULL).
@@ -318,7 +336,7 @@ pub unsafe extern "C" fn pdiff_sampler_param_count(sampler: *const pdiff_sampler
 /// Ownership: `sampler` is borrowed for the call.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_tensor_count(sampler: *const pdiff_sampler) -> usize {
-    boundary("pdiff_sampler_tensor_count", || Ok(try_ref!(sampler, "sampler").names.len()))
+    ffi_boundary!(pdiff_sampler_tensor_count, || Ok(unsafe { pdiff_sampler::borrow(sampler, "sampler") }?.names.len()))
 }
 
 /// Describe tensor `index` (< `pdiff_sampler_tensor_count`) of the generated vectors: its
@@ -338,8 +356,8 @@ pub unsafe extern "C" fn pdiff_sampler_tensor_info(
     shape: *mut *const usize,
     offset: *mut usize,
 ) -> pdiff_status {
-    call("pdiff_sampler_tensor_info", || {
-        let s = try_ref!(sampler, "sampler");
+    ffi_call!(pdiff_sampler_tensor_info, || {
+        let s = unsafe { pdiff_sampler::borrow(sampler, "sampler") }?;
         let t = s.inner.layout().tensors.get(index).ok_or_else(|| Failure::invalid(format!("index {index} >= tensor count {}", s.names.len())))?;
         let dims = &s.shapes[index];
         unsafe {
@@ -368,17 +386,20 @@ fn needed(s: &pdiff_sampler, n: usize) -> FfiResult<usize> {
     n.checked_mul(d).ok_or_else(|| Failure::invalid(format!("n = {n} times D = {d} overflows")))
 }
 
-fn out_buffer<'a>(out: *mut f32, out_len: usize, need: usize, what: &str) -> FfiResult<&'a mut [f32]> {
+/// The caller's output buffer `out[0..out_len]`, of which the first `need` floats are written.
+fn out_buffer<'a>(out: *mut f32, out_len: usize, need: usize) -> FfiResult<&'a mut [f32]> {
     nonnull!(out, "out");
     if out_len < need {
-        return Err(Failure::new(pdiff_status::PDIFF_ERR_BUFFER_TOO_SMALL, format!("{what}: out_len is {out_len} floats, {need} are needed")));
+        return Err(Failure::new(pdiff_status::PDIFF_ERR_BUFFER_TOO_SMALL, format!("out_len is {out_len} floats, {need} are needed")));
     }
     Ok(unsafe { std::slice::from_raw_parts_mut(out, need) })
 }
 
 /// Generate `n` parameter vectors into `out`, row-major: vector i is `out[i*D .. (i+1)*D]`, in
 /// the host's units and in the layout of `pdiff_sampler_tensor_info`. `options` may be NULL
-/// (defaults). `PDIFF_ERR_BUFFER_TOO_SMALL` when `out_len < n * D` (nothing is written).
+/// (defaults); its `progress` is called as the call advances and its `clipped` receives the
+/// call's clip count. `PDIFF_ERR_BUFFER_TOO_SMALL` when `out_len < n * D`; on any failure
+/// (`PDIFF_ERR_CANCELLED` included) nothing is written.
 ///
 /// Thread-safe: several threads may sample from one sampler at once.
 ///
@@ -392,13 +413,15 @@ pub unsafe extern "C" fn pdiff_sampler_sample(
     out: *mut f32,
     out_len: usize,
 ) -> pdiff_status {
-    call("pdiff_sampler_sample", || {
-        let s = try_ref!(sampler, "sampler");
+    ffi_call!(pdiff_sampler_sample, || {
+        let s = unsafe { pdiff_sampler::borrow(sampler, "sampler") }?;
         let opts = unsafe { options_arg(options, "options") }?;
         let request = unsafe { opts.request(n) }?;
         let need = needed(s, n)?;
-        let buf = out_buffer(out, out_len, need, "pdiff_sampler_sample")?;
-        s.inner.sample_into(&request, buf, &mut no_progress)?;
+        let buf = out_buffer(out, out_len, need)?;
+        // The engine samples in full before it writes `buf`: a failure leaves it untouched.
+        let clipped = s.inner.sample_into(&request, buf, &mut opts.on_step())?;
+        opts.report(clipped);
         Ok(())
     })
 }
@@ -432,7 +455,8 @@ pub struct pdiff_tensor_buffer {
 /// NULL `data` (or `buffers`); `PDIFF_ERR_INVALID_ARGUMENT` for an unknown name, an index out
 /// of range, a tensor given twice, a `len` other than n x numel, a misaligned `data`,
 /// buffers that overlap in memory, or `buffer_count` 0. Nothing is written then; after a later
-/// failure (a cancelled or failing run) the buffers' contents are unspecified.
+/// failure (a cancelled or failing run) the buffers' contents are unspecified. `options`'
+/// `progress` and `clipped` as in `pdiff_sampler_sample`.
 ///
 /// Thread-safe: several threads may sample from one sampler at once (into distinct buffers).
 ///
@@ -446,8 +470,8 @@ pub unsafe extern "C" fn pdiff_sampler_sample_tensors(
     buffers: *const pdiff_tensor_buffer,
     buffer_count: usize,
 ) -> pdiff_status {
-    call("pdiff_sampler_sample_tensors", || {
-        let s = try_ref!(sampler, "sampler");
+    ffi_call!(pdiff_sampler_sample_tensors, || {
+        let s = unsafe { pdiff_sampler::borrow(sampler, "sampler") }?;
         let opts = unsafe { options_arg(options, "options") }?;
         let request = unsafe { opts.request(n) }?;
         needed(s, n)?;
@@ -512,7 +536,8 @@ pub unsafe extern "C" fn pdiff_sampler_sample_tensors(
         // promise) and no two ranges overlap (checked above).
         let mut sinks: Vec<TensorSink<'_>> =
             resolved.iter().map(|&(tensor, p, len)| TensorSink { tensor, out: unsafe { std::slice::from_raw_parts_mut(p, len) } }).collect();
-        s.inner.sample_into_tensors(&request, &mut sinks, &mut no_progress)?;
+        let clipped = s.inner.sample_into_tensors(&request, &mut sinks, &mut opts.on_step())?;
+        opts.report(clipped);
         Ok(())
     })
 }
@@ -536,7 +561,8 @@ pub type pdiff_score_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, pa
 /// first of the highest score) into `out[0..D]`. The paper picks the best of 100.
 /// `*best_index` (0-based) and `*best_score` receive its index and score; either may be NULL.
 /// `PDIFF_ERR_BUFFER_TOO_SMALL` when `out_len < D`; `PDIFF_ERR_INVALID_ARGUMENT` when every
-/// score is NaN.
+/// score is NaN. `options`' `progress` counts the steps of all n candidates and `clipped`
+/// receives their clip count (all n, not only the best's).
 ///
 /// Ownership: `sampler` and `options` are borrowed for the call; `user_data` is passed
 /// unchanged to `score` and never dereferenced; the `params` pointer given to `score` is owned
@@ -554,19 +580,19 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
     best_index: *mut usize,
     best_score: *mut f64,
 ) -> pdiff_status {
-    call("pdiff_sampler_best_of_n", || {
-        let s = try_ref!(sampler, "sampler");
+    ffi_call!(pdiff_sampler_best_of_n, || {
+        let s = unsafe { pdiff_sampler::borrow(sampler, "sampler") }?;
         let score = score.ok_or_else(|| Failure::new(pdiff_status::PDIFF_ERR_NULL_POINTER, "score is NULL"))?;
         let opts = unsafe { options_arg(options, "options") }?;
         let request = unsafe { opts.request(n) }?;
         needed(s, n)?;
         let d = s.inner.layout().param_count();
-        let buf = out_buffer(out, out_len, d, "pdiff_sampler_best_of_n")?;
+        let buf = out_buffer(out, out_len, d)?;
         // Candidates are generated and scored chunk by chunk, keeping a copy of the best so
         // far: memory stays bounded whatever n is, and `out` is written only on success.
         let mut best: Option<(usize, f64)> = None;
         let mut best_params = vec![0f32; d];
-        s.inner.sample_chunks(
+        let clipped = s.inner.sample_chunks(
             &request,
             s.inner.rows_within(BEST_OF_N_CHUNK_BYTES),
             &mut |first, samples| {
@@ -580,7 +606,7 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
                 }
                 Ok(())
             },
-            &mut no_progress,
+            &mut opts.on_step(),
         )?;
         let (i, v) = best.ok_or_else(|| Failure::invalid(format!("every one of the {n} scores is NaN")))?;
         buf.copy_from_slice(&best_params);
@@ -592,6 +618,7 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
                 *best_score = v;
             }
         }
+        opts.report(clipped);
         Ok(())
     })
 }
@@ -600,7 +627,9 @@ pub unsafe extern "C" fn pdiff_sampler_best_of_n(
 /// original tensor names, ready to load), with a marker `.pdiff-output.json` that records them.
 /// The models are sampled and written chunk by chunk (about 16 MiB of generated parameters at a
 /// time), so memory does not grow with n; they are those of `pdiff_sampler_sample`, bit for bit.
-/// `options` may be NULL (defaults). The same as `pdiff_sampler_sample_to_dir_ex` with no flags:
+/// `options` may be NULL (defaults); its `progress` and `clipped` as in `pdiff_sampler_sample`
+/// (a cancelled call writes nothing). The same as `pdiff_sampler_sample_to_dir_ex` with no
+/// flags:
 ///
 /// - `dir` missing: created, atomically (the files are written and fsynced in a temporary
 ///   sibling directory, which is then renamed);
@@ -619,7 +648,7 @@ pub unsafe extern "C" fn pdiff_sampler_sample_to_dir(
     n: usize,
     dir: *const c_char,
 ) -> pdiff_status {
-    unsafe { sample_to_dir("pdiff_sampler_sample_to_dir", sampler, options, n, dir, 0) }
+    ffi_call!(pdiff_sampler_sample_to_dir, || unsafe { sample_to_dir(sampler, options, n, dir, 0) })
 }
 
 /// `pdiff_sampler_sample_to_dir` with `flags`: 0, or `PDIFF_OUTPUT_FORCE` to write the files
@@ -637,27 +666,20 @@ pub unsafe extern "C" fn pdiff_sampler_sample_to_dir_ex(
     dir: *const c_char,
     flags: u32,
 ) -> pdiff_status {
-    unsafe { sample_to_dir("pdiff_sampler_sample_to_dir_ex", sampler, options, n, dir, flags) }
+    ffi_call!(pdiff_sampler_sample_to_dir_ex, || unsafe { sample_to_dir(sampler, options, n, dir, flags) })
 }
 
-unsafe fn sample_to_dir(
-    name: &str,
-    sampler: *const pdiff_sampler,
-    options: *const pdiff_sample_options,
-    n: usize,
-    dir: *const c_char,
-    flags: u32,
-) -> pdiff_status {
-    call(name, || {
-        let s = try_ref!(sampler, "sampler");
-        let opts = unsafe { options_arg(options, "options") }?;
-        let request = unsafe { opts.request(n) }?;
-        let dir = unsafe { path_arg(dir, "dir") }?;
-        let if_foreign = output_flags(flags)?;
-        needed(s, n)?;
-        s.inner.sample_to_dir(&request, &dir, if_foreign, &mut no_progress)?;
-        Ok(())
-    })
+/// The body of `pdiff_sampler_sample_to_dir(_ex)`.
+unsafe fn sample_to_dir(sampler: *const pdiff_sampler, options: *const pdiff_sample_options, n: usize, dir: *const c_char, flags: u32) -> FfiResult {
+    let s = unsafe { pdiff_sampler::borrow(sampler, "sampler") }?;
+    let opts = unsafe { options_arg(options, "options") }?;
+    let request = unsafe { opts.request(n) }?;
+    let dir = unsafe { path_arg(dir, "dir") }?;
+    let if_foreign = output_flags(flags)?;
+    needed(s, n)?;
+    let (_files, clipped) = s.inner.sample_to_dir(&request, &dir, if_foreign, &mut opts.on_step())?;
+    opts.report(clipped);
+    Ok(())
 }
 
 /// Release a sampler. NULL is a no-op. Must not race with calls still using it.
@@ -666,8 +688,8 @@ unsafe fn sample_to_dir(
 /// it, must not be used afterwards, nor freed twice.
 #[no_mangle]
 pub unsafe extern "C" fn pdiff_sampler_free(sampler: *mut pdiff_sampler) {
-    boundary("pdiff_sampler_free", || {
-        unsafe { free_handle(sampler) };
+    ffi_boundary!(pdiff_sampler_free, || {
+        unsafe { pdiff_sampler::free(sampler) };
         Ok(())
     })
 }

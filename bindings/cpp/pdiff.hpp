@@ -11,6 +11,8 @@
 //   gen.export_bundle("bundle");
 //   pdiff::Sampler s("bundle");
 //   std::vector<float> p = s.sample(100, pdiff::ddim(/*seed*/ 7, /*steps*/ 50)); // 100 x D
+//   pdiff::ClipCount c = s.sample(100, p.data(), p.size(), pdiff::ddim(7, 50),
+//                                 [](size_t step, size_t total) { return true; });  // false: cancel
 //
 // Conventions:
 //  - Dataset, Generator and Sampler own one handle each: move-only, released by their
@@ -19,6 +21,9 @@
 //  - Every failing call throws pdiff::Error, carrying the pdiff_status and pdiff_last_error().
 //  - Options are the C structs, initialised by the *_default functions (train_options(),
 //    sampler_options(), sample_options()); change their fields before passing them.
+//  - Every sampling call of Sampler takes an optional progress callback (step, total) as its
+//    last argument (false cancels: pdiff::Error(PDIFF_ERR_CANCELLED)) and reports the call's
+//    clip count (pdiff::ClipCount: returned, in Best::clipped, or through options.clipped).
 //  - Exceptions thrown by a progress or score callback never cross the C boundary: they are
 //    caught, the library call is stopped (progress) or the remaining candidates get NaN
 //    (score), and the exception is rethrown once the C call has returned.
@@ -47,27 +52,9 @@ namespace pdiff {
 
 // ---- errors ----
 
-/// Name of a status, e.g. "PDIFF_ERR_BUNDLE".
-inline const char* status_name(pdiff_status status) noexcept {
-    switch (status) {
-        case PDIFF_OK: return "PDIFF_OK";
-        case PDIFF_ERR_INVALID_ARGUMENT: return "PDIFF_ERR_INVALID_ARGUMENT";
-        case PDIFF_ERR_NULL_POINTER: return "PDIFF_ERR_NULL_POINTER";
-        case PDIFF_ERR_BUFFER_TOO_SMALL: return "PDIFF_ERR_BUFFER_TOO_SMALL";
-        case PDIFF_ERR_IO: return "PDIFF_ERR_IO";
-        case PDIFF_ERR_CHECKPOINT: return "PDIFF_ERR_CHECKPOINT";
-        case PDIFF_ERR_BUNDLE: return "PDIFF_ERR_BUNDLE";
-        case PDIFF_ERR_RUNTIME: return "PDIFF_ERR_RUNTIME";
-        case PDIFF_ERR_DEVICE_UNAVAILABLE: return "PDIFF_ERR_DEVICE_UNAVAILABLE";
-        case PDIFF_ERR_DIVERGED: return "PDIFF_ERR_DIVERGED";
-        case PDIFF_ERR_CANCELLED: return "PDIFF_ERR_CANCELLED";
-        case PDIFF_ERR_TORCH: return "PDIFF_ERR_TORCH";
-        case PDIFF_ERR_PANIC: return "PDIFF_ERR_PANIC";
-        case PDIFF_ERR_STRUCT_SIZE: return "PDIFF_ERR_STRUCT_SIZE";
-        case PDIFF_ERR_OUTPUT_EXISTS: return "PDIFF_ERR_OUTPUT_EXISTS";
-    }
-    return "PDIFF_ERR_UNKNOWN";
-}
+/// Name of a status, e.g. "PDIFF_ERR_BUNDLE" (pdiff_status_name(); "PDIFF_STATUS_UNKNOWN" for a
+/// value this library does not know).
+inline const char* status_name(pdiff_status status) noexcept { return pdiff_status_name(status); }
 
 /// A failed pdiff call: `status()` is the pdiff_status, `what()` / `message()` the library's
 /// message (pdiff_last_error() at the time of the failure).
@@ -143,10 +130,12 @@ inline pdiff_sampler_options sampler_options() {
     return o;
 }
 
-/// Sampler options with an explicit execution provider (e.g. PDIFF_PROVIDER_CPU).
-inline pdiff_sampler_options sampler_options(pdiff_provider provider) {
+/// Sampler options with an explicit execution provider (e.g. PDIFF_PROVIDER_CPU) and, for
+/// CUDA, its device index.
+inline pdiff_sampler_options sampler_options(pdiff_provider provider, uint32_t device_index = 0) {
     pdiff_sampler_options o = sampler_options();
     o.provider = provider;
+    o.device_index = device_index;
     return o;
 }
 
@@ -415,11 +404,20 @@ private:
 
 // ---- Sampler ----
 
+/// How many generated latents fell outside the training range over one sampling call (see
+/// pdiff_clip_count): `latents` models, `values` latent values.
+using ClipCount = pdiff_clip_count;
+
+/// Progress of one sampling call: `step` of `total` denoising steps done (rising to total).
+/// Return true to continue, false to cancel (the call then throws PDIFF_ERR_CANCELLED).
+using SampleProgress = std::function<bool(size_t step, size_t total)>;
+
 /// The best of N candidates.
 struct Best {
     std::vector<float> params;  // D floats
     size_t index = 0;           // 0-based index among the N candidates
     double score = 0.0;
+    ClipCount clipped{};        // the clip count of all N candidates
 };
 
 /// An exported bundle served by ONNX Runtime (pdiff_sampler). Move-only; its const member
@@ -481,15 +479,19 @@ public:
     }
 
     /// Generate `n` vectors into the caller's buffer `out[0..out_len]` (row-major, n x D
-    /// floats written; PDIFF_ERR_BUFFER_TOO_SMALL when out_len < n x D).
-    void sample(size_t n, float* out, size_t out_len, const pdiff_sample_options& options = sample_options()) const {
-        detail::check(pdiff_sampler_sample(checked(), &options, n, out, out_len));
+    /// floats written; PDIFF_ERR_BUFFER_TOO_SMALL when out_len < n x D). Returns the clip count.
+    ClipCount sample(size_t n, float* out, size_t out_len, const pdiff_sample_options& options = sample_options(),
+                     const SampleProgress& progress = SampleProgress()) const {
+        const pdiff_sampler* h = checked();
+        return run(options, progress, [&](const pdiff_sample_options* o) { return pdiff_sampler_sample(h, o, n, out, out_len); });
     }
 
-    /// Generate `n` vectors: n x D floats, row-major.
-    std::vector<float> sample(size_t n, const pdiff_sample_options& options = sample_options()) const {
+    /// Generate `n` vectors: n x D floats, row-major (the clip count goes to `options.clipped`
+    /// when set).
+    std::vector<float> sample(size_t n, const pdiff_sample_options& options = sample_options(),
+                              const SampleProgress& progress = SampleProgress()) const {
         std::vector<float> out(detail::checked_mul(n, param_count()));
-        sample(n, out.data(), out.size(), options);
+        sample(n, out.data(), out.size(), options, progress);
         return out;
     }
 
@@ -497,21 +499,25 @@ public:
     /// the values sample() gives, bit for bit, with no n x D copy in between. Each tensor once;
     /// tensors without a buffer are dropped. A bad buffer (unknown name, wrong length, null
     /// data, a tensor twice) throws pdiff::Error naming the tensor, before anything is written.
-    void sample_tensors(size_t n, const std::vector<TensorBuffer>& buffers, const pdiff_sample_options& options = sample_options()) const {
+    /// Returns the clip count.
+    ClipCount sample_tensors(size_t n, const std::vector<TensorBuffer>& buffers, const pdiff_sample_options& options = sample_options(),
+                             const SampleProgress& progress = SampleProgress()) const {
+        const pdiff_sampler* h = checked();
         std::vector<pdiff_tensor_buffer> c(buffers.size());
         for (size_t i = 0; i < buffers.size(); i++) {
             const TensorBuffer& b = buffers[i];
             c[i] = pdiff_tensor_buffer{b.name.empty() ? nullptr : b.name.c_str(), b.index, b.data, b.len};
         }
-        detail::check(pdiff_sampler_sample_tensors(checked(), &options, n, c.data(), c.size()));
+        return run(options, progress, [&](const pdiff_sample_options* o) { return pdiff_sampler_sample_tensors(h, o, n, c.data(), c.size()); });
     }
 
     /// Generate `n` candidates (as sample() with the same options), score each with `score`
     /// (called n times, in order, on this thread; higher is better, NaN ranks last) and copy
-    /// the best into `out[0..out_len]` (D floats). Returns {index, score} in a Best whose
-    /// params are left empty.
+    /// the best into `out[0..out_len]` (D floats). Returns {index, score, clip count} in a Best
+    /// whose params are left empty.
     Best best_of_n(size_t n, const Score& score, float* out, size_t out_len,
-                   const pdiff_sample_options& options = sample_options()) const {
+                   const pdiff_sample_options& options = sample_options(),
+                   const SampleProgress& progress = SampleProgress()) const {
         const pdiff_sampler* h = checked();
         struct Ctx {
             const Score* fn;
@@ -531,26 +537,32 @@ public:
             };
         }
         Best best;
-        const pdiff_status st = pdiff_sampler_best_of_n(h, &options, n, cb, &ctx, out, out_len, &best.index, &best.score);
-        if (ctx.error) std::rethrow_exception(ctx.error);
-        detail::check(st);
+        best.clipped = run(options, progress, [&](const pdiff_sample_options* o) {
+            const pdiff_status st = pdiff_sampler_best_of_n(h, o, n, cb, &ctx, out, out_len, &best.index, &best.score);
+            if (ctx.error) std::rethrow_exception(ctx.error);
+            return st;
+        });
         return best;
     }
 
     /// As above, returning the best vector in `Best::params`.
-    Best best_of_n(size_t n, const Score& score, const pdiff_sample_options& options = sample_options()) const {
+    Best best_of_n(size_t n, const Score& score, const pdiff_sample_options& options = sample_options(),
+                   const SampleProgress& progress = SampleProgress()) const {
         std::vector<float> params(param_count());
-        Best best = best_of_n(n, score, params.data(), params.size(), options);
+        Best best = best_of_n(n, score, params.data(), params.size(), options, progress);
         best.params = std::move(params);
         return best;
     }
 
     /// Write `n` vectors as dir/gen_0000.safetensors, ...: created, or a previous output
     /// replaced atomically. Files libpdiff did not write there throw PDIFF_ERR_OUTPUT_EXISTS,
-    /// unless `flags` is PDIFF_OUTPUT_FORCE (written beside them; they are kept).
-    void sample_to_dir(size_t n, const std::string& dir, const pdiff_sample_options& options = sample_options(),
-                       uint32_t flags = 0) const {
-        detail::check(pdiff_sampler_sample_to_dir_ex(checked(), &options, n, dir.c_str(), flags));
+    /// unless `flags` is PDIFF_OUTPUT_FORCE (written beside them; they are kept). A cancelled
+    /// call writes nothing. Returns the clip count.
+    ClipCount sample_to_dir(size_t n, const std::string& dir, const pdiff_sample_options& options = sample_options(),
+                            uint32_t flags = 0, const SampleProgress& progress = SampleProgress()) const {
+        const pdiff_sampler* h = checked();
+        return run(options, progress,
+                   [&](const pdiff_sample_options* o) { return pdiff_sampler_sample_to_dir_ex(h, o, n, dir.c_str(), flags); });
     }
 
     const pdiff_sampler* get() const noexcept { return h_.get(); }
@@ -562,6 +574,39 @@ private:
         detail::require(h_.get(), "pdiff::Sampler");
         return h_.get();
     }
+
+    /// Make the C call `call(&o)` with `options` plus `progress` (when given) and a clip count
+    /// of its own, rethrow an exception of `progress`, throw on failure, and return the clip
+    /// count (also written to `options.clipped` when the caller set it). Options of an older
+    /// layout (a smaller struct_size) have no progress or clip count: the count is then 0.
+    template <class Call>
+    static ClipCount run(const pdiff_sample_options& options, const SampleProgress& progress, Call call) {
+        pdiff_sample_options o = options;
+        ClipCount clipped{};
+        o.clipped = &clipped;
+        struct Ctx {
+            const SampleProgress* fn;
+            std::exception_ptr error;
+        } ctx{&progress, nullptr};
+        if (progress) {
+            o.progress = [](void* user, size_t step, size_t total) -> int {
+                Ctx* c = static_cast<Ctx*>(user);
+                try {
+                    return (*c->fn)(step, total) ? 0 : 1;
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return 1;
+                }
+            };
+            o.progress_user_data = &ctx;
+        }
+        const pdiff_status st = call(&o);
+        if (ctx.error) std::rethrow_exception(ctx.error);
+        detail::check(st);
+        if (options.clipped != nullptr) *options.clipped = clipped;
+        return clipped;
+    }
+
     std::unique_ptr<pdiff_sampler, detail::SamplerFree> h_;
 };
 

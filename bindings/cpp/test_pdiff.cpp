@@ -262,6 +262,9 @@ static void sampler_tests(const std::string& bundle, const std::string& tmp) {
     bad = pdiff::sampler_options();
     bad.provider = 42;
     CHECK_THROWS(pdiff::Sampler::open(bundle, bad), PDIFF_ERR_INVALID_ARGUMENT);
+    bad = pdiff::sampler_options(PDIFF_PROVIDER_CPU, 0x80000000u);  // device_index beyond INT32_MAX
+    CHECK(bad.device_index == 0x80000000u && pdiff::sampler_options().device_index == 0, "device_index");
+    CHECK_THROWS(pdiff::Sampler(bundle, bad), PDIFF_ERR_INVALID_ARGUMENT);
 
     pdiff_sampler_options so = pdiff::sampler_options(PDIFF_PROVIDER_CPU);
     so.intra_threads = 1;
@@ -324,6 +327,54 @@ static void sampler_tests(const std::string& bundle, const std::string& tmp) {
     sbad = opts;
     sbad.struct_size += 8;
     CHECK_THROWS(s.sample(3, sbad), PDIFF_ERR_STRUCT_SIZE);
+
+    // Progress and clip count: the same count from every way out, steps rising to the total,
+    // false cancels, an exception stops the call and reaches the caller.
+    {
+        size_t calls = 0, last = 0, total = 0;
+        bool rising = true;
+        const pdiff::SampleProgress count = [&](size_t step, size_t t) {
+            calls++;
+            rising = rising && step > last && step <= t;
+            last = step;
+            total = t;
+            return true;
+        };
+        std::vector<float> p(3 * D);
+        const pdiff::ClipCount flat = s.sample(3, p.data(), p.size(), opts, count);
+        CHECK(same_bits(p, a) && calls == 10 && last == 10 && total == 10 && rising,
+              "progress " << calls << " calls, last " << last << "/" << total);
+        CHECK(flat.latents <= 3 && flat.values >= flat.latents, "clip count " << flat.latents << "/" << flat.values);
+        std::vector<float> w(3 * ROWS * COLS), bias(3 * ROWS);
+        const pdiff::ClipCount tensors = s.sample_tensors(3, {{"w", w.data(), w.size()}, {"b", bias.data(), bias.size()}}, opts);
+        const pdiff::ClipCount files = s.sample_to_dir(3, tmp + "/progress", opts, 0, count);
+        const pdiff::Best best = s.best_of_n(3, [](const float* x, size_t len) { return neg_sum_sq(x, len); }, opts, count);
+        pdiff::ClipCount through_options{99, 99};
+        auto with_out = opts;
+        with_out.clipped = &through_options;
+        CHECK(same_bits(s.sample(3, with_out), a), "options.clipped: same samples");
+        const auto same = [&](const pdiff::ClipCount& c) { return c.latents == flat.latents && c.values == flat.values; };
+        CHECK(same(tensors) && same(files) && same(best.clipped) && same(through_options),
+              "one clip count for the same models: " << flat.latents << ", " << tensors.latents << ", " << files.latents
+                                                     << ", " << best.clipped.latents << ", " << through_options.latents);
+
+        calls = 0;
+        CHECK_THROWS(s.sample(3, opts, [&](size_t step, size_t) { calls++; return step < 4; }), PDIFF_ERR_CANCELLED);
+        CHECK(calls == 4, "cancelled at step 4 after " << calls << " calls");
+        CHECK_THROWS(s.sample_to_dir(3, tmp + "/cancelled", opts, 0, [](size_t, size_t) { return false; }),
+                     PDIFF_ERR_CANCELLED);
+        CHECK(!fs::exists(tmp + "/cancelled"), "a cancelled sample_to_dir writes nothing");
+        bool got = false;
+        try {
+            s.sample_tensors(3, {{"w", w.data(), w.size()}}, opts, [](size_t step, size_t) -> bool {
+                if (step == 2) throw std::runtime_error("from the progress callback");
+                return true;
+            });
+        } catch (const std::runtime_error& e) {
+            got = std::string(e.what()) == "from the progress callback";
+        }
+        CHECK(got, "progress exception propagated");
+    }
 
     // Best of N with a std::function.
     {
@@ -462,6 +513,12 @@ int main(int argc, char** argv) {
     try {
         pdiff::check_abi();
         passed++;
+        // Status names come from the library (pdiff_status_name).
+        CHECK(std::string(pdiff::status_name(PDIFF_ERR_BUNDLE)) == "PDIFF_ERR_BUNDLE" &&
+                  std::string(pdiff::status_name(PDIFF_OK)) == "PDIFF_OK" &&
+                  std::string(pdiff::status_name(PDIFF_ERR_OUTPUT_EXISTS)) == "PDIFF_ERR_OUTPUT_EXISTS",
+              "status names");
+        CHECK(std::string(pdiff_status_name(99)) == "PDIFF_STATUS_UNKNOWN", "unknown status");
         CHECK(pdiff::abi_version() == PDIFF_ABI_VERSION && !pdiff::version().empty(), "versions");
 
         char tmpl[] = "/tmp/pdiff-cpp-test-XXXXXX";

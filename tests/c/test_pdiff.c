@@ -184,6 +184,21 @@ static double score_cb(void *user_data, const float *params, size_t len) {
     return neg_sum_sq(params, len);
 }
 
+/* ---- sampling progress: steps must rise to total; cancel at step `cancel_at` (0: never) ---- */
+typedef struct {
+    int calls, bad;
+    size_t last_step, total, cancel_at;
+} sample_progress_state;
+
+static int sample_progress(void *user_data, size_t step, size_t total) {
+    sample_progress_state *p = (sample_progress_state *)user_data;
+    p->calls++;
+    if (step <= p->last_step || step > total || (p->total != 0 && total != p->total)) p->bad++;
+    p->last_step = step;
+    p->total = total;
+    return p->cancel_at != 0 && step >= p->cancel_at;
+}
+
 /* ---- threads: 8 threads share one sampler handle ----
  * Each thread samples with its own seed (twice: the second call must repeat the first), reads
  * the handle's read-only accessors, and makes a failing call whose message must be its own
@@ -347,17 +362,51 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
 
     pdiff_generator *gen = NULL;
     pdiff_train_options wrong = opts;
-    wrong.struct_size = sizeof wrong - 8;
+    wrong.struct_size = sizeof wrong + 8;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_STRUCT_SIZE);
+    wrong.struct_size = offsetof(pdiff_train_options, explicit_fields) + 4; /* between two layouts */
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_STRUCT_SIZE);
     wrong.struct_size = 0;
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_STRUCT_SIZE);
     wrong = opts;
     wrong.preset = 7;
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(strcmp(pdiff_last_error(), "pdiff_generator_train: options.preset is 7: not a pdiff_preset value (known: "
+                                      "PDIFF_PRESET_COMPACT = 0, PDIFF_PRESET_PAPER = 1, PDIFF_PRESET_CHUNKED = 2, "
+                                      "PDIFF_PRESET_AUTO = 3)") == 0,
+          "preset error names the field and the values");
     wrong = opts;
     wrong.reconstruction_weighting = 2;
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
-    CHECK(last_error_says("reconstruction_weighting 2"), "weighting error: %s", pdiff_last_error());
+    CHECK(last_error_says("pdiff_generator_train: options.reconstruction_weighting is 2: not a pdiff_reconstruction_weighting "
+                          "value (known: PDIFF_RECONSTRUCTION_UNIFORM = 0, PDIFF_RECONSTRUCTION_PER_TENSOR = 1)"),
+          "weighting error names the field and the values");
+    wrong = opts;
+    wrong.device = 3;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("options.device is 3"), "device error");
+    /* An explicit 0: refused where 0 is no valid value, with the field named; an unknown bit
+       is refused too. (latent_noise = 0 explicit trains: below.) */
+    CHECK(opts.explicit_fields == 0, "no explicit field by default");
+    wrong = opts;
+    wrong.ae_lr = 0.0;
+    wrong.explicit_fields = PDIFF_TRAIN_EXPLICIT_AE_LR;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("ae_lr"), "explicit ae_lr 0 names the field");
+    wrong = opts;
+    wrong.diffusion_steps = 0;
+    wrong.explicit_fields = PDIFF_TRAIN_EXPLICIT_DIFFUSION_STEPS;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("options.diffusion_steps is 0"), "explicit diffusion_steps 0 names the field");
+    wrong = opts;
+    wrong.batch_size = 0;
+    wrong.explicit_fields = PDIFF_TRAIN_EXPLICIT_BATCH_SIZE;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("batch_size"), "explicit batch_size 0 names the field");
+    wrong = opts;
+    wrong.explicit_fields = PDIFF_TRAIN_EXPLICIT_LATENT_NOISE | ((uint64_t)1 << 40);
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("options.explicit_fields 0x10000000020: unknown bits 0x10000000000"), "unknown explicit bit");
     wrong = opts;
     wrong.latent_noise = -1.0;
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
@@ -371,6 +420,13 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_CANCELLED);
     CHECK(cancel_calls == 1, "cancelled after the first step, %d calls", cancel_calls);
     CHECK(gen == NULL, "no generator after cancel");
+    /* A host built against the layout before explicit_fields: its struct_size is accepted and
+       the field (garbage here) never read: training starts (and is cancelled). */
+    wrong.struct_size = offsetof(pdiff_train_options, explicit_fields);
+    wrong.explicit_fields = ~(uint64_t)0;
+    cancel_calls = 0;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_CANCELLED);
+    CHECK(cancel_calls == 1, "older layout: trained until cancelled, %d calls", cancel_calls);
 
     if (!train) {
         pdiff_dataset_free(ds);
@@ -403,6 +459,21 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
                       file_contains(manifest, "\"latent_noise\": 0.05,"),
                   "chunked manifest");
             pdiff_generator_free(cg);
+        }
+        /* latent_noise = 0, asked for explicitly: training without latent noise, and the
+           manifest records 0 (without the bit, 0 would take the preset's 0.1). */
+        pdiff_train_options quiet = opts;
+        quiet.progress = NULL;
+        quiet.latent_noise = 0.0;
+        quiet.explicit_fields = PDIFF_TRAIN_EXPLICIT_LATENT_NOISE;
+        pdiff_generator *qg = NULL;
+        snprintf(dir, sizeof dir, "%s/quiet-bundle", tmp);
+        snprintf(manifest, sizeof manifest, "%s/pdiff.json", dir);
+        CHECK_OK(pdiff_generator_train(ds, &quiet, &qg));
+        if (qg) {
+            CHECK_OK(pdiff_generator_export(qg, dir));
+            CHECK(file_contains(manifest, "\"latent_noise\": 0.0,"), "explicit latent_noise 0 in the manifest");
+            pdiff_generator_free(qg);
         }
         /* A host built against the first layout (no latent_noise, reconstruction_weighting)
            passes its smaller struct_size: the fields after it are never read. */
@@ -501,7 +572,17 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
     bad = sopts;
     bad.whole_loop = 7;
     CHECK_FAILS(pdiff_sampler_open(bundle, &bad, &s), PDIFF_ERR_INVALID_ARGUMENT);
-    CHECK(sopts.whole_loop == PDIFF_WHOLE_LOOP_AUTO && sopts.max_sessions == 0, "sampler defaults (whole_loop, max_sessions)");
+    CHECK(sopts.whole_loop == PDIFF_WHOLE_LOOP_AUTO && sopts.max_sessions == 0 && sopts.device_index == 0,
+          "sampler defaults (whole_loop, max_sessions, device_index)");
+    CHECK(last_error_says("pdiff_sampler_open: options.whole_loop is 7: not a pdiff_whole_loop value"), "names the field");
+    bad = sopts;
+    bad.device_index = 0x80000000u; /* beyond INT32_MAX */
+    CHECK_FAILS(pdiff_sampler_open(bundle, &bad, &s), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("options.device_index is 2147483648"), "names device_index");
+    bad.device_index = 1; /* the CPU provider has no device to choose: accepted */
+    CHECK_OK(pdiff_sampler_open(bundle, &bad, &s));
+    pdiff_sampler_free(s);
+    s = NULL;
     /* A host compiled against the struct's first layout (it ended at runtime_library) passes
      * its smaller struct_size: accepted, the newer fields take their defaults. A size between
      * two published layouts is not. */
@@ -582,6 +663,11 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
 
     /* misuse */
     CHECK_FAILS(pdiff_sampler_sample(s, &so, 3, b, 3 * D - 1), PDIFF_ERR_BUFFER_TOO_SMALL);
+    {
+        char want[128];
+        snprintf(want, sizeof want, "pdiff_sampler_sample: out_len is %d floats, %d are needed", 3 * D - 1, 3 * D);
+        CHECK(strcmp(pdiff_last_error(), want) == 0, "the function named once: %s", pdiff_last_error());
+    }
     CHECK_FAILS(pdiff_sampler_sample(s, &so, 3, NULL, 3 * D), PDIFF_ERR_NULL_POINTER);
     CHECK_FAILS(pdiff_sampler_sample(NULL, &so, 3, b, 3 * D), PDIFF_ERR_NULL_POINTER);
     CHECK_FAILS(pdiff_sampler_sample(s, &so, 0, b, 3 * D), PDIFF_ERR_INVALID_ARGUMENT);
@@ -594,6 +680,87 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
     sbad = so;
     sbad.sampler = -1;
     CHECK_FAILS(pdiff_sampler_sample(s, &sbad, 3, b, 3 * D), PDIFF_ERR_INVALID_ARGUMENT);
+
+    /* Progress and clip count: the callback sees the steps rise to the total, the samples do
+     * not change, and every way out reports the same clip count for the same options; a
+     * nonzero return cancels (nothing written); older layouts never read the new fields. */
+    {
+        enum { N = 3 };
+        float p[N * D], w[N * ROWS * COLS], bias[N * ROWS];
+        sample_progress_state prog = {0};
+        pdiff_clip_count flat = {99, 99}, tensors = {98, 98}, files = {97, 97}, best = {96, 96};
+        pdiff_sample_options po = so;
+        CHECK(po.progress == NULL && po.progress_user_data == NULL && po.clipped == NULL, "progress and clip count defaults");
+        po.progress = sample_progress;
+        po.progress_user_data = &prog;
+        po.clipped = &flat;
+        CHECK_OK(pdiff_sampler_sample(s, &po, N, p, N * D));
+        CHECK(memcmp(p, a, sizeof p) == 0, "a progress callback does not change the samples");
+        CHECK(prog.calls == 10 && prog.bad == 0 && prog.last_step == 10 && prog.total == 10,
+              "sampling progress: %d calls, last %zu/%zu, %d bad", prog.calls, prog.last_step, prog.total, prog.bad);
+        CHECK(flat.latents <= N && flat.values >= flat.latents && (flat.latents == 0) == (flat.values == 0),
+              "clip count %zu latents, %zu values", flat.latents, flat.values);
+        pdiff_tensor_buffer tb[2] = {{"w", 0, w, N * ROWS * COLS}, {"b", 0, bias, N * ROWS}};
+        memset(&prog, 0, sizeof prog);
+        po.clipped = &tensors;
+        CHECK_OK(pdiff_sampler_sample_tensors(s, &po, N, tb, 2));
+        CHECK(prog.calls == 10 && prog.bad == 0, "sample_tensors progress: %d calls", prog.calls);
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/progress", tmp);
+        memset(&prog, 0, sizeof prog);
+        po.clipped = &files;
+        CHECK_OK(pdiff_sampler_sample_to_dir(s, &po, N, dir));
+        CHECK(prog.calls == 10 && prog.bad == 0, "sample_to_dir progress: %d calls", prog.calls);
+        score_state sc = {0};
+        float one[D];
+        memset(&prog, 0, sizeof prog);
+        po.clipped = &best;
+        CHECK_OK(pdiff_sampler_best_of_n(s, &po, N, score_cb, &sc, one, D, NULL, NULL));
+        CHECK(prog.calls == 10 && prog.bad == 0, "best_of_n progress: %d calls", prog.calls);
+        CHECK(memcmp(&flat, &tensors, sizeof flat) == 0 && memcmp(&flat, &files, sizeof flat) == 0 &&
+                  memcmp(&flat, &best, sizeof flat) == 0,
+              "one clip count for the same models: %zu/%zu, %zu/%zu, %zu/%zu, %zu/%zu", flat.latents, flat.values,
+              tensors.latents, tensors.values, files.latents, files.values, best.latents, best.values);
+
+        /* Cancel at step 3: PDIFF_ERR_CANCELLED, nothing written, the clip count untouched. */
+        pdiff_clip_count untouched = {55, 55};
+        float q[N * D];
+        memset(q, 0xff, sizeof q);
+        memset(&prog, 0, sizeof prog);
+        prog.cancel_at = 3;
+        po.clipped = &untouched;
+        CHECK_FAILS(pdiff_sampler_sample(s, &po, N, q, N * D), PDIFF_ERR_CANCELLED);
+        CHECK(last_error_says("pdiff_sampler_sample: cancelled"), "cancel message: %s", pdiff_last_error());
+        CHECK(prog.calls == 3, "cancelled at step 3: %d calls", prog.calls);
+        CHECK(((unsigned char *)q)[0] == 0xff && ((unsigned char *)q)[sizeof q - 1] == 0xff, "nothing written when cancelled");
+        snprintf(dir, sizeof dir, "%s/cancelled", tmp);
+        memset(&prog, 0, sizeof prog);
+        prog.cancel_at = 1;
+        CHECK_FAILS(pdiff_sampler_sample_to_dir(s, &po, N, dir), PDIFF_ERR_CANCELLED);
+        CHECK(!exists(dir), "a cancelled sample_to_dir writes nothing");
+        memset(&prog, 0, sizeof prog);
+        prog.cancel_at = 2;
+        CHECK_FAILS(pdiff_sampler_best_of_n(s, &po, N, score_cb, &sc, one, D, NULL, NULL), PDIFF_ERR_CANCELLED);
+        memset(&prog, 0, sizeof prog);
+        prog.cancel_at = 2;
+        CHECK_FAILS(pdiff_sampler_sample_tensors(s, &po, N, tb, 2), PDIFF_ERR_CANCELLED);
+        CHECK(untouched.latents == 55 && untouched.values == 55, "no clip count written after a failure");
+
+        /* A host built against an earlier layout: the new fields (a cancelling callback here)
+           are never read. Both earlier sizes are accepted; a size between layouts is not. */
+        pdiff_sample_options older = po;
+        memset(&prog, 0, sizeof prog);
+        prog.cancel_at = 1;
+        older.struct_size = offsetof(pdiff_sample_options, progress);
+        CHECK_OK(pdiff_sampler_sample(s, &older, N, q, N * D));
+        CHECK(memcmp(q, a, sizeof q) == 0, "older layout (with condition fields): the same samples");
+        older.struct_size = offsetof(pdiff_sample_options, condition);
+        CHECK_OK(pdiff_sampler_sample(s, &older, N, q, N * D));
+        CHECK(memcmp(q, a, sizeof q) == 0, "first layout: the same samples");
+        CHECK(prog.calls == 0 && untouched.latents == 55, "older layouts: no callback, no clip count");
+        older.struct_size = offsetof(pdiff_sample_options, progress) + 4;
+        CHECK_FAILS(pdiff_sampler_sample(s, &older, N, q, N * D), PDIFF_ERR_STRUCT_SIZE);
+    }
 
     /* Straight into the host's own tensors: equal to the flat samples bit for bit, by name or
      * by index, all tensors or some; every bad buffer refused, naming its tensor. */
@@ -870,6 +1037,23 @@ int main(int argc, char **argv) {
     CHECK(pdiff_abi_version() == PDIFF_ABI_VERSION, "abi %u vs header %u", pdiff_abi_version(), PDIFF_ABI_VERSION);
     CHECK(pdiff_version() != NULL && pdiff_version()[0] != '\0', "version");
     CHECK(pdiff_last_error() != NULL, "last error never NULL");
+    /* Every status has its header name; any other value a fixed one, never NULL. */
+    {
+        static const char *const names[] = {
+            "PDIFF_OK", "PDIFF_ERR_INVALID_ARGUMENT", "PDIFF_ERR_NULL_POINTER", "PDIFF_ERR_BUFFER_TOO_SMALL",
+            "PDIFF_ERR_IO", "PDIFF_ERR_CHECKPOINT", "PDIFF_ERR_BUNDLE", "PDIFF_ERR_RUNTIME",
+            "PDIFF_ERR_DEVICE_UNAVAILABLE", "PDIFF_ERR_DIVERGED", "PDIFF_ERR_CANCELLED", "PDIFF_ERR_TORCH",
+            "PDIFF_ERR_PANIC", "PDIFF_ERR_STRUCT_SIZE", "PDIFF_ERR_OUTPUT_EXISTS"};
+        enum { N_NAMES = sizeof names / sizeof names[0] };
+        CHECK(N_NAMES == PDIFF_ERR_OUTPUT_EXISTS + 1, "a name for every status");
+        for (int i = 0; i < N_NAMES; i++)
+            CHECK(strcmp(pdiff_status_name(i), names[i]) == 0, "status %d: %s", i, pdiff_status_name(i));
+        CHECK(strcmp(pdiff_status_name(PDIFF_ERR_BUNDLE), "PDIFF_ERR_BUNDLE") == 0, "a pdiff_status passed as is");
+        CHECK(strcmp(pdiff_status_name(N_NAMES), "PDIFF_STATUS_UNKNOWN") == 0 &&
+                  strcmp(pdiff_status_name(-1), "PDIFF_STATUS_UNKNOWN") == 0 &&
+                  strcmp(pdiff_status_name(INT32_MAX), "PDIFF_STATUS_UNKNOWN") == 0,
+              "unknown statuses");
+    }
     if (threads_only_mode) {
         threads_only(given_bundle);
         printf("%d passed, %d failed\n", passed, failed);

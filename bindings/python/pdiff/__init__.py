@@ -8,6 +8,8 @@
     gen.export("bundle")
     s = pdiff.Sampler("bundle", provider="cpu")
     params = s.sample(100, seed=7, sampler="ddim", steps=50)      # ndarray [100, D] float32
+    params, clipped = s.sample(100, seed=7, progress=lambda step, total: True,  # False: cancel
+                               return_clipped=True)               # clipped: ClipCount(latents, values)
     models = s.sample_named(10, seed=7)                            # [{"w": (4, 8), "b": (4,)}]
     best, index, score = s.best_of_n(100, lambda p: -float(p @ p), seed=7)
 
@@ -29,6 +31,7 @@ import enum
 import math
 import os
 import threading
+import warnings
 from collections import namedtuple
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -40,8 +43,8 @@ __all__ = [
     "ABI_VERSION", "Status", "Error", "InvalidArgumentError", "NullPointerError",
     "BufferTooSmallError", "IoError", "CheckpointError", "BundleError", "OnnxRuntimeError",
     "DeviceUnavailableError", "DivergedError", "CancelledError", "TorchError", "PanicError",
-    "StructSizeError", "OutputExistsError", "TrainingUnavailableError", "TensorInfo", "Dataset", "Generator", "Sampler",
-    "version", "abi_version", "has_training",
+    "StructSizeError", "OutputExistsError", "TrainingUnavailableError", "TensorInfo", "ClipCount", "Dataset",
+    "Generator", "Sampler", "version", "abi_version", "has_training", "status_name",
 ]
 
 ABI_VERSION = HEADER_ABI_VERSION
@@ -84,7 +87,7 @@ class Error(Exception):
         super().__init__(message)
 
     def __repr__(self) -> str:
-        name = self.status.name if isinstance(self.status, Status) else self.status
+        name = "None" if self.status is None else status_name(self.status)
         return f"{type(self).__name__}({name}, {self.message!r})"
 
 
@@ -137,7 +140,8 @@ class PanicError(Error):
 
 
 class StructSizeError(Error):
-    """An options struct of another ABI (PDIFF_ERR_STRUCT_SIZE)."""
+    """An options struct whose struct_size is none of this library's layouts of it
+    (PDIFF_ERR_STRUCT_SIZE)."""
 
 
 class OutputExistsError(Error):
@@ -186,6 +190,12 @@ def _invalid(message: str) -> InvalidArgumentError:
 def version() -> str:
     """The library version, e.g. "0.1.0"."""
     return ffi.string(lib.pdiff_version()).decode()
+
+
+def status_name(status) -> str:
+    """The header's name of a status, e.g. "PDIFF_ERR_BUNDLE" for ``Status.BUNDLE`` (the
+    library's ``pdiff_status_name()``); "PDIFF_STATUS_UNKNOWN" for a value it does not know."""
+    return ffi.string(lib.pdiff_status_name(int(status))).decode()
 
 
 def abi_version() -> int:
@@ -242,23 +252,58 @@ def _device(value):
     return value, None
 
 
-def _sample_options(seed: int, sampler, steps: Optional[int], condition=None, guidance: float = 1.0):
-    """The options struct and what must stay alive while it is used (the condition's buffer)."""
-    o = ffi.new("pdiff_sample_options *")
-    _check(lib.pdiff_sample_options_default(o))
-    _set(o, "sampler", _choice(_SAMPLERS, sampler, "sampler"))
-    _set(o, "seed", seed)
-    if steps is not None:
-        _set(o, "ddim_steps", steps)
-    keep = None
-    if condition is not None:
-        keep = np.ascontiguousarray(condition, dtype=np.float32).reshape(-1)
-        o.condition = ffi.cast("const float *", ffi.from_buffer(keep))
-        o.condition_len = keep.size
-    elif guidance != 1.0:
-        raise _invalid("invalid guidance: a guidance scale needs a condition")
-    _set(o, "guidance", float(guidance))
-    return o, keep
+SampleProgressFn = Callable[[int, int], Optional[bool]]
+
+
+class _SampleCall:
+    """One generation call's ``pdiff_sample_options`` (``options``) with what must outlive the
+    call: the condition's buffer, the progress callback, the clip count it receives."""
+
+    def __init__(self, seed: int, sampler, steps: Optional[int], condition=None, guidance: float = 1.0,
+                 progress: Optional[SampleProgressFn] = None):
+        o = ffi.new("pdiff_sample_options *")
+        _check(lib.pdiff_sample_options_default(o))
+        _set(o, "sampler", _choice(_SAMPLERS, sampler, "sampler"))
+        _set(o, "seed", seed)
+        if steps is not None:
+            _set(o, "ddim_steps", steps)
+        self._condition = None
+        if condition is not None:
+            self._condition = np.ascontiguousarray(condition, dtype=np.float32).reshape(-1)
+            o.condition = ffi.cast("const float *", ffi.from_buffer(self._condition))
+            o.condition_len = self._condition.size
+        elif guidance != 1.0:
+            raise _invalid("invalid guidance: a guidance scale needs a condition")
+        _set(o, "guidance", float(guidance))
+        self._clipped = ffi.new("pdiff_clip_count *")
+        o.clipped = self._clipped
+        self._raised = []
+        self._callback = None
+        if progress is not None:
+            if not callable(progress):
+                raise _invalid(f"invalid progress {progress!r}: a callable (step, total) -> bool")
+
+            def _progress(_user, step, total):
+                try:
+                    r = progress(int(step), int(total))
+                    return 0 if r is None or r else 1
+                except BaseException as e:  # KeyboardInterrupt included: cancel, then re-raise
+                    self._raised.append(e)
+                    return 1
+
+            self._callback = ffi.callback("pdiff_sample_progress_fn", _progress)
+            o.progress = self._callback
+        self.options = o
+
+    def result(self, status: int, raised: Sequence[BaseException] = ()) -> "ClipCount":
+        """The call's clip count; raises what a callback raised (the progress callback's first,
+        then ``raised``, another callback's), else the status's error."""
+        if self._raised:
+            raise self._raised[0]
+        if raised:
+            raise raised[0]
+        _check(status)
+        return ClipCount(int(self._clipped.latents), int(self._clipped.values))
 
 
 def _fspath(path) -> bytes:
@@ -464,7 +509,10 @@ class Dataset(_Handle):
 
 ProgressFn = Callable[[str, int, int, float], Optional[bool]]
 
-_TRAIN_FIELDS = ("ae_steps", "diffusion_steps", "batch_size", "ae_lr", "diffusion_lr", "seed", "device_index", "latent_noise")
+_TRAIN_FIELDS = ("seed", "device_index")
+# Numeric options whose 0 the C struct reads as "the preset's" unless the field's
+# PDIFF_TRAIN_EXPLICIT_* bit is set: a value passed here is always explicit.
+_EXPLICIT_TRAIN_FIELDS = ("ae_steps", "diffusion_steps", "batch_size", "ae_lr", "diffusion_lr", "latent_noise")
 
 
 class Generator(_Handle):
@@ -475,11 +523,13 @@ class Generator(_Handle):
 
     @classmethod
     def train(cls, dataset: Dataset, *, progress: Optional[ProgressFn] = None, **options) -> "Generator":
-        """Train on ``dataset`` (blocks). Options (0 / omitted: the preset's value):
+        """Train on ``dataset`` (blocks). Options (omitted or None: the preset's value):
         ``preset`` ("auto", the default: chosen by D | "compact" | "paper" | "chunked"),
         ``reconstruction_weighting`` ("uniform", the default | "per-tensor"), ``latent_noise``,
         ``ae_steps``, ``diffusion_steps``, ``batch_size``, ``ae_lr``, ``diffusion_lr``, ``seed``, ``device`` ("auto" | "cpu" | "cuda" | "cuda:N"),
-        ``device_index``.
+        ``device_index``. A number given is used as given, 0 included: ``latent_noise=0``
+        trains without latent noise, while 0 steps, a batch of 0 or a learning rate of 0 raise
+        :class:`InvalidArgumentError`.
 
         ``progress(stage, step, total, loss)`` is called after every step with stage
         "autoencoder" or "diffusion"; returning False (or any false value but None) cancels:
@@ -499,6 +549,10 @@ class Generator(_Handle):
                 _set(o, "device", _choice(_DEVICES, name, "device"))
                 if index is not None:
                     _set(o, "device_index", index)
+            elif key in _EXPLICIT_TRAIN_FIELDS:
+                if value is not None:
+                    _set(o, key, value)
+                    o.explicit_fields |= getattr(lib, "PDIFF_TRAIN_EXPLICIT_" + key.upper())
             elif key in _TRAIN_FIELDS:
                 _set(o, key, value)
             else:
@@ -559,6 +613,12 @@ class Generator(_Handle):
 TensorInfo = namedtuple("TensorInfo", ["name", "shape", "offset"])
 TensorInfo.__doc__ = "One tensor of a generated vector: name, shape (tuple) and offset (floats)."
 
+ClipCount = namedtuple("ClipCount", ["latents", "values"])
+ClipCount.__doc__ = """How many generated latents fell outside the range the autoencoder was trained on, over
+one sampling call: ``latents`` models had at least one such value, ``values`` values in all. The
+decoder clips them to the training range; many suggest an undertrained denoiser or too few
+sampling steps."""
+
 
 class Sampler(_Handle):
     """An exported bundle served by ONNX Runtime (``pdiff_sampler``). Thread-safe: sampling
@@ -567,18 +627,23 @@ class Sampler(_Handle):
 
     _kind = "sampler"
 
-    def __init__(self, bundle_dir, provider="auto", device_id: int = 0, intra_threads: int = 0,
-                 runtime_library=None):
+    def __init__(self, bundle_dir, provider="auto", device_index: int = 0, intra_threads: int = 0,
+                 runtime_library=None, *, device_id: Optional[int] = None):
         """Open and verify ``bundle_dir``. ``provider``: "auto" (CUDA when available, else CPU,
         the library's default), "cpu", "cuda" or "cuda:N" (required: no fallback);
-        ``intra_threads``: ONNX Runtime threads per session (0: its default);
-        ``runtime_library``: path of libonnxruntime.so (None: the library's default)."""
+        ``device_index``: the CUDA device (as in "cuda:N"; ``Generator.train`` spells it the
+        same); ``intra_threads``: ONNX Runtime threads per session (0: its default);
+        ``runtime_library``: path of libonnxruntime.so (None: the library's default).
+        ``device_id`` is the former name of ``device_index`` (deprecated)."""
         super().__init__(None)
+        if device_id is not None:
+            warnings.warn("Sampler(device_id=...) is deprecated: use device_index=...", DeprecationWarning, stacklevel=2)
+            device_index = device_id
         o = ffi.new("pdiff_sampler_options *")
         _check(lib.pdiff_sampler_options_default(o))
         name, index = _device(provider)
         _set(o, "provider", _choice(_PROVIDERS, name, "provider"))
-        _set(o, "device_id", device_id if index is None else index)
+        _set(o, "device_index", device_index if index is None else index)
         _set(o, "intra_threads", intra_threads)
         keep = None
         if runtime_library is not None:
@@ -634,15 +699,21 @@ class Sampler(_Handle):
             return list(self._layout)
 
     def sample(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
-               out: Optional[np.ndarray] = None, condition=None, guidance: float = 1.0) -> np.ndarray:
+               out: Optional[np.ndarray] = None, condition=None, guidance: float = 1.0,
+               progress: Optional[SampleProgressFn] = None, return_clipped: bool = False):
         """Generate ``n`` parameter vectors: float32 ndarray [n, D]. Same arguments, same bits.
         ``sampler``: "ddim" (``steps`` steps, deterministic) or "ddpm" (all T steps).
         ``out``: optional C-contiguous float32 array of at least n x D elements to write into
         (returned, reshaped to [n, D] when it has exactly n x D elements).
         ``condition`` (conditional generators, see :attr:`condition_dim`): C floats for every
         vector, or [n, C] (one per vector); None: the generator's unconditional model.
-        ``guidance``: classifier-free guidance scale (1: the plain conditional model)."""
-        o, keep = _sample_options(seed, sampler, steps, condition, guidance)
+        ``guidance``: classifier-free guidance scale (1: the plain conditional model).
+        ``progress(step, total)``: called as the call advances (``step`` of ``total`` denoising
+        steps done); returning False (or any false value but None) cancels:
+        :class:`CancelledError`, nothing written. An exception raised by it cancels too and is
+        re-raised here. ``return_clipped``: return ``(array, ClipCount)``, the call's
+        :class:`ClipCount`, instead of the array alone."""
+        call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
         if n < 0:
             raise _invalid(f"invalid n {n}")
         with self._borrow() as h:
@@ -656,12 +727,12 @@ class Sampler(_Handle):
                     raise _invalid("out must be a writable C-contiguous float32 numpy array")
                 buf = out
                 result = out.reshape(n, -1) if out.size == n * d and n > 0 else out
-            _check(lib.pdiff_sampler_sample(h, o, n, ffi.cast("float *", ffi.from_buffer(buf)), buf.size))
-        del keep
-        return result
+            status = lib.pdiff_sampler_sample(h, call.options, n, ffi.cast("float *", ffi.from_buffer(buf)), buf.size)
+        clipped = call.result(status)
+        return (result, clipped) if return_clipped else result
 
     def sample_into(self, tensors: dict, n: int = 1, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
-                    condition=None, guidance: float = 1.0) -> None:
+                    condition=None, guidance: float = 1.0, progress: Optional[SampleProgressFn] = None) -> ClipCount:
         """Generate ``n`` models straight into caller-provided arrays, one per tensor: the
         values :meth:`sample` gives, bit for bit, with no n x D copy in between (an engine's own
         weight arrays can be the targets). ``tensors`` maps a tensor name (or its index in
@@ -669,8 +740,8 @@ class Sampler(_Handle):
         of shape ``(n, *shape)``, or the tensor's own shape when n = 1); tensors not given are
         dropped. A bad entry (unknown name, wrong size, a tensor twice) raises
         :class:`InvalidArgumentError` naming the tensor, before anything is written. Other
-        arguments as in :meth:`sample`."""
-        o, keep = _sample_options(seed, sampler, steps, condition, guidance)
+        arguments as in :meth:`sample`. Returns the call's :class:`ClipCount`."""
+        call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
         if n < 0:
             raise _invalid(f"invalid n {n}")
         if not isinstance(tensors, dict):
@@ -692,27 +763,35 @@ class Sampler(_Handle):
             buffers[i].data = ffi.cast("float *", ffi.from_buffer(arr))
             buffers[i].len = arr.size
         with self._borrow() as h:
-            _check(lib.pdiff_sampler_sample_tensors(h, o, n, buffers, len(tensors)))
-        del keep, names
+            status = lib.pdiff_sampler_sample_tensors(h, call.options, n, buffers, len(tensors))
+        del names
+        return call.result(status)
 
     def sample_named(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
-                     condition=None, guidance: float = 1.0) -> list:
-        """As :meth:`sample`, split into ``n`` dicts {tensor name: ndarray of its shape}."""
-        flat = self.sample(n, seed=seed, sampler=sampler, steps=steps, condition=condition, guidance=guidance)
+                     condition=None, guidance: float = 1.0, progress: Optional[SampleProgressFn] = None,
+                     return_clipped: bool = False):
+        """As :meth:`sample`, split into ``n`` dicts {tensor name: ndarray of its shape}
+        (``return_clipped``: ``(dicts, ClipCount)``)."""
+        flat, clipped = self.sample(n, seed=seed, sampler=sampler, steps=steps, condition=condition, guidance=guidance,
+                                    progress=progress, return_clipped=True)
         layout = self.layout
-        return [
+        models = [
             {t.name: row[t.offset:t.offset + math.prod(t.shape)].reshape(t.shape) for t in layout}
             for row in flat
         ]
+        return (models, clipped) if return_clipped else models
 
     def best_of_n(self, n: int, score_fn: Callable[[np.ndarray], float], seed: int = 0, sampler="ddim",
-                  steps: Optional[int] = 50, condition=None, guidance: float = 1.0):
+                  steps: Optional[int] = 50, condition=None, guidance: float = 1.0,
+                  progress: Optional[SampleProgressFn] = None, return_clipped: bool = False):
         """Generate ``n`` candidates (as :meth:`sample` would), score each with
         ``score_fn(params)`` (a float32 array of D values, a copy; higher is better, NaN ranks
         last), and return ``(best params [D], its index, its score)``. An exception raised by
         ``score_fn`` is re-raised here (the remaining candidates are not scored). ``condition``
-        and ``guidance`` as in :meth:`sample` (one condition for every candidate, or [n, C])."""
-        o, keep = _sample_options(seed, sampler, steps, condition, guidance)
+        and ``guidance`` as in :meth:`sample` (one condition for every candidate, or [n, C]);
+        ``progress`` too, over all n candidates. ``return_clipped``: return ``(best, index,
+        score, ClipCount)``, the clip count of all n candidates."""
+        call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
         raised = []
 
         def _score(_user, params, length):
@@ -730,26 +809,26 @@ class Sampler(_Handle):
         with self._borrow() as h:
             d = int(lib.pdiff_sampler_param_count(h))
             best = np.empty(d, dtype=np.float32)
-            status = lib.pdiff_sampler_best_of_n(h, o, n, callback, ffi.NULL,
+            status = lib.pdiff_sampler_best_of_n(h, call.options, n, callback, ffi.NULL,
                                                  ffi.cast("float *", ffi.from_buffer(best)), d, index, score)
-        del keep
-        if raised:
-            raise raised[0]
-        _check(status)
-        return best, int(index[0]), float(score[0])
+        clipped = call.result(status, raised)
+        result = (best, int(index[0]), float(score[0]))
+        return result + (clipped,) if return_clipped else result
 
     def sample_to_dir(self, n: int, directory, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
-                      force: bool = False, condition=None, guidance: float = 1.0) -> None:
+                      force: bool = False, condition=None, guidance: float = 1.0,
+                      progress: Optional[SampleProgressFn] = None) -> ClipCount:
         """Write ``n`` vectors as ``directory/gen_0000.safetensors``, ... (original tensor names,
         f32) and a marker ``.pdiff-output.json`` listing them. A missing directory is created
         and an earlier output of this method replaced, atomically. Files libpdiff did not write
         there raise :class:`OutputExistsError`, unless ``force``: the models are then written
-        beside them and they are kept (a name they take still raises). ``condition`` and
-        ``guidance`` as in :meth:`sample`."""
-        o, keep = _sample_options(seed, sampler, steps, condition, guidance)
+        beside them and they are kept (a name they take still raises). ``condition``,
+        ``guidance`` and ``progress`` as in :meth:`sample` (a cancelled call writes nothing).
+        Returns the call's :class:`ClipCount`."""
+        call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
         with self._borrow() as h:
-            _check(lib.pdiff_sampler_sample_to_dir_ex(h, o, n, _fspath(directory), _output_flags(force)))
-        del keep
+            status = lib.pdiff_sampler_sample_to_dir_ex(h, call.options, n, _fspath(directory), _output_flags(force))
+        return call.result(status)
 
     def __repr__(self) -> str:
         if self.closed:

@@ -212,6 +212,15 @@ def test_status_and_errors():
             assert type(e) is not pdiff.Error, f"no subclass for {status.name}"
 
 
+def test_status_names_come_from_the_library():
+    for status in pdiff.Status:
+        expected = "PDIFF_OK" if status == pdiff.Status.OK else "PDIFF_ERR_" + status.name
+        assert pdiff.status_name(status) == expected == pdiff.status_name(int(status))
+    assert pdiff.status_name(99) == pdiff.status_name(-1) == "PDIFF_STATUS_UNKNOWN"
+    assert repr(pdiff._error(pdiff.Status.BUNDLE, "gone")) == "BundleError(PDIFF_ERR_BUNDLE, 'gone')"
+    assert repr(pdiff._error(99, "newer")) == "Error(PDIFF_STATUS_UNKNOWN, 'newer')"
+
+
 # ---- the installed package, finding the library, capabilities ----
 
 def test_imports_the_installed_package():
@@ -445,6 +454,9 @@ def test_train_reconstruction_options(data, tmp_path):
     gen.export(tmp_path / "b")
     training = json.loads((tmp_path / "b" / "pdiff.json").read_text())["training"]
     assert (training["reconstruction_weighting"], training["latent_noise"]) == ("per-tensor", 0.02)
+    # A 0 given is used as given: no latent noise (omitted or None: the preset's 0.1).
+    pdiff.Generator.train(ds, latent_noise=0, **C_TEST_OPTIONS).export(tmp_path / "quiet")
+    assert json.loads((tmp_path / "quiet" / "pdiff.json").read_text())["training"]["latent_noise"] == 0.0
 
 
 @needs_training
@@ -459,6 +471,9 @@ def test_train_reconstruction_options(data, tmp_path):
         (dict(device="tpu"), pdiff.InvalidArgumentError),
         (dict(ae_steps=-1), pdiff.InvalidArgumentError),
         (dict(ae_lr=-1.0), pdiff.InvalidArgumentError),
+        (dict(ae_lr=0.0), pdiff.InvalidArgumentError),  # given, so explicit: no preset's value
+        (dict(ae_steps=0), pdiff.InvalidArgumentError),
+        (dict(batch_size=0), pdiff.InvalidArgumentError),
         (dict(epochs=3), TypeError),
     ],
 )
@@ -485,6 +500,18 @@ def test_open_errors(bundle, tmp_path):
         pdiff.Sampler(bundle, provider="tpu")
     with pytest.raises(pdiff.InvalidArgumentError):
         pdiff.Sampler(bundle, provider=42)
+    with pytest.raises(pdiff.InvalidArgumentError, match="options.device_index is 2147483648"):
+        pdiff.Sampler(bundle, provider="cpu", device_index=2**31)
+    with pytest.raises(pdiff.InvalidArgumentError, match="device_index"):
+        pdiff.Sampler(bundle, provider="cpu", device_index=-1)
+
+
+def test_device_index(bundle):
+    # The CPU provider has no device to choose: any index is accepted.
+    with pdiff.Sampler(bundle, provider="cpu", device_index=1) as s:
+        assert s.backend == "onnxruntime-cpu"
+    with pytest.warns(DeprecationWarning, match="device_index"):
+        pdiff.Sampler(bundle, provider="cpu", device_id=1).close()
 
 
 def test_sample(sampler):
@@ -520,6 +547,41 @@ def test_sample_errors(sampler, kwargs, error, status):
     with pytest.raises(error) as e:
         sampler.sample(**kwargs)
     assert e.value.status == pdiff.Status[status] and e.value.message
+
+
+def test_sample_progress_and_clip_count(sampler, tmp_path):
+    steps = []
+    a, clipped = sampler.sample(3, seed=7, steps=10, progress=lambda step, total: steps.append((step, total)),
+                                return_clipped=True)
+    assert steps == [(i, 10) for i in range(1, 11)]
+    assert np.array_equal(a, sampler.sample(3, seed=7, steps=10))
+    assert isinstance(clipped, pdiff.ClipCount) and 0 <= clipped.latents <= 3 and clipped.values >= clipped.latents
+    # Every way out reports the same clip count for the same models.
+    w = np.zeros((3, ROWS, COLS), dtype=np.float32)
+    assert sampler.sample_into({"w": w}, n=3, seed=7, steps=10) == clipped
+    assert sampler.sample_to_dir(3, tmp_path / "gen", seed=7, steps=10) == clipped
+    assert sampler.best_of_n(3, lambda p: 0.0, seed=7, steps=10, return_clipped=True)[3] == clipped
+    models, named = sampler.sample_named(3, seed=7, steps=10, return_clipped=True)
+    assert len(models) == 3 and named == clipped
+    # A false value cancels (None does not); nothing is written.
+    calls = []
+    with pytest.raises(pdiff.CancelledError) as e:
+        sampler.sample(3, seed=7, steps=10, progress=lambda step, total: calls.append(step) or step < 4)
+    assert calls == [1, 2, 3, 4] and e.value.message == "pdiff_sampler_sample: cancelled by the caller"
+    with pytest.raises(pdiff.CancelledError):
+        sampler.sample_to_dir(3, tmp_path / "cancelled", seed=7, steps=10, progress=lambda step, total: False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"], "no directory, no temporary left behind"
+    # An exception raised by the callback cancels and is re-raised.
+    def boom(step, total):
+        if step == 2:
+            raise KeyError("from progress")
+
+    with pytest.raises(KeyError, match="from progress"):
+        sampler.best_of_n(3, lambda p: 0.0, seed=7, steps=10, progress=boom)
+    with pytest.raises(KeyError, match="from progress"):
+        sampler.sample_into({"w": w}, n=3, seed=7, steps=10, progress=boom)
+    with pytest.raises(pdiff.InvalidArgumentError, match="progress"):
+        sampler.sample(1, progress=42)
 
 
 def test_sample_named(sampler):
