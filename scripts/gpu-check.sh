@@ -18,7 +18,7 @@
 #   demo         GPU: the mnist-mlp3 demo, compact preset, trained with --device cuda
 #   paper        GPU: mnist-mlp3 with the paper preset at the reference's budget (2,000 AE +
 #                8,000 diffusion steps) on cuda, sampled and evaluated like the demo
-#   sample       GPU: `pdiff bench --batch-sizes 1,100,1000` on the CUDA provider and on the CPU
+#   sample       GPU: `pdiff bench sweep --batch-sizes 1,100,1000` on the CUDA provider and on the CPU
 #                provider, for the demo's and the paper run's bundles
 #   train-steps  GPU: ms per training step of both presets on cuda (K = 200 demo checkpoints)
 #   tests        GPU: the CUDA tests (tests/cuda.rs, built by `pack`) with --ignored
@@ -544,7 +544,7 @@ stage_sample() {
       local p=$GPU_PROVIDER
       [ "$provider" = cpu ] && p=cpu
       rm -f "$RESULTS/sample-$name-$provider.json"
-      run "bench $name $provider provider" "$PDIFF" bench --bundle "$bundle" --batch-sizes "$sizes" --provider "$p" \
+      run "bench $name $provider provider" "$PDIFF" bench sweep --bundle "$bundle" --batch-sizes "$sizes" --provider "$p" \
           --ort-lib "$lib" --out "$RESULTS/sample-$name-$provider.json" && swept=$((swept + 1)) || true
     done
   done

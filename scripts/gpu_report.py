@@ -265,7 +265,7 @@ def sample_section(out, results, rec):
         note = (f" At batch {', '.join(f'{b:,}' for b in counted)} a first call took 20 s or more and is the single measurement."
                 if counted else "")
         out.append(f"Host: {ref['machine']}. Time per call: median of the timed calls after one untimed first call "
-                   f"(`pdiff bench --batch-sizes`); models/s = batch / that median.{note}\n")
+                   f"(`pdiff bench sweep`); models/s = batch / that median.{note}\n")
     if not any_table and rec is not None:
         out.append("No sweep result file.\n")
 

@@ -5,7 +5,7 @@
 //! - [`eval`]: accuracy summaries, baselines, memorization; [`results`]: results.json;
 //!   [`report`]: report.md and its plots;
 //! - [`demo`]: the end-to-end job; [`bench`]: the benchmark; [`scale`]: the benchmark over D
-//!   (`pdiff bench --scale`); [`ablation`]: the ablations;
+//!   (`pdiff bench scale`); [`ablation`]: the ablations;
 //! - [`ort_library`]: where the command line finds ONNX Runtime on a development machine.
 pub mod ablation;
 pub mod bench;

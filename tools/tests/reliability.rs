@@ -497,7 +497,7 @@ fn onnx_runtime_library_problems() {
         let (o, _) = sample(&b, &["--sampler", "euler"]);
         assert_error(&o, &["sampler", "euler"]);
         let (o, _) = sample(&b, &["--steps", "0"]);
-        assert_error(&o, &["at least 1 step"]);
+        assert_error(&o, &["--steps", "0 is not in 1.."]);
     });
 }
 
