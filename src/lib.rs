@@ -88,11 +88,11 @@ pub const PDIFF_OUTPUT_FORCE: u32 = 1;
 
 /// The output policy of a `flags` argument; an unknown bit is an invalid argument (a newer
 /// flag this library does not have must not be ignored silently).
-pub fn output_flags(flags: u32) -> FfiResult<pdiff_core::fsutil::IfForeign> {
+pub fn output_flags(flags: u32) -> FfiResult<pdiff_core::output::IfForeign> {
     if flags & !PDIFF_OUTPUT_FORCE != 0 {
         return Err(Failure::invalid(format!("flags {flags:#x}: unknown bits (known: PDIFF_OUTPUT_FORCE = {PDIFF_OUTPUT_FORCE:#x})")));
     }
-    Ok(if flags & PDIFF_OUTPUT_FORCE != 0 { pdiff_core::fsutil::IfForeign::Force } else { pdiff_core::fsutil::IfForeign::Refuse })
+    Ok(if flags & PDIFF_OUTPUT_FORCE != 0 { pdiff_core::output::IfForeign::Force } else { pdiff_core::output::IfForeign::Refuse })
 }
 
 // The int32 option enums of the training API live here rather than in `generator`: cbindgen

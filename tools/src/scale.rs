@@ -84,7 +84,7 @@ pub fn is_plot(bytes: &[u8]) -> bool {
 
 /// A previous scale report, read from `file` (bounded; anything else is refused, named).
 pub fn read_report(file: &Path) -> Result<ScaleReport> {
-    let bytes = pdiff_core::fsutil::read_regular(file, 64 << 20).map_err(|e| Error::io(file, e))?;
+    let bytes = pdiff_core::files::read_regular(file, 64 << 20).map_err(|e| Error::io(file, e))?;
     serde_json::from_slice::<ScaleReport>(&bytes)
         .ok()
         .filter(|r| r.scale)
@@ -94,11 +94,11 @@ pub fn read_report(file: &Path) -> Result<ScaleReport> {
 /// Plot `report` to `png` as one output file: drawn into a temporary sibling (plotters picks
 /// the format from the extension), then written atomically, replacing only a previous plot
 /// unless `if_foreign` forces it.
-pub fn write_plot(png: &Path, report: &ScaleReport, if_foreign: pdiff_core::fsutil::IfForeign) -> Result<()> {
+pub fn write_plot(png: &Path, report: &ScaleReport, if_foreign: pdiff_core::output::IfForeign) -> Result<()> {
     let tmp = png.with_extension("plot-tmp.png");
     let drawn = plot(&tmp, report).and_then(|()| std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e)));
     let _ = std::fs::remove_file(&tmp);
-    pdiff_core::fsutil::write_output_file(png, &drawn?, if_foreign, PLOT_KIND, is_plot)
+    pdiff_core::output::write_output_file(png, &drawn?, if_foreign, PLOT_KIND, is_plot)
 }
 
 /// The synthetic layout for about D parameters: weight [r, r] + bias [r], r = round(sqrt(D)).
@@ -144,7 +144,7 @@ pub fn run(opts: &ScaleOptions, progress: &mut dyn FnMut(&str)) -> Result<ScaleR
             let g = Generator::train(&set, &config, &mut |_| true)?;
             drop(set);
             let bundle = opts.work_dir.join(format!("scale-{d}-{}", config.preset));
-            g.export_bundle_with(&bundle, pdiff_core::fsutil::IfForeign::Refuse)?;
+            g.export_bundle_with(&bundle, pdiff_core::output::IfForeign::Refuse)?;
             let train_peak = peak_rss_mib();
             let (ae_params, den_params) = g.parameter_counts();
             let fixed = g.fixed_values();

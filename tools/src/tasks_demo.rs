@@ -20,8 +20,8 @@ use crate::eval::Summary;
 use crate::zoo::mnist_tasks::{DigitSet, MnistTasks, Recipe};
 use pdiff_core::diffusion::{Conditioning, SamplerKind};
 use pdiff_core::error::{Error, Result};
-use pdiff_core::fsutil::{IfForeign, OutputDir, OutputKind};
 use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
+use pdiff_core::output::{IfForeign, OutputDir, OutputKind};
 use pdiff_core::params::{ConditionSpec, Conditions, Layout, ParamSet};
 use pdiff_core::training::{Progress, TrainConfig};
 use pdiff_train::{device_name, Generator};
@@ -351,7 +351,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
     }
     let names: Vec<String> = (0..10).map(|d| format!("digit{d}")).collect();
     let cond_json = serde_json::json!({ "names": names, "conditions": cond_map });
-    pdiff_core::fsutil::write_atomic(&out.join("conditions.json"), &serde_json::to_vec_pretty(&cond_json).expect("JSON"))?;
+    pdiff_core::files::write_atomic(&out.join("conditions.json"), &serde_json::to_vec_pretty(&cond_json).expect("JSON"))?;
     for (t, rows) in &col.heldout {
         let dir = out.join("heldout").join(t.code()).join("scratch");
         write_rows(&layout, rows, &dir, |i| format!("scratch_{i:04}.safetensors"), OutputKind::Checkpoints)?;
@@ -531,14 +531,14 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
         },
     };
     crate::tasks_report::write(out, &results, &g.history)?;
-    pdiff_core::fsutil::write_atomic(&out.join("results.json"), &serde_json::to_vec_pretty(&results).expect("serializable"))?;
+    pdiff_core::files::write_atomic(&out.join("results.json"), &serde_json::to_vec_pretty(&results).expect("serializable"))?;
     output.commit()?;
     Ok(results)
 }
 
 /// Write rows as safetensors files named by `name(i)` into `dir`, one output of `kind`.
 fn write_rows(layout: &Layout, rows: &[Vec<f32>], dir: &Path, name: impl Fn(usize) -> String, kind: OutputKind) -> Result<()> {
-    pdiff_core::fsutil::write_output_dir(dir, kind, IfForeign::Refuse, |tmp| {
+    pdiff_core::output::write_output_dir(dir, kind, IfForeign::Refuse, |tmp| {
         for (i, r) in rows.iter().enumerate() {
             layout.save_safetensors(r, &tmp.join(name(i)))?;
         }

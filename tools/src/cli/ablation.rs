@@ -2,7 +2,8 @@
 use crate::args::{refuse_input_inside_output, ForceArg, TrainArgs};
 use crate::progress::Progress;
 use clap::Args;
-use pdiff_core::fsutil::{self, IfForeign, OutputKind};
+use pdiff_core::files;
+use pdiff_core::output::{self, IfForeign, OutputKind};
 use pdiff_core::Result;
 use pdiff_tools::zoo;
 use std::path::PathBuf;
@@ -33,13 +34,13 @@ pub fn run(a: AblationArgs, progress: &mut Progress) -> Result<()> {
     }
     // OUT as one output: built in staging, put in place at the end (a previous ablation run is
     // replaced, files pdiff did not write are refused or kept with --force).
-    let output = fsutil::OutputDir::begin(&a.out, OutputKind::Ablation, a.force.policy())?;
+    let output = output::OutputDir::begin(&a.out, OutputKind::Ablation, a.force.policy())?;
     let task = zoo::task(&a.task, a.data.as_deref())?;
     let ckpts = match a.checkpoints {
         Some(c) => c,
         None => {
             let dir = output.path().join("checkpoints");
-            fsutil::write_output_dir(&dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
+            output::write_output_dir(&dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
                 task.collect(tmp, 200, config.seed, &mut |i, n| progress.update("collect", i, n, None)).map(|_| ())
             })?;
             dir
@@ -50,8 +51,8 @@ pub fn run(a: AblationArgs, progress: &mut Progress) -> Result<()> {
     })?;
     progress.finish();
     let md = pdiff_tools::ablation::markdown(task.name(), &rows);
-    fsutil::write_atomic(&output.path().join("ablation.json"), &serde_json::to_vec_pretty(&rows).unwrap())?;
-    fsutil::write_atomic(&output.path().join("ablation.md"), md.as_bytes())?;
+    files::write_atomic(&output.path().join("ablation.json"), &serde_json::to_vec_pretty(&rows).unwrap())?;
+    files::write_atomic(&output.path().join("ablation.md"), md.as_bytes())?;
     output.commit()?;
     println!("{md}");
     Ok(())

@@ -2,8 +2,8 @@
 //! and comma-separated lists (`value_delimiter`), so that nothing here parses text by hand.
 use clap::{Args, ValueEnum};
 use pdiff_core::diffusion::SamplerKind;
-use pdiff_core::fsutil::IfForeign;
 use pdiff_core::model::Preset;
+use pdiff_core::output::IfForeign;
 use pdiff_core::runtime::{Provider, RuntimeOptions};
 use pdiff_core::training::{DeviceChoice, ReconstructionWeighting, TrainConfig};
 use pdiff_core::Result;

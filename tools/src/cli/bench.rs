@@ -5,8 +5,8 @@
 use crate::args::{PresetArg, RuntimeArgs, TrainArgs};
 use clap::{Args, Subcommand};
 use pdiff_core::diffusion::SamplerKind;
-use pdiff_core::fsutil::{self, IfForeign};
 use pdiff_core::model::Preset;
+use pdiff_core::output::{self, IfForeign};
 use pdiff_core::params::ParamSet;
 use pdiff_core::{Error, Result};
 use pdiff_tools::{bench, scale, zoo};
@@ -164,7 +164,7 @@ fn sampling(a: SamplingArgs) -> Result<()> {
     let opts = a.runtime.options().unwrap_or_default();
     let out = a.report.path("bench.json");
     let report_kind = "pdiff bench report";
-    fsutil::check_output_file(&out, a.report.policy(), report_kind, bench::is_report)?;
+    output::check_output_file(&out, a.report.policy(), report_kind, bench::is_report)?;
     let task = a.task.map(|t| zoo::task(&t, a.data.as_deref())).transpose()?;
     let mut report = bench::run(&dir, a.n, a.runs, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
     if let Some(c) = a.checkpoints {
@@ -184,7 +184,7 @@ fn sampling(a: SamplingArgs) -> Result<()> {
         report.training = Some(t);
     }
     let json = serde_json::to_vec_pretty(&report).expect("a bench report serializes");
-    fsutil::write_output_file(&out, &json, a.report.policy(), report_kind, bench::is_report)?;
+    output::write_output_file(&out, &json, a.report.policy(), report_kind, bench::is_report)?;
     println!("machine: {} (libtorch threads: {})", report.machine, report.torch_threads);
     println!("sampling: median of {} timed runs after {} warm-up run(s)", report.runs, report.warmup_runs);
     println!("{:<18} {:<9} {:>5} {:>9} {:>10} {:>10} {:>9}", "backend", "sampler", "n", "seconds", "models/s", "peak MiB", "test acc");
@@ -213,11 +213,11 @@ fn sweep(a: SweepArgs) -> Result<()> {
     let callers = distinct("callers", &a.callers)?;
     let opts = a.runtime.options().ok_or_else(|| Error::invalid("backend", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
     let out = a.report.path("bench.json");
-    fsutil::check_output_file(&out, a.report.policy(), "pdiff bench report", bench::is_report)?;
+    output::check_output_file(&out, a.report.policy(), "pdiff bench report", bench::is_report)?;
     let kind = SamplerKind::Ddim { steps: 50 };
     let report = bench::sweep(&a.bundle, &opts, &sizes, &callers, kind, &mut |what| eprintln!("bench: {what}"))?;
     let json = serde_json::to_vec_pretty(&report).expect("a sweep report serializes");
-    fsutil::write_output_file(&out, &json, a.report.policy(), "pdiff bench report", bench::is_report)?;
+    output::write_output_file(&out, &json, a.report.policy(), "pdiff bench report", bench::is_report)?;
     println!("machine: {}", report.machine);
     let how = if report.whole_loop { "whole loop" } else { "step by step" };
     println!("{} ({} requested), {} {how}, bundle {} (D = {})", report.backend, report.provider, report.sampler, report.bundle, report.param_count);
@@ -253,8 +253,8 @@ fn scale(a: ScaleArgs) -> Result<()> {
     let rt = a.runtime.options().ok_or_else(|| Error::invalid("backend", "bench scale samples through ONNX Runtime"))?;
     let out = a.report.path("scale.json");
     let png = out.with_extension("png");
-    fsutil::check_output_file(&out, a.report.policy(), scale::REPORT_KIND, scale::is_report)?;
-    fsutil::check_output_file(&png, a.report.policy(), scale::PLOT_KIND, scale::is_plot)?;
+    output::check_output_file(&out, a.report.policy(), scale::REPORT_KIND, scale::is_report)?;
+    output::check_output_file(&png, a.report.policy(), scale::PLOT_KIND, scale::is_plot)?;
     let work_dir = out.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
     let opts =
         scale::ScaleOptions { sizes, presets, k: a.k, ae_steps: a.ae_steps, diffusion_steps: a.diffusion_steps, n: a.n, runtime: rt, work_dir, seed: a.seed };
@@ -264,7 +264,7 @@ fn scale(a: ScaleArgs) -> Result<()> {
         None => {
             let report = scale::run(&opts, &mut |what| eprintln!("bench: {what}"))?;
             let json = serde_json::to_vec_pretty(&report).expect("a scale report serializes");
-            fsutil::write_output_file(&out, &json, a.report.policy(), scale::REPORT_KIND, scale::is_report)?;
+            output::write_output_file(&out, &json, a.report.policy(), scale::REPORT_KIND, scale::is_report)?;
             report
         }
     };

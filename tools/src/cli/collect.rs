@@ -2,7 +2,7 @@
 use crate::args::ForceArg;
 use crate::progress::Progress;
 use clap::Args;
-use pdiff_core::fsutil::{self, OutputKind};
+use pdiff_core::output::{self, OutputKind};
 use pdiff_core::Result;
 use pdiff_tools::zoo;
 use std::path::PathBuf;
@@ -25,9 +25,9 @@ pub struct CollectArgs {
 }
 
 pub fn run(a: CollectArgs, progress: &mut Progress) -> Result<()> {
-    fsutil::check_output_dir(&a.out, OutputKind::Checkpoints, a.force.policy())?;
+    output::check_output_dir(&a.out, OutputKind::Checkpoints, a.force.policy())?;
     let task = zoo::task(&a.task, a.data.as_deref())?;
-    let files = fsutil::write_output_dir(&a.out, OutputKind::Checkpoints, a.force.policy(), |staging| {
+    let files = output::write_output_dir(&a.out, OutputKind::Checkpoints, a.force.policy(), |staging| {
         task.collect(staging, a.k, a.seed, &mut |i, n| progress.update("collect", i, n, None))
     })?;
     progress.finish();

@@ -2,7 +2,7 @@
 use crate::args::ForceArg;
 use clap::Args;
 use pdiff_core::bundle::{self, ExportOptions, PROTOBUF_LIMIT};
-use pdiff_core::fsutil::{self, OutputKind};
+use pdiff_core::output::{self, OutputKind};
 use pdiff_core::training::DeviceChoice;
 use pdiff_core::Result;
 use pdiff_train::Generator;
@@ -24,7 +24,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    fsutil::check_output_dir(&a.out, OutputKind::Bundle, a.force.policy())?;
+    output::check_output_dir(&a.out, OutputKind::Bundle, a.force.policy())?;
     let g = Generator::load_bundle(&a.generator, DeviceChoice::Cpu)?;
     let opts = ExportOptions { if_foreign: a.force.policy(), inline_graph_limit: a.inline_graph_limit.unwrap_or(PROTOBUF_LIMIT) };
     let m = g.export_bundle_opts(&a.out, &opts)?;

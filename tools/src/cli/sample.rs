@@ -3,8 +3,8 @@ use crate::args::{ForceArg, RuntimeArgs, SamplerArgs};
 use crate::progress::Progress;
 use clap::Args;
 use pdiff_core::diffusion::{ClipCount, Conditioning};
-use pdiff_core::fsutil::{self, OutputKind};
 use pdiff_core::generate::{ModelSource, SampleRequest};
+use pdiff_core::output::{self, OutputKind};
 use pdiff_core::runtime::Sampler;
 use pdiff_core::training::DeviceChoice;
 use pdiff_core::Result;
@@ -44,7 +44,7 @@ pub fn run(a: SampleArgs, progress: &mut Progress) -> Result<()> {
     let kind = a.sampler.kind();
     let mut request = SampleRequest::new(a.n).seed(a.seed).sampler(kind);
     request.condition = a.condition.as_deref().map(|values| Conditioning { values, guidance: a.guidance });
-    fsutil::check_output_dir(&a.out, OutputKind::Samples, a.force.policy())?;
+    output::check_output_dir(&a.out, OutputKind::Samples, a.force.policy())?;
     let mut on_step = |i, t| progress.update("sample", i, t, None);
     let ((files, clipped), latent_dim, backend) = match a.runtime.options() {
         Some(opts) => {

@@ -2,7 +2,7 @@
 use crate::args::{ForceArg, TrainArgs};
 use crate::progress::Progress;
 use clap::Args;
-use pdiff_core::fsutil::{self, OutputKind};
+use pdiff_core::output::{self, OutputKind};
 use pdiff_core::params::{list_checkpoints, peek_dir, ParamSet, Selection};
 use pdiff_core::training::TrainConfig;
 use pdiff_core::Result;
@@ -34,7 +34,7 @@ pub struct TrainCommandArgs {
 
 pub fn run(a: TrainCommandArgs, progress: &mut Progress) -> Result<()> {
     a.train.config(0)?;
-    fsutil::check_output_dir(&a.out, OutputKind::Bundle, a.force.policy())?;
+    output::check_output_dir(&a.out, OutputKind::Bundle, a.force.policy())?;
     let selection = Selection::patterns(&a.select);
     let (config, paths) = plan(&a.checkpoints, &selection, &a.train)?;
     println!("preset {}{}", config.preset, if config.preset_auto { " (chosen automatically for D)" } else { "" });

@@ -152,7 +152,7 @@ impl Layout {
 
     /// Write one flat vector as a safetensors file (atomically).
     pub fn save_safetensors(&self, flat: &[f32], path: &Path) -> Result<()> {
-        crate::fsutil::write_atomic(path, &self.to_safetensors(flat)?)
+        crate::files::write_atomic(path, &self.to_safetensors(flat)?)
     }
 }
 
