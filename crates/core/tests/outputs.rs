@@ -5,30 +5,8 @@
 use pdiff_core::files;
 use pdiff_core::output::{self, IfForeign, OutputDir, OutputKind, OUTPUT_MARKER};
 use pdiff_core::Error;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-/// Every file under `dir` (relative path -> bytes), and every symbolic link (-> "link to X").
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            if meta.is_symlink() {
-                out.insert(rel, format!("link to {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
-            } else if meta.is_dir() {
-                out.insert(rel.clone(), b"<dir>".to_vec());
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
+use pdiff_test_support::{assert_no_leftovers, snapshot};
+use std::path::Path;
 
 /// Write an output of `kind` at `dest` holding `files` (name -> content).
 fn write(dest: &Path, kind: OutputKind, if_foreign: IfForeign, files: &[(&str, &str)]) -> pdiff_core::Result<()> {
@@ -43,16 +21,6 @@ fn write(dest: &Path, kind: OutputKind, if_foreign: IfForeign, files: &[(&str, &
 fn marker_files(dir: &Path) -> Vec<String> {
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(OUTPUT_MARKER)).unwrap()).unwrap();
     m["files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
-}
-
-/// No staging, aside or temporary entry left in `dir` (the parent of an output, or the output).
-fn assert_no_leftovers(dir: &Path) {
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-") || n.contains(".old-") || n.starts_with(".pdiff-staging-"))
-        .collect();
-    assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
 }
 
 fn refusal(e: Error, words: &[&str]) {

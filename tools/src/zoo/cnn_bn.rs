@@ -203,11 +203,7 @@ impl Task for CnnBn {
     }
 
     fn labels(&self, train: bool) -> &[i64] {
-        if train {
-            &self.data.train.labels_vec
-        } else {
-            &self.data.test.labels_vec
-        }
+        &self.data.split(train).labels_vec
     }
 }
 
