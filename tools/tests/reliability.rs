@@ -641,7 +641,7 @@ fn previous_output_of_the_same_command_is_replaced() {
         let o = pdiff(&["export", "--generator", b.to_str().unwrap(), "--out", b.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         pdiff_core::bundle::load_manifest(&b).unwrap();
-        assert_no_leftovers(&out.parent().unwrap());
+        assert_no_leftovers(out.parent().unwrap());
     });
 }
 
