@@ -347,7 +347,7 @@ def cmd_report(a):
     out = ["# libpdiff on a GPU\n"]
     if not present:
         out.append("> **Status: not yet run: no GPU was available.** The CUDA paths build, and their refusals "
-                   "and fallbacks are tested on the CPU (tests/runtime.rs, tools/tests/reliability.rs); "
+                   "and fallbacks are tested on the CPU (crates/core/tests/runtime.rs, tools/tests/reliability.rs); "
                    "`scripts/gpu-check.sh` and this page's generator are rehearsed on the CPU "
                    "(`--dry-run`), but nothing has been measured on a GPU yet: the figures appear here when the check runs.\n")
     elif is_dry:
@@ -391,7 +391,7 @@ def cmd_report(a):
         t = recs["tests"]
         out.append(stage_line(t, "tests") + "\n")
         if t and t.get("ran"):
-            out.append(f"`tests/cuda.rs` with `--ignored`: {t['passed']} passed, {t['failed']} failed.\n")
+            out.append(f"`crates/train/tests/cuda.rs` with `--ignored`: {t['passed']} passed, {t['failed']} failed.\n")
         elif t:
             out.append(f"Not run ({t.get('note')}); {t.get('listed')} test(s) listed.\n")
         out.append("## Stages\n\n| stage | status | wall s | finished (UTC) |\n|---|---|---|---|")
