@@ -18,10 +18,10 @@
 #   demo         GPU: the mnist-mlp3 demo, compact preset, trained with --device cuda
 #   paper        GPU: mnist-mlp3 with the paper preset at the reference's budget (2,000 AE +
 #                8,000 diffusion steps) on cuda, sampled and evaluated like the demo
-#   sample       GPU: `pdiff bench --batch-sizes 1,100,1000` on the CUDA provider and on the CPU
+#   sample       GPU: `pdiff bench sweep --batch-sizes 1,100,1000` on the CUDA provider and on the CPU
 #                provider, for the demo's and the paper run's bundles
 #   train-steps  GPU: ms per training step of both presets on cuda (K = 200 demo checkpoints)
-#   tests        GPU: the CUDA tests (tests/cuda.rs, built by `pack`) with --ignored
+#   tests        GPU: the CUDA tests (crates/train/tests/cuda.rs, built by `pack`) with --ignored
 #   report       anywhere: docs/gpu.md (--doc) and OUT/gpu.md from the result files
 #   all          ort env demo paper sample train-steps tests report (only --dry-run fits one run)
 # Every GPU stage also samples GPU 0's memory (nvidia-smi memory.used every 200 ms) while its
@@ -310,7 +310,7 @@ stage_pack() {
   say "building with PDIFF_TORCH_CUDA=1 into $target"
   PDIFF_TORCH_CUDA=1 cargo build --release --workspace --target-dir "$target"
   local tests
-  tests=$(PDIFF_TORCH_CUDA=1 cargo test --release --test cuda --no-run --target-dir "$target" --message-format=json \
+  tests=$(PDIFF_TORCH_CUDA=1 cargo test --release -p pdiff-train --test cuda --no-run --target-dir "$target" --message-format=json \
       | "$PY" -c "import json,sys; print([m['executable'] for m in map(json.loads, sys.stdin) if m.get('reason') == 'compiler-artifact' and m.get('executable') and m['target']['name'] == 'cuda'][-1])")
   local f
   for f in "$target/release/pdiff" "$target/release/libpdiff.so" "$tests"; do
@@ -544,7 +544,7 @@ stage_sample() {
       local p=$GPU_PROVIDER
       [ "$provider" = cpu ] && p=cpu
       rm -f "$RESULTS/sample-$name-$provider.json"
-      run "bench $name $provider provider" "$PDIFF" bench --bundle "$bundle" --batch-sizes "$sizes" --provider "$p" \
+      run "bench $name $provider provider" "$PDIFF" bench sweep --bundle "$bundle" --batch-sizes "$sizes" --provider "$p" \
           --ort-lib "$lib" --out "$RESULTS/sample-$name-$provider.json" && swept=$((swept + 1)) || true
     done
   done
@@ -576,7 +576,7 @@ stage_tests() {
   if [ "$DRY_RUN" = 1 ]; then
     # No GPU: the tests would fail by design. Check that the binary lists them as ignored.
     bin=$(ls -t "$ROOT"/target/release/deps/cuda-* 2>/dev/null | grep -v '\.d$' | head -n1 || true)
-    [ -n "$bin" ] || die "no CUDA test binary in target/release/deps: cargo test --release --test cuda --no-run"
+    [ -n "$bin" ] || die "no CUDA test binary in target/release/deps: cargo test --release -p pdiff-train --test cuda --no-run"
     run "list the CUDA tests" "$bin" --list --ignored || true
     listed=$(grep -c ': test$' "$STAGE_LOG" || true)
     end_stage --set "ran=false" --set "listed=$listed" --set "note=dry run: no GPU, the tests are listed, not run"

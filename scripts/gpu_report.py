@@ -265,7 +265,7 @@ def sample_section(out, results, rec):
         note = (f" At batch {', '.join(f'{b:,}' for b in counted)} a first call took 20 s or more and is the single measurement."
                 if counted else "")
         out.append(f"Host: {ref['machine']}. Time per call: median of the timed calls after one untimed first call "
-                   f"(`pdiff bench --batch-sizes`); models/s = batch / that median.{note}\n")
+                   f"(`pdiff bench sweep`); models/s = batch / that median.{note}\n")
     if not any_table and rec is not None:
         out.append("No sweep result file.\n")
 
@@ -347,7 +347,7 @@ def cmd_report(a):
     out = ["# libpdiff on a GPU\n"]
     if not present:
         out.append("> **Status: not yet run: no GPU was available.** The CUDA paths build, and their refusals "
-                   "and fallbacks are tested on the CPU (tests/runtime.rs, tools/tests/reliability.rs); "
+                   "and fallbacks are tested on the CPU (crates/core/tests/runtime.rs, tools/tests/reliability.rs); "
                    "`scripts/gpu-check.sh` and this page's generator are rehearsed on the CPU "
                    "(`--dry-run`), but nothing has been measured on a GPU yet: the figures appear here when the check runs.\n")
     elif is_dry:
@@ -391,7 +391,7 @@ def cmd_report(a):
         t = recs["tests"]
         out.append(stage_line(t, "tests") + "\n")
         if t and t.get("ran"):
-            out.append(f"`tests/cuda.rs` with `--ignored`: {t['passed']} passed, {t['failed']} failed.\n")
+            out.append(f"`crates/train/tests/cuda.rs` with `--ignored`: {t['passed']} passed, {t['failed']} failed.\n")
         elif t:
             out.append(f"Not run ({t.get('note')}); {t.get('listed')} test(s) listed.\n")
         out.append("## Stages\n\n| stage | status | wall s | finished (UTC) |\n|---|---|---|---|")

@@ -31,7 +31,7 @@ step "1. Rust tests: pdiff-core, pdiff-train, the C ABI (full and serve-only), t
 cargo test --release --workspace -- --test-threads=2
 # The C ABI crate serve-only, in its own target directory (target/release keeps the full build).
 cargo test --release -p pdiff --no-default-features --target-dir "$SERVE_TARGET" -- --test-threads=2
-# The CUDA tests (tests/cuda.rs, #[ignore]d for a plain cargo test) run where scripts/lib/gpu.sh
+# The CUDA tests (crates/train/tests/cuda.rs, #[ignore]d for a plain cargo test) run where scripts/lib/gpu.sh
 # finds a usable GPU, on a build linked with libtorch_cuda; elsewhere a SKIPPED line says why.
 # shellcheck source=scripts/lib/gpu.sh
 source scripts/lib/gpu.sh

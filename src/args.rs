@@ -1,7 +1,7 @@
 //! Arguments from C: pointers that must not be NULL, strings, paths, the output `flags`, and
 //! the static strings handed back.
 use crate::status::{Failure, FfiResult};
-use pdiff_core::fsutil::IfForeign;
+use pdiff_core::output::IfForeign;
 use std::ffi::{c_char, CStr, OsStr};
 use std::path::PathBuf;
 

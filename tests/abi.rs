@@ -98,8 +98,8 @@ fn option_enums_convert_from_their_int32_fields() {
 
 #[test]
 fn output_flags_know_force_and_refuse_unknown_bits() {
-    assert_eq!(output_flags(0).unwrap(), pdiff_core::fsutil::IfForeign::Refuse);
-    assert_eq!(output_flags(PDIFF_OUTPUT_FORCE).unwrap(), pdiff_core::fsutil::IfForeign::Force);
+    assert_eq!(output_flags(0).unwrap(), pdiff_core::output::IfForeign::Refuse);
+    assert_eq!(output_flags(PDIFF_OUTPUT_FORCE).unwrap(), pdiff_core::output::IfForeign::Force);
     let e = output_flags(PDIFF_OUTPUT_FORCE | 4).unwrap_err();
     assert_eq!(e.status, pdiff_status::PDIFF_ERR_INVALID_ARGUMENT);
     assert!(e.message.contains("0x5"), "{}", e.message);

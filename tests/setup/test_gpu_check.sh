@@ -134,7 +134,7 @@ venv_torch=$("$ROOT/.venv/bin/python" -c "import importlib.metadata as m; print(
 check "env: torch and ONNX Runtime versions from the venv" \
   test "$(json "$out/env.json" "d['torch'] + ' ' + d['ort_cpu'] + ' ' + d['ort_gpu']")" = "$venv_torch $venv_ort $venv_ort (onnxruntime-gpu; dry-run stand-in: the CPU library)"
 check "env: the detection's reason recorded" has "$out/env.json" '"detection": "dry run on the CPU machine: no NVIDIA GPU'
-cuda_tests=$(grep -c '^#\[ignore' "$ROOT/tests/cuda.rs")
+cuda_tests=$(grep -c '^#\[ignore' "$ROOT/crates/train/tests/cuda.rs")
 check "tests: the CUDA tests listed (not run without a GPU)" test "$(json "$out/tests.json" "str(d['ran']) + ' ' + str(d['listed'])")" = "False $cuda_tests"
 check "report: DRY RUN page" has "$out/gpu.md" "**DRY RUN on a CPU machine**"
 check "report: the stages not run say so" has "$out/gpu.md" '_Stage `demo`: not run._'

@@ -221,7 +221,7 @@ pub fn run(bundle: &Path, n: usize, runs: usize, rt: &RuntimeOptions, task: Opti
     })
 }
 
-/// One batch size of a throughput sweep (`pdiff bench --batch-sizes`): the ONNX Runtime sampler
+/// One batch size of a throughput sweep (`pdiff bench sweep`): the ONNX Runtime sampler
 /// asked for `batch` models per call.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchRow {
@@ -245,7 +245,7 @@ pub struct BatchRow {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// `pdiff bench --batch-sizes`: one bundle, one execution provider, several batch sizes.
+/// `pdiff bench sweep`: one bundle, one execution provider, several batch sizes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchSweep {
     pub machine: String,
@@ -280,29 +280,6 @@ pub const SWEEP_MAX_CALLS: usize = 50;
 /// second call would double a sweep that already takes minutes (the CPU provider at batch 1,000
 /// with the paper preset's denoiser).
 pub const SWEEP_SINGLE_CALL_SECONDS: f64 = 20.0;
-
-/// `"1,100,1000"` -> `[1, 100, 1000]`: positive integers, comma-separated, no duplicates.
-pub fn parse_batch_sizes(list: &str) -> Result<Vec<usize>> {
-    parse_counts("batch_sizes", list)
-}
-
-/// `field`'s list of positive integers, comma-separated, no duplicates (see [`parse_batch_sizes`]).
-pub fn parse_counts(field: &str, list: &str) -> Result<Vec<usize>> {
-    let bad = |why: String| pdiff_core::Error::invalid(field, format!("'{list}': {why} (expected positive integers separated by commas, e.g. 1,100,1000)"));
-    let mut sizes = Vec::new();
-    for item in list.split(',') {
-        let item = item.trim();
-        let n: usize = item.parse().map_err(|_| bad(format!("'{item}' is not a positive integer")))?;
-        if n == 0 {
-            return Err(bad("a batch size of 0".into()));
-        }
-        if sizes.contains(&n) {
-            return Err(bad(format!("{n} appears twice")));
-        }
-        sizes.push(n);
-    }
-    Ok(sizes)
-}
 
 /// Time the ONNX Runtime sampler of `bundle` at each batch size: one untimed first call, then
 /// calls until [`SWEEP_TARGET_SECONDS`] were measured and at least [`SWEEP_MIN_CALLS`] calls

@@ -2,7 +2,7 @@
 //! N models, evaluate them against the originals and the soup, write results.json.
 //!
 //! OUT is one output of kind demo: everything is written into a staging directory and put in
-//! place at the end (`fsutil::OutputDir`), so a failed or cancelled demo leaves OUT as it was,
+//! place at the end (`output::OutputDir`), so a failed or cancelled demo leaves OUT as it was,
 //! a previous demo is replaced whole, and files pdiff did not write are refused (or kept, with
 //! force). Its parts are outputs of their own kinds (checkpoints, bundle, samples), so that the
 //! single commands can later replace them.
@@ -11,8 +11,8 @@ use crate::results::{DemoResults, LatentClipping, PeakRss, Timings};
 use crate::zoo;
 use pdiff_core::diffusion::SamplerKind;
 use pdiff_core::error::Result;
-use pdiff_core::fsutil::{IfForeign, OutputDir, OutputKind};
 use pdiff_core::generate::{ModelSource, SampleRequest};
+use pdiff_core::output::{IfForeign, OutputDir, OutputKind};
 use pdiff_core::params::ParamSet;
 use pdiff_core::training::{Progress, TrainConfig};
 use pdiff_train::{device_name, Generator};
@@ -55,7 +55,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     crate::bench::reset_peak_rss();
     let t0 = Instant::now();
     let ckpt_dir = out.join("checkpoints");
-    pdiff_core::fsutil::write_output_dir(&ckpt_dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
+    pdiff_core::output::write_output_dir(&ckpt_dir, OutputKind::Checkpoints, IfForeign::Refuse, |tmp| {
         task.collect(tmp, opts.k, opts.train.seed, &mut |i, n| progress("collect", i, n, None)).map(|_| ())
     })?;
     let collect_s = t0.elapsed().as_secs_f64();
@@ -128,7 +128,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     };
     crate::report::write(out, &results, Some(&g.history))?;
     let json = serde_json::to_vec_pretty(&results).expect("serializable");
-    pdiff_core::fsutil::write_atomic(&out.join("results.json"), &json)?;
+    pdiff_core::files::write_atomic(&out.join("results.json"), &json)?;
     output.commit()?;
     Ok(results)
 }

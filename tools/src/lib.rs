@@ -1,11 +1,12 @@
 //! pdiff-tools: everything around the libpdiff engine that a host does not embed. The `pdiff`
-//! command line (src/main.rs) is built on these modules:
+//! command line (src/cli/, one module per command) is built on these modules:
 //! - [`zoo`]: reference tasks (MNIST data, the networks whose parameters are modelled,
 //!   checkpoint collection);
 //! - [`eval`]: accuracy summaries, baselines, memorization; [`results`]: results.json;
 //!   [`report`]: report.md and its plots;
-//! - [`demo`]: the end-to-end job; [`bench`]: the benchmark; [`scale`]: the benchmark over D
-//!   (`pdiff bench --scale`); [`ablation`]: the ablations;
+//! - [`demo`]: the end-to-end job; [`tasks_demo`], [`tasks_results`], [`tasks_report`]: the
+//!   conditional one (mnist-tasks); [`bench`]: the sampling benchmark and its sweep; [`scale`]:
+//!   the benchmark over D (`pdiff bench scale`); [`ablation`]: the ablations;
 //! - [`ort_library`]: where the command line finds ONNX Runtime on a development machine.
 pub mod ablation;
 pub mod bench;
@@ -17,4 +18,5 @@ pub mod results;
 pub mod scale;
 pub mod tasks_demo;
 pub mod tasks_report;
+pub mod tasks_results;
 pub mod zoo;

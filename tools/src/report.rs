@@ -300,5 +300,5 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
         "## Timings (s)\n\ncollect {:.1}, autoencoder {:.1}, diffusion {:.1}, sample {:.2}, evaluate {:.1}.",
         t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate
     );
-    pdiff_core::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
+    pdiff_core::files::write_atomic(&dir.join("report.md"), md.as_bytes())
 }

@@ -1,4 +1,4 @@
-//! `pdiff bench --scale`: how training and serving grow with D. For each D, K
+//! `pdiff bench scale`: how training and serving grow with D. For each D, K
 //! synthetic checkpoints of a one-layer network ([rows, cols] weight + bias, rows = cols =
 //! sqrt(D)) that look like a training trajectory; a generator trained with the preset chosen
 //! for D (or the ones named); then time per training step, trained generator parameters, peak
@@ -20,7 +20,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The D of `pdiff bench --scale` without `--scale-d`.
+/// The D of `pdiff bench scale` without `--sizes`.
 pub const DEFAULT_SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,9 +67,38 @@ pub struct ScaleReport {
     pub rows: Vec<ScaleRow>,
 }
 
-/// Whether `bytes` are a `pdiff bench --scale` report.
+/// Whether `bytes` are a `pdiff bench scale` report.
 pub fn is_report(bytes: &[u8]) -> bool {
     serde_json::from_slice::<ScaleReport>(bytes).map(|r| r.scale).unwrap_or(false)
+}
+
+/// What a scale report is called where an existing file at its path is refused.
+pub const REPORT_KIND: &str = "pdiff bench scale report";
+/// The same for its plot.
+pub const PLOT_KIND: &str = "pdiff bench scale plot";
+
+/// Whether `bytes` are a PNG image (a previous plot, which the next one may replace).
+pub fn is_plot(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\x89PNG")
+}
+
+/// A previous scale report, read from `file` (bounded; anything else is refused, named).
+pub fn read_report(file: &Path) -> Result<ScaleReport> {
+    let bytes = pdiff_core::files::read_regular(file, 64 << 20).map_err(|e| Error::io(file, e))?;
+    serde_json::from_slice::<ScaleReport>(&bytes)
+        .ok()
+        .filter(|r| r.scale)
+        .ok_or_else(|| Error::invalid("report-from", format!("{} is not a pdiff bench scale report", file.display())))
+}
+
+/// Plot `report` to `png` as one output file: drawn into a temporary sibling (plotters picks
+/// the format from the extension), then written atomically, replacing only a previous plot
+/// unless `if_foreign` forces it.
+pub fn write_plot(png: &Path, report: &ScaleReport, if_foreign: pdiff_core::output::IfForeign) -> Result<()> {
+    let tmp = png.with_extension("plot-tmp.png");
+    let drawn = plot(&tmp, report).and_then(|()| std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e)));
+    let _ = std::fs::remove_file(&tmp);
+    pdiff_core::output::write_output_file(png, &drawn?, if_foreign, PLOT_KIND, is_plot)
 }
 
 /// The synthetic layout for about D parameters: weight [r, r] + bias [r], r = round(sqrt(D)).
@@ -115,7 +144,7 @@ pub fn run(opts: &ScaleOptions, progress: &mut dyn FnMut(&str)) -> Result<ScaleR
             let g = Generator::train(&set, &config, &mut |_| true)?;
             drop(set);
             let bundle = opts.work_dir.join(format!("scale-{d}-{}", config.preset));
-            g.export_bundle_with(&bundle, pdiff_core::fsutil::IfForeign::Refuse)?;
+            g.export_bundle_with(&bundle, pdiff_core::output::IfForeign::Refuse)?;
             let train_peak = peak_rss_mib();
             let (ae_params, den_params) = g.parameter_counts();
             let fixed = g.fixed_values();

@@ -17,17 +17,17 @@
 //! Nothing about the held-out tasks is used before step 4: hyper-parameters are chosen on the
 //! seen tasks.
 use crate::eval::Summary;
+pub use crate::tasks_results::{GuidanceRow, HeldoutResult, NearestSeen, SeenResult, SeenTasksRow, TasksResults, TasksSummary, TasksTimings};
 use crate::zoo::mnist_tasks::{DigitSet, MnistTasks, Recipe};
 use pdiff_core::diffusion::{Conditioning, SamplerKind};
 use pdiff_core::error::{Error, Result};
-use pdiff_core::fsutil::{IfForeign, OutputDir, OutputKind};
 use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
+use pdiff_core::output::{IfForeign, OutputDir, OutputKind};
 use pdiff_core::params::{ConditionSpec, Conditions, Layout, ParamSet};
 use pdiff_core::training::{Progress, TrainConfig};
 use pdiff_train::{device_name, Generator};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -130,103 +130,6 @@ pub fn split_tasks(seed: u64, seen: usize, heldout: usize) -> TaskSplit {
 /// The seen task nearest to `task` by Hamming distance (the first in `seen` on ties).
 pub fn nearest(task: DigitSet, seen: &[DigitSet]) -> (usize, u32) {
     seen.iter().enumerate().map(|(i, s)| (i, s.hamming(task))).min_by_key(|&(i, h)| (h, i)).expect("at least one seen task")
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NearestSeen {
-    pub code: String,
-    pub hamming: u32,
-    #[serde(flatten)]
-    pub accuracy: Summary,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HeldoutResult {
-    pub code: String,
-    pub generated: Summary,
-    pub scratch: Summary,
-    pub nearest_seen: NearestSeen,
-    /// The generator without condition, evaluated on this task.
-    pub unconditional: Summary,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SeenResult {
-    pub code: String,
-    pub generated: Summary,
-    pub originals: Summary,
-}
-
-/// Medians over tasks of the per-task median test accuracies.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct TasksSummary {
-    pub heldout_generated: f64,
-    pub heldout_scratch: f64,
-    pub heldout_nearest_seen: f64,
-    pub heldout_unconditional: f64,
-    pub seen_generated: f64,
-    pub seen_originals: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct GuidanceRow {
-    pub guidance: f32,
-    /// Median over the validation tasks (None when the guidance was given, not chosen).
-    pub validation_generated: Option<f64>,
-    pub heldout_generated: f64,
-    pub seen_generated: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SeenTasksRow {
-    pub seen_tasks: usize,
-    pub heldout_generated: f64,
-    pub heldout_nearest_seen: f64,
-    pub seen_generated: f64,
-    pub seen_originals: f64,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct TasksTimings {
-    pub collect: f64,
-    pub train_autoencoder: f64,
-    pub train_diffusion: f64,
-    pub sample: f64,
-    pub evaluate: f64,
-    pub ablation: f64,
-    pub total: f64,
-}
-
-/// results.json of `pdiff demo --task mnist-tasks`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TasksResults {
-    pub task: String,
-    pub num_params: usize,
-    pub condition_dim: usize,
-    pub checkpoints_per_task: usize,
-    pub generated_per_task: usize,
-    pub test_images: usize,
-    pub guidance: f32,
-    /// How `guidance` was decided: "given", "default", or "validation: ...".
-    pub guidance_choice: String,
-    pub seen_tasks: Vec<String>,
-    pub heldout_tasks: Vec<String>,
-    pub device: String,
-    pub torch_threads: usize,
-    pub preset: String,
-    pub target: String,
-    pub sampler: String,
-    pub backend: String,
-    pub seed: u64,
-    pub heldout: Vec<HeldoutResult>,
-    pub seen: Vec<SeenResult>,
-    pub summary: TasksSummary,
-    pub guidance_ablation: Vec<GuidanceRow>,
-    pub seen_tasks_ablation: Vec<SeenTasksRow>,
-    pub reconstruction_mse: f64,
-    pub checkpoint_variance: f64,
-    pub warnings: Vec<String>,
-    pub timings_s: TasksTimings,
 }
 
 /// Progress of the whole job: (stage, done, total, loss); return false to cancel.
@@ -351,7 +254,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
     }
     let names: Vec<String> = (0..10).map(|d| format!("digit{d}")).collect();
     let cond_json = serde_json::json!({ "names": names, "conditions": cond_map });
-    pdiff_core::fsutil::write_atomic(&out.join("conditions.json"), &serde_json::to_vec_pretty(&cond_json).expect("JSON"))?;
+    pdiff_core::files::write_atomic(&out.join("conditions.json"), &serde_json::to_vec_pretty(&cond_json).expect("JSON"))?;
     for (t, rows) in &col.heldout {
         let dir = out.join("heldout").join(t.code()).join("scratch");
         write_rows(&layout, rows, &dir, |i| format!("scratch_{i:04}.safetensors"), OutputKind::Checkpoints)?;
@@ -531,14 +434,14 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
         },
     };
     crate::tasks_report::write(out, &results, &g.history)?;
-    pdiff_core::fsutil::write_atomic(&out.join("results.json"), &serde_json::to_vec_pretty(&results).expect("serializable"))?;
+    pdiff_core::files::write_atomic(&out.join("results.json"), &serde_json::to_vec_pretty(&results).expect("serializable"))?;
     output.commit()?;
     Ok(results)
 }
 
 /// Write rows as safetensors files named by `name(i)` into `dir`, one output of `kind`.
 fn write_rows(layout: &Layout, rows: &[Vec<f32>], dir: &Path, name: impl Fn(usize) -> String, kind: OutputKind) -> Result<()> {
-    pdiff_core::fsutil::write_output_dir(dir, kind, IfForeign::Refuse, |tmp| {
+    pdiff_core::output::write_output_dir(dir, kind, IfForeign::Refuse, |tmp| {
         for (i, r) in rows.iter().enumerate() {
             layout.save_safetensors(r, &tmp.join(name(i)))?;
         }

@@ -227,5 +227,5 @@ pub fn write(dir: &Path, r: &TasksResults, history: &TrainHistory) -> Result<()>
         "## Timings (s)\n\ncollect {:.1}, autoencoder {:.1}, diffusion {:.1}, sample {:.1}, evaluate {:.1}, ablations {:.1}; total {:.1}.",
         t.collect, t.train_autoencoder, t.train_diffusion, t.sample, t.evaluate, t.ablation, t.total
     );
-    pdiff_core::fsutil::write_atomic(&dir.join("report.md"), md.as_bytes())
+    pdiff_core::files::write_atomic(&dir.join("report.md"), md.as_bytes())
 }

@@ -1,9 +1,9 @@
-//! `pdiff bench --batch-sizes`: the throughput sweep of the ONNX Runtime sampler, on the CPU
+//! `pdiff bench sweep`: the throughput sweep of the ONNX Runtime sampler, on the CPU
 //! provider and the committed fixture bundle (scripts/gpu-check.sh runs the same sweep on the
 //! CUDA provider). Timings are only checked for consistency, never against a speed. Then the
 //! measurement protocol of `pdiff bench`'s rows: one warm-up run, then the median of at least 3
 //! timed runs.
-use pdiff_tools::bench::{measure, median, parse_batch_sizes, BatchSweep, MIN_RUNS, SWEEP_MAX_CALLS, SWEEP_MIN_CALLS};
+use pdiff_tools::bench::{measure, median, BatchSweep, MIN_RUNS, SWEEP_MAX_CALLS, SWEEP_MIN_CALLS};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -19,7 +19,7 @@ fn fixture() -> PathBuf {
 fn sweep_measures_each_batch_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep.json");
-    let o = pdiff(&["bench", "--bundle", fixture().to_str().unwrap(), "--batch-sizes", "1,3,7", "--provider", "cpu", "--out", out.to_str().unwrap()]);
+    let o = pdiff(&["bench", "sweep", "--bundle", fixture().to_str().unwrap(), "--batch-sizes", "1,3,7", "--provider", "cpu", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
     let r: BatchSweep = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture().join("pdiff.json")).unwrap()).unwrap();
@@ -41,23 +41,6 @@ fn sweep_measures_each_batch_size() {
 }
 
 #[test]
-fn batch_size_lists() {
-    assert_eq!(parse_batch_sizes("1,100,1000").unwrap(), [1, 100, 1000]);
-    assert_eq!(parse_batch_sizes(" 4 , 2").unwrap(), [4, 2]);
-    for (list, words) in [
-        ("0", "a batch size of 0"),
-        ("1,,2", "'' is not a positive integer"),
-        ("x", "'x' is not"),
-        ("-3", "'-3' is not"),
-        ("5,5", "5 appears twice"),
-        ("", "'' is not"),
-    ] {
-        let e = parse_batch_sizes(list).unwrap_err().to_string();
-        assert!(e.contains("invalid batch_sizes") && e.contains(words), "{list:?}: {e}");
-    }
-}
-
-#[test]
 fn bad_sweeps_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep.json");
@@ -65,14 +48,18 @@ fn bad_sweeps_are_refused_before_anything_is_written() {
     let b = bundle.to_str().unwrap();
     let o = out.to_str().unwrap();
     for (args, words) in [
-        (vec!["--batch-sizes", "0"], "invalid batch_sizes: '0'"),
-        (vec!["--batch-sizes", "1,x"], "'x' is not a positive integer"),
-        (vec!["--batch-sizes", "1", "--callers", "0"], "invalid callers: '0'"),
+        (vec!["--batch-sizes", "0"], "invalid value '0' for '--batch-sizes"),
+        (vec!["--batch-sizes", "1,x"], "invalid value 'x' for '--batch-sizes"),
+        (vec!["--batch-sizes", "1,,2"], "invalid value '' for '--batch-sizes"),
+        (vec!["--batch-sizes", "-3"], "--batch-sizes"),
+        (vec!["--batch-sizes", "5,5"], "invalid batch-sizes: 5 appears twice"),
+        (vec!["--batch-sizes", "1", "--callers", "0"], "invalid value '0' for '--callers"),
         (vec!["--batch-sizes", "1", "--backend", "tch"], "--backend tch is not swept"),
-        (vec!["--batch-sizes", "1", "--task", "mnist-mlp3"], "sampling speed only"),
-        (vec!["--batch-sizes", "1", "--checkpoints", b], "sampling speed only"),
+        (vec!["--batch-sizes", "1", "--task", "mnist-mlp3"], "unexpected argument '--task'"),
+        (vec!["--batch-sizes", "1", "--checkpoints", b], "unexpected argument '--checkpoints'"),
+        (vec![], "--batch-sizes <N,N,...>"),
     ] {
-        let mut all = vec!["bench", "--bundle", b, "--out", o];
+        let mut all = vec!["bench", "sweep", "--bundle", b, "--out", o];
         all.extend(&args);
         let r = pdiff(&all);
         let err = String::from_utf8_lossy(&r.stderr);
@@ -90,6 +77,7 @@ fn sweep_with_concurrent_callers() {
     let out = dir.path().join("sweep.json");
     let o = pdiff(&[
         "bench",
+        "sweep",
         "--bundle",
         fixture().to_str().unwrap(),
         "--batch-sizes",

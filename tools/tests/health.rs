@@ -2,30 +2,16 @@
 //! them in the bundle; the demo's report.md lists the warnings (latents clipped included), the
 //! reconstruction error against the checkpoints' spread, verdicts in test images and the
 //! task-free novelty table.
-use pdiff_core::params::Layout;
+use pdiff_test_support::{fc_layout, write_checkpoints};
 use pdiff_tools::results::DemoResults;
 use std::path::Path;
 use std::process::Command;
-
-fn layout() -> Layout {
-    Layout::from_shapes(&[("fc.weight", vec![4, 6]), ("fc.bias", vec![4])]).unwrap()
-}
-
-/// K well-formed checkpoints of one trajectory (base + a small perturbation).
-fn good_checkpoints(dir: &Path, k: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let l = layout();
-    for i in 0..k {
-        let v: Vec<f32> = (0..l.param_count()).map(|j| (j as f32 * 0.37).sin() + 0.01 * ((i * 7 + j) as f32).cos()).collect();
-        l.save_safetensors(&v, &dir.join(format!("c{i:03}.safetensors"))).unwrap();
-    }
-}
 
 #[test]
 fn train_prints_and_records_the_warnings() {
     let d = tempfile::tempdir().unwrap();
     let ckpts = d.path().join("ckpts");
-    good_checkpoints(&ckpts, 4);
+    write_checkpoints(&ckpts, &fc_layout(), 4);
     let out = d.path().join("bundle");
     // 2 autoencoder steps: the reconstruction error is still about the whole spread.
     let o = Command::new(env!("CARGO_BIN_EXE_pdiff"))
@@ -48,7 +34,7 @@ fn train_prints_and_records_the_warnings() {
 }
 
 fn committed_results(task: &str) -> DemoResults {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("docs/results").join(format!("{task}.json"));
+    let path = pdiff_test_support::repo_root().join("docs/results").join(format!("{task}.json"));
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
@@ -114,7 +100,7 @@ fn report_shows_health_verdicts_and_novelty() {
 #[test]
 fn sample_warns_of_latents_outside_the_training_range() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bundle");
+    let fixture = pdiff_test_support::fixture();
     // The fixture (a tiny, briefly trained generator) itself strays outside its range, so the
     // quiet case is a copy with a wide range.
     let with_clip = |name: &str, bound: f32| {

@@ -2,40 +2,15 @@
 //! Each case asserts the exit status (1: a clear error, never a panic or abort), the words of
 //! the error, and that no output was created or an existing output was left unchanged.
 use pdiff_core::params::Layout;
+use pdiff_test_support::{
+    assert_error, assert_no_leftovers, assert_nothing_written, copy_fixture, f32_bytes, fc_layout, foreign_dir, raw_file, rehash, snapshot, write_checkpoints,
+};
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn pdiff(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pdiff")).args(args).output().expect("run pdiff")
-}
-
-fn layout() -> Layout {
-    Layout::from_shapes(&[("fc.weight", vec![4, 6]), ("fc.bias", vec![4])]).unwrap()
-}
-
-/// K small, well-formed checkpoints (one trajectory: base + small perturbation).
-fn good_checkpoints(dir: &Path, k: usize) -> Vec<PathBuf> {
-    std::fs::create_dir_all(dir).unwrap();
-    let l = layout();
-    (0..k)
-        .map(|i| {
-            let v: Vec<f32> = (0..l.param_count()).map(|j| (j as f32 * 0.37).sin() + 0.01 * ((i * 7 + j) as f32).cos()).collect();
-            let p = dir.join(format!("c{i:03}.safetensors"));
-            l.save_safetensors(&v, &p).unwrap();
-            p
-        })
-        .collect()
-}
-
-fn raw_tensor_file(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
-        tensors.iter().map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// Run `pdiff train` on `ckpts` into a fresh output dir; return (output, out dir).
@@ -47,23 +22,6 @@ fn train(ckpts: &Path, extra: &[&str]) -> (Output, PathBuf) {
     (pdiff(&args), out)
 }
 
-fn assert_error(o: &Output, words: &[&str]) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "expected a clean error (exit 1), got {:?}; stderr: {err}", o.status);
-    assert!(!err.contains("panicked"), "panic: {err}");
-    for w in words {
-        assert!(err.contains(w), "error should mention {w:?}: {err}");
-    }
-}
-
-/// No output and no temporary leftovers next to it.
-fn assert_nothing_written(out: &Path) {
-    assert!(!out.exists(), "{} must not exist", out.display());
-    let parent = out.parent().unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(parent).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-}
-
 fn case(f: impl FnOnce(&Path)) {
     let dir = tempfile::tempdir().unwrap();
     f(dir.path());
@@ -73,7 +31,7 @@ fn case(f: impl FnOnce(&Path)) {
 fn truncated_checkpoint() {
     case(|d| {
         let c = d.join("ckpt");
-        let files = good_checkpoints(&c, 3);
+        let files = write_checkpoints(&c, &fc_layout(), 3);
         let bytes = std::fs::read(&files[1]).unwrap();
         std::fs::write(&files[1], &bytes[..bytes.len() / 2]).unwrap();
         let (o, out) = train(&c, &[]);
@@ -86,7 +44,7 @@ fn truncated_checkpoint() {
 fn not_a_safetensors_file() {
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 2);
+        write_checkpoints(&c, &fc_layout(), 2);
         std::fs::write(c.join("c002.safetensors"), b"PK\x03\x04 this is a zip, not safetensors").unwrap();
         let (o, out) = train(&c, &[]);
         assert_error(&o, &["c002.safetensors", "not a readable safetensors file"]);
@@ -98,7 +56,7 @@ fn not_a_safetensors_file() {
 fn corrupt_header() {
     case(|d| {
         let c = d.join("ckpt");
-        let files = good_checkpoints(&c, 2);
+        let files = write_checkpoints(&c, &fc_layout(), 2);
         let mut bytes = std::fs::read(&files[0]).unwrap();
         bytes[8] = b'x'; // the header's opening brace: the JSON no longer parses
         std::fs::write(&files[0], &bytes).unwrap();
@@ -114,7 +72,7 @@ fn integer_tensor_selected() {
         let c = d.join("ckpt");
         std::fs::create_dir_all(&c).unwrap();
         for i in 0..2 {
-            raw_tensor_file(
+            raw_file(
                 &c.join(format!("c{i}.safetensors")),
                 &[("w", Dtype::F32, vec![3], f32_bytes(&[1.0, 2.0, i as f32])), ("steps", Dtype::I64, vec![1], 5i64.to_le_bytes().to_vec())],
             );
@@ -131,7 +89,7 @@ fn no_floating_tensor_at_all() {
         let c = d.join("ckpt");
         std::fs::create_dir_all(&c).unwrap();
         for i in 0..2 {
-            raw_tensor_file(&c.join(format!("c{i}.safetensors")), &[("steps", Dtype::I64, vec![1], (i as i64).to_le_bytes().to_vec())]);
+            raw_file(&c.join(format!("c{i}.safetensors")), &[("steps", Dtype::I64, vec![1], (i as i64).to_le_bytes().to_vec())]);
         }
         let (o, out) = train(&c, &[]);
         assert_error(&o, &["selection is empty"]);
@@ -146,7 +104,7 @@ fn half_precision_is_converted_not_refused() {
         std::fs::create_dir_all(&c).unwrap();
         for i in 0..3 {
             let v: Vec<u8> = (0..8).flat_map(|j| half::f16::from_f32(0.5 + 0.01 * (i * j) as f32).to_le_bytes()).collect();
-            raw_tensor_file(&c.join(format!("c{i}.safetensors")), &[("w", Dtype::F16, vec![8], v)]);
+            raw_file(&c.join(format!("c{i}.safetensors")), &[("w", Dtype::F16, vec![8], v)]);
         }
         let set = pdiff_core::params::ParamSet::load_dir(&c, &pdiff_core::params::Selection::AllFloat).unwrap();
         assert_eq!(set.layout.param_count(), 8);
@@ -158,7 +116,7 @@ fn half_precision_is_converted_not_refused() {
 fn shapes_differ_between_checkpoints() {
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 2);
+        write_checkpoints(&c, &fc_layout(), 2);
         let other = Layout::from_shapes(&[("fc.weight", vec![4, 5]), ("fc.bias", vec![4])]).unwrap();
         other.save_safetensors(&vec![0.1; other.param_count()], &c.join("c002.safetensors")).unwrap();
         let (o, out) = train(&c, &[]);
@@ -171,7 +129,7 @@ fn shapes_differ_between_checkpoints() {
 fn missing_tensor_in_one_checkpoint() {
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 2);
+        write_checkpoints(&c, &fc_layout(), 2);
         let only_w = Layout::from_shapes(&[("fc.weight", vec![4, 6])]).unwrap();
         only_w.save_safetensors(&[0.1; 24], &c.join("c002.safetensors")).unwrap();
         let (o, out) = train(&c, &[]);
@@ -182,8 +140,8 @@ fn missing_tensor_in_one_checkpoint() {
 
 fn with_value(d: &Path, value: f32, words: &[&str]) {
     let c = d.join("ckpt");
-    good_checkpoints(&c, 2);
-    let l = layout();
+    write_checkpoints(&c, &fc_layout(), 2);
+    let l = fc_layout();
     let mut v = vec![0.2f32; l.param_count()];
     v[25] = value; // inside fc.bias
     l.save_safetensors(&v, &c.join("c002.safetensors")).unwrap();
@@ -206,7 +164,7 @@ fn inf_value() {
 fn selection_matches_nothing() {
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 2);
+        write_checkpoints(&c, &fc_layout(), 2);
         let (o, out) = train(&c, &["--select", "conv*.weight"]);
         assert_error(&o, &["conv*.weight", "no floating-point tensor matches"]);
         assert_nothing_written(&out);
@@ -217,7 +175,7 @@ fn selection_matches_nothing() {
 fn one_checkpoint() {
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 1);
+        write_checkpoints(&c, &fc_layout(), 1);
         let (o, out) = train(&c, &[]);
         assert_error(&o, &["K = 1", "at least 2"]);
         assert_nothing_written(&out);
@@ -298,7 +256,7 @@ fn absurd_size_is_refused_up_front() {
 fn bad_option_values() {
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 2);
+        write_checkpoints(&c, &fc_layout(), 2);
         for (extra, words) in [
             (vec!["--preset", "huge"], vec!["preset", "huge"]),
             (vec!["--batch-size", "0"], vec!["batch_size"]),
@@ -320,7 +278,7 @@ fn cuda_required_for_training_without_gpu() {
     }
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 2);
+        write_checkpoints(&c, &fc_layout(), 2);
         let out = d.join("bundle-out");
         let o = pdiff(&["train", "--checkpoints", c.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cuda"]);
         assert_error(&o, &["device unavailable", "CUDA"]);
@@ -332,7 +290,7 @@ fn cuda_required_for_training_without_gpu() {
 fn diverging_training_stops_and_keeps_the_last_good_bundle() {
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 4);
+        write_checkpoints(&c, &fc_layout(), 4);
         // A good bundle first.
         let (o, out) = train(&c, &[]);
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
@@ -348,7 +306,7 @@ fn diverging_training_stops_and_keeps_the_last_good_bundle() {
 fn interrupted_training_leaves_nothing() {
     case(|d| {
         let c = d.join("ckpt");
-        good_checkpoints(&c, 4);
+        write_checkpoints(&c, &fc_layout(), 4);
         let out = d.join("bundle-out");
         let mut child = Command::new(env!("CARGO_BIN_EXE_pdiff"))
             .args(["train", "--checkpoints", c.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ae-steps", "1000000", "--device", "cpu"])
@@ -377,7 +335,7 @@ fn interrupted_training_leaves_nothing() {
 /// A trained bundle to damage in the bundle cases.
 fn bundle(d: &Path) -> PathBuf {
     let c = d.join("ckpt");
-    good_checkpoints(&c, 4);
+    write_checkpoints(&c, &fc_layout(), 4);
     let (o, out) = train(&c, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     out
@@ -497,7 +455,7 @@ fn onnx_runtime_library_problems() {
         let (o, _) = sample(&b, &["--sampler", "euler"]);
         assert_error(&o, &["sampler", "euler"]);
         let (o, _) = sample(&b, &["--steps", "0"]);
-        assert_error(&o, &["at least 1 step"]);
+        assert_error(&o, &["--steps", "0 is not in 1.."]);
     });
 }
 
@@ -516,36 +474,6 @@ fn existing_output_is_replaced_only_on_success() {
 }
 
 // --- Outputs never destroy what pdiff did not write (README rows 33-42) ---------------------
-
-/// Every file and symbolic link under `dir` (relative path -> bytes, or the link's target).
-fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            if meta.is_symlink() {
-                out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
-            } else if meta.is_dir() {
-                out.insert(rel.clone(), b"<dir>".to_vec());
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = std::collections::BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-/// `dir` with a user's files in it: notes.txt and photos/cat.jpg.
-fn foreign_dir(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir.join("photos")).unwrap();
-    std::fs::write(dir.join("notes.txt"), "my notes, not pdiff's").unwrap();
-    std::fs::write(dir.join("photos/cat.jpg"), [0xffu8, 0xd8, 0xff, 0xe0]).unwrap();
-    dir.to_path_buf()
-}
 
 /// Every command that writes a directory, aimed at `out` (cheap arguments: each of these cases
 /// is refused before any work; `bundle` and `ckpts` are inputs that exist).
@@ -713,7 +641,7 @@ fn previous_output_of_the_same_command_is_replaced() {
         let o = pdiff(&["export", "--generator", b.to_str().unwrap(), "--out", b.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         pdiff_core::bundle::load_manifest(&b).unwrap();
-        assert_nothing_left_beside(&out);
+        assert_no_leftovers(out.parent().unwrap());
     });
 }
 
@@ -726,19 +654,8 @@ fn empty_directory_at_out_is_filled() {
         let (o, _) = sample(&b, &["--out", out.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(out.join("gen_0001.safetensors").is_file());
-        assert_nothing_left_beside(&out.join("gen_0000.safetensors"));
+        assert_no_leftovers(&out);
     });
-}
-
-/// No staging or temporary entry next to `path`.
-fn assert_nothing_left_beside(path: &Path) {
-    let parent = path.parent().unwrap();
-    let left: Vec<_> = std::fs::read_dir(parent)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-") || n.contains(".old-") || n.starts_with(".pdiff-staging-"))
-        .collect();
-    assert!(left.is_empty(), "left beside {}: {left:?}", path.display());
 }
 
 #[test]
@@ -781,34 +698,12 @@ fn ablation_checkpoints_inside_its_out_are_refused() {
     case(|d| {
         let out = d.join("ablation-out");
         let ckpts = out.join("checkpoints");
-        good_checkpoints(&ckpts, 2);
+        write_checkpoints(&ckpts, &fc_layout(), 2);
         let before = snapshot(d);
         let o = pdiff(&["ablation", "--checkpoints", ckpts.to_str().unwrap(), "--out", out.to_str().unwrap(), "--force"]);
         assert_error(&o, &["invalid checkpoints", "is inside --out", "which this run replaces"]);
         assert_eq!(snapshot(d), before);
     });
-}
-
-/// A copy of the committed fixture bundle (tests/fixtures/tiny-bundle) at `dir`.
-fn fixture_copy(dir: &Path) -> PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bundle");
-    std::fs::create_dir_all(dir).unwrap();
-    for e in std::fs::read_dir(&fixture).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-        }
-    }
-    dir.to_path_buf()
-}
-
-/// The manifest's sha256 of `file` recomputed after an edit (a bundle another tool wrote,
-/// consistent in itself).
-fn rehash(bundle: &Path, file: &str) {
-    let path = bundle.join("pdiff.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    m["sha256"][file] = serde_json::json!(pdiff_core::bundle::sha256_hex(&std::fs::read(bundle.join(file)).unwrap()));
-    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
 }
 
 /// Bundles other tools could write, each wrong in one way, through `pdiff sample` into a
@@ -818,14 +713,14 @@ fn rehash(bundle: &Path, file: &str) {
 fn foreign_bundles_are_errors_and_change_nothing() {
     case(|d| {
         let out = d.join("samples");
-        let good = fixture_copy(&d.join("good"));
+        let good = copy_fixture(&d.join("good"));
         let first = pdiff(&["sample", "--bundle", good.to_str().unwrap(), "-n", "2", "--steps", "5", "--out", out.to_str().unwrap()]);
         assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
         let before = snapshot(&out);
         let mut n = 0;
         let mut check = |edit: &dyn Fn(&Path), extra: &[&str], words: &[&str]| {
             n += 1;
-            let b = fixture_copy(&d.join(format!("case{n}")));
+            let b = copy_fixture(&d.join(format!("case{n}")));
             edit(&b);
             let mut args = vec!["sample", "--bundle", b.to_str().unwrap(), "-n", "2", "--steps", "5", "--out", out.to_str().unwrap()];
             args.extend_from_slice(extra);

@@ -1,11 +1,11 @@
 //! Generator bundle: a directory with `pdiff.json` (the manifest, a documented public format:
 //! docs/bundle-format.md), `decoder.onnx`, `denoiser.onnx` and the tch weights. Written to a
-//! staging directory and put in place as one output (`fsutil::OutputDir`); loading verifies the format version and every file's
+//! staging directory and put in place as one output (`output::OutputDir`); loading verifies the format version and every file's
 //! sha256 and names what is wrong.
 use crate::diffusion::Schedule;
 use crate::error::{Error, Result};
-use crate::fsutil::{IfForeign, OutputKind};
 use crate::model::{AutoencoderConfig, DenoiserConfig, Preset};
+use crate::output::{IfForeign, OutputKind};
 use crate::params::{ConditionSpec, Layout, TensorSpec};
 use crate::training::{TrainConfig, TrainHistory};
 use serde::{Deserialize, Serialize};
@@ -126,21 +126,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Write a bundle directory atomically: `files` as (role, file name, bytes), each listed in the
 /// manifest's `files` and `sha256`, then `pdiff.json`, in a staging directory that is put in
-/// place as one output of kind bundle ([`crate::fsutil::OutputDir`]): a previous bundle is
+/// place as one output of kind bundle ([`crate::output::OutputDir`]): a previous bundle is
 /// replaced once the new one is complete; files the library did not write are never removed
 /// or overwritten (refused, or kept beside with [`IfForeign::Force`]).
 pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, &[u8])>, if_foreign: IfForeign) -> Result<Manifest> {
     manifest.files.clear();
     manifest.sha256.clear();
     manifest.format_version = if files.iter().any(|(role, _, _)| graph_of_data_role(role).is_some()) { FORMAT_VERSION_EXTERNAL_DATA } else { FORMAT_VERSION };
-    crate::fsutil::write_output_dir(dir, OutputKind::Bundle, if_foreign, |staging| {
+    crate::output::write_output_dir(dir, OutputKind::Bundle, if_foreign, |staging| {
         for (role, name, bytes) in &files {
-            crate::fsutil::write_atomic(&staging.join(name), bytes)?;
+            crate::files::write_atomic(&staging.join(name), bytes)?;
             manifest.files.insert(role.to_string(), name.to_string());
             manifest.sha256.insert(name.to_string(), sha256_hex(bytes));
         }
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-        crate::fsutil::write_atomic(&staging.join(MANIFEST), &json)
+        crate::files::write_atomic(&staging.join(MANIFEST), &json)
     })?;
     Ok(manifest)
 }
@@ -223,7 +223,7 @@ impl Bundle {
 /// Read one file of a bundle and check it against the manifest's sha256.
 fn read_verified(dir: &Path, m: &Manifest, role: &str, name: &str) -> Result<Vec<u8>> {
     let expected = m.sha256.get(name).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: no sha256 for {name}")))?;
-    let bytes = crate::fsutil::read_regular(&dir.join(name), MAX_GRAPH_BYTES).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
+    let bytes = crate::files::read_regular(&dir.join(name), MAX_GRAPH_BYTES).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
     let got = sha256_hex(&bytes);
     if &got != expected {
         return Err(Error::bundle(dir, format!("{name}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
@@ -272,7 +272,7 @@ fn read_graph_data(dir: &Path, m: &Manifest, role: &str, name: &str, graph: &[u8
     // range, which bounds the read before anything is hashed.
     let end = refs.iter().map(|r| r.end()).max().unwrap_or(0);
     let bound = end.min(MAX_EXTERNAL_DATA_BYTES);
-    let bytes = crate::fsutil::read_regular_shared(&dir.join(data), bound).map_err(|e| {
+    let bytes = crate::files::read_regular_shared(&dir.join(data), bound).map_err(|e| {
         let why = if end > MAX_EXTERNAL_DATA_BYTES {
             format!("{e} (external data is limited to {MAX_EXTERNAL_DATA_BYTES} bytes)")
         } else if e.kind() == std::io::ErrorKind::InvalidData {
@@ -297,7 +297,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     if !dir.is_dir() {
         return Err(Error::bundle(dir, "not a directory"));
     }
-    let text = crate::fsutil::read_regular(&dir.join(MANIFEST), MAX_MANIFEST_BYTES).map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
+    let text = crate::files::read_regular(&dir.join(MANIFEST), MAX_MANIFEST_BYTES).map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
     parse_manifest(dir, &text)
 }
 

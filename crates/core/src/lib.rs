@@ -3,7 +3,8 @@
 //!
 //! Pipeline, one module per stage (a module never imports one below it in this list):
 //! - [`error`]: the one error type; every variant names what is wrong
-//! - [`fsutil`]: atomic writes, bounded reads of regular files, output directories
+//! - [`files`]: atomic writes, bounded reads of regular files
+//! - [`output`]: output directories and files that never destroy what the library did not write
 //! - [`params`]: checkpoints -> ParamSet (K x D matrix + Layout), normalization, conditions
 //! - [`model`]: autoencoder and denoiser configurations and presets (the networks are in
 //!   pdiff-train)
@@ -19,9 +20,10 @@ pub mod bundle;
 pub mod diffusion;
 pub mod error;
 pub mod external_data;
-pub mod fsutil;
+pub mod files;
 pub mod generate;
 pub mod model;
+pub mod output;
 pub mod params;
 pub mod runtime;
 pub mod training;

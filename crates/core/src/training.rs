@@ -241,7 +241,6 @@ fn default_condition_dropout() -> f64 {
 pub enum Stage {
     Autoencoder,
     Diffusion,
-    Sampling,
 }
 
 impl Stage {
@@ -249,7 +248,6 @@ impl Stage {
         match self {
             Stage::Autoencoder => "autoencoder",
             Stage::Diffusion => "diffusion",
-            Stage::Sampling => "sampling",
         }
     }
 }

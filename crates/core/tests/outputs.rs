@@ -1,39 +1,18 @@
-//! Outputs never destroy what the library did not write (`pdiff_core::fsutil`): creating, replacing
+//! Outputs never destroy what the library did not write (`pdiff_core::output`): creating, replacing
 //! a previous output atomically, filling an empty directory, refusing files, links, foreign
 //! directories and other kinds of output, and writing beside foreign files with force without
 //! touching them. Every case compares what existed before, byte for byte, with what is left.
-use pdiff_core::fsutil::{self, IfForeign, OutputDir, OutputKind, OUTPUT_MARKER};
+use pdiff_core::files;
+use pdiff_core::output::{self, IfForeign, OutputDir, OutputKind, OUTPUT_MARKER};
 use pdiff_core::Error;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-/// Every file under `dir` (relative path -> bytes), and every symbolic link (-> "link to X").
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            if meta.is_symlink() {
-                out.insert(rel, format!("link to {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
-            } else if meta.is_dir() {
-                out.insert(rel.clone(), b"<dir>".to_vec());
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
+use pdiff_test_support::{assert_no_leftovers, snapshot};
+use std::path::Path;
 
 /// Write an output of `kind` at `dest` holding `files` (name -> content).
 fn write(dest: &Path, kind: OutputKind, if_foreign: IfForeign, files: &[(&str, &str)]) -> pdiff_core::Result<()> {
-    fsutil::write_output_dir(dest, kind, if_foreign, |staging| {
+    output::write_output_dir(dest, kind, if_foreign, |staging| {
         for (name, content) in files {
-            fsutil::write_atomic(&staging.join(name), content.as_bytes())?;
+            files::write_atomic(&staging.join(name), content.as_bytes())?;
         }
         Ok(())
     })
@@ -42,16 +21,6 @@ fn write(dest: &Path, kind: OutputKind, if_foreign: IfForeign, files: &[(&str, &
 fn marker_files(dir: &Path) -> Vec<String> {
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(OUTPUT_MARKER)).unwrap()).unwrap();
     m["files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
-}
-
-/// No staging, aside or temporary entry left in `dir` (the parent of an output, or the output).
-fn assert_no_leftovers(dir: &Path) {
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-") || n.contains(".old-") || n.starts_with(".pdiff-staging-"))
-        .collect();
-    assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
 }
 
 fn refusal(e: Error, words: &[&str]) {
@@ -101,8 +70,8 @@ fn a_failing_fill_keeps_the_previous_output_intact() {
     let out = t.path().join("out");
     write(&out, OutputKind::Bundle, IfForeign::Refuse, &[("pdiff.json", "{}"), ("decoder.onnx", "graph")]).unwrap();
     let before = snapshot(&out);
-    let e = fsutil::write_output_dir(&out, OutputKind::Bundle, IfForeign::Refuse, |staging| {
-        fsutil::write_atomic(&staging.join("pdiff.json"), b"half a bundle")?;
+    let e = output::write_output_dir(&out, OutputKind::Bundle, IfForeign::Refuse, |staging| {
+        files::write_atomic(&staging.join("pdiff.json"), b"half a bundle")?;
         Err::<(), _>(Error::Cancelled)
     })
     .unwrap_err();
@@ -111,7 +80,7 @@ fn a_failing_fill_keeps_the_previous_output_intact() {
     assert_no_leftovers(t.path());
     // An OutputDir dropped without commit (a panic, an early return) cleans up the same way.
     let staged = OutputDir::begin(&out, OutputKind::Bundle, IfForeign::Refuse).unwrap();
-    fsutil::write_atomic(&staged.path().join("pdiff.json"), b"never committed").unwrap();
+    files::write_atomic(&staged.path().join("pdiff.json"), b"never committed").unwrap();
     drop(staged);
     assert_eq!(snapshot(&out), before);
     assert_no_leftovers(t.path());
@@ -190,7 +159,7 @@ fn a_foreign_directory_is_refused_and_named() {
     assert_no_leftovers(t.path());
     // The refusal comes before any work: begin() already refuses.
     assert!(OutputDir::begin(&out, OutputKind::Samples, IfForeign::Refuse).is_err());
-    assert!(fsutil::check_output_dir(&out, OutputKind::Samples, IfForeign::Refuse).is_err());
+    assert!(output::check_output_dir(&out, OutputKind::Samples, IfForeign::Refuse).is_err());
 }
 
 #[test]
@@ -309,9 +278,9 @@ fn an_output_of_another_kind_is_refused_even_with_force() {
 fn nested_outputs_are_ours_only_when_complete() {
     // A demo-like output: a file and a sub-output (a bundle) of its own.
     let write_demo = |out: &Path, policy: IfForeign, tag: &str| {
-        fsutil::write_output_dir(out, OutputKind::Demo, policy, |staging| {
+        output::write_output_dir(out, OutputKind::Demo, policy, |staging| {
             write(&staging.join("generator"), OutputKind::Bundle, IfForeign::Refuse, &[("pdiff.json", tag)])?;
-            fsutil::write_atomic(&staging.join("results.json"), tag.as_bytes())
+            files::write_atomic(&staging.join("results.json"), tag.as_bytes())
         })
     };
     let t = tempfile::tempdir().unwrap();
@@ -353,24 +322,24 @@ fn single_file_outputs_replace_only_what_they_recognize() {
     let path = t.path().join("bench.json");
     let is_report = |b: &[u8]| b.starts_with(b"REPORT");
     // Missing: written. A previous report: replaced.
-    fsutil::write_output_file(&path, b"REPORT 1", IfForeign::Refuse, "bench report", is_report).unwrap();
-    fsutil::write_output_file(&path, b"REPORT 2", IfForeign::Refuse, "bench report", is_report).unwrap();
+    output::write_output_file(&path, b"REPORT 1", IfForeign::Refuse, "bench report", is_report).unwrap();
+    output::write_output_file(&path, b"REPORT 2", IfForeign::Refuse, "bench report", is_report).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"REPORT 2");
     // Someone else's file: refused, unless forced.
     std::fs::write(&path, "thesis draft").unwrap();
-    let e = fsutil::write_output_file(&path, b"REPORT 3", IfForeign::Refuse, "bench report", is_report).unwrap_err();
+    let e = output::write_output_file(&path, b"REPORT 3", IfForeign::Refuse, "bench report", is_report).unwrap_err();
     refusal(e, &["bench.json", "already exists and is not a bench report", "force the write to replace it"]);
     assert_eq!(std::fs::read(&path).unwrap(), b"thesis draft");
-    fsutil::write_output_file(&path, b"REPORT 3", IfForeign::Force, "bench report", is_report).unwrap();
+    output::write_output_file(&path, b"REPORT 3", IfForeign::Force, "bench report", is_report).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"REPORT 3");
     // A directory or a link where the file goes: refused even with force.
     let dir = t.path().join("dir.json");
     std::fs::create_dir(&dir).unwrap();
-    let e = fsutil::write_output_file(&dir, b"REPORT", IfForeign::Force, "bench report", is_report).unwrap_err();
+    let e = output::write_output_file(&dir, b"REPORT", IfForeign::Force, "bench report", is_report).unwrap_err();
     refusal(e, &["is a directory, not a file"]);
     let link = t.path().join("link.json");
     std::os::unix::fs::symlink(&path, &link).unwrap();
-    let e = fsutil::write_output_file(&link, b"REPORT 4", IfForeign::Force, "bench report", is_report).unwrap_err();
+    let e = output::write_output_file(&link, b"REPORT 4", IfForeign::Force, "bench report", is_report).unwrap_err();
     refusal(e, &["is a symbolic link"]);
     assert_eq!(std::fs::read(&path).unwrap(), b"REPORT 3");
     assert_no_leftovers(t.path());

@@ -4,8 +4,8 @@
 //! pdiff-train's (crates/train/tests/onnx_graphs.rs).
 use ndarray::Array2;
 use pdiff_core::diffusion::{DecoderBackend, DenoiserBackend, SamplerKind};
-use pdiff_core::fsutil::IfForeign;
 use pdiff_core::generate::{no_progress, ModelSource, SampleRequest, TensorSink};
+use pdiff_core::output::IfForeign;
 use pdiff_core::runtime::{Provider, RuntimeOptions, Sampler};
 use pdiff_test_support::{copy_fixture, fixture};
 use std::path::PathBuf;

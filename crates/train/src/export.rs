@@ -4,7 +4,7 @@ use crate::generator::Generator;
 use crate::torch::{libtorch_rng, resolve_device, tensor_to_vec, torch_boundary};
 use pdiff_core::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
 use pdiff_core::error::{Error, Result};
-use pdiff_core::fsutil::IfForeign;
+use pdiff_core::output::IfForeign;
 use pdiff_core::params::STD_FLOOR;
 use pdiff_core::training::DeviceChoice;
 use std::path::Path;

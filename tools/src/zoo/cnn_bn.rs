@@ -203,17 +203,13 @@ impl Task for CnnBn {
     }
 
     fn labels(&self, train: bool) -> &[i64] {
-        if train {
-            &self.data.train.labels_vec
-        } else {
-            &self.data.test.labels_vec
-        }
+        &self.data.split(train).labels_vec
     }
 }
 
 /// Save every tensor of a VarStore (weights, biases, running statistics) atomically.
 fn save_varstore(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let tmp = pdiff_core::fsutil::temp_sibling(path);
+    let tmp = pdiff_core::files::temp_sibling(path);
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     Tensor::write_safetensors(&named, &tmp).map_err(|e| Error::Checkpoint { file: path.to_path_buf(), message: e.to_string() })?;

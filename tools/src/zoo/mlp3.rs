@@ -147,16 +147,12 @@ impl Task for Mlp3 {
 
     fn predict(&self, layout: &Layout, flat: &[f32], train: bool) -> Result<Vec<i64>> {
         let ws = self.tensors_from_flat(layout, flat)?;
-        let split = if train { &self.data.train } else { &self.data.test };
+        let split = self.data.split(train);
         let pred = tch::no_grad(|| Self::forward(&ws, &split.images).argmax(1, false));
         Vec::<i64>::try_from(&pred).torch()
     }
 
     fn labels(&self, train: bool) -> &[i64] {
-        if train {
-            &self.data.train.labels_vec
-        } else {
-            &self.data.test.labels_vec
-        }
+        &self.data.split(train).labels_vec
     }
 }

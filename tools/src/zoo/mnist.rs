@@ -52,6 +52,15 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 impl Mnist {
+    /// The train split, or the test split.
+    pub fn split(&self, train: bool) -> &Split {
+        if train {
+            &self.train
+        } else {
+            &self.test
+        }
+    }
+
     pub fn load(dir: Option<&Path>) -> Result<Self> {
         let dir = match dir {
             Some(d) => d.to_path_buf(),

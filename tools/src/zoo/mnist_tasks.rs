@@ -121,7 +121,7 @@ impl MnistTasks {
 
     /// Binary labels of a split under `task`.
     fn labels(&self, task: DigitSet, train: bool) -> Tensor {
-        let split = if train { &self.data.train } else { &self.data.test };
+        let split = self.data.split(train);
         Tensor::from_slice(&task.digit_labels()).index_select(0, &split.labels)
     }
 
@@ -212,7 +212,7 @@ impl MnistTasks {
 
     /// Test (or train) accuracy of each row of `rows` (flat, `layout`) on `task`.
     pub fn accuracies(&self, layout: &Layout, rows: &[f32], task: DigitSet, train: bool) -> Result<Vec<f64>> {
-        let split = if train { &self.data.train } else { &self.data.test };
+        let split = self.data.split(train);
         let labels = self.labels(task, train);
         let d = layout.param_count();
         if d == 0 || !rows.len().is_multiple_of(d) {

@@ -1,12 +1,12 @@
 //! Generated models as safetensors files: `gen_XXXX.safetensors` in an output directory of kind
-//! samples ([`crate::fsutil::OutputDir`]).
+//! samples ([`crate::output::OutputDir`]).
 use crate::error::Result;
-use crate::fsutil::{IfForeign, OutputDir, OutputKind};
+use crate::output::{IfForeign, OutputDir, OutputKind};
 use crate::params::Layout;
 use std::path::{Path, PathBuf};
 
 /// Write rows of a [n, D] matrix as `gen_XXXX.safetensors` into `dir`, one output of kind
-/// samples ([`crate::fsutil::OutputDir`]): a previous one is replaced atomically, files
+/// samples ([`crate::output::OutputDir`]): a previous one is replaced atomically, files
 /// libpdiff did not write are refused or, with [`IfForeign::Force`], kept beside.
 pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path, if_foreign: IfForeign) -> Result<Vec<PathBuf>> {
     let mut out = ModelWriter::begin(dir, layout, if_foreign)?;

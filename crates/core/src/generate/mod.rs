@@ -12,7 +12,7 @@ pub use sinks::{check_sinks, TensorSink};
 
 use crate::diffusion::{count_outside_clip, sample_latents, ClipCount, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind, Schedule};
 use crate::error::{Error, Result};
-use crate::fsutil::IfForeign;
+use crate::output::IfForeign;
 use crate::params::Layout;
 use ndarray::Array2;
 use std::ops::Range;

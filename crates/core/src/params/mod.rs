@@ -5,9 +5,11 @@
 //! checkpoints (docs/design.md, "Data and layout"). Padding (to the autoencoder's stride
 //! multiple) is applied by the model stage; this module only knows the unpadded length D.
 mod conditions;
+mod layout;
 mod synthetic;
 
 pub use conditions::{ConditionSpec, Conditions};
+pub use layout::{Layout, TensorSpec, STD_FLOOR};
 pub use synthetic::synthetic_trajectory;
 
 use crate::error::{Error, Result};
@@ -15,146 +17,14 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Below this a tensor's std is treated as this value (a constant tensor must not divide by 0).
-pub const STD_FLOOR: f64 = 1e-8;
-
-/// Fewer checkpoints than this get a dataset warning. In the mnist-mlp3 ablation (README,
-/// "Ablations") every generated model collapsed with K = 2; K = 10 was fragile (some generated
-/// models collapsed in one run of it; in another none did, but 16 of 100 generated latents fell
-/// outside the training range and the autoencoder kept 28% of the checkpoints' spread as
-/// error, against 12.5% with K = 200); from K = 50 on every run was sound, with no latent
-/// clipped: below 50 the generator has too few examples of the distribution it must learn.
+/// Fewer checkpoints than this get a dataset warning. In the mnist-mlp3 ablation
+/// (docs/results/ablations.md) the median and the worst generated model collapsed with K = 2;
+/// K = 10 was fragile (some generated models collapsed in one run of it; in another none did,
+/// but 16 of 100 generated latents fell outside the training range and the autoencoder kept 28%
+/// of the checkpoints' spread as error, against 12.5% with K = 200); from K = 50 on every run
+/// was sound, with no latent clipped: below 50 the generator has too few examples of the
+/// distribution it must learn.
 pub const MIN_RECOMMENDED_K: usize = 50;
-
-/// One modelled tensor: its name, shape, place in the flat vector and normalization.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TensorSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub offset: usize,
-    pub mean: f32,
-    pub std: f32,
-}
-
-impl TensorSpec {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-/// Ordered tensors that make up one flat parameter vector of length [`Layout::param_count`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Layout {
-    pub tensors: Vec<TensorSpec>,
-}
-
-impl Layout {
-    /// A layout from names and shapes in the given order (offsets follow; stats are neutral
-    /// until [`ParamSet`] computes them).
-    pub fn from_shapes<S: AsRef<str>>(entries: &[(S, Vec<usize>)]) -> Result<Self> {
-        if entries.is_empty() {
-            return Err(Error::invalid("layout", "no tensors: the selection is empty"));
-        }
-        let mut tensors = Vec::with_capacity(entries.len());
-        let mut offset = 0usize;
-        for (name, shape) in entries {
-            let name = name.as_ref();
-            if name.is_empty() {
-                return Err(Error::invalid("layout", "a tensor has an empty name"));
-            }
-            if tensors.iter().any(|t: &TensorSpec| t.name == name) {
-                return Err(Error::invalid("layout", format!("tensor '{name}' is listed twice")));
-            }
-            let numel: usize = shape.iter().product();
-            if numel == 0 {
-                return Err(Error::invalid("layout", format!("tensor '{name}' has no elements (shape {shape:?})")));
-            }
-            tensors.push(TensorSpec { name: name.to_string(), shape: shape.clone(), offset, mean: 0.0, std: 1.0 });
-            offset = offset.checked_add(numel).ok_or_else(|| Error::invalid("layout", "parameter count overflows"))?;
-        }
-        Ok(Layout { tensors })
-    }
-
-    /// D: the number of scalars in one flat vector.
-    pub fn param_count(&self) -> usize {
-        self.tensors.last().map(|t| t.offset + t.numel()).unwrap_or(0)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&TensorSpec> {
-        self.tensors.iter().find(|t| t.name == name)
-    }
-
-    /// Index of tensor `name` in the layout's order.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.tensors.iter().position(|t| t.name == name)
-    }
-
-    /// Check that this layout holds exactly the tensors a host expects (same names and shapes,
-    /// in any order); the error names the first tensor that differs.
-    pub fn check_matches<S: AsRef<str>>(&self, expected: &[(S, Vec<usize>)]) -> Result<()> {
-        for (name, shape) in expected {
-            let name = name.as_ref();
-            match self.get(name) {
-                None => return Err(Error::invalid("layout", format!("the bundle has no tensor '{name}' that the host's model needs"))),
-                Some(t) if &t.shape != shape => {
-                    return Err(Error::invalid("layout", format!("tensor '{name}': bundle shape {:?}, host model {:?}", t.shape, shape)))
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(extra) = self.tensors.iter().find(|t| !expected.iter().any(|(n, _)| n.as_ref() == t.name)) {
-            return Err(Error::invalid("layout", format!("the bundle models tensor '{}' that the host's model does not have", extra.name)));
-        }
-        Ok(())
-    }
-
-    /// Map host units to normalized units, tensor by tensor. `raw.len() == out.len() == D`.
-    pub fn normalize(&self, raw: &[f32], out: &mut [f32]) {
-        for t in &self.tensors {
-            let r = t.offset..t.offset + t.numel();
-            let (m, s) = (t.mean, t.std);
-            for (o, &x) in out[r.clone()].iter_mut().zip(&raw[r]) {
-                *o = (x - m) / s;
-            }
-        }
-    }
-
-    /// Exact inverse of [`Layout::normalize`] up to f32 rounding: normalized -> host units.
-    pub fn denormalize(&self, norm: &[f32], out: &mut [f32]) {
-        for t in &self.tensors {
-            let r = t.offset..t.offset + t.numel();
-            let (m, s) = (t.mean, t.std);
-            for (o, &x) in out[r.clone()].iter_mut().zip(&norm[r]) {
-                *o = x * s + m;
-            }
-        }
-    }
-
-    /// Borrow the tensors of one flat vector by name and shape.
-    pub fn split<'a>(&'a self, flat: &'a [f32]) -> impl Iterator<Item = (&'a TensorSpec, &'a [f32])> + 'a {
-        self.tensors.iter().map(move |t| (t, &flat[t.offset..t.offset + t.numel()]))
-    }
-
-    /// Serialize one flat vector as safetensors bytes with the original tensor names (f32).
-    pub fn to_safetensors(&self, flat: &[f32]) -> Result<Vec<u8>> {
-        if flat.len() != self.param_count() {
-            return Err(Error::invalid("parameters", format!("vector has {} values, layout needs {}", flat.len(), self.param_count())));
-        }
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
-            .split(flat)
-            .map(|(t, v)| {
-                let bytes: &[u8] = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) };
-                (t.name.clone(), safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytes).expect("shape matches"))
-            })
-            .collect();
-        safetensors::serialize(views, None).map_err(|e| Error::invalid("safetensors", e.to_string()))
-    }
-
-    /// Write one flat vector as a safetensors file (atomically).
-    pub fn save_safetensors(&self, flat: &[f32], path: &Path) -> Result<()> {
-        crate::fsutil::write_atomic(path, &self.to_safetensors(flat)?)
-    }
-}
 
 /// Which tensors of a checkpoint to model.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -363,7 +233,7 @@ impl ParamSet {
         if k < MIN_RECOMMENDED_K {
             self.warnings.push(format!(
                 "K = {k} checkpoints is few: at least {MIN_RECOMMENDED_K} are recommended (in the mnist-mlp3 ablation \
-                 every generated model collapsed with K = 2, K = 10 was fragile, K = 50 sound); collect more checkpoints"
+                 most generated models collapsed with K = 2, K = 10 was fragile, K = 50 sound); collect more checkpoints"
             ));
         }
     }

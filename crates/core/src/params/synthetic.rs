@@ -1,4 +1,4 @@
-//! Synthetic checkpoints for tests and benchmarks (`pdiff bench --scale`): what K consecutive
+//! Synthetic checkpoints for tests and benchmarks (`pdiff bench scale`): what K consecutive
 //! checkpoints of one training run look like, without training anything.
 use super::{Layout, ParamSet};
 use crate::error::Result;

@@ -1,0 +1,250 @@
+//! Options shared by several commands, declared for clap: typed values (`ValueEnum`, `FromStr`)
+//! and comma-separated lists (`value_delimiter`), so that nothing here parses text by hand.
+use clap::{Args, ValueEnum};
+use pdiff_core::diffusion::SamplerKind;
+use pdiff_core::model::Preset;
+use pdiff_core::output::IfForeign;
+use pdiff_core::runtime::{Provider, RuntimeOptions};
+use pdiff_core::training::{DeviceChoice, ReconstructionWeighting, TrainConfig};
+use pdiff_core::Result;
+use std::path::{Path, PathBuf};
+
+/// `--force` of the commands that write a directory. Without it, an --out that holds files
+/// pdiff did not write is refused; a previous output of the same command is replaced.
+#[derive(Args, Clone, Copy)]
+pub struct ForceArg {
+    /// When --out holds files pdiff did not write, write the output beside them instead of
+    /// refusing. They are kept as they are; a name they take is still refused, and so is an
+    /// --out that is a file, a symbolic link or another kind of output.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl ForceArg {
+    pub fn policy(self) -> IfForeign {
+        if self.force {
+            IfForeign::Force
+        } else {
+            IfForeign::Refuse
+        }
+    }
+}
+
+/// What runs the networks when sampling.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// ONNX Runtime serving the exported bundle (the product path).
+    #[value(alias = "ort")]
+    Onnxruntime,
+    /// In-process libtorch.
+    Tch,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderArg {
+    /// CUDA when available, else the CPU.
+    Auto,
+    Cpu,
+    /// CUDA, or an error.
+    Cuda,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WholeLoop {
+    /// On CUDA only.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Args, Clone)]
+pub struct RuntimeArgs {
+    #[arg(long, value_enum, default_value_t = Backend::Onnxruntime)]
+    pub backend: Backend,
+    /// ONNX Runtime execution provider.
+    #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
+    pub provider: ProviderArg,
+    /// ONNX Runtime intra-op threads (0: its default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Path of libonnxruntime.so (default: $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, the project venv, the system loader).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// DDIM as one graph (the bundle's sampler.onnx).
+    #[arg(long, value_enum, default_value_t = WholeLoop::Auto)]
+    pub whole_loop: WholeLoop,
+}
+
+impl RuntimeArgs {
+    /// `Some(options)` for ONNX Runtime, `None` for tch.
+    pub fn options(&self) -> Option<RuntimeOptions> {
+        let opts = RuntimeOptions {
+            library: pdiff_tools::ort_library::resolve(self.ort_lib.as_deref()),
+            provider: match self.provider {
+                ProviderArg::Auto => Provider::Auto,
+                ProviderArg::Cpu => Provider::Cpu,
+                ProviderArg::Cuda => Provider::Cuda,
+            },
+            intra_threads: Some(self.threads),
+            whole_loop: match self.whole_loop {
+                WholeLoop::Auto => None,
+                WholeLoop::On => Some(true),
+                WholeLoop::Off => Some(false),
+            },
+            ..Default::default()
+        };
+        (self.backend == Backend::Onnxruntime).then_some(opts)
+    }
+}
+
+/// `--preset`: a named preset, or `auto` (chosen by D).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresetArg {
+    /// Compact below 50,000 parameters, chunked from there.
+    Auto,
+    /// CPU-friendly, small D.
+    Compact,
+    /// Tokenized, large D.
+    Chunked,
+    /// The reference widths, for GPUs.
+    Paper,
+}
+
+impl PresetArg {
+    fn preset(self) -> Option<Preset> {
+        match self {
+            PresetArg::Auto => None,
+            PresetArg::Compact => Some(Preset::Compact),
+            PresetArg::Chunked => Some(Preset::Chunked),
+            PresetArg::Paper => Some(Preset::Paper),
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightingArg {
+    /// Every parameter weighs the same (the paper's MSE).
+    Uniform,
+    /// Every tensor weighs the same, whatever its size.
+    PerTensor,
+}
+
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    #[arg(long, value_enum, default_value_t = PresetArg::Auto)]
+    pub preset: PresetArg,
+    #[arg(long)]
+    pub ae_steps: Option<usize>,
+    #[arg(long)]
+    pub diffusion_steps: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub ae_lr: Option<f64>,
+    #[arg(long)]
+    pub diffusion_lr: Option<f64>,
+    #[arg(long)]
+    pub input_noise: Option<f64>,
+    #[arg(long)]
+    pub latent_noise: Option<f64>,
+    /// Latent noise relative to the batch's latent std instead of absolute.
+    #[arg(long)]
+    pub latent_noise_relative: bool,
+    /// EMA decay of the denoiser's weights (e.g. 0.999); off by default.
+    #[arg(long)]
+    pub ema: Option<f64>,
+    /// Conditional generators: probability of dropping a training row's condition (0.1).
+    #[arg(long)]
+    pub condition_dropout: Option<f64>,
+    /// Weight of each parameter in the autoencoder's loss.
+    #[arg(long, value_enum)]
+    pub reconstruction_weighting: Option<WeightingArg>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto (CUDA when available), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+impl TrainArgs {
+    /// The configuration for D parameters (`--preset auto` chooses by D).
+    pub fn config(&self, d: usize) -> Result<TrainConfig> {
+        let base = match self.preset.preset() {
+            Some(p) => TrainConfig::new(p),
+            None => TrainConfig::auto(d),
+        };
+        self.config_from(base)
+    }
+
+    /// `base` (a task's own defaults, kept with `--preset auto`) with the options given on the
+    /// command line.
+    pub fn config_from(&self, base: TrainConfig) -> Result<TrainConfig> {
+        let mut c = match self.preset.preset() {
+            Some(p) if p != base.preset => TrainConfig::new(p),
+            _ => base,
+        };
+        let set = |field: &mut usize, v: Option<usize>| *field = v.unwrap_or(*field);
+        set(&mut c.ae_steps, self.ae_steps);
+        set(&mut c.diffusion_steps, self.diffusion_steps);
+        set(&mut c.batch_size, self.batch_size);
+        let set = |field: &mut f64, v: Option<f64>| *field = v.unwrap_or(*field);
+        set(&mut c.ae_lr, self.ae_lr);
+        set(&mut c.diffusion_lr, self.diffusion_lr);
+        set(&mut c.input_noise, self.input_noise);
+        set(&mut c.latent_noise, self.latent_noise);
+        set(&mut c.condition_dropout, self.condition_dropout);
+        c.latent_noise_relative |= self.latent_noise_relative;
+        if self.ema.is_some() {
+            c.ema = self.ema;
+        }
+        if let Some(w) = self.reconstruction_weighting {
+            c.reconstruction_weighting = match w {
+                WeightingArg::Uniform => ReconstructionWeighting::Uniform,
+                WeightingArg::PerTensor => ReconstructionWeighting::PerTensor,
+            };
+        }
+        c.seed = self.seed;
+        c.device = self.device;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplerName {
+    /// Deterministic, --steps steps.
+    Ddim,
+    /// Ancestral, all T steps.
+    Ddpm,
+}
+
+#[derive(Args, Clone)]
+pub struct SamplerArgs {
+    #[arg(long, value_enum, default_value_t = SamplerName::Ddim)]
+    pub sampler: SamplerName,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps: u32,
+}
+
+impl SamplerArgs {
+    pub fn kind(&self) -> SamplerKind {
+        match self.sampler {
+            SamplerName::Ddim => SamplerKind::Ddim { steps: self.steps as usize },
+            SamplerName::Ddpm => SamplerKind::Ddpm,
+        }
+    }
+}
+
+/// Refuse an input directory inside the output directory: replacing the output would delete
+/// it.
+pub fn refuse_input_inside_output(input: &Path, out: &Path) -> Result<()> {
+    let (Ok(i), Ok(o)) = (input.canonicalize(), out.canonicalize()) else { return Ok(()) };
+    if i.starts_with(&o) {
+        return Err(pdiff_core::Error::invalid(
+            "checkpoints",
+            format!("{} is inside --out {}, which this run replaces: choose another --out", input.display(), out.display()),
+        ));
+    }
+    Ok(())
+}

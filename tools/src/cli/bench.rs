@@ -1,0 +1,306 @@
+//! `pdiff bench`: sampling (the default: tch and ONNX Runtime, DDPM-1000 and DDIM-50, time,
+//! latency, memory, accuracy), `sweep` (throughput of the ONNX Runtime sampler over batch sizes
+//! and concurrent callers) and `scale` (training and sampling as D grows). Each writes a JSON
+//! report that replaces only a previous report of its kind, unless --force.
+use crate::args::{PresetArg, RuntimeArgs, TrainArgs};
+use clap::{Args, Subcommand};
+use pdiff_core::diffusion::SamplerKind;
+use pdiff_core::model::Preset;
+use pdiff_core::output::{self, IfForeign};
+use pdiff_core::params::ParamSet;
+use pdiff_core::{Error, Result};
+use pdiff_tools::{bench, scale, zoo};
+use std::path::PathBuf;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    mode: Option<BenchMode>,
+    /// Without a mode: `pdiff bench sampling`.
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchMode {
+    /// Sampling on tch and ONNX Runtime, DDPM-1000 vs DDIM-50: time, latency, memory, accuracy
+    /// (the default mode).
+    Sampling(SamplingArgs),
+    /// Throughput of the ONNX Runtime sampler (DDIM-50) at several batch sizes and numbers of
+    /// threads sampling at once: models/s, time per call.
+    Sweep(SweepArgs),
+    /// How training and sampling grow with D: synthetic trajectories of K checkpoints at each
+    /// D, the preset chosen for D: time per step, generator parameters, peak RSS, bundle size,
+    /// models/s; a PNG plot beside --out.
+    Scale(ScaleArgs),
+}
+
+/// Where a report goes.
+#[derive(Args)]
+struct ReportOut {
+    /// The report (JSON). An existing file there is replaced only when it is a previous report
+    /// of the same kind, or with --force.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace an existing file at --out even when it is not such a report (never a directory,
+    /// a symbolic link or a special file).
+    #[arg(long)]
+    force: bool,
+}
+
+impl ReportOut {
+    fn path(&self, default: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(default))
+    }
+    fn policy(&self) -> IfForeign {
+        if self.force {
+            IfForeign::Force
+        } else {
+            IfForeign::Refuse
+        }
+    }
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// The bundle to measure.
+    #[arg(long, required = true)]
+    bundle: Option<PathBuf>,
+    /// Reference task to measure the accuracy of the sampled models on.
+    #[arg(long)]
+    task: Option<String>,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(short = 'n', long, default_value_t = 100)]
+    n: usize,
+    /// Timed runs per measurement (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Also measure training (time per step, peak memory) on these checkpoints.
+    #[arg(long)]
+    checkpoints: Option<PathBuf>,
+    #[command(flatten)]
+    train: TrainArgs,
+    #[command(flatten)]
+    report: ReportOut,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// The bundle to measure.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Batch sizes, e.g. 1,100,1000.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "N,N,...", value_parser = clap::value_parser!(u64).range(1..))]
+    batch_sizes: Vec<u64>,
+    /// Numbers of host threads sampling from the one sampler at once, e.g. 1,2 (models/s over
+    /// all of them).
+    #[arg(long, default_value = "1", value_delimiter = ',', value_name = "N,N,...", value_parser = clap::value_parser!(u64).range(1..))]
+    callers: Vec<u64>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[command(flatten)]
+    report: ReportOut,
+}
+
+#[derive(Args)]
+struct ScaleArgs {
+    /// The values of D to measure.
+    #[arg(long, value_delimiter = ',', value_name = "D,D,...", default_value = "10000,100000,1000000", value_parser = clap::value_parser!(u64).range(1..))]
+    sizes: Vec<u64>,
+    /// Presets to measure at each D: auto (chosen by D) and/or compact, chunked, paper.
+    #[arg(long, value_delimiter = ',', value_name = "P,P,...", default_value = "auto", value_enum)]
+    presets: Vec<PresetArg>,
+    /// Checkpoints per D.
+    #[arg(long, default_value_t = 200)]
+    k: usize,
+    /// Models sampled per D.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    n: usize,
+    /// Autoencoder training steps per D.
+    #[arg(long, default_value_t = 100)]
+    ae_steps: usize,
+    /// Diffusion training steps per D.
+    #[arg(long, default_value_t = 100)]
+    diffusion_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Measure nothing: print and plot this previous scale report (the PNG goes beside --out).
+    #[arg(long, value_name = "FILE")]
+    report_from: Option<PathBuf>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[command(flatten)]
+    report: ReportOut,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    match a.mode {
+        None => sampling(a.sampling),
+        Some(BenchMode::Sampling(s)) => sampling(s),
+        Some(BenchMode::Sweep(s)) => sweep(s),
+        Some(BenchMode::Scale(s)) => scale(s),
+    }
+}
+
+/// `values` as counts, each at most once.
+fn distinct(flag: &str, values: &[u64]) -> Result<Vec<usize>> {
+    let mut out: Vec<usize> = Vec::new();
+    for &v in values {
+        let v = usize::try_from(v).map_err(|_| Error::invalid(flag, format!("{v} is too large")))?;
+        if out.contains(&v) {
+            return Err(Error::invalid(flag, format!("{v} appears twice")));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn sampling(a: SamplingArgs) -> Result<()> {
+    let dir = a.bundle.ok_or_else(|| Error::invalid("bundle", "--bundle is required (the bundle to measure)"))?;
+    let opts = a.runtime.options().unwrap_or_default();
+    let out = a.report.path("bench.json");
+    let report_kind = "pdiff bench report";
+    output::check_output_file(&out, a.report.policy(), report_kind, bench::is_report)?;
+    let task = a.task.map(|t| zoo::task(&t, a.data.as_deref())).transpose()?;
+    let mut report = bench::run(&dir, a.n, a.runs, &opts, task.as_deref(), &mut |what| eprintln!("bench: {what}"))?;
+    if let Some(c) = a.checkpoints {
+        eprintln!("bench: training");
+        let sel = task.as_ref().map(|t| t.selection()).unwrap_or_default();
+        let set = ParamSet::load_dir(&c, &sel)?;
+        let t = bench::train(&set, &a.train.config(set.layout.param_count())?)?;
+        println!(
+            "training (K = {}, D = {}, {}): autoencoder {:.1} ms/step, diffusion {:.1} ms/step, peak RSS {} MiB",
+            t.k,
+            t.param_count,
+            t.preset,
+            t.ae_ms_per_step,
+            t.diffusion_ms_per_step,
+            mib(t.peak_rss_mib)
+        );
+        report.training = Some(t);
+    }
+    let json = serde_json::to_vec_pretty(&report).expect("a bench report serializes");
+    output::write_output_file(&out, &json, a.report.policy(), report_kind, bench::is_report)?;
+    println!("machine: {} (libtorch threads: {})", report.machine, report.torch_threads);
+    println!("sampling: median of {} timed runs after {} warm-up run(s)", report.runs, report.warmup_runs);
+    println!("{:<18} {:<9} {:>5} {:>9} {:>10} {:>10} {:>9}", "backend", "sampler", "n", "seconds", "models/s", "peak MiB", "test acc");
+    for r in &report.rows {
+        println!(
+            "{:<18} {:<9} {:>5} {:>9.3} {:>10.1} {:>10} {:>9}",
+            r.backend,
+            r.sampler,
+            r.n,
+            r.seconds,
+            r.models_per_second,
+            mib(r.peak_rss_mib),
+            r.test_accuracy.map(|s| format!("{:.4}", s.median)).unwrap_or_else(|| "-".into())
+        );
+    }
+    for (b, s) in &report.single_sample_latency_s {
+        println!("single-sample latency (DDIM-50, median of {}) {b}: {:.1} ms", report.latency_runs, s * 1e3);
+    }
+    println!("speed-up DDIM-50 on ONNX Runtime vs DDPM-1000 on tch: {:.1}x", report.speedup_ddim_ort_vs_ddpm_tch);
+    println!("written: {}", out.display());
+    Ok(())
+}
+
+fn sweep(a: SweepArgs) -> Result<()> {
+    let sizes = distinct("batch-sizes", &a.batch_sizes)?;
+    let callers = distinct("callers", &a.callers)?;
+    let opts = a.runtime.options().ok_or_else(|| Error::invalid("backend", "the sweep measures the ONNX Runtime sampler: --backend tch is not swept"))?;
+    let out = a.report.path("bench.json");
+    output::check_output_file(&out, a.report.policy(), "pdiff bench report", bench::is_report)?;
+    let kind = SamplerKind::Ddim { steps: 50 };
+    let report = bench::sweep(&a.bundle, &opts, &sizes, &callers, kind, &mut |what| eprintln!("bench: {what}"))?;
+    let json = serde_json::to_vec_pretty(&report).expect("a sweep report serializes");
+    output::write_output_file(&out, &json, a.report.policy(), "pdiff bench report", bench::is_report)?;
+    println!("machine: {}", report.machine);
+    let how = if report.whole_loop { "whole loop" } else { "step by step" };
+    println!("{} ({} requested), {} {how}, bundle {} (D = {})", report.backend, report.provider, report.sampler, report.bundle, report.param_count);
+    println!("{:>6} {:>8} {:>12} {:>12} {:>12} {:>6} {:>10}", "batch", "callers", "models/s", "median ms", "first ms", "calls", "peak MiB");
+    for r in &report.rows {
+        println!(
+            "{:>6} {:>8} {:>12.1} {:>12.2} {:>12.2} {:>6} {:>10}",
+            r.batch,
+            r.callers,
+            r.models_per_second,
+            r.median_s * 1e3,
+            r.first_call_s * 1e3,
+            r.calls,
+            mib(r.peak_rss_mib)
+        );
+    }
+    println!("written: {}", out.display());
+    Ok(())
+}
+
+fn scale(a: ScaleArgs) -> Result<()> {
+    let sizes = distinct("sizes", &a.sizes)?;
+    let presets: Vec<Option<Preset>> = a
+        .presets
+        .iter()
+        .map(|p| match p {
+            PresetArg::Auto => None,
+            PresetArg::Compact => Some(Preset::Compact),
+            PresetArg::Chunked => Some(Preset::Chunked),
+            PresetArg::Paper => Some(Preset::Paper),
+        })
+        .collect();
+    let rt = a.runtime.options().ok_or_else(|| Error::invalid("backend", "bench scale samples through ONNX Runtime"))?;
+    let out = a.report.path("scale.json");
+    let png = out.with_extension("png");
+    output::check_output_file(&out, a.report.policy(), scale::REPORT_KIND, scale::is_report)?;
+    output::check_output_file(&png, a.report.policy(), scale::PLOT_KIND, scale::is_plot)?;
+    let work_dir = out.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
+    let opts =
+        scale::ScaleOptions { sizes, presets, k: a.k, ae_steps: a.ae_steps, diffusion_steps: a.diffusion_steps, n: a.n, runtime: rt, work_dir, seed: a.seed };
+    let measured = a.report_from.is_none();
+    let report = match &a.report_from {
+        Some(file) => scale::read_report(file)?,
+        None => {
+            let report = scale::run(&opts, &mut |what| eprintln!("bench: {what}"))?;
+            let json = serde_json::to_vec_pretty(&report).expect("a scale report serializes");
+            output::write_output_file(&out, &json, a.report.policy(), scale::REPORT_KIND, scale::is_report)?;
+            report
+        }
+    };
+    scale::write_plot(&png, &report, a.report.policy())?;
+    println!(
+        "machine: {} (libtorch threads: {}), K = {}, {} + {} training steps, {} models sampled ({}, DDIM-50)",
+        report.machine, report.torch_threads, report.k, report.ae_steps, report.diffusion_steps, report.n, report.backend
+    );
+    println!(
+        "{:>9} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "D", "preset", "gen params", "% of D", "ae ms", "diff ms", "train MiB", "bundle MB", "models/s", "sample s", "samp MiB"
+    );
+    for r in &report.rows {
+        println!(
+            "{:>9} {:>8} {:>10} {:>7.2} {:>9.1} {:>9.1} {:>9} {:>9.1} {:>10.1} {:>9.2} {:>9}",
+            r.param_count,
+            r.preset,
+            r.generator_params,
+            100.0 * r.generator_params_per_d,
+            r.ae_ms_per_step,
+            r.diffusion_ms_per_step,
+            mib(r.train_peak_rss_mib),
+            r.bundle_bytes as f64 / 1e6,
+            r.models_per_second,
+            r.sample_seconds,
+            mib(r.sample_peak_rss_mib)
+        );
+    }
+    if measured {
+        println!("written: {}, {}", out.display(), png.display());
+    } else {
+        println!("written: {}", png.display());
+    }
+    Ok(())
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,73 @@
+//! `pdiff sample`: N parameter sets from a bundle into safetensors files.
+use crate::args::{ForceArg, RuntimeArgs, SamplerArgs};
+use crate::progress::Progress;
+use clap::Args;
+use pdiff_core::diffusion::{ClipCount, Conditioning};
+use pdiff_core::generate::{ModelSource, SampleRequest};
+use pdiff_core::output::{self, OutputKind};
+use pdiff_core::runtime::Sampler;
+use pdiff_core::training::DeviceChoice;
+use pdiff_core::Result;
+use pdiff_tools::results::LatentClipping;
+use pdiff_train::Generator;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(short = 'n', long, default_value_t = 100)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Conditional generator: the condition, comma-separated (e.g. 0,1,1,0,1,0,0,1,0,1).
+    /// Without it, a conditional generator samples with no condition.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_name = "V,V,...")]
+    condition: Option<Vec<f32>>,
+    /// Classifier-free guidance scale (1: the plain conditional model).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    guidance: f32,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    force: ForceArg,
+}
+
+pub fn run(a: SampleArgs, progress: &mut Progress) -> Result<()> {
+    if a.condition.is_none() && a.guidance != 1.0 {
+        return Err(pdiff_core::Error::invalid("guidance", "a guidance scale needs --condition"));
+    }
+    let kind = a.sampler.kind();
+    let mut request = SampleRequest::new(a.n).seed(a.seed).sampler(kind);
+    request.condition = a.condition.as_deref().map(|values| Conditioning { values, guidance: a.guidance });
+    output::check_output_dir(&a.out, OutputKind::Samples, a.force.policy())?;
+    let mut on_step = |i, t| progress.update("sample", i, t, None);
+    let ((files, clipped), latent_dim, backend) = match a.runtime.options() {
+        Some(opts) => {
+            let s = Sampler::open(&a.bundle, &opts)?;
+            eprintln!("backend: {} ({})", s.backend_name(), s.backend().detail);
+            (s.sample_to_dir(&request, &a.out, a.force.policy(), &mut on_step)?, s.manifest().latent_dim, s.backend_name().to_string())
+        }
+        None => {
+            let g = Generator::load_bundle(&a.bundle, DeviceChoice::Auto)?;
+            (g.sample_to_dir(&request, &a.out, a.force.policy(), &mut on_step)?, g.latent_dim(), "tch".to_string())
+        }
+    };
+    progress.finish();
+    warn_clipped(a.n, latent_dim, clipped);
+    println!("wrote {} models to {} ({}, {})", files.len(), a.out.display(), kind.label(), backend);
+    Ok(())
+}
+
+/// Warn when generated latents fall outside the training range (the decoder clips them to it):
+/// such models come from where the autoencoder never saw a checkpoint.
+fn warn_clipped(n: usize, latent_dim: usize, clipped: ClipCount) {
+    if clipped.rows > 0 {
+        let clipping = LatentClipping { generated: n, latent_dim, clipped };
+        eprintln!("warning: {}: those models come from outside what the autoencoder was trained on", clipping.sentence());
+    }
+}
