@@ -5,6 +5,8 @@
 //! once up front.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use pdiff_core::generate::{no_progress, ModelSource, SampleRequest};
+use pdiff_core::output::IfForeign;
 use pdiff_core::runtime::Sampler;
 use pdiff_fuzz::bundle_input::{BundleInput, WRITE_FILES};
 use pdiff_fuzz::{is_runtime_unavailable, require_runtime, runtime_options, verbose};
