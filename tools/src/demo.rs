@@ -89,7 +89,8 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
     pdiff_core::generate::write_models(&set.layout, &rows, &out.join("generated"), IfForeign::Refuse)?;
     rss.sample = stage_peak();
 
-    // 4. Evaluate (originals, soup, generated, noise baselines, memorization) and report.
+    // 4. Evaluate (originals, soup, generated, noise baselines, memorization, the critique's
+    //    yardsticks) and report.
     let t0 = Instant::now();
     let ev = evaluate_all(task.as_ref(), &set, &rows, opts.train.seed, &mut |i, n| {
         progress("evaluate", i, n, None);

@@ -1,7 +1,8 @@
 //! Evaluation of parameter vectors on a reference task: accuracy summaries (best / mean /
 //! median / min / std), the soup baseline and train-selected generated model, verdicts on
-//! integer counts of test images; and a novelty measure that needs no task (distances to the
-//! nearest original in normalized units).
+//! integer counts of test images; a novelty measure that needs no task (distances to the
+//! nearest original in normalized units); and the critique's yardsticks ([`crate::yardsticks`]).
+use crate::yardsticks::{self, Yardsticks};
 use crate::zoo::Task;
 use pdiff_core::error::Result;
 use pdiff_core::params::Layout;
@@ -89,6 +90,23 @@ pub fn verdict(generated_correct: f64, baseline_correct: f64) -> &'static str {
         "worse"
     } else {
         "equal"
+    }
+}
+
+/// The comparison of the generated models' median count of correctly classified test images
+/// against a baseline's count (see [`Comparison`]).
+pub fn comparison(baseline: String, generated_correct: f64, baseline_correct: f64, test_images: usize) -> Comparison {
+    let n = test_images.max(1) as f64;
+    Comparison {
+        baseline,
+        baseline_accuracy: baseline_correct / n,
+        generated_median: generated_correct / n,
+        difference: (generated_correct - baseline_correct) / n,
+        test_images,
+        baseline_correct,
+        generated_median_correct: generated_correct,
+        difference_images: generated_correct - baseline_correct,
+        verdict: verdict(generated_correct, baseline_correct).into(),
     }
 }
 
@@ -218,9 +236,16 @@ pub struct Evaluation {
     pub noise_baselines: Vec<NoiseBaseline>,
     pub similarity: Similarity,
     pub comparisons: Vec<Comparison>,
+    /// The critique's yardsticks (absent from result files written before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yardsticks: Option<Yardsticks>,
     /// Per-model points for plots: (group, test accuracy, max IoU to originals).
     #[serde(skip)]
     pub points: Vec<(String, f64, f64)>,
+    /// Per-model points of the accuracy-against-novelty plot: (group, test accuracy, distance to
+    /// the nearest original); originals at their distance to the nearest other original.
+    #[serde(skip)]
+    pub novelty_points: Vec<(String, f64, f64)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -230,8 +255,9 @@ pub struct SelectedOnTrain {
     pub index: usize,
 }
 
-/// The evaluation protocol (docs/design.md, "The tools"): originals, soup,
-/// generated, generated selected on TRAIN, noise baselines, memorization IoU.
+/// The evaluation protocol (docs/design.md, "The tools"): originals, soup, generated, generated
+/// selected on TRAIN, noise baselines, memorization IoU, distances to the nearest original and
+/// the critique's yardsticks (their random choices from `seed`).
 pub fn evaluate_all(
     task: &dyn Task,
     set: &pdiff_core::params::ParamSet,
@@ -240,11 +266,12 @@ pub fn evaluate_all(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Evaluation> {
     let layout = &set.layout;
-    let total = 4 + NOISE_SIGMAS.len();
+    let total = 4 + NOISE_SIGMAS.len() + yardsticks::COUNT;
     progress(0, total);
     let orig = evaluate_rows(task, layout, &set.data, false)?;
     progress(1, total);
-    let soup = evaluate_rows(task, layout, &set.mean_row(), false)?.remove(0);
+    let soup_row = set.mean_row();
+    let soup = evaluate_rows(task, layout, &soup_row, false)?.remove(0);
     let gen_test = evaluate_rows(task, layout, generated, false)?;
     progress(2, total);
     let gen_train = evaluate_rows(task, layout, generated, true)?;
@@ -252,9 +279,16 @@ pub fn evaluate_all(
     let best = (0..gen_train.len()).max_by(|&a, &b| gen_train[a].accuracy.partial_cmp(&gen_train[b].accuracy).unwrap().then(b.cmp(&a))).unwrap_or(0);
     let orig_self = max_iou_to(&orig, &orig, true);
     let gen_max = max_iou_to(&gen_test, &orig, false);
+    let nearest = NearestOriginal::new(set);
+    let orig_dist = nearest.originals_to_nearest_other();
+    let gen_dist = nearest.distances(generated);
     let mut points: Vec<(String, f64, f64)> = Vec::new();
     points.extend(orig.iter().zip(&orig_self).map(|(e, m)| ("originals".to_string(), e.accuracy, *m)));
     points.extend(gen_test.iter().zip(&gen_max).map(|(e, m)| ("generated".to_string(), e.accuracy, *m)));
+    let mut novelty_points: Vec<(String, f64, f64)> = Vec::new();
+    novelty_points.extend(orig.iter().zip(&orig_dist).map(|(e, d)| ("originals".to_string(), e.accuracy, *d)));
+    novelty_points.extend(gen_test.iter().zip(&gen_dist).map(|(e, d)| ("generated".to_string(), e.accuracy, *d)));
+    novelty_points.push(("soup".to_string(), soup.accuracy, nearest.distances(&soup_row)[0]));
     let mut noise_baselines = Vec::new();
     let mut noise_counts = Vec::new();
     for (i, &sigma) in NOISE_SIGMAS.iter().enumerate() {
@@ -262,28 +296,21 @@ pub fn evaluate_all(
         let ev = evaluate_rows(task, layout, &rows, false)?;
         let m = max_iou_to(&ev, &orig, false);
         points.extend(ev.iter().zip(&m).map(|(e, mi)| (format!("noise {sigma}"), e.accuracy, *mi)));
+        novelty_points.extend(ev.iter().zip(nearest.distances(&rows)).map(|(e, d)| (format!("noise {sigma}"), e.accuracy, d)));
         noise_baselines.push(NoiseBaseline { sigma_rel: sigma, accuracy: Summary::of(&accuracies(&ev)), max_iou_to_originals: Summary::of(&m) });
         noise_counts.push(correct_counts(&ev));
         progress(4 + i, total);
     }
+    let done = 4 + NOISE_SIGMAS.len();
+    let ys = yardsticks::evaluate(&nearest, &orig, &gen_test, &gen_dist, seed, &mut |rows: &[f32]| evaluate_rows(task, layout, rows, false), &mut |i| {
+        progress(done + i, total)
+    })?;
+    novelty_points.extend(ys.points.iter().cloned());
     let originals = Summary::of(&accuracies(&orig));
     let generated_s = Summary::of(&accuracies(&gen_test));
     let test_images = task.labels(false).len();
     let generated_correct = median_count(&correct_counts(&gen_test));
-    let compare = |name: String, baseline_correct: f64| {
-        let n = test_images.max(1) as f64;
-        Comparison {
-            baseline: name,
-            baseline_accuracy: baseline_correct / n,
-            generated_median: generated_correct / n,
-            difference: (generated_correct - baseline_correct) / n,
-            test_images,
-            baseline_correct,
-            generated_median_correct: generated_correct,
-            difference_images: generated_correct - baseline_correct,
-            verdict: verdict(generated_correct, baseline_correct).into(),
-        }
-    };
+    let compare = |name: String, baseline_correct: f64| comparison(name, generated_correct, baseline_correct, test_images);
     let orig_counts = correct_counts(&orig);
     let mut comparisons = vec![
         compare("originals (median)".into(), median_count(&orig_counts)),
@@ -308,7 +335,9 @@ pub fn evaluate_all(
             generated_max_iou_to_originals: Summary::of(&gen_max),
         },
         comparisons,
+        yardsticks: Some(ys),
         points,
+        novelty_points,
     })
 }
 
@@ -375,26 +404,80 @@ impl Novelty {
     }
 }
 
-/// Euclidean distance, accumulated in f64.
-fn l2(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt()
+/// Distances to the nearest original, in normalized units: the L2 distance over the D
+/// parameters after standardizing each tensor with the originals' mean and std (the mean cancels
+/// in a difference, so each tensor's squared differences are divided by its variance, without a
+/// normalized copy of the originals). The measure of [`novelty`] and of the yardsticks.
+pub struct NearestOriginal<'a> {
+    pub set: &'a pdiff_core::params::ParamSet,
+}
+
+impl<'a> NearestOriginal<'a> {
+    pub fn new(set: &'a pdiff_core::params::ParamSet) -> Self {
+        NearestOriginal { set }
+    }
+
+    /// Distance between two rows (host units) in normalized units.
+    pub fn distance(&self, a: &[f32], b: &[f32]) -> f64 {
+        self.set
+            .layout
+            .tensors
+            .iter()
+            .map(|t| {
+                let r = t.offset..t.offset + t.numel();
+                squared_l2(&a[r.clone()], &b[r]) / (t.std as f64).powi(2)
+            })
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    fn nearest(&self, row: &[f32], skip: Option<usize>) -> f64 {
+        let d = self.set.layout.param_count();
+        self.set.data.chunks_exact(d).enumerate().filter(|(j, _)| Some(*j) != skip).map(|(_, o)| self.distance(row, o)).fold(f64::INFINITY, f64::min)
+    }
+
+    /// For each row of `rows` (D values each, host units), its distance to the nearest original.
+    pub fn distances(&self, rows: &[f32]) -> Vec<f64> {
+        rows.chunks_exact(self.set.layout.param_count()).map(|r| self.nearest(r, None)).collect()
+    }
+
+    /// For each original, its distance to the nearest other original.
+    pub fn originals_to_nearest_other(&self) -> Vec<f64> {
+        let d = self.set.layout.param_count();
+        self.set.data.chunks_exact(d).enumerate().map(|(i, o)| self.nearest(o, Some(i))).collect()
+    }
+
+    /// Distances between every two originals.
+    pub fn pairwise(&self) -> Vec<f64> {
+        let rows: Vec<&[f32]> = self.set.data.chunks_exact(self.set.layout.param_count()).collect();
+        (0..rows.len()).flat_map(|i| (i + 1..rows.len()).map(move |j| (i, j))).map(|(i, j)| self.distance(rows[i], rows[j])).collect()
+    }
+}
+
+/// Squared Euclidean distance: eight f32 lanes over blocks of 256 values (vectorized), each
+/// block's sum accumulated in f64.
+fn squared_l2(a: &[f32], b: &[f32]) -> f64 {
+    let mut total = 0f64;
+    for (ca, cb) in a.chunks(256).zip(b.chunks(256)) {
+        let mut lanes = [0f32; 8];
+        let (mut ia, mut ib) = (ca.chunks_exact(8), cb.chunks_exact(8));
+        for (x, y) in (&mut ia).zip(&mut ib) {
+            for l in 0..8 {
+                let diff = x[l] - y[l];
+                lanes[l] += diff * diff;
+            }
+        }
+        let tail: f32 = ia.remainder().iter().zip(ib.remainder()).map(|(x, y)| (x - y) * (x - y)).sum();
+        total += lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
+    }
+    total
 }
 
 /// [`Novelty`] of `generated` (rows of D values, host units) against the originals of `set`.
 pub fn novelty(set: &pdiff_core::params::ParamSet, generated: &[f32]) -> Novelty {
-    let d = set.layout.param_count();
-    let originals = set.normalized();
-    let mut gen_norm = vec![0f32; generated.len()];
-    for (src, dst) in generated.chunks_exact(d).zip(gen_norm.chunks_exact_mut(d)) {
-        set.layout.normalize(src, dst);
-    }
-    let nearest = |row: &[f32], skip: Option<usize>| {
-        originals.chunks_exact(d).enumerate().filter(|(j, _)| Some(*j) != skip).map(|(_, o)| l2(row, o)).fold(f64::INFINITY, f64::min)
-    };
-    let gen_dist: Vec<f64> = gen_norm.chunks_exact(d).map(|g| nearest(g, None)).collect();
-    let orig_dist: Vec<f64> = originals.chunks_exact(d).enumerate().map(|(i, o)| nearest(o, Some(i))).collect();
-    let rows: Vec<&[f32]> = originals.chunks_exact(d).collect();
-    let pairwise: Vec<f64> = (0..rows.len()).flat_map(|i| (i + 1..rows.len()).map(move |j| (i, j))).map(|(i, j)| l2(rows[i], rows[j])).collect();
+    let nearest = NearestOriginal::new(set);
+    let gen_dist = nearest.distances(generated);
+    let orig_dist = nearest.originals_to_nearest_other();
     let (g, o) = (Spread::of(&gen_dist), Spread::of(&orig_dist));
     let ratio = (o.median > 0.0).then(|| g.median / o.median);
     let reading = match ratio {
@@ -406,7 +489,7 @@ pub fn novelty(set: &pdiff_core::params::ParamSet, generated: &[f32]) -> Novelty
     Novelty {
         generated_to_nearest_original: g,
         original_to_nearest_other_original: o,
-        original_to_original: Spread::of(&pairwise),
+        original_to_original: Spread::of(&nearest.pairwise()),
         ratio_of_medians: ratio,
         reading: reading.into(),
     }

@@ -2,7 +2,9 @@
 //! command line (src/cli/, one module per command) is built on these modules:
 //! - [`zoo`]: reference tasks (MNIST data, the networks whose parameters are modelled,
 //!   checkpoint collection);
-//! - [`eval`]: accuracy summaries, baselines, memorization; [`results`]: results.json;
+//! - [`eval`]: accuracy summaries, baselines, memorization; [`yardsticks`]: the critique's
+//!   baselines (average of 16, per-parameter gaussian, noise at the generated distance);
+//!   [`results`]: results.json;
 //!   [`report`]: report.md and its plots;
 //! - [`demo`]: the end-to-end job; [`tasks_demo`], [`tasks_results`], [`tasks_report`]: the
 //!   conditional one (mnist-tasks); [`bench`]: the sampling benchmark and its sweep; [`scale`]:
@@ -19,4 +21,5 @@ pub mod scale;
 pub mod tasks_demo;
 pub mod tasks_report;
 pub mod tasks_results;
+pub mod yardsticks;
 pub mod zoo;

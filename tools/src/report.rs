@@ -1,6 +1,7 @@
 //! report.md and its PNG plots (plotters): accuracy distributions, accuracy versus max IoU to
-//! the originals (new versus copied), and the training loss curves. The verdict lines are
-//! derived from the numbers, never written by hand.
+//! the originals (new versus copied), accuracy against novelty (distance to the nearest
+//! original) with every baseline and the critique's yardsticks, and the training loss curves.
+//! The verdict lines are derived from the numbers, never written by hand.
 use crate::eval::Evaluation;
 use crate::results::DemoResults;
 use pdiff_core::error::{Error, Result};
@@ -140,6 +141,136 @@ fn plot_similarity(path: &Path, ev: &Evaluation, title: &str) -> Result<()> {
     root.present().map_err(plot_err(path))
 }
 
+/// Ten distinct colours (matplotlib's tab10) for plots with more groups than [`GROUP_COLORS`].
+const MANY_COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Accuracy (y) against novelty (x: distance to the nearest original, normalized units, log
+/// scale): one point of radius `radius` per entry of `points` (group, accuracy, distance); a
+/// group of one point (the soup) is drawn larger.
+pub(crate) fn plot_novelty(path: &Path, points: &[(String, f64, f64)], radius: i32, title: &str, x_desc: &str) -> Result<()> {
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err(path))?;
+    let positive = points.iter().map(|p| p.2).filter(|d| d.is_finite() && *d > 0.0);
+    let (lo, hi) = positive.fold((f64::MAX, f64::MIN), |(lo, hi), d| (lo.min(d), hi.max(d)));
+    let (lo, hi) = if lo > hi { (0.01, 1.0) } else { (lo / 1.5, (hi * 1.5).max(lo * 2.0)) };
+    let y = padded_range(points.iter().map(|p| p.1));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((lo..hi).log_scale(), y)
+        .map_err(plot_err(path))?;
+    chart.configure_mesh().x_desc(x_desc).y_desc("test accuracy").draw().map_err(plot_err(path))?;
+    // Baselines first, so originals and generated models are drawn on top; a distance of 0 (a
+    // copy) at the left edge. The legend in the groups' order, from empty series.
+    let names = groups(points);
+    for (gi, name) in names.iter().enumerate().rev() {
+        let color = MANY_COLORS[gi % MANY_COLORS.len()];
+        let group: Vec<(f64, f64)> = points.iter().filter(|p| &p.0 == name).map(|p| (p.2.max(lo), p.1)).collect();
+        let size = if group.len() == 1 { radius + 4 } else { radius };
+        chart.draw_series(group.iter().map(|&p| Circle::new(p, size, color.mix(0.6).filled()))).map_err(plot_err(path))?;
+    }
+    for (gi, name) in names.iter().enumerate() {
+        let color = MANY_COLORS[gi % MANY_COLORS.len()];
+        chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+            .map_err(plot_err(path))?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err(path))?;
+    root.present().map_err(plot_err(path))
+}
+
+/// The paragraph that says what the critique's yardsticks are.
+/// `seed`: where the random choices came from.
+pub(crate) fn yardsticks_intro(draws: usize, seed: &str) -> String {
+    format!(
+        "Zeng et al. 2025 (\"Generative Modeling of Weights: Generalization or Memorization?\", arXiv:2506.07998) found p-diff's models \
+         close to simple recipes built from its training checkpoints. The same recipes on the originals, {draws} models each ({seed}): \
+         the **average of {avg}** originals drawn without replacement (of all K when K < {avg}: then every model is the soup), \
+         a **gaussian** per parameter with the originals' mean and std, and the originals plus Gaussian **noise** that puts them at the \
+         generated models' median distance to their nearest original, and at twice it (the critique's amplitudes, 0.06 and 0.12, are \
+         absolute values for its network's tensors; their ratio is kept). Distance: L2 in normalized units (each tensor standardized with the \
+         originals' mean and std); max IoU: of a model's misclassified test images to any original's; verdicts: the generated models' median \
+         count of correctly classified test images against the yardstick's, \"better\" or \"worse\" at least one image apart, else \"equal\".",
+        avg = crate::yardsticks::AVERAGE_OF
+    )
+}
+
+/// The yardstick section of report.md (table, readings, the accuracy-against-novelty plot).
+fn write_yardsticks(md: &mut String, dir: &Path, r: &DemoResults) -> Result<()> {
+    let ev = &r.evaluation;
+    let _ = writeln!(md, "## The critique's yardsticks\n");
+    let Some(y) = &ev.yardsticks else {
+        let _ = writeln!(md, "No yardsticks in this result file: it was written before they were measured.\n");
+        return Ok(());
+    };
+    let _ = writeln!(md, "{}\n", yardsticks_intro(y.draws, &format!("seed {}", y.seed)));
+    let _ = writeln!(
+        md,
+        "| models | test accuracy best / median / min | distance to the nearest original (median) | max IoU to an original (median) | correct test images (median) | generated are |\n|---|---|---|---|---|---|"
+    );
+    let g = &ev.generated;
+    let gen_correct = y.baselines.first().map(|b| b.comparison.generated_median_correct.to_string()).unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        md,
+        "| generated | {:.4} / {:.4} / {:.4} | {:.4} | {:.4} | {gen_correct} | |",
+        g.best, g.median, g.min, y.generated_to_nearest_original.median, y.generated_max_iou_to_originals.median
+    );
+    for b in &y.baselines {
+        let name = match b.sigma_rel {
+            Some(s) => format!("{} ({s:.4} x tensor std)", b.name),
+            None => b.name.clone(),
+        };
+        let (a, c) = (&b.accuracy, &b.comparison);
+        let _ = writeln!(
+            md,
+            "| {name} | {:.4} / {:.4} / {:.4} | {:.4} | {:.4} | {} | **{}** ({:+}) |",
+            a.best, a.median, a.min, b.distance_to_nearest_original.median, b.max_iou_to_originals.median, c.baseline_correct, c.verdict, c.difference_images
+        );
+    }
+    let _ = writeln!(md);
+    for line in y.readings() {
+        let _ = writeln!(md, "- {line}.");
+    }
+    let _ = writeln!(md);
+    if ev.novelty_points.is_empty() {
+        let _ = writeln!(md, "(Accuracy-against-novelty plot skipped: no per-model evaluation in memory.)\n");
+    } else if ensure_font() {
+        let title = format!("{}: accuracy against distance to the nearest original", r.task);
+        plot_novelty(
+            &dir.join("novelty.png"),
+            &ev.novelty_points,
+            3,
+            &title,
+            "distance to the nearest original (normalized units, log scale; originals: to the nearest other)",
+        )?;
+        let _ = writeln!(md, "![accuracy against novelty](novelty.png)\n");
+    } else {
+        let _ = writeln!(md, "(Accuracy-against-novelty plot skipped: no TrueType font found; install fonts-dejavu-core or set PDIFF_FONT.)\n");
+    }
+    Ok(())
+}
+
 /// Loss curves of autoencoder and diffusion training (log scale).
 pub(crate) fn plot_losses(path: &Path, h: &TrainHistory) -> Result<()> {
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
@@ -164,7 +295,7 @@ pub(crate) fn plot_losses(path: &Path, h: &TrainHistory) -> Result<()> {
     root.present().map_err(plot_err(path))
 }
 
-/// Write report.md (+ accuracy.png, similarity.png, losses.png) into `dir`.
+/// Write report.md (+ accuracy.png, similarity.png, novelty.png, losses.png) into `dir`.
 pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Result<()> {
     let ev = &r.evaluation;
     let mut md = String::new();
@@ -278,6 +409,7 @@ pub fn write(dir: &Path, r: &DemoResults, history: Option<&TrainHistory>) -> Res
         let _ = writeln!(md, "| {name} | {:.4} | {:.4} | {:.4} |", d.median, d.min, d.max);
     }
     let _ = writeln!(md, "\nReading: {}.\n", nv.sentence());
+    write_yardsticks(&mut md, dir, r)?;
     // The per-model points are not part of results.json: a report rendered again from that file
     // (no evaluation in memory) has no plots.
     if ev.points.is_empty() {

@@ -31,8 +31,8 @@ pub struct DemoResults {
     pub preset_auto: bool,
     pub sampler: String,
     pub backend: String,
-    /// originals, soup, generated, selected_on_train, noise_baselines, similarity and
-    /// comparisons, at the top level of results.json.
+    /// originals, soup, generated, selected_on_train, noise_baselines, similarity, comparisons
+    /// and yardsticks, at the top level of results.json.
     #[serde(flatten)]
     pub evaluation: Evaluation,
     pub timings_s: Timings,

@@ -12,12 +12,17 @@
 //!    models, the checkpoints of the nearest seen task by Hamming distance (what memorization
 //!    gives), and the same generator without condition (the unconditional model that
 //!    classifier-free guidance trains along); per seen task, `n` generated models against its
-//!    originals. Then the guidance ablation and the number-of-seen-tasks ablation.
+//!    originals; per task, the critique's yardsticks made of the seen checkpoints
+//!    ([`crate::tasks_results::TasksYardsticks`]). Then the guidance ablation and the
+//!    number-of-seen-tasks ablation.
 //!
 //! Nothing about the held-out tasks is used before step 4: hyper-parameters are chosen on the
 //! seen tasks.
 use crate::eval::Summary;
-pub use crate::tasks_results::{GuidanceRow, HeldoutResult, NearestSeen, SeenResult, SeenTasksRow, TasksResults, TasksSummary, TasksTimings};
+pub use crate::tasks_results::{
+    GuidanceRow, HeldoutResult, NearestSeen, SeenResult, SeenTasksRow, TaskYardsticks, TasksResults, TasksSummary, TasksTimings, TasksYardsticks,
+    YardstickTally,
+};
 use crate::zoo::mnist_tasks::{DigitSet, MnistTasks, Recipe};
 use pdiff_core::diffusion::{Conditioning, SamplerKind};
 use pdiff_core::error::{Error, Result};
@@ -195,6 +200,7 @@ pub fn generate(source: &dyn ModelSource, kind: SamplerKind, condition: Option<&
 struct GeneratorScores {
     seen: Vec<Summary>,
     heldout: Vec<Summary>,
+    seen_rows: Vec<Vec<f32>>,
     heldout_rows: Vec<Vec<f32>>,
 }
 
@@ -208,10 +214,11 @@ fn score(
     heldout: &[DigitSet],
     guidance: f32,
 ) -> Result<GeneratorScores> {
-    let mut out = GeneratorScores { seen: Vec::new(), heldout: Vec::new(), heldout_rows: Vec::new() };
+    let mut out = GeneratorScores { seen: Vec::new(), heldout: Vec::new(), seen_rows: Vec::new(), heldout_rows: Vec::new() };
     for &t in seen {
         let rows = generate(source, opts.sampler, Some(&t.condition()), guidance, opts.n, opts.sample_seed)?;
         out.seen.push(test_summary(tasks, layout, &rows, t)?);
+        out.seen_rows.push(rows);
     }
     for &t in heldout {
         let rows = generate(source, opts.sampler, Some(&t.condition()), guidance, opts.n, opts.sample_seed)?;
@@ -350,6 +357,34 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
         seen_generated: median(seen.iter().map(|s| s.generated.median)),
         seen_originals: median(seen.iter().map(|s| s.originals.median)),
     };
+    // The critique's yardsticks: of the nearest seen task's checkpoints for a held-out task, of
+    // a seen task's own, evaluated on the task; each task's random choices from its own seed.
+    let task_yardsticks = |originals: &[Vec<f32>], generated: &[f32], t: DigitSet| {
+        crate::yardsticks::evaluate_of_rows(&layout, originals, generated, task_seed(seed, t), &mut |r: &[f32]| tasks.evals(&layout, r, t, false))
+    };
+    let mut y_heldout = Vec::new();
+    for (i, (t, _)) in col.heldout.iter().enumerate() {
+        let (j, _) = nearest(*t, &split.seen);
+        if !progress("yardsticks", i, col.heldout.len() + col.seen.len(), None) {
+            return Err(Error::Cancelled);
+        }
+        if let Some(y) = task_yardsticks(&col.seen[j].1, &main_scores.heldout_rows[i], *t)? {
+            y_heldout.push(TaskYardsticks { code: t.code(), from: split.seen[j].code(), yardsticks: y });
+        }
+    }
+    let mut y_seen = Vec::new();
+    for (i, (t, rows)) in col.seen.iter().enumerate() {
+        if !progress("yardsticks", col.heldout.len() + i, col.heldout.len() + col.seen.len(), None) {
+            return Err(Error::Cancelled);
+        }
+        y_seen.extend(task_yardsticks(rows, &main_scores.seen_rows[i], *t)?);
+    }
+    let yardsticks = (!y_heldout.is_empty()).then(|| TasksYardsticks {
+        draws: crate::yardsticks::DRAWS,
+        heldout_summary: YardstickTally::over(&y_heldout.iter().map(|h| &h.yardsticks).collect::<Vec<_>>()),
+        seen_summary: YardstickTally::over(&y_seen.iter().collect::<Vec<_>>()),
+        heldout: y_heldout,
+    });
     let evaluate_s = t0.elapsed().as_secs_f64();
 
     // 7. The ablations' numbers: every guidance scale on the main generator, and the
@@ -432,6 +467,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
             ablation: ablation_s,
             total: started.elapsed().as_secs_f64(),
         },
+        yardsticks,
     };
     crate::tasks_report::write(out, &results, &g.history)?;
     pdiff_core::files::write_atomic(&out.join("results.json"), &serde_json::to_vec_pretty(&results).expect("serializable"))?;

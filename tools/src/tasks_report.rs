@@ -1,8 +1,9 @@
 //! report.md and plots of `pdiff demo --task mnist-tasks`: per held-out task, generated against
 //! the scratch models, the nearest seen task's checkpoints and the generator without condition;
-//! accuracy against the Hamming distance to the nearest seen task; the ablations; verdicts
-//! against the targets, computed from the numbers.
-use crate::report::{ensure_font, padded_range, plot_err, plot_losses, GROUP_COLORS};
+//! accuracy against the Hamming distance to the nearest seen task; the critique's yardsticks and
+//! their accuracy-against-novelty plot; the ablations; verdicts against the targets, computed
+//! from the numbers.
+use crate::report::{ensure_font, padded_range, plot_err, plot_losses, plot_novelty, yardsticks_intro, GROUP_COLORS};
 use crate::tasks_demo::TasksResults;
 use pdiff_core::error::Result;
 use pdiff_core::training::TrainHistory;
@@ -140,6 +141,97 @@ pub fn verdicts(r: &TasksResults) -> Vec<(String, bool)> {
     ]
 }
 
+/// The yardstick section of report.md: per kind of task a tally, per held-out task each
+/// yardstick, and the held-out tasks' accuracy against novelty (`novelty.png`).
+fn write_yardsticks(md: &mut String, dir: &Path, r: &TasksResults) -> Result<()> {
+    let _ = writeln!(md, "## The critique's yardsticks\n");
+    let Some(y) = &r.yardsticks else {
+        let _ = writeln!(md, "No yardsticks in this result file: it was written before they were measured.\n");
+        return Ok(());
+    };
+    let seed = format!("each task's seed derived from the run's, {}, and the task", r.seed);
+    let _ = writeln!(
+        md,
+        "{} Here the originals are the checkpoints the generator learned from: a seen task's own, and for a held-out task its nearest seen task's \
+         (what memorization has to offer); every model is evaluated on the task itself.\n",
+        yardsticks_intro(y.draws, &seed)
+    );
+    for (kind, tallies) in [("held-out", &y.heldout_summary), ("seen", &y.seen_summary)] {
+        let _ = writeln!(
+            md,
+            "On the {kind} tasks (medians over tasks of each task's median; distance and max IoU: the yardstick's / the generated models'):\n\n\
+             | yardstick | its accuracy | generated | generated are better / equal / worse (tasks) | distance to the nearest original | max IoU to an original |\n|---|---|---|---|---|---|"
+        );
+        for t in tallies {
+            let _ = writeln!(
+                md,
+                "| {} | {:.4} | {:.4} | {} / {} / {} | {:.3} / {:.3} | {:.3} / {:.3} |",
+                t.name,
+                t.accuracy,
+                t.generated,
+                t.better,
+                t.equal,
+                t.worse,
+                t.distance_to_nearest_original,
+                t.generated_distance,
+                t.max_iou_to_originals,
+                t.generated_max_iou
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(
+        md,
+        "Per held-out task (yardsticks of the nearest seen task's checkpoints):\n\n\
+         | task (from) | yardstick | its median | generated median | generated are (test images) | distance: its / generated | max IoU: its / generated |\n|---|---|---|---|---|---|---|"
+    );
+    let mut points = Vec::new();
+    for h in &y.heldout {
+        let ys = &h.yardsticks;
+        for b in &ys.baselines {
+            let c = &b.comparison;
+            let _ = writeln!(
+                md,
+                "| {} ({}) | {} | {:.4} | {:.4} | **{}** ({:+}) | {:.3} / {:.3} | {:.3} / {:.3} |",
+                h.code,
+                h.from,
+                b.name,
+                b.accuracy.median,
+                c.generated_median,
+                c.verdict,
+                c.difference_images,
+                b.distance_to_nearest_original.median,
+                ys.generated_to_nearest_original.median,
+                b.max_iou_to_originals.median,
+                ys.generated_max_iou_to_originals.median
+            );
+            points.push((b.name.clone(), b.accuracy.median, b.distance_to_nearest_original.median));
+        }
+        if let Some(b) = ys.baselines.first() {
+            points.push(("generated".to_string(), b.comparison.generated_median, ys.generated_to_nearest_original.median));
+        }
+    }
+    // Generated first in the legend and on top.
+    points.sort_by_key(|p| p.0 != "generated");
+    let _ = writeln!(md);
+    if points.is_empty() {
+        return Ok(());
+    }
+    if ensure_font() {
+        plot_novelty(
+            &dir.join("novelty.png"),
+            &points,
+            5,
+            "mnist-tasks: held-out tasks, median accuracy against median distance (one point per task)",
+            "distance to the nearest checkpoint of the nearest seen task (normalized units, log scale)",
+        )?;
+        let _ = writeln!(md, "![accuracy against novelty](novelty.png)\n");
+    } else {
+        let _ = writeln!(md, "(Accuracy-against-novelty plot skipped: no TrueType font found; install fonts-dejavu-core or set PDIFF_FONT.)\n");
+    }
+    Ok(())
+}
+
 pub fn write(dir: &Path, r: &TasksResults, history: &TrainHistory) -> Result<()> {
     let mut md = String::new();
     let _ = writeln!(md, "# p-diff report: {} (conditional generation)\n", r.task);
@@ -185,6 +277,7 @@ pub fn write(dir: &Path, r: &TasksResults, history: &TrainHistory) -> Result<()>
     } else {
         let _ = writeln!(md, "\n(Plots skipped: no TrueType font found; install fonts-dejavu-core or set PDIFF_FONT.)\n");
     }
+    write_yardsticks(&mut md, dir, r)?;
     let _ = writeln!(
         md,
         "## Ablations\n\nClassifier-free guidance (the main generator; validation: the tasks the guidance was chosen on, see above):\n\n\

@@ -1,6 +1,7 @@
 //! results.json of `pdiff demo --task mnist-tasks` (written by [`crate::tasks_demo`], read by
 //! [`crate::tasks_report`] and the numbers test).
 use crate::eval::Summary;
+use crate::yardsticks::Yardsticks;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,4 +99,71 @@ pub struct TasksResults {
     pub checkpoint_variance: f64,
     pub warnings: Vec<String>,
     pub timings_s: TasksTimings,
+    /// The critique's yardsticks (absent from result files written before them, and when a task
+    /// has fewer than 2 checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yardsticks: Option<TasksYardsticks>,
+}
+
+/// The critique's yardsticks ([`crate::yardsticks`]) made of the checkpoints the generator
+/// learned from: a seen task's own, and for a held-out task those of its nearest seen task (what
+/// memorization has to offer), each evaluated on the task itself; distances and IoU against those
+/// checkpoints. Per held-out task in full; the seen tasks summarized.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TasksYardsticks {
+    pub draws: usize,
+    pub heldout: Vec<TaskYardsticks>,
+    pub heldout_summary: Vec<YardstickTally>,
+    pub seen_summary: Vec<YardstickTally>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskYardsticks {
+    pub code: String,
+    /// The seen task whose checkpoints the yardsticks are made of.
+    pub from: String,
+    pub yardsticks: Yardsticks,
+}
+
+/// One yardstick over the tasks of one kind: medians over tasks of each task's median, and on
+/// how many tasks the generated models' median is better, equal or worse (in test images).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct YardstickTally {
+    pub name: String,
+    pub accuracy: f64,
+    pub generated: f64,
+    pub distance_to_nearest_original: f64,
+    pub generated_distance: f64,
+    pub max_iou_to_originals: f64,
+    pub generated_max_iou: f64,
+    pub better: usize,
+    pub equal: usize,
+    pub worse: usize,
+}
+
+impl YardstickTally {
+    /// One tally per yardstick over `tasks` (each task's yardsticks, in the same order).
+    pub fn over(tasks: &[&Yardsticks]) -> Vec<YardstickTally> {
+        let Some(first) = tasks.first() else {
+            return Vec::new();
+        };
+        let med = |f: &dyn Fn(&Yardsticks) -> f64| Summary::of(&tasks.iter().map(|y| f(y)).collect::<Vec<_>>()).median;
+        (0..first.baselines.len())
+            .map(|i| {
+                let count = |v: &str| tasks.iter().filter(|y| y.baselines[i].comparison.verdict == v).count();
+                YardstickTally {
+                    name: first.baselines[i].name.clone(),
+                    accuracy: med(&|y| y.baselines[i].accuracy.median),
+                    generated: med(&|y| y.baselines[i].comparison.generated_median),
+                    distance_to_nearest_original: med(&|y| y.baselines[i].distance_to_nearest_original.median),
+                    generated_distance: med(&|y| y.generated_to_nearest_original.median),
+                    max_iou_to_originals: med(&|y| y.baselines[i].max_iou_to_originals.median),
+                    generated_max_iou: med(&|y| y.generated_max_iou_to_originals.median),
+                    better: count("better"),
+                    equal: count("equal"),
+                    worse: count("worse"),
+                }
+            })
+            .collect()
+    }
 }

@@ -179,8 +179,25 @@ fn demo_writes_the_task_layout_and_results() {
     assert_eq!(guid, [1.0, 2.0]);
     let abl: Vec<u64> = res["seen_tasks_ablation"].as_array().unwrap().iter().map(|a| a["seen_tasks"].as_u64().unwrap()).collect();
     assert_eq!(abl, [2, 4]);
+    // The critique's yardsticks: per held-out task (of its nearest seen task's checkpoints), and
+    // tallied over each kind of task.
+    let ys = &res["yardsticks"];
+    assert_eq!(ys["draws"], 100);
+    for (y, h) in ys["heldout"].as_array().unwrap().iter().zip(res["heldout"].as_array().unwrap()) {
+        assert_eq!((&y["code"], &y["from"]), (&h["code"], &h["nearest_seen"]["code"]));
+        let names: Vec<&str> = y["yardsticks"]["baselines"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["average of 16", "gaussian", "noise at the generated distance", "noise at 2x the generated distance"]);
+    }
+    assert_eq!(ys["heldout"].as_array().unwrap().len(), 2);
+    for kind in ["heldout_summary", "seen_summary"] {
+        let tasks = if kind == "heldout_summary" { 2 } else { 4 };
+        for t in ys[kind].as_array().unwrap() {
+            let counted: u64 = ["better", "equal", "worse"].iter().map(|v| t[v].as_u64().unwrap()).sum();
+            assert_eq!(counted, tasks, "{kind}: {t}");
+        }
+    }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for words in ["Held-out tasks", "nearest seen task", "guidance", "seen tasks"] {
+    for words in ["Held-out tasks", "nearest seen task", "guidance", "seen tasks", "## The critique's yardsticks"] {
         assert!(report.contains(words), "report.md lacks {words:?}");
     }
 

@@ -11,6 +11,7 @@
 //! enter the shared initialization, the generator or any choice of hyper-parameters.
 use super::mlp3::{linear_vars, mlp_body, mlp_forward, mlp_tensors_from_flat};
 use super::mnist::Mnist;
+use crate::eval::ModelEval;
 use pdiff_core::error::{Error, Result};
 use pdiff_core::params::Layout;
 use pdiff_train::TorchResult;
@@ -223,6 +224,27 @@ impl MnistTasks {
                 let ws = mlp_tensors_from_flat(NAME, &TENSORS, layout, row)?;
                 let right = tch::no_grad(|| Self::forward(&ws, &split.images).argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]));
                 Ok(right as f64 / split.len() as f64)
+            })
+            .collect()
+    }
+
+    /// Per-model evaluation of each row of `rows` on `task` (accuracy, correctly classified
+    /// images, indices of the misclassified ones): what memorization and the yardsticks need.
+    pub fn evals(&self, layout: &Layout, rows: &[f32], task: DigitSet, train: bool) -> Result<Vec<ModelEval>> {
+        let split = self.data.split(train);
+        let labels = self.labels(task, train);
+        let d = layout.param_count();
+        if d == 0 || !rows.len().is_multiple_of(d) {
+            return Err(Error::invalid("parameters", format!("{} values is not a multiple of the layout's {d}", rows.len())));
+        }
+        rows.chunks_exact(d)
+            .map(|row| {
+                let ws = mlp_tensors_from_flat(NAME, &TENSORS, layout, row)?;
+                let wrong = tch::no_grad(|| Self::forward(&ws, &split.images).argmax(1, false).ne_tensor(&labels).nonzero().view([-1]));
+                let wrong: Vec<u32> =
+                    Vec::<i64>::try_from(&wrong).map_err(|e| Error::invalid("predictions", e.to_string()))?.into_iter().map(|i| i as u32).collect();
+                let correct = split.len() - wrong.len();
+                Ok(ModelEval { accuracy: correct as f64 / split.len() as f64, correct, wrong })
             })
             .collect()
     }
