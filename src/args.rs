@@ -64,7 +64,6 @@ pub(crate) fn static_cstr(s: &'static str) -> *const c_char {
         "onnxruntime-cuda" => c"onnxruntime-cuda".as_ptr(),
         "autoencoder" => c"autoencoder".as_ptr(),
         "diffusion" => c"diffusion".as_ptr(),
-        "sampling" => c"sampling".as_ptr(),
         _ => c"unknown".as_ptr(),
     }
 }
