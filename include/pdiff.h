@@ -180,6 +180,11 @@ typedef enum {
      * `PDIFF_OUTPUT_FORCE`). Nothing was written or removed.
      */
     PDIFF_ERR_OUTPUT_EXISTS = 14,
+    /**
+     * The memory for what the call reads or generates could not be allocated (the message
+     * names it and its size): the call stopped, nothing else failed, the host keeps running.
+     */
+    PDIFF_ERR_OUT_OF_MEMORY = 15,
 } pdiff_status;
 
 #if defined(PDIFF_FEATURE_TRAIN)

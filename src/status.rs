@@ -44,6 +44,9 @@ pub enum pdiff_status {
     /// another kind, or a directory with other files (the last can be written beside with
     /// `PDIFF_OUTPUT_FORCE`). Nothing was written or removed.
     PDIFF_ERR_OUTPUT_EXISTS = 14,
+    /// The memory for what the call reads or generates could not be allocated (the message
+    /// names it and its size): the call stopped, nothing else failed, the host keeps running.
+    PDIFF_ERR_OUT_OF_MEMORY = 15,
 }
 
 c_enum!(
@@ -65,6 +68,7 @@ c_enum!(
         PDIFF_ERR_PANIC,
         PDIFF_ERR_STRUCT_SIZE,
         PDIFF_ERR_OUTPUT_EXISTS,
+        PDIFF_ERR_OUT_OF_MEMORY,
     ]
 );
 
@@ -121,6 +125,7 @@ pub(crate) fn status_of(e: &Error) -> pdiff_status {
         Error::Cancelled => PDIFF_ERR_CANCELLED,
         Error::Torch(_) => PDIFF_ERR_TORCH,
         Error::OutputExists { .. } => PDIFF_ERR_OUTPUT_EXISTS,
+        Error::OutOfMemory { .. } => PDIFF_ERR_OUT_OF_MEMORY,
     }
 }
 

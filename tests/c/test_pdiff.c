@@ -1043,9 +1043,9 @@ int main(int argc, char **argv) {
             "PDIFF_OK", "PDIFF_ERR_INVALID_ARGUMENT", "PDIFF_ERR_NULL_POINTER", "PDIFF_ERR_BUFFER_TOO_SMALL",
             "PDIFF_ERR_IO", "PDIFF_ERR_CHECKPOINT", "PDIFF_ERR_BUNDLE", "PDIFF_ERR_RUNTIME",
             "PDIFF_ERR_DEVICE_UNAVAILABLE", "PDIFF_ERR_DIVERGED", "PDIFF_ERR_CANCELLED", "PDIFF_ERR_TORCH",
-            "PDIFF_ERR_PANIC", "PDIFF_ERR_STRUCT_SIZE", "PDIFF_ERR_OUTPUT_EXISTS"};
+            "PDIFF_ERR_PANIC", "PDIFF_ERR_STRUCT_SIZE", "PDIFF_ERR_OUTPUT_EXISTS", "PDIFF_ERR_OUT_OF_MEMORY"};
         enum { N_NAMES = sizeof names / sizeof names[0] };
-        CHECK(N_NAMES == PDIFF_ERR_OUTPUT_EXISTS + 1, "a name for every status");
+        CHECK(N_NAMES == PDIFF_ERR_OUT_OF_MEMORY + 1, "a name for every status");
         for (int i = 0; i < N_NAMES; i++)
             CHECK(strcmp(pdiff_status_name(i), names[i]) == 0, "status %d: %s", i, pdiff_status_name(i));
         CHECK(strcmp(pdiff_status_name(PDIFF_ERR_BUNDLE), "PDIFF_ERR_BUNDLE") == 0, "a pdiff_status passed as is");

@@ -701,7 +701,7 @@ fn ablation_checkpoints_inside_its_out_are_refused() {
         write_checkpoints(&ckpts, &fc_layout(), 2);
         let before = snapshot(d);
         let o = pdiff(&["ablation", "--checkpoints", ckpts.to_str().unwrap(), "--out", out.to_str().unwrap(), "--force"]);
-        assert_error(&o, &["invalid checkpoints", "is inside --out", "which this run replaces"]);
+        assert_error(&o, &["invalid checkpoints", "the output", "holds this input", "which this run would replace or write into"]);
         assert_eq!(snapshot(d), before);
     });
 }

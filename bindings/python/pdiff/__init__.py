@@ -43,7 +43,7 @@ __all__ = [
     "ABI_VERSION", "Status", "Error", "InvalidArgumentError", "NullPointerError",
     "BufferTooSmallError", "IoError", "CheckpointError", "BundleError", "OnnxRuntimeError",
     "DeviceUnavailableError", "DivergedError", "CancelledError", "TorchError", "PanicError",
-    "StructSizeError", "OutputExistsError", "TrainingUnavailableError", "TensorInfo", "ClipCount", "Dataset",
+    "StructSizeError", "OutputExistsError", "OutOfMemoryError", "TrainingUnavailableError", "TensorInfo", "ClipCount", "Dataset",
     "Generator", "Sampler", "version", "abi_version", "has_training", "status_name",
 ]
 
@@ -150,6 +150,11 @@ class OutputExistsError(Error):
     written or removed (PDIFF_ERR_OUTPUT_EXISTS)."""
 
 
+class OutOfMemoryError(Error, MemoryError):
+    """The memory for what the call reads or generates could not be allocated; the call
+    stopped and nothing else failed (PDIFF_ERR_OUT_OF_MEMORY)."""
+
+
 class TrainingUnavailableError(Error, NotImplementedError):
     """Training was asked of a serve-only libpdiff (no ``pdiff_dataset_*`` /
     ``pdiff_generator_*``). Raised by this module before any C call, so ``status`` is None."""
@@ -160,7 +165,7 @@ _ERRORS = {
     "BUFFER_TOO_SMALL": BufferTooSmallError, "IO": IoError, "CHECKPOINT": CheckpointError,
     "BUNDLE": BundleError, "RUNTIME": OnnxRuntimeError, "DEVICE_UNAVAILABLE": DeviceUnavailableError,
     "DIVERGED": DivergedError, "CANCELLED": CancelledError, "TORCH": TorchError, "PANIC": PanicError,
-    "STRUCT_SIZE": StructSizeError, "OUTPUT_EXISTS": OutputExistsError,
+    "STRUCT_SIZE": StructSizeError, "OUTPUT_EXISTS": OutputExistsError, "OUT_OF_MEMORY": OutOfMemoryError,
 }
 
 

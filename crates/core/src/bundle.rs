@@ -4,6 +4,7 @@
 //! sha256 and names what is wrong.
 use crate::diffusion::Schedule;
 use crate::error::{Error, Result};
+use crate::limits::{MAX_EXTERNAL_DATA_BYTES, MAX_GRAPH_BYTES, MAX_MANIFEST_BYTES};
 use crate::model::{AutoencoderConfig, DenoiserConfig, Preset};
 use crate::output::{IfForeign, OutputKind};
 use crate::params::{ConditionSpec, Layout, TensorSpec};
@@ -145,13 +146,6 @@ pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, &[u8])>
     Ok(manifest)
 }
 
-/// The manifest is small (layout, statistics, loss curves): a larger file is not a manifest.
-pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
-/// One ONNX protobuf cannot exceed 2 GiB; larger weights live in external data files.
-pub const MAX_GRAPH_BYTES: u64 = 2 << 30;
-/// An external data file larger than this is refused before it is read (it is read whole
-/// into memory, and ONNX Runtime copies it into each session).
-pub const MAX_EXTERNAL_DATA_BYTES: u64 = 64 << 30;
 
 /// The verified external data file of a graph: its name (the `location` the graph's
 /// initializers give) and its bytes, shared with every session created from the graph.
@@ -220,15 +214,63 @@ impl Bundle {
     }
 }
 
-/// Read one file of a bundle and check it against the manifest's sha256.
+/// The path of bundle file `name` after following links: it must stay inside the bundle
+/// directory (a link to another file of the bundle is fine, a link out of it is refused), so
+/// nothing outside a bundle is ever read as its data.
+fn confined(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    let dir_real = dir.canonicalize().map_err(|e| Error::bundle(dir, format!("cannot resolve the bundle directory: {e}")))?;
+    let real = path.canonicalize().map_err(|e| Error::bundle(dir, format!("{what} {name}: {e}")))?;
+    if !real.starts_with(&dir_real) {
+        return Err(Error::bundle(
+            dir,
+            format!("{what} {name} resolves to {}, outside the bundle: refused (a bundle's files, and the links among them, stay inside it)", real.display()),
+        ));
+    }
+    Ok(real)
+}
+
+/// Read one file of a bundle and check it against the manifest's sha256. The file is hashed as
+/// it streams from disk first: nothing is allocated for a file the manifest does not vouch for.
+/// Then it is read once more, into memory, and those bytes are hashed again and are what the
+/// caller gets (a file swapped between the two reads is refused, never used).
 fn read_verified(dir: &Path, m: &Manifest, role: &str, name: &str) -> Result<Vec<u8>> {
     let expected = m.sha256.get(name).ok_or_else(|| Error::bundle(dir, format!("{MANIFEST}: no sha256 for {name}")))?;
-    let bytes = crate::files::read_regular(&dir.join(name), MAX_GRAPH_BYTES).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
+    let path = confined(dir, name, &format!("{role} file"))?;
+    let mismatch = |got: String| Error::bundle(dir, format!("{name}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted"));
+    let streamed = stream_sha256(&path, MAX_GRAPH_BYTES).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
+    if &streamed != expected {
+        return Err(mismatch(streamed));
+    }
+    let bytes = crate::files::read_regular(&path, MAX_GRAPH_BYTES).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
     let got = sha256_hex(&bytes);
     if &got != expected {
-        return Err(Error::bundle(dir, format!("{name}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
+        return Err(mismatch(got));
     }
     Ok(bytes)
+}
+
+/// The sha256 of a regular file of at most `max_bytes`, read in blocks (no allocation sized by
+/// the file).
+fn stream_sha256(path: &Path, max_bytes: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let (file, _) = crate::files::open_regular(path, max_bytes)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut reader = file.take(max_bytes + 1);
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > max_bytes {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the file grew beyond {max_bytes} bytes while being read")));
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The external data of graph `role` (file `name`, whose verified bytes are `graph`): every
@@ -272,7 +314,12 @@ fn read_graph_data(dir: &Path, m: &Manifest, role: &str, name: &str, graph: &[u8
     // range, which bounds the read before anything is hashed.
     let end = refs.iter().map(|r| r.end()).max().unwrap_or(0);
     let bound = end.min(MAX_EXTERNAL_DATA_BYTES);
-    let bytes = crate::files::read_regular_shared(&dir.join(data), bound).map_err(|e| {
+    let path = confined(dir, data, &format!("{role} external data file"))?;
+    let streamed = stream_sha256(&path, bound).map_err(|e| Error::bundle(dir, format!("{role} external data file {data}: {e}")))?;
+    if &streamed != expected {
+        return Err(Error::bundle(dir, format!("{data}: sha256 mismatch (manifest {expected}, file {streamed}): the file was changed or corrupted")));
+    }
+    let bytes = crate::files::read_regular_shared(&path, bound).map_err(|e| {
         let why = if end > MAX_EXTERNAL_DATA_BYTES {
             format!("{e} (external data is limited to {MAX_EXTERNAL_DATA_BYTES} bytes)")
         } else if e.kind() == std::io::ErrorKind::InvalidData {
@@ -297,7 +344,8 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     if !dir.is_dir() {
         return Err(Error::bundle(dir, "not a directory"));
     }
-    let text = crate::files::read_regular(&dir.join(MANIFEST), MAX_MANIFEST_BYTES).map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
+    let path = confined(dir, MANIFEST, "cannot read")?;
+    let text = crate::files::read_regular(&path, MAX_MANIFEST_BYTES).map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
     parse_manifest(dir, &text)
 }
 
@@ -331,6 +379,8 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
         None => return Err(Error::bundle(dir, format!("{MANIFEST}: field format_version is missing or not an integer"))),
     }
     let m: Manifest = serde_json::from_value(value).map_err(|e| Error::bundle(dir, format!("{MANIFEST}: {e}")))?;
+    crate::json::check_unique_keys(text).map_err(|e| Error::bundle(dir, format!("{MANIFEST}: {e}")))?;
+    check_sizes(&m).map_err(|e| Error::bundle(dir, format!("{MANIFEST}: {e}")))?;
     // Validate the layout as a host would use it: offsets contiguous, shapes non-empty, no
     // overflow (a crafted manifest must not make a host index out of bounds).
     let mut next = 0usize;
@@ -390,5 +440,52 @@ pub fn parse_manifest(dir: &Path, text: &[u8]) -> Result<Manifest> {
     if m.latent.mean.len() != m.latent_dim || m.latent.std.len() != m.latent_dim || m.latent.clip.len() != m.latent_dim {
         return Err(Error::bundle(dir, format!("{MANIFEST}: latent stats do not have latent_dim = {} entries", m.latent_dim)));
     }
+    let finite = |name: &str, v: &[f32], positive: bool| match v.iter().position(|x| !x.is_finite() || (positive && *x <= 0.0)) {
+        Some(i) => Err(Error::bundle(dir, format!("{MANIFEST}: latent.{name}[{i}] is {} (must be finite{})", v[i], if positive { " and > 0" } else { "" }))),
+        None => Ok(()),
+    };
+    finite("mean", &m.latent.mean, false)?;
+    finite("std", &m.latent.std, true)?;
+    finite("clip", &m.latent.clip, true)?;
     Ok(m)
+}
+
+/// The fields that size what a reader allocates or builds, within [`crate::limits`] and
+/// consistent with each other, before anything is built from them: D, d, the layout, the
+/// condition, the networks' configurations (checked for both backends: ONNX Runtime allocates
+/// by D and d, libtorch builds the networks), the training configuration.
+fn check_sizes(m: &Manifest) -> std::result::Result<(), String> {
+    use crate::limits::{MAX_CONDITION_DIM, MAX_LATENT_DIM, MAX_PARAMS, MAX_RANK, MAX_TENSORS};
+    if m.param_count == 0 || m.param_count > MAX_PARAMS {
+        return Err(format!("param_count {} (must be 1 ..= {MAX_PARAMS})", m.param_count));
+    }
+    if m.latent_dim == 0 || m.latent_dim > MAX_LATENT_DIM {
+        return Err(format!("latent_dim {} (must be 1 ..= {MAX_LATENT_DIM})", m.latent_dim));
+    }
+    if m.layout.len() > MAX_TENSORS {
+        return Err(format!("layout has {} tensors (at most {MAX_TENSORS})", m.layout.len()));
+    }
+    if let Some(t) = m.layout.iter().find(|t| t.shape.len() > MAX_RANK) {
+        return Err(format!("tensor '{}' has rank {} (at most {MAX_RANK})", t.name, t.shape.len()));
+    }
+    if let Some(c) = &m.condition {
+        if c.dim > MAX_CONDITION_DIM {
+            return Err(format!("condition.dim {} (at most {MAX_CONDITION_DIM})", c.dim));
+        }
+    }
+    m.autoencoder.validate().map_err(|e| e.to_string())?;
+    m.denoiser.validate().map_err(|e| e.to_string())?;
+    m.training.validate().map_err(|e| format!("training: {e}"))?;
+    let ae_latent = match &m.autoencoder.chunked {
+        Some(spec) => spec.components,
+        None => m.autoencoder.latent_dim,
+    };
+    if ae_latent != m.latent_dim as i64 {
+        return Err(format!("latent_dim {} differs from the autoencoder's ({ae_latent})", m.latent_dim));
+    }
+    let padded = m.autoencoder.padded_len(m.param_count);
+    if m.padded_len != padded {
+        return Err(format!("padded_len {} differs from {padded}, what the autoencoder pads D = {} to", m.padded_len, m.param_count));
+    }
+    Ok(())
 }

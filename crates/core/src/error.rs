@@ -55,6 +55,10 @@ pub enum Error {
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(String),
+
+    /// The memory for `what` could not be allocated: the operation stopped, nothing else failed.
+    #[error("out of memory: cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory { what: String, bytes: u64 },
 }
 
 impl Error {

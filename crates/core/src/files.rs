@@ -2,7 +2,7 @@
 //! same directory, is fsynced, renamed into place, and then the directory is fsynced: an
 //! interruption leaves the old file or the new one, never half of one. Every file it reads is
 //! opened without blocking, checked to be a regular file and read within a bound, so a FIFO or a
-//! device cannot hang or flood the host.
+//! device cannot hang or flood the host; large buffers are allocated fallibly ([`try_vec`]).
 use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,9 +12,20 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     tagged_sibling(path, "tmp")
 }
 
+/// The longest file name a Linux file system takes (NAME_MAX, in bytes).
+const NAME_MAX: usize = 255;
+
+/// `.NAME.TAG-PID-N` beside `path`. NAME is the file name cut (at a character boundary) so that
+/// the whole stays within NAME_MAX for any valid name: a temporary name never fails where the
+/// user's name would work.
 pub(crate) fn tagged_sibling(path: &Path, tag: &str) -> PathBuf {
     let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{tag}-{}-{}", std::process::id(), next_serial()))
+    let suffix = format!(".{tag}-{}-{}", std::process::id(), next_serial());
+    let mut keep = name.len().min(NAME_MAX - 1 - suffix.len());
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    path.with_file_name(format!(".{}{suffix}", &name[..keep]))
 }
 
 pub(crate) fn next_serial() -> u64 {
@@ -105,6 +116,24 @@ pub(crate) fn rename_exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
+/// A vector of `len` copies of `value`, or an error (naming `what`) when the memory cannot be had:
+/// never the abort of the host process that a failed infallible allocation is.
+pub fn try_vec<T: Clone>(len: usize, value: T, what: &dyn std::fmt::Display) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| out_of_memory(len.saturating_mul(std::mem::size_of::<T>()) as u64, what))?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+/// Room for `additional` more elements in `v`, or an error naming `what`.
+pub fn try_reserve<T>(v: &mut Vec<T>, additional: usize, what: &dyn std::fmt::Display) -> Result<()> {
+    v.try_reserve_exact(additional).map_err(|_| out_of_memory(additional.saturating_mul(std::mem::size_of::<T>()) as u64, what))
+}
+
+fn out_of_memory(bytes: u64, what: &dyn std::fmt::Display) -> Error {
+    Error::OutOfMemory { what: what.to_string(), bytes }
+}
+
 /// Read a whole regular file of at most `max_bytes`. Anything else (a FIFO, a device, a
 /// directory) is refused without blocking: the file is opened non-blocking and checked with
 /// fstat, so a path swapped for a FIFO between a check and the open cannot hang the caller.
@@ -119,6 +148,10 @@ pub(crate) fn read_regular_nofollow(path: &Path, max_bytes: u64) -> std::io::Res
 
 /// Open `path` without blocking (a FIFO or device is refused, not waited on) and check that it
 /// is a regular file of at most `max_bytes`; returns the file and its length.
+pub fn open_regular(path: &Path, max_bytes: u64) -> std::io::Result<(std::fs::File, u64)> {
+    open_bounded(path, max_bytes, 0)
+}
+
 fn open_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Result<(std::fs::File, u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | extra_flags).open(path)?;
@@ -138,7 +171,8 @@ fn open_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Resul
 fn read_bounded(path: &Path, max_bytes: u64, extra_flags: i32) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let (file, len) = open_bounded(path, max_bytes, extra_flags)?;
-    let mut bytes = Vec::with_capacity(len as usize);
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len as usize).map_err(|_| no_memory(len))?;
     file.take(max_bytes + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max_bytes {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the file grew beyond {max_bytes} bytes while being read")));
@@ -153,6 +187,12 @@ pub fn read_regular_shared(path: &Path, max_bytes: u64) -> std::io::Result<std::
     use std::io::Read;
     let (mut file, len) = open_bounded(path, max_bytes, 0)?;
     let len = usize::try_from(len).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "file too large for this machine"))?;
+    // The shared allocation itself cannot fail softly (Arc has no fallible constructor on
+    // stable Rust): a fallible allocation of the same size first tells whether the memory can
+    // be had, so that a host short of it gets an error instead of an abort.
+    let mut probe = Vec::<u8>::new();
+    probe.try_reserve_exact(len).map_err(|_| no_memory(len as u64))?;
+    drop(probe);
     let mut shared = std::sync::Arc::<[u8]>::new_uninit_slice(len);
     let buf = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
     // Zeroed first: read_exact needs initialized bytes.
@@ -167,4 +207,8 @@ pub fn read_regular_shared(path: &Path, max_bytes: u64) -> std::io::Result<std::
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the file grew beyond {len} bytes while being read")));
     }
     Ok(shared)
+}
+
+fn no_memory(len: u64) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("cannot allocate {len} bytes to read it"))
 }

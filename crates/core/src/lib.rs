@@ -3,6 +3,8 @@
 //!
 //! Pipeline, one module per stage (a module never imports one below it in this list):
 //! - [`error`]: the one error type; every variant names what is wrong
+//! - [`limits`]: every bound on what the library reads, in one place
+//! - [`json`]: JSON from other tools read strictly (no key twice in an object)
 //! - [`files`]: atomic writes, bounded reads of regular files
 //! - [`output`]: output directories and files that never destroy what the library did not write
 //! - [`params`]: checkpoints -> ParamSet (K x D matrix + Layout), normalization, conditions
@@ -19,6 +21,8 @@
 pub mod bundle;
 pub mod diffusion;
 pub mod error;
+pub mod limits;
+pub mod json;
 pub mod external_data;
 pub mod files;
 pub mod generate;

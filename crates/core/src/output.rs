@@ -19,6 +19,13 @@
 //!
 //! Sub-outputs nest: a demo directory lists `generator`, which is itself a bundle with its own
 //! marker; a listed directory counts as the library's only when it is such a complete output.
+//!
+//! A run killed outright (SIGKILL, a crash) cannot clean up. What it leaves is recognized as the
+//! library's own on the next run: a staging directory carries [`STAGING_MARKER`] (which process
+//! writes it) from the moment it is created, and temporary files and the old output set aside
+//! during a replacement carry that process in their names. Those of a process that is gone are
+//! removed when the next output begins there; those of a process still running are reported as
+//! such, never as files the library did not write.
 use crate::error::{Error, Result};
 use crate::files::{next_serial, parent_of, read_regular_nofollow, rename_exchange, rename_noreplace, sync_dir, tagged_sibling, temp_sibling, write_atomic};
 use serde::{Deserialize, Serialize};
@@ -31,7 +38,12 @@ use std::path::{Path, PathBuf};
 pub const OUTPUT_MARKER: &str = ".pdiff-output.json";
 const MARKER_VERSION: u32 = 1;
 /// A marker lists file names: a larger file is not one.
-const MAX_MARKER_BYTES: u64 = 16 << 20;
+use crate::limits::MAX_MARKER_BYTES;
+/// The file every staging directory holds from its creation: `{"pdiff_staging": 1, "pid": N}`.
+/// Removed when the output is put in place.
+pub const STAGING_MARKER: &str = ".pdiff-staging.json";
+/// The name prefix of a staging directory inside an output directory being merged into.
+const MERGE_STAGING_PREFIX: &str = ".pdiff-staging-";
 /// Outputs nest a level or two (a demo holds a bundle); deeper nesting is not the library's.
 const MAX_OUTPUT_DEPTH: usize = 8;
 /// Names of foreign entries shown in a refusal; the rest are counted.
@@ -77,6 +89,12 @@ pub enum IfForeign {
     /// symbolic link, a special file, a directory where a file goes, an output of another
     /// kind).
     Force,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StagingMarker {
+    pdiff_staging: u32,
+    pid: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -185,9 +203,17 @@ impl OutputDir {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
                 temp_sibling(dest)
             }
-            Plan::Merge => dest.join(format!(".pdiff-staging-{}-{}", std::process::id(), next_serial())),
+            Plan::Merge => dest.join(format!("{MERGE_STAGING_PREFIX}{}-{}", std::process::id(), next_serial())),
         };
-        std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+        // What killed runs left, in the destination (counted as stale by `inspect`) and beside
+        // it: theirs, and in the way of nothing but disk space.
+        if let Found::Directory(state) = &found {
+            for name in &state.stale {
+                remove_leftover(&dest.join(name));
+            }
+        }
+        remove_stale_siblings(dest);
+        create_staging(&staging).map_err(|e| Error::io(dest, e))?;
         Ok(OutputDir { dest: dest.to_path_buf(), kind, if_foreign, staging, committed: false })
     }
 
@@ -208,8 +234,13 @@ impl OutputDir {
     pub fn commit(mut self) -> Result<()> {
         let entries = staged_entries(&self.staging)?;
         write_marker(&self.staging, self.kind, &entries)?;
-        sync_tree(&self.staging, 0)?;
         let staged_inside = self.staging.parent() == Some(self.dest.as_path());
+        if !staged_inside {
+            // This directory becomes the output (its output marker says it is complete); a
+            // staging directory inside an output being merged into keeps its marker to the end.
+            std::fs::remove_file(self.staging.join(STAGING_MARKER)).map_err(|e| Error::io(&self.dest, e))?;
+        }
+        sync_tree(&self.staging, 0)?;
         let ignore = if staged_inside { self.staging.file_name() } else { None };
         let found = inspect(&self.dest, self.kind, ignore)?;
         match (plan(&self.dest, &found, self.kind, self.if_foreign)?, &found, staged_inside) {
@@ -236,6 +267,39 @@ impl Drop for OutputDir {
         if !self.committed {
             // The staging directory was created by this OutputDir under a fresh name: all ours.
             let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+/// Refuse an output `out` that holds the input directory `input`, or lies inside it: putting the
+/// output in place would replace the input, or write the output among the inputs (a bundle's
+/// weight files among checkpoints poison the next training). `flag` names the input in the error.
+pub fn check_apart(input: &Path, out: &Path, flag: &str) -> Result<()> {
+    let (Ok(i), o) = (input.canonicalize(), resolve_missing(out)) else { return Ok(()) };
+    if i.starts_with(&o) || o.starts_with(&i) {
+        let how = if i == o { "is" } else if i.starts_with(&o) { "holds" } else { "is inside" };
+        return Err(Error::invalid(
+            flag,
+            format!("{}: the output {} {how} this input (which this run would replace or write into): choose another output", input.display(), out.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// `path` with its existing ancestors resolved (links, `..`): where it would be created.
+fn resolve_missing(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut p = path.to_path_buf();
+    loop {
+        if let Ok(real) = p.canonicalize() {
+            return rest.iter().rev().fold(real, |acc: PathBuf, c: &OsString| acc.join(c));
+        }
+        match (p.file_name().map(|n| n.to_os_string()), p.parent()) {
+            (Some(n), Some(parent)) => {
+                rest.push(n);
+                p = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
+            }
+            _ => return path.to_path_buf(),
         }
     }
 }
@@ -277,6 +341,10 @@ struct DirState {
     ours: BTreeSet<OsString>,
     /// Everything else (the marker itself aside), sorted.
     foreign: Vec<OsString>,
+    /// Leftovers of libpdiff runs that are gone (staging directories, temporary files).
+    stale: Vec<OsString>,
+    /// Staging directories of runs still going on: (name, process).
+    busy: Vec<(OsString, u32)>,
 }
 
 /// Look at `dest` for an output of `kind`; `ignore` is a staging directory inside it.
@@ -305,7 +373,11 @@ fn inspect(dest: &Path, kind: OutputKind, ignore: Option<&OsStr>) -> Result<Foun
         if is_listed && written_by_us(&dest.join(&name), 0) {
             state.ours.insert(name);
         } else {
-            state.foreign.push(name);
+            match leftover_of(&dest.join(&name)) {
+                Some(pid) if process_is_gone(pid) => state.stale.push(name),
+                Some(pid) => state.busy.push((name, pid)),
+                None => state.foreign.push(name),
+            }
         }
     }
     state.listed = marker.map(|m| m.files).unwrap_or_default();
@@ -335,6 +407,10 @@ fn plan(dest: &Path, found: &Found, kind: OutputKind, if_foreign: IfForeign) -> 
         Found::Missing => Ok(Plan::Create),
         Found::NotADirectory(what) => Err(refusal(dest, format!("is {what}, not a directory"), None)),
         Found::OtherKind(other) => Err(refusal(dest, format!("holds a libpdiff {other} output, not {}", kind.name()), None)),
+        Found::Directory(state) if !state.busy.is_empty() => {
+            let (name, pid) = &state.busy[0];
+            Err(refusal(dest, format!("is being written by another libpdiff run (process {pid}, {})", name.to_string_lossy()), None))
+        }
         Found::Directory(state) if !state.foreign.is_empty() => match if_foreign {
             IfForeign::Force => Ok(Plan::Merge),
             IfForeign::Refuse => Err(refusal(
@@ -478,6 +554,90 @@ fn remove_entry(path: &Path, depth: usize) {
     }
 }
 
+/// Create a staging directory and, at once, its [`STAGING_MARKER`]: from then on a killed run's
+/// leftover is recognizable as libpdiff's.
+fn create_staging(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(path)?;
+    let marker = StagingMarker { pdiff_staging: 1, pid: std::process::id() };
+    let result = std::fs::write(path.join(STAGING_MARKER), serde_json::to_vec(&marker).expect("a staging marker serializes"));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    result
+}
+
+/// The process that left `path`, when it is a leftover of a libpdiff run: a directory with a
+/// valid [`STAGING_MARKER`] (a staging directory), a temporary file `.NAME.tmp-PID-N`, or an old
+/// output set aside during a replacement, `.NAME.old-PID-N` (a directory with an output marker).
+fn leftover_of(path: &Path) -> Option<u32> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let name = path.file_name()?.to_str()?;
+    if meta.is_dir() {
+        if let Ok(bytes) = read_regular_nofollow(&path.join(STAGING_MARKER), 4096) {
+            let m: StagingMarker = serde_json::from_slice(&bytes).ok()?;
+            return (m.pdiff_staging == 1).then_some(m.pid);
+        }
+    }
+    let (tag, pid) = tagged_pid(name)?;
+    match tag {
+        "tmp" if meta.is_file() => Some(pid),
+        // An old output set aside, or exchanged into the staging directory's place.
+        "tmp" | "old" if meta.is_dir() && read_marker(path).is_some() => Some(pid),
+        _ => None,
+    }
+}
+
+/// `.NAME.TAG-PID-N` -> (TAG, PID) (the names of [`tagged_sibling`]).
+fn tagged_pid(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once('.')?;
+    let (tag, nums) = tail.split_once('-')?;
+    let (pid, serial) = nums.split_once('-')?;
+    serial.parse::<u64>().ok()?;
+    Some((tag, pid.parse().ok()?))
+}
+
+/// Whether process `pid` no longer exists (a live process, even another user's, is not gone).
+fn process_is_gone(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return true };
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Remove a leftover of a gone libpdiff run (see [`leftover_of`]).
+fn remove_leftover(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Remove the leftovers beside `dest` of gone runs that wrote it (staging directories and
+/// set-aside old outputs named after it): best effort.
+fn remove_stale_siblings(dest: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent_of(dest)) else { return };
+    // The name as tagged_sibling cuts it.
+    let probe = tagged_sibling(dest, "tmp");
+    let Some(prefix) = probe.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once(".tmp-")).map(|(p, _)| p.to_string()) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(n) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if n.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with(".tmp-") || rest.starts_with(".old-")) {
+            if let Some(pid) = leftover_of(&path) {
+                if process_is_gone(pid) {
+                    remove_leftover(&path);
+                }
+            }
+        }
+    }
+}
+
 /// A name that stays inside its directory.
 fn is_plain_name(name: &str) -> bool {
     !(name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0'))
@@ -519,7 +679,7 @@ fn staged_entries(staging: &Path) -> Result<Vec<String>> {
         if !(meta.is_file() || meta.is_dir()) {
             return Err(Error::invalid("output", format!("{}: only files and directories are written", path.display())));
         }
-        if name != OUTPUT_MARKER {
+        if name != OUTPUT_MARKER && name != STAGING_MARKER {
             out.push(name);
         }
     }

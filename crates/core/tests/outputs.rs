@@ -344,3 +344,51 @@ fn single_file_outputs_replace_only_what_they_recognize() {
     assert_eq!(std::fs::read(&path).unwrap(), b"REPORT 3");
     assert_no_leftovers(t.path());
 }
+
+/// A process id that existed and is gone (a finished child).
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// What a run killed outright (SIGKILL) leaves — a staging directory inside a directory it was
+/// filling, a temporary file, a staging directory beside the output — is recognized as
+/// libpdiff's own on the next run and cleaned, never reported as files libpdiff did not write;
+/// the same leftovers of a run still going on are reported as that run's.
+#[test]
+fn what_a_killed_run_left_is_cleaned_by_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("gen");
+    std::fs::create_dir(&dest).unwrap();
+    let pid = dead_pid();
+    let staging = dest.join(format!(".pdiff-staging-{pid}-0"));
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::write(staging.join(".pdiff-staging.json"), format!(r#"{{"pdiff_staging": 1, "pid": {pid}}}"#)).unwrap();
+    std::fs::write(staging.join("gen_0000.safetensors"), b"half written").unwrap();
+    std::fs::write(dest.join(format!(".pdiff-output.json.tmp-{pid}-3")), b"{").unwrap();
+    let beside = tmp.path().join(format!(".gen.tmp-{pid}-1"));
+    std::fs::create_dir(&beside).unwrap();
+    std::fs::write(beside.join(".pdiff-staging.json"), format!(r#"{{"pdiff_staging": 1, "pid": {pid}}}"#)).unwrap();
+    output::check_output_dir(&dest, OutputKind::Samples, IfForeign::Refuse).unwrap();
+    write(&dest, OutputKind::Samples, IfForeign::Refuse, &[("gen_0000.safetensors", "new")]).unwrap();
+    assert_eq!(std::fs::read(dest.join("gen_0000.safetensors")).unwrap(), b"new");
+    assert!(!staging.exists() && !beside.exists(), "leftovers removed");
+    assert_no_leftovers(&dest);
+    assert_no_leftovers(tmp.path());
+
+    // A staging directory of a run still going on (this process): reported as such.
+    let busy = dest.join(format!(".pdiff-staging-{}-99", std::process::id()));
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join(".pdiff-staging.json"), format!(r#"{{"pdiff_staging": 1, "pid": {}}}"#, std::process::id())).unwrap();
+    let e = write(&dest, OutputKind::Samples, IfForeign::Force, &[("gen_0000.safetensors", "x")]).unwrap_err();
+    refusal(e, &["being written by another libpdiff run", &format!("process {}", std::process::id())]);
+    std::fs::remove_dir_all(&busy).unwrap();
+    // A look-alike without the staging marker is the user's: refused as such, and kept.
+    let alike = dest.join(".pdiff-staging-1-1");
+    std::fs::create_dir(&alike).unwrap();
+    let e = write(&dest, OutputKind::Samples, IfForeign::Refuse, &[("gen_0000.safetensors", "x")]).unwrap_err();
+    refusal(e, &["did not write", ".pdiff-staging-1-1"]);
+    assert!(alike.exists());
+}

@@ -24,7 +24,7 @@ impl DenoiserBackend for Generator {
         if x.ncols() != self.latent_dim() || t.len() != x.nrows() {
             return Err(Error::invalid("denoiser input", format!("x {:?}, t [{}]; expected [B, {}] and [B]", x.dim(), t.len(), self.latent_dim())));
         }
-        check_condition_input(self.condition_dim(), x.nrows(), cond.as_ref())?;
+        check_condition_input(DenoiserBackend::condition_dim(self), x.nrows(), cond.as_ref())?;
         torch_boundary("denoiser", || {
             let device = self.device;
             let xt = array_to_tensor(x, device);
@@ -88,6 +88,9 @@ impl DecoderBackend for Generator {
 impl ModelSource for Generator {
     fn layout(&self) -> &Layout {
         &self.layout
+    }
+    fn condition_dim(&self) -> Option<usize> {
+        self.condition.as_ref().map(|c| c.dim)
     }
     fn sample(&self, request: &SampleRequest<'_>, on_step: OnStep<'_>) -> Result<Samples> {
         StepLoop { denoiser: self, decoder: self, schedule: &self.config.schedule, layout: &self.layout }.sample(request, on_step)

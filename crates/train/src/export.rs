@@ -2,7 +2,7 @@
 //! and the tch weights, written as one output), and loading a bundle's tch generator back.
 use crate::generator::Generator;
 use crate::torch::{libtorch_rng, resolve_device, tensor_to_vec, torch_boundary};
-use pdiff_core::bundle::{self, Bundle, LatentStats, Manifest, Normalization};
+use pdiff_core::bundle::{self, Bundle, LatentStats, Manifest, Normalization, MANIFEST};
 use pdiff_core::error::{Error, Result};
 use pdiff_core::output::IfForeign;
 use pdiff_core::params::STD_FLOOR;
@@ -84,6 +84,7 @@ impl Generator {
     fn load_bundle_on(dir: &Path, device: DeviceChoice) -> Result<Generator> {
         let b = Bundle::read(dir, &["autoencoder_weights", "denoiser_weights"])?;
         let m = &b.manifest;
+        check_networks_fit_weights(&b)?;
         let mut config = m.training.clone();
         config.autoencoder = Some(m.autoencoder.clone());
         config.denoiser = Some(m.denoiser.clone());
@@ -100,6 +101,28 @@ impl Generator {
         g.padded_len = m.padded_len;
         Ok(g)
     }
+}
+
+/// The networks the manifest describes must not hold more values than the bundle's weight files
+/// do: checked before anything is built, so that a manifest whose fields would make libtorch
+/// allocate without bound is refused, naming the field that sizes most of it.
+fn check_networks_fit_weights(b: &Bundle) -> Result<()> {
+    let m = &b.manifest;
+    let mut stored = 0u128;
+    for role in ["autoencoder_weights", "denoiser_weights"] {
+        let st = safetensors::SafeTensors::deserialize(b.file(role)?).map_err(|e| Error::bundle(&b.dir, format!("{}: not a readable safetensors file ({e})", m.files[role])))?;
+        stored += st.tensors().iter().map(|(_, v)| v.shape().iter().map(|&s| s as u128).product::<u128>()).sum::<u128>();
+    }
+    let terms = crate::nets::weight_values(&m.autoencoder, &m.denoiser, &m.layout(), m.padded_len, m.condition.as_ref().map(|c| c.dim));
+    let needed: u128 = terms.iter().map(|t| t.1).sum();
+    if needed > stored {
+        let (field, largest) = terms.iter().max_by_key(|t| t.1).expect("terms");
+        return Err(Error::bundle(
+            &b.dir,
+            format!("{MANIFEST}: {field}: the networks it describes hold at least {needed} values ({largest} of them sized by {field}), its weight files hold {stored}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A VarStore's variables as safetensors bytes (f32, sorted by name).

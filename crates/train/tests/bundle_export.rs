@@ -5,7 +5,7 @@ use common::{sample, torch_lock, train};
 use pdiff_core::bundle;
 use pdiff_core::diffusion::Schedule;
 use pdiff_core::training::DeviceChoice;
-use pdiff_test_support::{bits, small_config, trajectory_set};
+use pdiff_test_support::{bits, copy_fixture, fixture, small_config, trajectory_set};
 use pdiff_train::Generator;
 
 #[test]
@@ -56,4 +56,26 @@ fn export_and_reload() {
     assert_eq!(g2.warnings, g.warnings);
     let a2 = sample(&g2, 5, 11);
     assert_eq!(bits(a2.as_slice().unwrap()), bits(a.as_slice().unwrap()), "the reloaded generator samples the same parameters");
+}
+
+/// A manifest whose fields describe networks far larger than the weights it ships (within every
+/// per-field bound) is refused before libtorch allocates anything, naming the field.
+#[test]
+fn manifest_fields_that_size_the_networks_are_checked_against_the_weights() {
+    let _guard = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    for (field, value, named) in [("hidden", 65536, "denoiser.hidden"), ("blocks", 64, "denoiser.blocks")] {
+        let b = copy_fixture(&tmp.path().join(field));
+        let path = b.join("pdiff.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        m["denoiser"][field] = serde_json::json!(value);
+        if field == "blocks" {
+            m["denoiser"]["hidden"] = serde_json::json!(4096);
+        }
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = Generator::load_bundle(&b, DeviceChoice::Cpu).err().expect("refused").to_string();
+        assert!(e.contains(named) && e.contains("weight files hold"), "{field}: {e}");
+    }
+    // The fixture itself loads.
+    Generator::load_bundle(&fixture(), DeviceChoice::Cpu).unwrap();
 }

@@ -1,5 +1,5 @@
 //! `pdiff ablation`: K (2, 10, 50, 200) and noise augmentation variants on a reference task.
-use crate::args::{refuse_input_inside_output, ForceArg, TrainArgs};
+use crate::args::{ForceArg, TrainArgs};
 use crate::progress::Progress;
 use clap::Args;
 use pdiff_core::files;
@@ -21,7 +21,7 @@ pub struct AblationArgs {
     force: ForceArg,
     #[arg(long)]
     data: Option<PathBuf>,
-    #[arg(short = 'n', long, default_value_t = 100)]
+    #[arg(short = 'n', long, default_value_t = 100, value_parser = crate::args::models)]
     n: usize,
     #[command(flatten)]
     train: TrainArgs,
@@ -30,7 +30,7 @@ pub struct AblationArgs {
 pub fn run(a: AblationArgs, progress: &mut Progress) -> Result<()> {
     let config = a.train.config(zoo::param_count(&a.task)?)?;
     if let Some(c) = &a.checkpoints {
-        refuse_input_inside_output(c, &a.out)?;
+        output::check_apart(c, &a.out, "checkpoints")?;
     }
     // OUT as one output: built in staging, put in place at the end (a previous ablation run is
     // replaced, files pdiff did not write are refused or kept with --force).

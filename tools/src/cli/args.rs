@@ -7,7 +7,7 @@ use pdiff_core::output::IfForeign;
 use pdiff_core::runtime::{Provider, RuntimeOptions};
 use pdiff_core::training::{DeviceChoice, ReconstructionWeighting, TrainConfig};
 use pdiff_core::Result;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `--force` of the commands that write a directory. Without it, an --out that holds files
 /// pdiff did not write is refused; a previous output of the same command is replaced.
@@ -65,7 +65,7 @@ pub struct RuntimeArgs {
     #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
     pub provider: ProviderArg,
     /// ONNX Runtime intra-op threads (0: its default).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = threads)]
     pub threads: usize,
     /// Path of libonnxruntime.so (default: $PDIFF_ORT_LIB, $ORT_DYLIB_PATH, the project venv, the system loader).
     #[arg(long)]
@@ -133,11 +133,11 @@ pub enum WeightingArg {
 pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = PresetArg::Auto)]
     pub preset: PresetArg,
-    #[arg(long)]
+    #[arg(long, value_parser = steps)]
     pub ae_steps: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = steps)]
     pub diffusion_steps: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = batch)]
     pub batch_size: Option<usize>,
     #[arg(long)]
     pub ae_lr: Option<f64>,
@@ -236,15 +236,38 @@ impl SamplerArgs {
     }
 }
 
-/// Refuse an input directory inside the output directory: replacing the output would delete
-/// it.
-pub fn refuse_input_inside_output(input: &Path, out: &Path) -> Result<()> {
-    let (Ok(i), Ok(o)) = (input.canonicalize(), out.canonicalize()) else { return Ok(()) };
-    if i.starts_with(&o) {
-        return Err(pdiff_core::Error::invalid(
-            "checkpoints",
-            format!("{} is inside --out {}, which this run replaces: choose another --out", input.display(), out.display()),
-        ));
+/// A whole number within `lo ..= hi`, for clap: a value out of range is a usage error naming the
+/// range.
+fn bounded(text: &str, lo: usize, hi: usize) -> std::result::Result<usize, String> {
+    let v: usize = text.trim().parse().map_err(|_| format!("'{text}' is not a whole number"))?;
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in {lo} ..= {hi}"))
     }
-    Ok(())
+}
+
+/// Models to generate or evaluate: 1 ..= 10^9.
+pub fn models(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 1, 1_000_000_000)
+}
+
+/// Training steps: 1 ..= 10^9.
+pub fn steps(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 1, 1_000_000_000)
+}
+
+/// A training batch: 1 ..= 2^20 checkpoints.
+pub fn batch(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 1, 1 << 20)
+}
+
+/// Threads: 0 (the library's default) ..= 1024.
+pub fn threads(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 0, 1024)
+}
+
+/// Checkpoints to collect: 2 ..= the library's limit.
+pub fn checkpoints(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 2, pdiff_core::limits::MAX_CHECKPOINTS)
 }

@@ -72,7 +72,7 @@ struct SamplingArgs {
     task: Option<String>,
     #[arg(long)]
     data: Option<PathBuf>,
-    #[arg(short = 'n', long, default_value_t = 100)]
+    #[arg(short = 'n', long, default_value_t = 100, value_parser = crate::args::models)]
     n: usize,
     /// Timed runs per measurement (after one warm-up run); the median is reported.
     #[arg(long, default_value_t = 3)]
@@ -115,16 +115,16 @@ struct ScaleArgs {
     #[arg(long, value_delimiter = ',', value_name = "P,P,...", default_value = "auto", value_enum)]
     presets: Vec<PresetArg>,
     /// Checkpoints per D.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::checkpoints)]
     k: usize,
     /// Models sampled per D.
-    #[arg(short = 'n', long, default_value_t = 100)]
+    #[arg(short = 'n', long, default_value_t = 100, value_parser = crate::args::models)]
     n: usize,
     /// Autoencoder training steps per D.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::args::steps)]
     ae_steps: usize,
     /// Diffusion training steps per D.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::args::steps)]
     diffusion_steps: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,

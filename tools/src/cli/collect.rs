@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub struct CollectArgs {
     #[arg(long, default_value = "mnist-mlp3")]
     task: String,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::checkpoints)]
     k: usize,
     #[arg(long)]
     out: PathBuf,

@@ -19,10 +19,10 @@ pub struct DemoArgs {
     #[command(flatten)]
     force: ForceArg,
     /// Checkpoints to collect (mnist-tasks: per task) [default: 200; mnist-tasks: 10].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::checkpoints)]
     k: Option<usize>,
     /// Models to generate (mnist-tasks: per task) [default: 100; mnist-tasks: 20].
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, value_parser = crate::args::models)]
     n: Option<usize>,
     #[arg(long)]
     data: Option<PathBuf>,

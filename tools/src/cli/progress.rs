@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 /// temporary outputs on the way out, so an interrupted command leaves nothing half-written.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Catch Ctrl-C: the first one cancels through the progress reports, a second one exits at once.
+/// Catch Ctrl-C, SIGTERM and SIGHUP alike (what a terminal, `kill`, systemd, containers and CI
+/// send): the first one cancels through the progress reports, so the library removes what it
+/// was writing on the way out; a second one exits at once.
 pub fn catch_interrupt() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: stopping and cleaning up (Ctrl-C again to force)");
+        eprintln!("\ninterrupted: stopping and cleaning up (interrupt again to stop at once)");
     });
 }
 

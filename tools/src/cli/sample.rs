@@ -16,7 +16,7 @@ use std::path::PathBuf;
 pub struct SampleArgs {
     #[arg(long)]
     bundle: PathBuf,
-    #[arg(short = 'n', long, default_value_t = 100)]
+    #[arg(short = 'n', long, default_value_t = 100, value_parser = crate::args::models)]
     n: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,

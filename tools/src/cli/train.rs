@@ -34,6 +34,9 @@ pub struct TrainCommandArgs {
 
 pub fn run(a: TrainCommandArgs, progress: &mut Progress) -> Result<()> {
     a.train.config(0)?;
+    for dir in &a.checkpoints {
+        output::check_apart(dir, &a.out, "checkpoints")?;
+    }
     output::check_output_dir(&a.out, OutputKind::Bundle, a.force.policy())?;
     let selection = Selection::patterns(&a.select);
     let (config, paths) = plan(&a.checkpoints, &selection, &a.train)?;

@@ -72,8 +72,8 @@ impl Mnist {
         let (mut trx, mut try_, mut tex, mut tey) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for digit in 0..10i64 {
             let path = dir.join(format!("{digit}.json"));
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint { file: path.clone(), message: format!("not JSON: {e}") })?;
+            let text = read_data_file(&path)?;
+            let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::Checkpoint { file: path.clone(), message: format!("not JSON: {e}") })?;
             let data = v["data"].as_array().ok_or_else(|| Error::Checkpoint { file: path.clone(), message: "no \"data\" array".into() })?;
             if data.len() % PIXELS != 0 {
                 return Err(Error::Checkpoint { file: path, message: format!("{} values is not a multiple of 784", data.len()) });
@@ -91,16 +91,20 @@ impl Mnist {
     fn load_idx(dir: &Path) -> Result<Self> {
         let read = |name: &str, magic: u32| -> Result<(Vec<u8>, Vec<usize>)> {
             let path = dir.join(name);
-            let b = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let b = read_data_file(&path)?;
             let bad = |m: &str| Error::Checkpoint { file: path.clone(), message: m.to_string() };
             if b.len() < 8 || u32::from_be_bytes(b[0..4].try_into().unwrap()) != magic {
                 return Err(bad("not an IDX file of the expected type"));
             }
             let ndim = (magic & 0xff) as usize;
-            let dims: Vec<usize> = (0..ndim).map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
             let start = 4 + 4 * ndim;
-            if b.len() != start + dims.iter().product::<usize>() {
-                return Err(bad("truncated IDX file"));
+            if b.len() < start {
+                return Err(bad("truncated IDX header"));
+            }
+            let dims: Vec<usize> = (0..ndim).map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
+            let size = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if size.and_then(|n| n.checked_add(start)) != Some(b.len()) {
+                return Err(bad("the IDX header's sizes do not match the file"));
             }
             Ok((b[start..].to_vec(), dims))
         };
@@ -122,4 +126,10 @@ impl Mnist {
             s.labels = s.labels.to_device(device).to_kind(Kind::Int64);
         }
     }
+}
+
+/// A data set file, read bounded ([`pdiff_core::limits::MAX_DATASET_FILE_BYTES`]): regular files
+/// only, never a FIFO or a device.
+fn read_data_file(path: &Path) -> Result<Vec<u8>> {
+    pdiff_core::files::read_regular(path, pdiff_core::limits::MAX_DATASET_FILE_BYTES).map_err(|e| Error::io(path, e))
 }

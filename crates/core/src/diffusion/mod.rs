@@ -4,6 +4,7 @@
 //! generated row, so a seed gives the same parameters on every backend, and row i is the same
 //! whatever the batch or chunk it is sampled in.
 use crate::error::{Error, Result};
+use crate::limits::MAX_TIMESTEPS;
 use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -35,10 +36,6 @@ pub struct ScheduleTables {
     pub posterior_variance: Vec<f64>,
 }
 
-/// The longest schedule accepted. Sampling builds tables of T values and DDPM runs T denoiser
-/// steps; a schedule is read from a bundle's manifest, untrusted input, where T = 7e16 made the
-/// tables' allocation abort the host process. Trained schedules use T = 1000.
-pub const MAX_TIMESTEPS: usize = 100_000;
 
 impl Schedule {
     pub fn validate(&self) -> Result<()> {
@@ -110,7 +107,8 @@ pub fn check_condition_input(condition_dim: Option<usize>, rows: usize, cond: Op
 /// The condition of a sampling call on a conditional generator.
 #[derive(Clone, Copy, Debug)]
 pub struct Conditioning<'a> {
-    /// C floats shared by every generated row, or one vector per row (n x C, row-major).
+    /// C floats shared by every generated row, or one vector per row (n x C, row-major, for the
+    /// call's n rows): exactly one of the two lengths.
     pub values: &'a [f32],
     /// Classifier-free guidance scale g: eps = eps_none + g (eps_cond - eps_none). 1 is the plain
     /// conditional model (one pass), 0 the unconditional one, above 1 pushes further from it.
@@ -129,9 +127,8 @@ pub enum RowCondition {
 }
 
 impl RowCondition {
-    /// Check `cond` against the denoiser and lay it out for rows `rows`.
-    pub fn new(condition_dim: Option<usize>, cond: Option<&Conditioning<'_>>, rows: &std::ops::Range<usize>) -> Result<Self> {
-        let n = rows.len();
+    /// Check `cond` against the denoiser and lay it out for `n` rows.
+    pub fn new(condition_dim: Option<usize>, cond: Option<&Conditioning<'_>>, n: usize) -> Result<Self> {
         match (condition_dim, cond) {
             (None, None) => Ok(RowCondition::Unconditional),
             (None, Some(_)) => Err(Error::invalid("condition", "this generator is unconditional: sample it without a condition")),
@@ -143,16 +140,11 @@ impl RowCondition {
                 if let Some(v) = cond.values.iter().find(|v| !v.is_finite()) {
                     return Err(Error::invalid("condition", format!("value {v} is not finite")));
                 }
+                check_condition_len(c, cond.values.len(), n)?;
                 let values = if cond.values.len() == c {
                     Array2::from_shape_fn((n, c), |(_, j)| cond.values[j])
-                } else if cond.values.len() % c == 0 && cond.values.len() / c >= rows.end {
-                    let start = rows.start * c;
-                    Array2::from_shape_vec((n, c), cond.values[start..start + n * c].to_vec()).expect("n x c values")
                 } else {
-                    return Err(Error::invalid(
-                        "condition",
-                        format!("{} values: expected C = {c} (one condition for every row) or n x C = {} (one per row)", cond.values.len(), rows.end * c),
-                    ));
+                    Array2::from_shape_vec((n, c), cond.values.to_vec()).expect("n x c values")
                 };
                 Ok(RowCondition::Guided { values, guidance: cond.guidance })
             }
@@ -182,6 +174,18 @@ impl RowCondition {
             }
         }
     }
+}
+
+/// A condition of `len` values for `n` rows of a C-dimensional condition: exactly C (one for
+/// every row) or n x C (one per row); anything else is refused, never cut or repeated.
+pub fn check_condition_len(c: usize, len: usize, n: usize) -> Result<()> {
+    if len == c || Some(len) == n.checked_mul(c) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "condition",
+        format!("{len} values: expected C = {c} (one condition for every model) or n x C = {n} x {c} = {} (one per model)", n.saturating_mul(c)),
+    ))
 }
 
 /// Runs the decoder: standardized latents [B, d] -> parameters [B, D] in the host's units.
@@ -286,7 +290,7 @@ pub fn sample_latents(
         return Err(Error::invalid("n", "number of samples must be at least 1"));
     }
     check_kind(schedule, kind)?;
-    let condition = RowCondition::new(denoiser.condition_dim(), cond, &rows)?;
+    let condition = RowCondition::new(denoiser.condition_dim(), cond, rows.len())?;
     let tab = schedule.tables();
     let d = denoiser.latent_dim();
     let n = rows.len();

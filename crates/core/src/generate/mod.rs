@@ -10,7 +10,7 @@ mod sinks;
 pub use files::{write_models, ModelWriter};
 pub use sinks::{check_sinks, TensorSink};
 
-use crate::diffusion::{count_outside_clip, sample_latents, ClipCount, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind, Schedule};
+use crate::diffusion::{check_condition_len, count_outside_clip, sample_latents, ClipCount, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind, Schedule};
 use crate::error::{Error, Result};
 use crate::output::IfForeign;
 use crate::params::Layout;
@@ -33,8 +33,9 @@ pub struct SampleRequest<'a> {
     /// Seed of the initial noise (and of DDPM's noise).
     pub seed: u64,
     pub sampler: SamplerKind,
-    /// The condition of a conditional generator; `None` samples its unconditional model (and is
-    /// the only choice for an unconditional generator).
+    /// The condition of a conditional generator: C values for every model, or n x C (one per
+    /// model, in order); `None` samples its unconditional model (and is the only choice for an
+    /// unconditional generator).
     pub condition: Option<Conditioning<'a>>,
 }
 
@@ -64,21 +65,29 @@ impl<'a> SampleRequest<'a> {
         self.first..self.first + self.n
     }
 
-    /// At least one model, and indices that fit a `usize`.
-    pub fn validate(&self) -> Result<()> {
+    /// At least one model, indices that fit a `usize`, and a condition of exactly C or n x C
+    /// values for a generator conditioned on C values (`condition_dim`).
+    pub fn validate(&self, condition_dim: Option<usize>) -> Result<()> {
         if self.n == 0 {
             return Err(Error::invalid("n", "number of samples must be at least 1"));
         }
         if self.first.checked_add(self.n).is_none() {
             return Err(Error::invalid("n", format!("models {} .. {} + {} overflow", self.first, self.first, self.n)));
         }
+        if let (Some(c), Some(cond)) = (condition_dim, &self.condition) {
+            check_condition_len(c, cond.values.len(), self.n)?;
+        }
         Ok(())
     }
 
-    /// The part of this request that generates its models `part` (indices relative to
-    /// `first`).
-    fn part(&self, part: Range<usize>) -> SampleRequest<'a> {
-        SampleRequest { n: part.len(), first: self.first + part.start, ..*self }
+    /// The part of this (validated) request that generates its models `part` (indices relative
+    /// to `first`); a condition given per model keeps the part's rows.
+    fn part(&self, part: Range<usize>, condition_dim: Option<usize>) -> SampleRequest<'a> {
+        let condition = match (self.condition, condition_dim) {
+            (Some(cond), Some(c)) if cond.values.len() != c => Some(Conditioning { values: &cond.values[part.start * c..part.end * c], ..cond }),
+            (cond, _) => cond,
+        };
+        SampleRequest { n: part.len(), first: self.first + part.start, condition, ..*self }
     }
 }
 
@@ -111,6 +120,9 @@ pub trait ModelSource {
     /// The layout of a generated model (tensor names, shapes, offsets).
     fn layout(&self) -> &Layout;
 
+    /// C, for a generator conditioned on C values.
+    fn condition_dim(&self) -> Option<usize>;
+
     /// Generate the request's models at once.
     fn sample(&self, request: &SampleRequest<'_>, on_step: OnStep<'_>) -> Result<Samples>;
 
@@ -130,14 +142,14 @@ pub trait ModelSource {
         on_chunk: &mut dyn FnMut(usize, &Samples) -> Result<()>,
         on_step: OnStep<'_>,
     ) -> Result<ClipCount> {
-        request.validate()?;
+        request.validate(self.condition_dim())?;
         let chunk = chunk.max(1);
         let chunks = request.n.div_ceil(chunk);
         let mut clipped = ClipCount::default();
         for c in 0..chunks {
             let part = c * chunk..((c + 1) * chunk).min(request.n);
             let first = part.start;
-            let samples = self.sample(&request.part(part), &mut |done, total| on_step(c * total + done, chunks * total))?;
+            let samples = self.sample(&request.part(part, self.condition_dim()), &mut |done, total| on_step(c * total + done, chunks * total))?;
             clipped += samples.clipped;
             on_chunk(first, &samples)?;
         }
@@ -146,7 +158,7 @@ pub trait ModelSource {
 
     /// Generate into a caller buffer of at least n x D floats (row-major).
     fn sample_into(&self, request: &SampleRequest<'_>, out: &mut [f32], on_step: OnStep<'_>) -> Result<ClipCount> {
-        request.validate()?;
+        request.validate(self.condition_dim())?;
         let d = self.layout().param_count();
         let need = request.n.checked_mul(d).ok_or_else(|| Error::invalid("n", format!("n = {} times D = {d} overflows", request.n)))?;
         if out.len() < need {
@@ -164,7 +176,7 @@ pub trait ModelSource {
     /// come: no n x D copy is ever held. Every sink is checked before any work (index, length,
     /// duplicates); after a later error the sinks' contents are unspecified.
     fn sample_into_tensors(&self, request: &SampleRequest<'_>, sinks: &mut [TensorSink<'_>], on_step: OnStep<'_>) -> Result<ClipCount> {
-        request.validate()?;
+        request.validate(self.condition_dim())?;
         check_sinks(self.layout(), request.n, sinks)?;
         let tensors = &self.layout().tensors;
         self.sample_chunks(
@@ -191,7 +203,7 @@ pub trait ModelSource {
     /// are generated and written in chunks of about 16 MiB of parameters, so memory does not
     /// grow with n. Returns the files' final paths and the clip count.
     fn sample_to_dir(&self, request: &SampleRequest<'_>, dir: &Path, if_foreign: IfForeign, on_step: OnStep<'_>) -> Result<(Vec<PathBuf>, ClipCount)> {
-        request.validate()?;
+        request.validate(self.condition_dim())?;
         let mut out = ModelWriter::begin(dir, self.layout(), if_foreign)?;
         let clipped = self.sample_chunks(
             request,
@@ -222,8 +234,12 @@ impl ModelSource for StepLoop<'_> {
         self.layout
     }
 
+    fn condition_dim(&self) -> Option<usize> {
+        self.denoiser.condition_dim()
+    }
+
     fn sample(&self, request: &SampleRequest<'_>, on_step: OnStep<'_>) -> Result<Samples> {
-        request.validate()?;
+        request.validate(self.condition_dim())?;
         let z = sample_latents(self.denoiser, self.schedule, request.sampler, request.condition.as_ref(), request.seed, request.rows(), on_step)?;
         let clipped = count_outside_clip(z.view(), self.decoder.latent_clip())?;
         let params = self.decoder.decode(z.view())?;

@@ -6,6 +6,7 @@
 //!
 //! Norms are GroupNorm, which behaves the same in training and inference, so the tch graph and
 //! the exported ONNX graph agree (the reference's BatchNorm left in train mode does not).
+use crate::limits::{MAX_DEPTH, MAX_KERNEL, MAX_LATENT_DIM, MAX_PARAMS, MAX_WIDTH};
 use serde::{Deserialize, Serialize};
 
 mod tokens;
@@ -90,13 +91,25 @@ impl AutoencoderConfig {
         if self.encoder.is_empty() || self.decoder_channels.len() != self.encoder.len() {
             return Err(crate::Error::invalid("autoencoder", "decoder_channels must have one entry per encoder conv"));
         }
+        if self.encoder.len() > MAX_DEPTH {
+            return Err(crate::Error::invalid("autoencoder.encoder", format!("{} convolutions (at most {MAX_DEPTH})", self.encoder.len())));
+        }
+        for (i, c) in self.encoder.iter().enumerate() {
+            in_range(&format!("autoencoder.encoder[{i}].channels"), c.channels, 1, MAX_WIDTH)?;
+            in_range(&format!("autoencoder.encoder[{i}].kernel"), c.kernel, 1, MAX_KERNEL)?;
+            in_range(&format!("autoencoder.encoder[{i}].stride"), c.stride, 1, MAX_KERNEL)?;
+            in_range(&format!("autoencoder.encoder[{i}].padding"), c.padding, 0, c.kernel)?;
+        }
+        for (i, &c) in self.decoder_channels.iter().enumerate() {
+            in_range(&format!("autoencoder.decoder_channels[{i}]"), c, 1, MAX_WIDTH)?;
+        }
+        if let Some(k) = self.final_kernel {
+            in_range("autoencoder.final_kernel", k, 1, MAX_KERNEL)?;
+        }
         if self.final_kernel.is_none() && self.decoder_channels.last() != Some(&1) {
             return Err(crate::Error::invalid("autoencoder", "without final_kernel the last decoder channel count must be 1"));
         }
-        if self.latent_dim < 1 {
-            return Err(crate::Error::invalid("autoencoder.latent_dim", format!("{} (must be >= 1)", self.latent_dim)));
-        }
-        Ok(())
+        in_range("autoencoder.latent_dim", self.latent_dim, 1, MAX_LATENT_DIM as i64)
     }
 
     /// Product of the strides: the padded length must be a multiple of it (and of 64, the reference's padding).
@@ -120,6 +133,15 @@ impl AutoencoderConfig {
     }
 }
 
+/// `value` of `field` within `min ..= max`, or an error naming the field and the range.
+fn in_range(field: &str, value: i64, min: i64, max: i64) -> crate::Result<()> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(field, format!("{value} (must be {min} ..= {max})")))
+    }
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -131,16 +153,14 @@ fn gcd(a: usize, b: usize) -> usize {
 impl ChunkedSpec {
     /// Every size at least 1; the error names the field.
     pub fn validate(&self) -> crate::Result<()> {
-        for (field, v) in [
-            ("chunk", self.chunk),
-            ("hidden", self.hidden),
-            ("token_dim", self.token_dim),
-            ("tokens_per_step", self.tokens_per_step),
-            ("components", self.components),
+        for (field, v, max) in [
+            ("chunk", self.chunk, MAX_CHUNK_LEN as i64),
+            ("hidden", self.hidden, MAX_WIDTH),
+            ("token_dim", self.token_dim, MAX_WIDTH),
+            ("tokens_per_step", self.tokens_per_step, MAX_PARAMS as i64),
+            ("components", self.components, MAX_LATENT_DIM as i64),
         ] {
-            if v < 1 {
-                return Err(crate::Error::invalid(format!("autoencoder.chunked.{field}"), format!("{v} (must be >= 1)")));
-            }
+            in_range(&format!("autoencoder.chunked.{field}"), v, 1, max)?;
         }
         Ok(())
     }
@@ -162,25 +182,26 @@ impl DenoiserConfig {
     /// field.
     pub fn validate(&self) -> crate::Result<()> {
         let time_dim = self.time_dim();
-        if time_dim < 2 || time_dim % 2 != 0 {
-            return Err(crate::Error::invalid("denoiser.time_dim", format!("{time_dim} (must be even and >= 2: sin and cos halves)")));
+        if time_dim % 2 != 0 {
+            return Err(crate::Error::invalid("denoiser.time_dim", format!("{time_dim} (must be even: sin and cos halves)")));
         }
+        in_range("denoiser.time_dim", time_dim, 2, MAX_WIDTH)?;
         match self {
             DenoiserConfig::Cnn { channels, kernel, .. } => {
-                if channels.len() < 2 || channels.first() != Some(&1) || channels.last() != Some(&1) || channels.iter().any(|&c| c < 1) {
-                    return Err(crate::Error::invalid("denoiser.channels", format!("{channels:?} (at least two, from 1 to 1, each >= 1)")));
+                if channels.len() < 2 || channels.len() > MAX_DEPTH + 1 || channels.first() != Some(&1) || channels.last() != Some(&1) {
+                    return Err(crate::Error::invalid("denoiser.channels", format!("{channels:?} (2 ..= {} entries, from 1 to 1)", MAX_DEPTH + 1)));
                 }
-                if *kernel < 1 || kernel % 2 == 0 {
-                    return Err(crate::Error::invalid("denoiser.kernel", format!("{kernel} (must be odd and >= 1)")));
+                for (i, &c) in channels.iter().enumerate() {
+                    in_range(&format!("denoiser.channels[{i}]"), c, 1, MAX_WIDTH)?;
                 }
+                if kernel % 2 == 0 {
+                    return Err(crate::Error::invalid("denoiser.kernel", format!("{kernel} (must be odd)")));
+                }
+                in_range("denoiser.kernel", *kernel, 1, MAX_KERNEL)?;
             }
             DenoiserConfig::Mlp { hidden, blocks, .. } => {
-                if *hidden < 1 {
-                    return Err(crate::Error::invalid("denoiser.hidden", format!("{hidden} (must be >= 1)")));
-                }
-                if *blocks < 0 {
-                    return Err(crate::Error::invalid("denoiser.blocks", format!("{blocks} (must be >= 0)")));
-                }
+                in_range("denoiser.hidden", *hidden, 1, MAX_WIDTH)?;
+                in_range("denoiser.blocks", *blocks, 0, MAX_DEPTH as i64)?;
             }
         }
         Ok(())

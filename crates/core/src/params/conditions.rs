@@ -70,7 +70,10 @@ impl Conditions {
 
     /// Read a conditions file and order its vectors like `sources` (the checkpoints' paths).
     /// Entries are matched by file name (`c07.safetensors`) or by the path as listed. Every
-    /// checkpoint needs exactly one vector, and every entry must name a checkpoint.
+    /// checkpoint needs exactly one vector, every entry must name exactly one checkpoint, and no
+    /// entry may be given twice: a repeated key, a file name that two checkpoints share (give
+    /// their paths) and two entries for one checkpoint (its path and its file name) are refused,
+    /// naming both.
     ///
     /// Formats, by extension:
     /// - `.json`: `{"names": ["d0", ...], "conditions": {"c00.safetensors": [0, 1, ...], ...}}`
@@ -78,10 +81,14 @@ impl Conditions {
     /// - `.csv`: one line per checkpoint, `file,v0,v1,...`; a first line whose value fields
     ///   are not all numbers is a header giving the names (`file,d0,d1,...`).
     pub fn from_file(path: &Path, sources: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::files::read_regular(path, crate::limits::MAX_CONDITIONS_BYTES).map_err(|e| Error::io(path, e))?;
         let bad = |message: String| Error::invalid("conditions", format!("{}: {message}", path.display()));
+        let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
         let (names, entries) = match path.extension().and_then(|e| e.to_str()) {
-            Some("json") => parse_json(&text).map_err(bad)?,
+            Some("json") => {
+                crate::json::check_unique_keys(text.as_bytes()).map_err(|e| bad(format!("not valid JSON for conditions: {e}")))?;
+                parse_json(&text).map_err(bad)?
+            }
             Some("csv") => parse_csv(&text).map_err(bad)?,
             _ => return Err(bad("the file must be .json or .csv".into())),
         };
@@ -96,17 +103,26 @@ impl Conditions {
                 return Err(bad(format!("'{key}' is listed twice")));
             }
         }
-        let mut values = Vec::with_capacity(sources.len() * dim);
-        let mut used = std::collections::BTreeSet::new();
-        for src in sources {
-            let name = file_name(src);
-            let key = [src.as_str(), name.as_str()].into_iter().find(|k| by_key.contains_key(k));
-            let key = key.ok_or_else(|| bad(format!("no condition vector for checkpoint '{name}'")))?;
-            values.extend_from_slice(by_key[key]);
-            used.insert(key.to_string());
+        // Each entry names exactly one checkpoint, by its path or its file name.
+        let mut entry_of: Vec<Option<&str>> = vec![None; sources.len()];
+        for (key, _) in &entries {
+            let matches: Vec<usize> = (0..sources.len()).filter(|&i| sources[i] == *key || file_name(&sources[i]) == *key).collect();
+            match matches.as_slice() {
+                [] => return Err(bad(format!("'{key}' is not one of the {} checkpoints", sources.len()))),
+                [i] => {
+                    if let Some(other) = entry_of[*i].replace(key) {
+                        return Err(bad(format!("checkpoint '{}' is given twice, as '{other}' and as '{key}'", sources[*i])));
+                    }
+                }
+                [a, b, ..] => {
+                    return Err(bad(format!("'{key}' names two checkpoints, '{}' and '{}': give their paths instead", sources[*a], sources[*b])))
+                }
+            }
         }
-        if let Some((key, _)) = entries.iter().find(|(k, _)| !used.contains(k)) {
-            return Err(bad(format!("'{key}' is not one of the {} checkpoints", sources.len())));
+        let mut values = Vec::with_capacity(sources.len() * dim);
+        for (src, key) in sources.iter().zip(&entry_of) {
+            let key = key.ok_or_else(|| bad(format!("no condition vector for checkpoint '{}'", file_name(src))))?;
+            values.extend_from_slice(by_key[key]);
         }
         Conditions::new(ConditionSpec { dim, names }, values).map_err(|e| match e {
             Error::InvalidArgument { message, .. } => bad(message),

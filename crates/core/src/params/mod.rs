@@ -140,7 +140,7 @@ impl ParamSet {
     /// Load K safetensors checkpoints and select tensors. Layout order is the order in which
     /// the tensors are stored in the first file.
     pub fn load(paths: &[PathBuf], selection: &Selection) -> Result<Self> {
-        Self::load_with(paths, selection, |p| std::fs::read(p).map_err(|e| Error::io(p, e)))
+        Self::load_with(paths, selection, |p| read_checkpoint(p))
     }
 
     /// [`ParamSet::load`] over checkpoint files already in memory: (name used in errors, bytes).
@@ -157,12 +157,14 @@ impl ParamSet {
         let mut data = Vec::new();
         for path in paths {
             let bytes = read(path)?;
+            check_header_names(path, &bytes)?;
             let st = SafeTensors::deserialize(&bytes)
                 .map_err(|e| Error::Checkpoint { file: path.clone(), message: format!("not a readable safetensors file ({e})") })?;
             let layout = match &layout {
                 Some(l) => l,
                 None => layout.insert(select_layout(path, stored_tensors(&st, &bytes), selection)?),
             };
+            crate::files::try_reserve(&mut data, layout.param_count(), &format_args!("the parameters of checkpoint {}", path.display()))?;
             for t in &layout.tensors {
                 let view = st.tensor(&t.name).map_err(|_| Error::Tensor {
                     file: path.clone(),
@@ -320,6 +322,25 @@ fn too_few_checkpoints(k: usize) -> Error {
     Error::invalid("checkpoints", format!("K = {k}: at least 2 checkpoints are needed to learn a distribution"))
 }
 
+/// One checkpoint file, read bounded ([`crate::limits::MAX_CHECKPOINT_BYTES`]): regular files only
+/// (a FIFO or a device is refused, naming it, never waited on or read without end).
+fn read_checkpoint(path: &Path) -> Result<Vec<u8>> {
+    crate::files::read_regular(path, crate::limits::MAX_CHECKPOINT_BYTES).map_err(|e| match e.kind() {
+        std::io::ErrorKind::OutOfMemory => Error::OutOfMemory { what: format!("checkpoint {}", path.display()), bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) },
+        _ => Error::io(path, e),
+    })
+}
+
+/// A safetensors header that names a tensor twice is refused (the safetensors crate would keep
+/// one of them silently).
+fn check_header_names(path: &Path, bytes: &[u8]) -> Result<()> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).unwrap_or(0);
+    let Some(header) = usize::try_from(n).ok().and_then(|n| bytes.get(8..8usize.checked_add(n)?)) else {
+        return Ok(()); // malformed: SafeTensors::deserialize says how
+    };
+    crate::json::check_unique_keys(header).map_err(|e| Error::Checkpoint { file: path.to_path_buf(), message: format!("not a readable safetensors file (header: {e})") })
+}
+
 /// `*.safetensors` files of a directory, sorted by file name.
 pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -342,8 +363,6 @@ fn stored_tensors(st: &SafeTensors<'_>, bytes: &[u8]) -> Vec<StoredTensor> {
         .collect()
 }
 
-/// Largest safetensors header accepted (the safetensors crate's own limit).
-const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// The tensors declared by the header of the checkpoint at `path`, read without its data:
 /// the 8-byte header length, the JSON header (validated by the safetensors crate: dtypes,
@@ -351,16 +370,16 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 fn read_header(path: &Path) -> Result<Vec<StoredTensor>> {
     use std::io::Read;
     let unreadable = |message: String| Error::Checkpoint { file: path.to_path_buf(), message: format!("not a readable safetensors file ({message})") };
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (mut file, file_len) = crate::files::open_regular(path, crate::limits::MAX_CHECKPOINT_BYTES).map_err(|e| Error::io(path, e))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(|e| unreadable(format!("header length: {e}")))?;
     let n = u64::from_le_bytes(len);
-    if n > MAX_HEADER_BYTES || n > file_len.saturating_sub(8) {
+    if n > crate::limits::MAX_SAFETENSORS_HEADER_BYTES || n > file_len.saturating_sub(8) {
         return Err(unreadable(format!("header length {n} in a file of {file_len} bytes")));
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(|e| unreadable(format!("header: {e}")))?;
+    crate::json::check_unique_keys(&header).map_err(|e| unreadable(format!("header: {e}")))?;
     let meta: safetensors::tensor::Metadata = serde_json::from_slice(&header).map_err(|e| unreadable(e.to_string()))?;
     let expected_len = 8 + n + meta.data_len() as u64;
     if file_len != expected_len {

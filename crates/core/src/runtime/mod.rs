@@ -287,11 +287,11 @@ impl Sampler {
     /// the DDIM timesteps, one run. The graph also returns the standardized latents before the
     /// decoder clips them, which the clip count is taken from.
     fn sample_whole_loop(&self, pool: &SessionPool, request: &SampleRequest<'_>, steps: usize, on_step: OnStep<'_>) -> Result<Samples> {
-        request.validate()?;
+        request.validate(self.condition_dim())?;
         let schedule = &self.manifest.schedule;
         crate::diffusion::check_kind(schedule, SamplerKind::Ddim { steps })?;
         let rows = request.rows();
-        let condition = RowCondition::new(self.condition_dim(), request.condition.as_ref(), &rows)?;
+        let condition = RowCondition::new(self.condition_dim(), request.condition.as_ref(), rows.len())?;
         let (n, d) = (rows.len(), self.manifest.latent_dim);
         let noise = crate::diffusion::initial_noise(request.seed, rows, d);
         let seq: Vec<i64> = crate::diffusion::ddim_timesteps(schedule.timesteps, steps).into_iter().map(|t| t as i64).collect();
@@ -356,6 +356,10 @@ impl Sampler {
 impl ModelSource for Sampler {
     fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    fn condition_dim(&self) -> Option<usize> {
+        Sampler::condition_dim(self)
     }
 
     fn sample(&self, request: &SampleRequest<'_>, on_step: OnStep<'_>) -> Result<Samples> {
