@@ -48,7 +48,7 @@ expect_outcome bundle_dir fixture-ddim-fixhashes "bundle_dir: sampled [2, 144] w
 expect_outcome bundle_dir fixture-ddpm-files "bundle_dir: sampled [1, 144] with Ddpm"
 expect_outcome bundle_dir fixture-stale-hash "decoder.onnx: sha256 mismatch"
 expect_outcome bundle_dir edit-none "bundle_dir: sampled [4, 144] with Ddim { steps: 16 }"
-expect_outcome bundle_dir edit-latent-dim "latent stats do not have latent_dim = 17 entries"
+expect_outcome bundle_dir edit-latent-dim "latent_dim 17 differs from the autoencoder's (16)"
 expect_outcome bundle_dir regress-huge-timesteps "schedule.timesteps"
 echo "[fuzz] seeds reach their paths; the ONNX Runtime targets refuse to run without it"
 

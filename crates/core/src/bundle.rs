@@ -146,7 +146,6 @@ pub fn write(dir: &Path, mut manifest: Manifest, files: Vec<(&str, &str, &[u8])>
     Ok(manifest)
 }
 
-
 /// The verified external data file of a graph: its name (the `location` the graph's
 /// initializers give) and its bytes, shared with every session created from the graph.
 #[derive(Clone, Debug)]

@@ -21,11 +21,11 @@
 pub mod bundle;
 pub mod diffusion;
 pub mod error;
-pub mod limits;
-pub mod json;
 pub mod external_data;
 pub mod files;
 pub mod generate;
+pub mod json;
+pub mod limits;
 pub mod model;
 pub mod output;
 pub mod params;

@@ -277,7 +277,13 @@ impl Drop for OutputDir {
 pub fn check_apart(input: &Path, out: &Path, flag: &str) -> Result<()> {
     let (Ok(i), o) = (input.canonicalize(), resolve_missing(out)) else { return Ok(()) };
     if i.starts_with(&o) || o.starts_with(&i) {
-        let how = if i == o { "is" } else if i.starts_with(&o) { "holds" } else { "is inside" };
+        let how = if i == o {
+            "is"
+        } else if i.starts_with(&o) {
+            "holds"
+        } else {
+            "is inside"
+        };
         return Err(Error::invalid(
             flag,
             format!("{}: the output {} {how} this input (which this run would replace or write into): choose another output", input.display(), out.display()),

@@ -110,7 +110,8 @@ fn check_networks_fit_weights(b: &Bundle) -> Result<()> {
     let m = &b.manifest;
     let mut stored = 0u128;
     for role in ["autoencoder_weights", "denoiser_weights"] {
-        let st = safetensors::SafeTensors::deserialize(b.file(role)?).map_err(|e| Error::bundle(&b.dir, format!("{}: not a readable safetensors file ({e})", m.files[role])))?;
+        let st = safetensors::SafeTensors::deserialize(b.file(role)?)
+            .map_err(|e| Error::bundle(&b.dir, format!("{}: not a readable safetensors file ({e})", m.files[role])))?;
         stored += st.tensors().iter().map(|(_, v)| v.shape().iter().map(|&s| s as u128).product::<u128>()).sum::<u128>();
     }
     let terms = crate::nets::weight_values(&m.autoencoder, &m.denoiser, &m.layout(), m.padded_len, m.condition.as_ref().map(|c| c.dim));

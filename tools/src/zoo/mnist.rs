@@ -73,7 +73,8 @@ impl Mnist {
         for digit in 0..10i64 {
             let path = dir.join(format!("{digit}.json"));
             let text = read_data_file(&path)?;
-            let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::Checkpoint { file: path.clone(), message: format!("not JSON: {e}") })?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|e| Error::Checkpoint { file: path.clone(), message: format!("not JSON: {e}") })?;
             let data = v["data"].as_array().ok_or_else(|| Error::Checkpoint { file: path.clone(), message: "no \"data\" array".into() })?;
             if data.len() % PIXELS != 0 {
                 return Err(Error::Checkpoint { file: path, message: format!("{} values is not a multiple of 784", data.len()) });

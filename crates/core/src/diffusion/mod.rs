@@ -36,7 +36,6 @@ pub struct ScheduleTables {
     pub posterior_variance: Vec<f64>,
 }
 
-
 impl Schedule {
     pub fn validate(&self) -> Result<()> {
         if self.kind != "linear" {

@@ -10,7 +10,9 @@ mod sinks;
 pub use files::{write_models, ModelWriter};
 pub use sinks::{check_sinks, TensorSink};
 
-use crate::diffusion::{check_condition_len, count_outside_clip, sample_latents, ClipCount, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind, Schedule};
+use crate::diffusion::{
+    check_condition_len, count_outside_clip, sample_latents, ClipCount, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind, Schedule,
+};
 use crate::error::{Error, Result};
 use crate::output::IfForeign;
 use crate::params::Layout;

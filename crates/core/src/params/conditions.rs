@@ -114,9 +114,7 @@ impl Conditions {
                         return Err(bad(format!("checkpoint '{}' is given twice, as '{other}' and as '{key}'", sources[*i])));
                     }
                 }
-                [a, b, ..] => {
-                    return Err(bad(format!("'{key}' names two checkpoints, '{}' and '{}': give their paths instead", sources[*a], sources[*b])))
-                }
+                [a, b, ..] => return Err(bad(format!("'{key}' names two checkpoints, '{}' and '{}': give their paths instead", sources[*a], sources[*b]))),
             }
         }
         let mut values = Vec::with_capacity(sources.len() * dim);

@@ -140,7 +140,7 @@ impl ParamSet {
     /// Load K safetensors checkpoints and select tensors. Layout order is the order in which
     /// the tensors are stored in the first file.
     pub fn load(paths: &[PathBuf], selection: &Selection) -> Result<Self> {
-        Self::load_with(paths, selection, |p| read_checkpoint(p))
+        Self::load_with(paths, selection, read_checkpoint)
     }
 
     /// [`ParamSet::load`] over checkpoint files already in memory: (name used in errors, bytes).
@@ -326,7 +326,9 @@ fn too_few_checkpoints(k: usize) -> Error {
 /// (a FIFO or a device is refused, naming it, never waited on or read without end).
 fn read_checkpoint(path: &Path) -> Result<Vec<u8>> {
     crate::files::read_regular(path, crate::limits::MAX_CHECKPOINT_BYTES).map_err(|e| match e.kind() {
-        std::io::ErrorKind::OutOfMemory => Error::OutOfMemory { what: format!("checkpoint {}", path.display()), bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) },
+        std::io::ErrorKind::OutOfMemory => {
+            Error::OutOfMemory { what: format!("checkpoint {}", path.display()), bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) }
+        }
         _ => Error::io(path, e),
     })
 }
@@ -338,7 +340,8 @@ fn check_header_names(path: &Path, bytes: &[u8]) -> Result<()> {
     let Some(header) = usize::try_from(n).ok().and_then(|n| bytes.get(8..8usize.checked_add(n)?)) else {
         return Ok(()); // malformed: SafeTensors::deserialize says how
     };
-    crate::json::check_unique_keys(header).map_err(|e| Error::Checkpoint { file: path.to_path_buf(), message: format!("not a readable safetensors file (header: {e})") })
+    crate::json::check_unique_keys(header)
+        .map_err(|e| Error::Checkpoint { file: path.to_path_buf(), message: format!("not a readable safetensors file (header: {e})") })
 }
 
 /// `*.safetensors` files of a directory, sorted by file name.
@@ -362,7 +365,6 @@ fn stored_tensors(st: &SafeTensors<'_>, bytes: &[u8]) -> Vec<StoredTensor> {
         })
         .collect()
 }
-
 
 /// The tensors declared by the header of the checkpoint at `path`, read without its data:
 /// the 8-byte header length, the JSON header (validated by the safetensors crate: dtypes,
