@@ -151,7 +151,8 @@ fn edited(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
 #[test]
 fn manifest_sizes_are_bounded_and_consistent_before_anything_is_built() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &[&str])> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &[&str])> = vec![
         ("latent", Box::new(|m| m["latent_dim"] = serde_json::json!(1u64 << 40)), &["latent_dim", "1099511627776"]),
         ("channels", Box::new(|m| m["autoencoder"]["encoder"][0]["channels"] = serde_json::json!(1u64 << 30)), &["autoencoder.encoder[0].channels"]),
         ("hidden", Box::new(|m| m["denoiser"]["hidden"] = serde_json::json!(1u64 << 40)), &["denoiser.hidden"]),
