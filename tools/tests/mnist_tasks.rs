@@ -264,7 +264,7 @@ fn demo_refuses_bad_task_options_before_writing() {
         (&["--seen", "250", "--heldout", "8"][..], "252"),
         (&["--seen-ablation", "48"][..], "ablation"),
         (&["--guidance-sweep", "1,x"][..], "--guidance-sweep"),
-        (&["--k", "0"][..], "k = 0"),
+        (&["--k", "0"][..], "'--k <K>': 0 is not in 1 ..="),
     ] {
         let mut args = vec!["demo", "--task", "mnist-tasks", "--out", o];
         args.extend_from_slice(extra);

@@ -274,7 +274,7 @@ class _SampleCall:
             _set(o, "ddim_steps", steps)
         self._condition = None
         if condition is not None:
-            self._condition = np.ascontiguousarray(condition, dtype=np.float32).reshape(-1)
+            self._condition = _real_array(condition, "condition").reshape(-1)
             o.condition = ffi.cast("const float *", ffi.from_buffer(self._condition))
             o.condition_len = self._condition.size
         elif guidance != 1.0:
@@ -312,7 +312,47 @@ class _SampleCall:
 
 
 def _fspath(path) -> bytes:
-    return os.fsencode(os.fspath(path))
+    """A path for C: a str, bytes or os.PathLike without NUL bytes (C would see it cut short at
+    the first one)."""
+    raw = os.fsencode(os.fspath(path))
+    if b"\0" in raw:
+        raise _invalid(f"invalid path {path!r}: it contains a NUL byte")
+    return raw
+
+
+def _cstr(text: str, what: str) -> bytes:
+    """A name for C, UTF-8, without NUL bytes."""
+    if "\0" in text:
+        raise _invalid(f"invalid {what} {text!r}: it contains a NUL byte")
+    return text.encode("utf-8")
+
+
+def _count(n, what: str = "n") -> int:
+    """A count of models: a whole number >= 0 (0 is refused by the library, naming it), never a
+    bool or a float that would be truncated."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise _invalid(f"invalid {what}: {n!r} is not a whole number")
+    if n < 0:
+        raise _invalid(f"invalid {what}: {n} is negative")
+    return int(n)
+
+
+def _real_array(values, what: str) -> np.ndarray:
+    """``values`` as contiguous float32: a numpy array of a floating dtype, or anything numpy
+    reads as real numbers (a list of ints or floats, a CPU torch tensor). Bool, complex, object
+    and string arrays are refused, naming ``what``, never converted silently."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind != "f":
+            raise _invalid(f"invalid {what}: an array of floats is needed, not {values.dtype}")
+        array = values
+    else:
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError) as e:
+            raise _invalid(f"invalid {what}: {e}") from None
+        if array.dtype.kind not in "fiu":
+            raise _invalid(f"invalid {what}: real numbers are needed, not {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 class _Handle:
@@ -414,7 +454,7 @@ def _layout_decls(layout: LayoutSpec):
         shape = tuple(int(x) for x in shape)
         if any(x < 0 for x in shape):
             raise _invalid(f"tensor {name!r}: negative dimension in {shape}")
-        cname = ffi.new("char[]", str(name).encode("utf-8"))
+        cname = ffi.new("char[]", _cstr(str(name), "tensor name"))
         cshape = ffi.new("size_t[]", shape) if shape else ffi.NULL
         keep += [cname, cshape]
         decls[i].name = cname
@@ -444,14 +484,14 @@ class Dataset(_Handle):
         ([K, C], optional): one condition vector per checkpoint, for a conditional generator."""
         _require_training("Dataset.from_memory")
         decls, keep, n, d = _layout_decls(layout)
-        data = np.ascontiguousarray(array, dtype=np.float32)
+        data = _real_array(array, "array")
         if data.ndim != 2 or data.shape[1] != d:
             raise _invalid(f"array of shape {data.shape}: expected [K, {d}] (D = {d} by the layout)")
         out = ffi.new("pdiff_dataset **")
         if conditions is None:
             _check(lib.pdiff_dataset_from_memory(decls, n, _as_f32_buffer(data), data.shape[0], out))
         else:
-            cond = np.ascontiguousarray(conditions, dtype=np.float32)
+            cond = _real_array(conditions, "conditions")
             if cond.ndim != 2 or cond.shape[0] != data.shape[0] or cond.shape[1] < 1:
                 raise _invalid(f"invalid conditions: shape {cond.shape}, expected [K, C] with K = {data.shape[0]}")
             _check(lib.pdiff_dataset_from_memory_conditional(decls, n, _as_f32_buffer(data), data.shape[0],
@@ -469,7 +509,7 @@ class Dataset(_Handle):
         if isinstance(patterns, str):
             patterns = [patterns]
         patterns = list(patterns or [])
-        cstrs = [ffi.new("char[]", p.encode("utf-8")) for p in patterns]
+        cstrs = [ffi.new("char[]", _cstr(p, "pattern")) for p in patterns]
         arr = ffi.new("const char *[]", cstrs) if cstrs else ffi.NULL
         out = ffi.new("pdiff_dataset **")
         if conditions_file is None:
@@ -718,9 +758,8 @@ class Sampler(_Handle):
         :class:`CancelledError`, nothing written. An exception raised by it cancels too and is
         re-raised here. ``return_clipped``: return ``(array, ClipCount)``, the call's
         :class:`ClipCount`, instead of the array alone."""
+        n = _count(n)
         call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
-        if n < 0:
-            raise _invalid(f"invalid n {n}")
         with self._borrow() as h:
             d = int(lib.pdiff_sampler_param_count(h))
             if out is None:
@@ -746,9 +785,8 @@ class Sampler(_Handle):
         dropped. A bad entry (unknown name, wrong size, a tensor twice) raises
         :class:`InvalidArgumentError` naming the tensor, before anything is written. Other
         arguments as in :meth:`sample`. Returns the call's :class:`ClipCount`."""
+        n = _count(n)
         call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
-        if n < 0:
-            raise _invalid(f"invalid n {n}")
         if not isinstance(tensors, dict):
             raise _invalid("tensors must be a dict {tensor name or index: float32 array}")
         buffers = ffi.new("pdiff_tensor_buffer[]", max(len(tensors), 1))
@@ -758,7 +796,7 @@ class Sampler(_Handle):
                     or not arr.flags.writeable:
                 raise _invalid(f"tensor {key!r}: the array must be a writable C-contiguous float32 numpy array")
             if isinstance(key, str):
-                names.append(ffi.new("char[]", key.encode("utf-8")))
+                names.append(ffi.new("char[]", _cstr(key, "tensor name")))
                 buffers[i].name = names[-1]
             elif isinstance(key, (int, np.integer)) and not isinstance(key, bool) and key >= 0:
                 buffers[i].name = ffi.NULL
@@ -796,6 +834,7 @@ class Sampler(_Handle):
         and ``guidance`` as in :meth:`sample` (one condition for every candidate, or [n, C]);
         ``progress`` too, over all n candidates. ``return_clipped``: return ``(best, index,
         score, ClipCount)``, the clip count of all n candidates."""
+        n = _count(n)
         call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
         raised = []
 
@@ -830,6 +869,7 @@ class Sampler(_Handle):
         beside them and they are kept (a name they take still raises). ``condition``,
         ``guidance`` and ``progress`` as in :meth:`sample` (a cancelled call writes nothing).
         Returns the call's :class:`ClipCount`."""
+        n = _count(n)
         call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
         with self._borrow() as h:
             status = lib.pdiff_sampler_sample_to_dir_ex(h, call.options, n, _fspath(directory), _output_flags(force))

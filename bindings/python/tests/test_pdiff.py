@@ -549,6 +549,38 @@ def test_sample_errors(sampler, kwargs, error, status):
     assert e.value.status == pdiff.Status[status] and e.value.message
 
 
+def test_hostile_arguments_are_refused_by_name(sampler, tmp_path):
+    """Paths with NUL bytes (C would see them cut short), negative or non-integer counts, and
+    arrays that are not real numbers are refused before any C call, naming the argument."""
+    for call in (lambda: pdiff.Sampler(str(tmp_path) + "\0/../elsewhere"),
+                 lambda: sampler.sample_to_dir(2, str(tmp_path / "out") + "\0x")):
+        with pytest.raises(pdiff.InvalidArgumentError) as e:
+            call()
+        assert "NUL" in e.value.message
+    assert not (tmp_path / "out").exists()
+    for method in ("sample", "best_of_n", "sample_to_dir", "sample_into"):
+        args = {"sample": (-2,), "best_of_n": (-2, lambda p: 0.0), "sample_to_dir": (-2, tmp_path / "neg"),
+                "sample_into": ({},)}[method]
+        kwargs = {"n": -2} if method == "sample_into" else {}
+        with pytest.raises(pdiff.InvalidArgumentError) as e:
+            getattr(sampler, method)(*args, **kwargs)
+        assert "invalid n: -2 is negative" in e.value.message, method
+    for bad in (2.5, True, "3"):
+        with pytest.raises(pdiff.InvalidArgumentError) as e:
+            sampler.sample(bad)
+        assert "invalid n" in e.value.message
+    if pdiff.has_training():
+        rows = np.zeros((4, D), dtype=np.int64)
+        for array, kind in ((rows, "int64"), (rows.astype(bool), "bool"), (rows.astype(np.complex64), "complex64"),
+                            (np.array([["a"] * D] * 4), "<U1")):
+            with pytest.raises(pdiff.InvalidArgumentError) as e:
+                pdiff.Dataset.from_memory(LAYOUT, array)
+            assert "invalid array" in e.value.message and kind in e.value.message
+        with pytest.raises(pdiff.InvalidArgumentError) as e:
+            pdiff.Dataset.load_dir(tmp_path, ["fc\0*"])
+        assert "NUL" in e.value.message
+
+
 def test_sample_progress_and_clip_count(sampler, tmp_path):
     steps = []
     a, clipped = sampler.sample(3, seed=7, steps=10, progress=lambda step, total: steps.append((step, total)),

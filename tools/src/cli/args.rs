@@ -271,3 +271,8 @@ pub fn threads(text: &str) -> std::result::Result<usize, String> {
 pub fn checkpoints(text: &str) -> std::result::Result<usize, String> {
     bounded(text, 2, pdiff_core::limits::MAX_CHECKPOINTS)
 }
+
+/// Checkpoints to collect per task (mnist-tasks): 1 ..= the library's limit.
+pub fn checkpoints_per_task(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 1, pdiff_core::limits::MAX_CHECKPOINTS)
+}

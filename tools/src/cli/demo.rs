@@ -19,7 +19,7 @@ pub struct DemoArgs {
     #[command(flatten)]
     force: ForceArg,
     /// Checkpoints to collect (mnist-tasks: per task) [default: 200; mnist-tasks: 10].
-    #[arg(long, value_parser = crate::args::checkpoints)]
+    #[arg(long, value_parser = crate::args::checkpoints_per_task)]
     k: Option<usize>,
     /// Models to generate (mnist-tasks: per task) [default: 100; mnist-tasks: 20].
     #[arg(short = 'n', long, value_parser = crate::args::models)]
@@ -72,6 +72,9 @@ struct TasksArgs {
 pub fn run(a: DemoArgs, progress: &mut Progress) -> Result<()> {
     if a.task == mnist_tasks::NAME {
         return run_tasks(a, progress);
+    }
+    if a.k.is_some_and(|k| k < 2) {
+        return Err(pdiff_core::Error::invalid("k", "at least 2 checkpoints are needed to learn a distribution"));
     }
     let opts = demo::DemoOptions {
         train: a.train.config(zoo::param_count(&a.task)?)?,
