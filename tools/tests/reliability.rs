@@ -225,12 +225,13 @@ fn number_after(text: &str, prefix: &str) -> f64 {
 
 #[test]
 fn absurd_size_is_refused_up_front() {
-    // Two checkpoints of 2^36 parameters (256 GiB each, sparse files): reading either one would
-    // exhaust memory, so `pdiff train` must refuse from the headers alone, before any data is read.
+    // Two checkpoints of 2^31 parameters (8 GiB each, sparse files, the most one may hold):
+    // training them would exhaust memory, so `pdiff train` must refuse from the headers alone,
+    // before any data is read.
     case(|d| {
         let c = d.join("ckpt");
         std::fs::create_dir_all(&c).unwrap();
-        let shape = [1usize << 18, 1 << 18];
+        let shape = [1usize << 15, 1 << 16];
         for i in 0..2 {
             sparse_checkpoint(&c.join(format!("c{i}.safetensors")), "huge", &shape);
         }
@@ -249,6 +250,16 @@ fn absurd_size_is_refused_up_front() {
         let shown = number_after(&err, "to train but ");
         assert!((shown - gib(avail as f64)).abs() < 2.0, "available {shown} GiB shown, {:.1} GiB now: {err}", gib(avail as f64));
         assert_nothing_written(&out);
+
+        // A checkpoint file larger than any checkpoint may be (256 GiB) is refused by its size.
+        let big = d.join("big");
+        std::fs::create_dir_all(&big).unwrap();
+        for i in 0..2 {
+            sparse_checkpoint(&big.join(format!("c{i}.safetensors")), "huge", &[1 << 18, 1 << 18]);
+        }
+        let (o, out) = train(&big, &[]);
+        assert_error(&o, &["c0.safetensors", "bytes is more than the 34359738368 bytes allowed for this file"]);
+        assert_nothing_written(&out);
     });
 }
 
@@ -259,7 +270,7 @@ fn bad_option_values() {
         write_checkpoints(&c, &fc_layout(), 2);
         for (extra, words) in [
             (vec!["--preset", "huge"], vec!["preset", "huge"]),
-            (vec!["--batch-size", "0"], vec!["batch_size"]),
+            (vec!["--batch-size", "0"], vec!["--batch-size", "0 is not in 1 ..= 1048576"]),
             (vec!["--ae-lr=-1"], vec!["ae_lr"]),
             (vec!["--ema", "1.5"], vec!["ema"]),
             (vec!["--device", "tpu"], vec!["device", "tpu"]),
@@ -403,7 +414,7 @@ fn bundle_damage_is_named() {
         // manifest whose layout does not cover param_count
         edit_manifest(&|m| m["param_count"] = 999.into());
         let (o, _) = sample(&b, &[]);
-        assert_error(&o, &["param_count is 999"]);
+        assert_error(&o, &["pdiff.json", "padded_len 64 differs from 1024", "D = 999"]);
         restore();
         // bundle directory missing
         let (o, out) = sample(&d.join("no-bundle"), &[]);
@@ -748,15 +759,18 @@ fn foreign_bundles_are_errors_and_change_nothing() {
             &[],
             &["denoiser.onnx", "output 'eps' is missing", "'epz'"],
         );
-        // The manifest's widths disagree with the graphs (D one less than the decoder gives).
+        // The manifest's widths disagree with the graphs (the last tensor one column narrower
+        // than the decoder gives, the padded length unchanged: consistent in itself).
         check(
             &|b| {
                 let path = b.join("pdiff.json");
                 let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-                let last = m["layout"].as_array_mut().unwrap().pop().unwrap();
-                let dropped: u64 = last["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).product();
+                let shape = m["layout"].as_array_mut().unwrap().last_mut().unwrap()["shape"].as_array_mut().unwrap();
+                let rows = shape[0].as_u64().unwrap();
+                let last = shape.last_mut().unwrap();
+                *last = serde_json::json!(last.as_u64().unwrap() - 1);
                 let d = m["param_count"].as_u64().unwrap();
-                m["param_count"] = serde_json::json!(d - dropped);
+                m["param_count"] = serde_json::json!(d - rows);
                 std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
             },
             &[],
