@@ -112,6 +112,20 @@ target/best_of_n_memory tests/fixtures/tiny-bundle 400000 64
 #      host's own buffer (touched before), peak growth within 64 MiB (n x D would be 220 MiB).
 cc_host tests/c/stream_memory.c target/release target/stream_memory
 target/stream_memory tests/fixtures/tiny-bundle 400000 64
+# 4f''. Hostile files through a C host (tests/c/make_hostile.py): crafted manifests, links
+#      out of the bundle, FIFOs, devices, and 4 GiB tensors, under a 4 GiB address-space limit so
+#      that an allocation not sized by what a file holds fails: each case must give its status and
+#      a message, the host must live on. Full and serve-only libraries.
+target/release/pdiff export --generator tests/fixtures/tiny-bundle --out "$tmp/external-bundle" --inline-graph-limit 0 >/dev/null
+.venv/bin/python tests/c/make_hostile.py tests/fixtures/tiny-bundle "$tmp/external-bundle" "$tmp/hostile"
+cc_host tests/c/hostile.c target/release target/hostile
+(ulimit -v $((4 << 20)); timeout 600 target/hostile "$tmp/hostile")
+mkdir "$tmp/serve-include"
+cp include/pdiff.h "$tmp/serve-include/"
+sed -e 's|^#define PDIFF_FEATURE_TRAIN 1$|/* serve-only build */|' include/pdiff_features.h > "$tmp/serve-include/pdiff_features.h"
+gcc -Wall -Werror -I"$tmp/serve-include" tests/c/hostile.c -L"$SERVE_TARGET/release" -lpdiff -Wl,-rpath,"$ROOT/$SERVE_TARGET/release" \
+    -pthread -lm -o target/hostile_serve
+(ulimit -v $((4 << 20)); timeout 600 target/hostile_serve "$tmp/hostile")
 # 4g. Data races: the C thread test alone (8 threads sharing one sampler, ONNX Runtime with one
 #     intra-op thread) under ThreadSanitizer, against a serve-only libpdiff whose Rust code (the
 #     engine and every dependency) is instrumented with -Zsanitizer=thread on the stable toolchain
@@ -133,10 +147,7 @@ case "$(nm -D --undefined-only "$TSAN_LIBDIR/libpdiff.so")" in
   *) echo "$TSAN_LIBDIR/libpdiff.so is not instrumented by ThreadSanitizer" >&2; exit 1 ;;
 esac
 TSAN_RUNTIME=$(ls "$(rustc --print target-libdir)"/librustc-*_rt.tsan.a | head -n1)
-# The serve-only header (as make install-serve writes it): the C test then leaves training out.
-mkdir "$tmp/serve-include"
-cp include/pdiff.h "$tmp/serve-include/"
-sed -e 's|^#define PDIFF_FEATURE_TRAIN 1$|/* serve-only build */|' include/pdiff_features.h > "$tmp/serve-include/pdiff_features.h"
+# The serve-only header (4f''): the C test then leaves training out.
 gcc -Wall -Werror -g -O1 -fsanitize=thread -I"$tmp/serve-include" -c tests/c/test_pdiff.c -o "$tmp/test_pdiff_tsan.o"
 gcc -rdynamic "$tmp/test_pdiff_tsan.o" -Wl,--whole-archive "$TSAN_RUNTIME" -Wl,--no-whole-archive \
     -L"$TSAN_LIBDIR" -lpdiff -Wl,-rpath,"$ROOT/$TSAN_LIBDIR" -pthread -ldl -lm -lrt -o target/test_pdiff_tsan

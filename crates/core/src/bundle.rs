@@ -241,7 +241,10 @@ fn read_verified(dir: &Path, m: &Manifest, role: &str, name: &str) -> Result<Vec
     if &streamed != expected {
         return Err(mismatch(streamed));
     }
-    let bytes = crate::files::read_regular(&path, MAX_GRAPH_BYTES).map_err(|e| Error::bundle(dir, format!("{role} file {name}: {e}")))?;
+    let bytes = crate::files::read_regular(&path, MAX_GRAPH_BYTES).map_err(|e| {
+        Error::read_out_of_memory(&e, format!("{role} file {name} of bundle {}", dir.display()))
+            .unwrap_or_else(|| Error::bundle(dir, format!("{role} file {name}: {e}")))
+    })?;
     let got = sha256_hex(&bytes);
     if &got != expected {
         return Err(mismatch(got));
@@ -319,6 +322,9 @@ fn read_graph_data(dir: &Path, m: &Manifest, role: &str, name: &str, graph: &[u8
         return Err(Error::bundle(dir, format!("{data}: sha256 mismatch (manifest {expected}, file {streamed}): the file was changed or corrupted")));
     }
     let bytes = crate::files::read_regular_shared(&path, bound).map_err(|e| {
+        if let Some(e) = Error::read_out_of_memory(&e, format!("{role} external data file {data} of bundle {}", dir.display())) {
+            return e;
+        }
         let why = if end > MAX_EXTERNAL_DATA_BYTES {
             format!("{e} (external data is limited to {MAX_EXTERNAL_DATA_BYTES} bytes)")
         } else if e.kind() == std::io::ErrorKind::InvalidData {

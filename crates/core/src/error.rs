@@ -61,9 +61,32 @@ pub enum Error {
     OutOfMemory { what: String, bytes: u64 },
 }
 
+/// The payload of the `OutOfMemory` I/O error a bounded read returns when the buffer for a file
+/// cannot be allocated: the size it needed. [`Error::io`] and [`Error::read_out_of_memory`] turn
+/// it into [`Error::OutOfMemory`], so a host tells "too little memory" from "bad file".
+#[derive(Debug)]
+pub struct ReadOutOfMemory(pub u64);
+
+impl std::fmt::Display for ReadOutOfMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot allocate {} bytes to read it", self.0)
+    }
+}
+
+impl std::error::Error for ReadOutOfMemory {}
+
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        let path = path.into();
+        match Error::read_out_of_memory(&source, path.display()) {
+            Some(e) => e,
+            None => Error::Io { path, source },
+        }
+    }
+    /// [`Error::OutOfMemory`] for reading `what`, when `e` is a bounded read's failed allocation.
+    pub fn read_out_of_memory(e: &std::io::Error, what: impl std::fmt::Display) -> Option<Self> {
+        let bytes = e.get_ref()?.downcast_ref::<ReadOutOfMemory>()?.0;
+        Some(Error::OutOfMemory { what: what.to_string(), bytes })
     }
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidArgument { field: field.into(), message: message.into() }

@@ -210,5 +210,5 @@ pub fn read_regular_shared(path: &Path, max_bytes: u64) -> std::io::Result<std::
 }
 
 fn no_memory(len: u64) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("cannot allocate {len} bytes to read it"))
+    std::io::Error::new(std::io::ErrorKind::OutOfMemory, crate::error::ReadOutOfMemory(len))
 }

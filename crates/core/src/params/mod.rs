@@ -325,12 +325,8 @@ fn too_few_checkpoints(k: usize) -> Error {
 /// One checkpoint file, read bounded ([`crate::limits::MAX_CHECKPOINT_BYTES`]): regular files only
 /// (a FIFO or a device is refused, naming it, never waited on or read without end).
 fn read_checkpoint(path: &Path) -> Result<Vec<u8>> {
-    crate::files::read_regular(path, crate::limits::MAX_CHECKPOINT_BYTES).map_err(|e| match e.kind() {
-        std::io::ErrorKind::OutOfMemory => {
-            Error::OutOfMemory { what: format!("checkpoint {}", path.display()), bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) }
-        }
-        _ => Error::io(path, e),
-    })
+    crate::files::read_regular(path, crate::limits::MAX_CHECKPOINT_BYTES)
+        .map_err(|e| Error::read_out_of_memory(&e, format!("checkpoint {}", path.display())).unwrap_or_else(|| Error::io(path, e)))
 }
 
 /// A safetensors header that names a tensor twice is refused (the safetensors crate would keep
