@@ -183,7 +183,11 @@ pub fn check_condition_len(c: usize, len: usize, n: usize) -> Result<()> {
     }
     Err(Error::invalid(
         "condition",
-        format!("{len} values: expected C = {c} (one condition for every model) or n x C = {n} x {c} = {} (one per model)", n.saturating_mul(c)),
+        format!(
+            "{len} value{}: expected C = {c} (one condition for every model) or n x C = {n} x {c} = {} (one per model)",
+            if len == 1 { "" } else { "s" },
+            n.saturating_mul(c)
+        ),
     ))
 }
 

@@ -96,6 +96,9 @@ impl Conditions {
         if let Some((key, v)) = entries.iter().find(|e| e.1.len() != dim) {
             return Err(bad(format!("'{key}' has {} values, '{}' has {dim}", v.len(), entries[0].0)));
         }
+        if let Some((key, x)) = entries.iter().find_map(|(k, v)| v.iter().find(|x| !x.is_finite()).map(|x| (k, x))) {
+            return Err(bad(format!("'{key}': condition value {x} is not finite")));
+        }
         let file_name = |s: &str| Path::new(s).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut by_key: BTreeMap<&str, &Vec<f32>> = BTreeMap::new();
         for (key, v) in &entries {
