@@ -176,6 +176,51 @@ fn bundle_files_outside_the_bundle_are_never_read() {
     assert_eq!(snapshot(&samples), before);
 }
 
+/// A consistent bundle whose decoder keeps one 4 GiB tensor in its external data file (a sparse
+/// file, every hash right), sampled with the address space limited to 4 GiB: the allocation
+/// fails, which must be an error naming the file (an abort of the process before).
+#[test]
+fn a_tensor_larger_than_the_memory_left_is_an_error_not_an_abort() {
+    use prost::Message;
+    use std::os::unix::process::CommandExt;
+    const SIZE: u64 = 4 << 30;
+    let d = tempfile::tempdir().unwrap();
+    let b = d.path().join("external");
+    ok(&pdiff(&["export", "--generator", s(&pdiff_test_support::fixture()), "--out", s(&b), "--inline-graph-limit", "0"]));
+    let graph = b.join("decoder.onnx");
+    let mut model = pdiff_train::onnx::proto::ModelProto::decode(std::fs::read(&graph).unwrap().as_slice()).unwrap();
+    let t = model.graph.as_mut().unwrap().initializer.iter_mut().find(|t| !t.external_data.is_empty()).unwrap();
+    t.dims = vec![(SIZE / 4) as i64];
+    for e in &mut t.external_data {
+        match e.key.as_deref() {
+            Some("offset") => e.value = Some("0".into()),
+            Some("length") => e.value = Some(SIZE.to_string()),
+            _ => {}
+        }
+    }
+    std::fs::write(&graph, model.encode_to_vec()).unwrap();
+    std::fs::OpenOptions::new().write(true).open(b.join("decoder.onnx.data")).unwrap().set_len(SIZE).unwrap();
+    for f in ["decoder.onnx", "decoder.onnx.data"] {
+        pdiff_test_support::rehash(&b, f);
+    }
+    let out = d.path().join("samples");
+    let mut cmd = Command::new(bin());
+    cmd.args(["sample", "--bundle", s(&b), "-n", "2", "--steps", "3", "--out", s(&out)]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: SIZE, rlim_max: SIZE };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert_error(&o, &["out of memory: cannot allocate 4294967296 bytes for decoder external data file decoder.onnx.data"]);
+    assert_nothing_written(&out);
+}
+
 #[test]
 fn manifest_sizes_beyond_the_limits_are_named() {
     let d = tempfile::tempdir().unwrap();

@@ -37,9 +37,14 @@ pub fn copy_fixture(dest: &Path) -> PathBuf {
 /// The manifest's sha256 of `file` recomputed after an edit (a bundle another tool wrote,
 /// consistent in itself).
 pub fn rehash(bundle: &Path, file: &str) {
+    use sha2::Digest;
     let path = bundle.join("pdiff.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    m["sha256"][file] = serde_json::json!(pdiff_core::bundle::sha256_hex(&std::fs::read(bundle.join(file)).unwrap()));
+    // Streamed: a test's file may be a multi-GiB sparse file.
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(bundle.join(file)).unwrap(), &mut hasher).unwrap();
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    m["sha256"][file] = serde_json::json!(hex);
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
 }
 
