@@ -2,8 +2,9 @@
 //! layout it describes must be safe to use (offsets in bounds).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use pdiff_fuzz::limit_address_space;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: limit_address_space(), |data: &[u8]| {
     if let Ok(m) = pdiff_core::bundle::parse_manifest(std::path::Path::new("fuzz"), data) {
         let layout = m.layout();
         assert_eq!(layout.param_count(), m.param_count);

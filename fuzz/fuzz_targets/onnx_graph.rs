@@ -5,9 +5,9 @@
 //! graph's rejection, never the runtime missing.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pdiff_fuzz::{is_runtime_unavailable, require_runtime, runtime_options, verbose};
+use pdiff_fuzz::{init_with_runtime, is_runtime_unavailable, runtime_options, verbose};
 
-fuzz_target!(init: require_runtime(), |data: &[u8]| {
+fuzz_target!(init: init_with_runtime(), |data: &[u8]| {
     let outcome = pdiff_core::runtime::load_graph(data, &runtime_options());
     if let Err(e) = &outcome {
         assert!(!is_runtime_unavailable(e), "ONNX Runtime became unavailable: {e}");
