@@ -317,11 +317,8 @@ fn read_graph_data(dir: &Path, m: &Manifest, role: &str, name: &str, graph: &[u8
     let end = refs.iter().map(|r| r.end()).max().unwrap_or(0);
     let bound = end.min(MAX_EXTERNAL_DATA_BYTES);
     let path = confined(dir, data, &format!("{role} external data file"))?;
-    let streamed = stream_sha256(&path, bound).map_err(|e| Error::bundle(dir, format!("{role} external data file {data}: {e}")))?;
-    if &streamed != expected {
-        return Err(Error::bundle(dir, format!("{data}: sha256 mismatch (manifest {expected}, file {streamed}): the file was changed or corrupted")));
-    }
-    let bytes = crate::files::read_regular_shared(&path, bound).map_err(|e| {
+    // A read error says what the graph references when the file's size is what is wrong.
+    let read_failed = |e: std::io::Error| {
         if let Some(e) = Error::read_out_of_memory(&e, format!("{role} external data file {data} of bundle {}", dir.display())) {
             return e;
         }
@@ -333,7 +330,12 @@ fn read_graph_data(dir: &Path, m: &Manifest, role: &str, name: &str, graph: &[u8
             e.to_string()
         };
         Error::bundle(dir, format!("{role} external data file {data}: {why}"))
-    })?;
+    };
+    let streamed = stream_sha256(&path, bound).map_err(read_failed)?;
+    if &streamed != expected {
+        return Err(Error::bundle(dir, format!("{data}: sha256 mismatch (manifest {expected}, file {streamed}): the file was changed or corrupted")));
+    }
+    let bytes = crate::files::read_regular_shared(&path, bound).map_err(read_failed)?;
     let got = sha256_hex(&bytes);
     if &got != expected {
         return Err(Error::bundle(dir, format!("{data}: sha256 mismatch (manifest {expected}, file {got}): the file was changed or corrupted")));
