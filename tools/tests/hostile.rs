@@ -113,6 +113,12 @@ fn conditions_files_are_read_strictly() {
         assert_error(&train(&c, &out, &["--conditions", s(&f)]), words);
         assert_nothing_written(&out);
     }
+    // Wider than any condition may be.
+    let row = vec!["1"; 70_000].join(",");
+    let f = d.path().join("wide.csv");
+    std::fs::write(&f, format!("c000.safetensors,{row}\nc001.safetensors,{row}\n")).unwrap();
+    assert_error(&train(&c, &out, &["--conditions", s(&f)]), &["wide.csv", "C = 70000 values per condition (at most 65536)"]);
+    assert_nothing_written(&out);
     // A FIFO as the conditions file: refused at once.
     let fifo = d.path().join("conditions.json");
     mkfifo(&fifo);

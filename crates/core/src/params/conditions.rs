@@ -16,10 +16,14 @@ pub struct ConditionSpec {
 }
 
 impl ConditionSpec {
-    /// A dimension of at least 1 and, when given, one distinct non-empty name per dimension.
+    /// A dimension of 1 ..= [`crate::limits::MAX_CONDITION_DIM`] and, when given, one distinct
+    /// non-empty name per dimension.
     pub fn validate(&self) -> Result<()> {
         if self.dim == 0 {
             return Err(Error::invalid("condition", "the condition dimension must be at least 1"));
+        }
+        if self.dim > crate::limits::MAX_CONDITION_DIM {
+            return Err(Error::invalid("condition", format!("C = {} values per condition (at most {})", self.dim, crate::limits::MAX_CONDITION_DIM)));
         }
         if let Some(names) = &self.names {
             if names.len() != self.dim {
