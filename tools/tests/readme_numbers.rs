@@ -180,9 +180,47 @@ fn assert_demo_page(p: &Page, r: &DemoResults, noise_shown: &[f64]) {
     ];
     p.assert_table("## Health and novelty", health);
     assert_eq!(p.table_after("## Health and novelty").len(), 7);
+    assert_yardsticks(p, r);
     // The column is named after the task whose file this is.
     let header = p.text.lines().skip_while(|l| l.trim_end() != "## Health and novelty").find(|l| l.starts_with('|')).unwrap();
     assert_eq!(header.trim(), format!("| | {} |", r.task), "{}: health table header", p.path);
+}
+
+/// A demo page's yardstick section: the table report.md writes (the generated models, then each
+/// yardstick with its verdict in test images) and one sentence per yardstick saying where the
+/// generated models beat, equal or lose to it.
+fn assert_yardsticks(p: &Page, r: &DemoResults) {
+    let heading = "## The critique's yardsticks";
+    let y = r.evaluation.yardsticks.as_ref().unwrap_or_else(|| panic!("{}: the result file of {} has no yardsticks", p.path, r.task));
+    let g = &r.evaluation.generated;
+    let three = |s: &pdiff_tools::eval::Summary| format!("{} / {} / {}", acc(s.best), acc(s.median), acc(s.min));
+    let mut rows = vec![row(&[
+        "generated".into(),
+        three(g),
+        format!("{:.4}", y.generated_to_nearest_original.median),
+        format!("{:.4}", y.generated_max_iou_to_originals.median),
+        y.baselines[0].comparison.generated_median_correct.to_string(),
+        String::new(),
+    ])];
+    for b in &y.baselines {
+        let name = match b.sigma_rel {
+            Some(s) => format!("{} ({s:.4} x tensor std)", b.name),
+            None => b.name.clone(),
+        };
+        let c = &b.comparison;
+        rows.push(row(&[
+            name,
+            three(&b.accuracy),
+            format!("{:.4}", b.distance_to_nearest_original.median),
+            format!("{:.4}", b.max_iou_to_originals.median),
+            c.baseline_correct.to_string(),
+            format!("{} ({:+})", c.verdict, c.difference_images),
+        ]));
+    }
+    p.assert_table(heading, rows);
+    for reading in y.readings() {
+        p.assert_contains(&reading);
+    }
 }
 
 #[test]
@@ -435,6 +473,20 @@ fn formatting_helpers() {
     assert_eq!(squash("a\n  b c\n"), "a b c");
 }
 
+/// mnist-tasks: how far the generated models' held-out median is above the best yardstick's
+/// (medians over tasks), in points; and whether they beat every yardstick on every task.
+fn tasks_yardstick_margin(r: &TasksResults) -> (String, bool) {
+    let y = r.yardsticks.as_ref().expect("docs/results/mnist-tasks.json has no yardsticks");
+    let best = y.heldout_summary.iter().map(|t| t.accuracy).fold(f64::MIN, f64::max);
+    let everywhere = y.heldout_summary.iter().all(|t| t.better == r.heldout.len());
+    (format!("{:.1}", 100.0 * (r.summary.heldout_generated - best)), everywhere)
+}
+
+/// Demo results: the verdicts against the yardsticks, in the order of the file.
+fn yardstick_verdicts(r: &DemoResults) -> Vec<String> {
+    r.evaluation.yardsticks.as_ref().expect("no yardsticks").baselines.iter().map(|b| b.comparison.verdict.clone()).collect()
+}
+
 #[test]
 fn mnist_tasks_page_matches_its_result_file() {
     let p = page(TASKS);
@@ -484,6 +536,29 @@ fn mnist_tasks_page_matches_its_result_file() {
         .map(|a| row(&[a.seen_tasks.to_string(), acc(a.heldout_generated), acc(a.heldout_nearest_seen), acc(a.seen_generated), acc(a.seen_originals)]))
         .collect();
     p.assert_table("## Number of seen tasks", abl);
+    // The critique's yardsticks, tallied over the held-out and over the seen tasks as report.md
+    // does (medians over tasks of each task's median; distance and max IoU: the yardstick's /
+    // the generated models').
+    let y = r.yardsticks.as_ref().expect("docs/results/mnist-tasks.json has no yardsticks");
+    for (heading, tallies) in [("### Yardsticks on the held-out tasks", &y.heldout_summary), ("### Yardsticks on the seen tasks", &y.seen_summary)] {
+        let rows = tallies
+            .iter()
+            .map(|t| {
+                row(&[
+                    t.name.clone(),
+                    acc(t.accuracy),
+                    acc(t.generated),
+                    format!("{} / {} / {}", t.better, t.equal, t.worse),
+                    format!("{:.3} / {:.3}", t.distance_to_nearest_original, t.generated_distance),
+                    format!("{:.3} / {:.3}", t.max_iou_to_originals, t.generated_max_iou),
+                ])
+            })
+            .collect();
+        p.assert_table(heading, rows);
+    }
+    let (margin, everywhere) = tasks_yardstick_margin(&r);
+    assert!(everywhere, "{TASKS} says the generator beats every yardstick on every held-out task");
+    p.assert_contains(&format!("beats every yardstick on every task (by {margin} points in the median"));
     let t = &r.timings_s;
     p.assert_contains(&format!(
         "Time: collect {:.0} s, autoencoder {:.0} s, diffusion {:.0} s, generation and evaluation {:.0} s, ablations {:.0} s; {:.0} s in all",
@@ -535,6 +610,16 @@ fn readme_headline_table_matches_the_result_files() {
     let ablation: Vec<AblationRow> = json("docs/results/ablation-mlp3.json");
     let scale: ScaleReport = json("docs/results/scale-cpu.json");
     let bench: BenchReport = json("docs/results/bench-cpu.json");
+    // The yardstick summary under the table: what it says of each demo is what the files give.
+    let (margin, everywhere) = tasks_yardstick_margin(&tasks);
+    assert!(everywhere);
+    p.assert_contains(&format!("on held-out mnist-tasks tasks it beats all of them on every task, by {margin} points"));
+    let not_worse = |r: &DemoResults| yardstick_verdicts(r).iter().all(|v| v != "worse");
+    assert!(not_worse(&mlp) && not_worse(&wide), "{README}: mnist-mlp3 and mnist-mlp-wide tie or beat every yardstick");
+    assert_eq!(yardstick_verdicts(&cnn), ["worse", "equal", "equal", "equal"], "{README}: mnist-cnn-bn ties the yardsticks, loses to the average");
+    p.assert_contains("on mnist-cnn-bn it ties them and loses to the average by one image");
+    let cnn_avg = &cnn.evaluation.yardsticks.as_ref().unwrap().baselines[0].comparison;
+    assert_eq!(cnn_avg.difference_images, -1.0);
 
     let medians = |r: &DemoResults| {
         let ev = &r.evaluation;
