@@ -160,6 +160,9 @@ pub struct GraphData {
 pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// The sha256 of `pdiff.json` as read: it names the bundle (the manifest holds every other
+    /// file's sha256), and generated models record it as their provenance.
+    pub manifest_sha256: String,
     files: BTreeMap<String, Vec<u8>>,
     /// Graph role -> its verified external data, for graphs that have some.
     data: BTreeMap<String, GraphData>,
@@ -176,7 +179,7 @@ impl Bundle {
     /// [`Bundle::read`] with the roles chosen from the validated manifest (e.g. an optional
     /// graph read only when the bundle has it); `choose` may refuse the bundle.
     pub fn read_chosen(dir: &Path, choose: impl FnOnce(&Manifest) -> Result<Vec<String>>) -> Result<Bundle> {
-        let manifest = read_manifest(dir)?;
+        let (manifest, manifest_sha256) = read_manifest_hashed(dir)?;
         let mut files = BTreeMap::new();
         let mut data = BTreeMap::new();
         for role in choose(&manifest)? {
@@ -189,7 +192,7 @@ impl Bundle {
             }
             files.insert(role, bytes);
         }
-        Ok(Bundle { dir: dir.to_path_buf(), manifest, files, data })
+        Ok(Bundle { dir: dir.to_path_buf(), manifest, manifest_sha256, files, data })
     }
 
     /// The verified external data of graph `role`, if it has some (taken out of the bundle).
@@ -348,12 +351,17 @@ fn read_graph_data(dir: &Path, m: &Manifest, role: &str, name: &str, graph: &[u8
 
 /// Read and validate `dir/pdiff.json` (bounded, regular files only); no other file is read.
 fn read_manifest(dir: &Path) -> Result<Manifest> {
+    read_manifest_hashed(dir).map(|(m, _)| m)
+}
+
+/// [`read_manifest`] and the sha256 of the bytes it parsed.
+fn read_manifest_hashed(dir: &Path) -> Result<(Manifest, String)> {
     if !dir.is_dir() {
         return Err(Error::bundle(dir, "not a directory"));
     }
     let path = confined(dir, MANIFEST, "cannot read")?;
     let text = crate::files::read_regular(&path, MAX_MANIFEST_BYTES).map_err(|e| Error::bundle(dir, format!("cannot read {MANIFEST}: {e}")))?;
-    parse_manifest(dir, &text)
+    Ok((parse_manifest(dir, &text)?, sha256_hex(&text)))
 }
 
 /// Read and verify a bundle's manifest and the hashes of every file it lists.

@@ -14,10 +14,12 @@
 //! - [`training`]: what describes a training run (configuration, progress, history), as a
 //!   bundle records it
 //! - [`external_data`]: which tensors of an ONNX graph keep their bytes in an external file
+//! - [`adapter`]: ONNX Runtime's adapter format (`.onnx_adapter`), written and read back
 //! - [`generate`]: one sampling request, the [`generate::ModelSource`] trait, the ways out
 //!   (arrays, host buffers and tensors, safetensors files)
 //! - [`bundle`]: the exported directory (manifest, hashes, verified reads, atomic write)
 //! - [`runtime`]: serving a bundle with ONNX Runtime ([`runtime::Sampler`])
+pub mod adapter;
 pub mod bundle;
 pub mod diffusion;
 pub mod error;

@@ -275,6 +275,8 @@ fn sample_to_dir_equals_one_batch() {
     for (i, f) in files.iter().enumerate() {
         assert!(f.ends_with(format!("gen_{i:04}.safetensors")), "{f:?}");
         let bytes = std::fs::read(f).unwrap();
-        assert_eq!(bytes, s.layout().to_safetensors(all.row(i).as_slice().unwrap()).unwrap(), "model {i}");
+        let request = SampleRequest::new(4).seed(9).sampler(kind);
+        let metadata = s.provenance(&request).metadata(i, 0, None);
+        assert_eq!(bytes, s.layout().to_safetensors_with(all.row(i).as_slice().unwrap(), Some(&metadata)).unwrap(), "model {i}");
     }
 }

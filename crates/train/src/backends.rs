@@ -92,6 +92,9 @@ impl ModelSource for Generator {
     fn condition_dim(&self) -> Option<usize> {
         self.condition.as_ref().map(|c| c.dim)
     }
+    fn bundle_sha256(&self) -> Option<&str> {
+        self.bundle_sha256.as_deref()
+    }
     fn sample(&self, request: &SampleRequest<'_>, on_step: OnStep<'_>) -> Result<Samples> {
         StepLoop { denoiser: self, decoder: self, schedule: &self.config.schedule, layout: &self.layout }.sample(request, on_step)
     }

@@ -99,6 +99,7 @@ impl Generator {
         g.sources = m.sources.clone();
         g.warnings = m.warnings.clone();
         g.padded_len = m.padded_len;
+        g.bundle_sha256 = Some(b.manifest_sha256.clone());
         Ok(g)
     }
 }

@@ -32,6 +32,9 @@ pub struct Generator {
     /// Health warnings: the dataset's (few checkpoints, misaligned ones) and training's
     /// (reconstruction error large against the checkpoints' spread). Recorded in the bundle.
     pub warnings: Vec<String>,
+    /// The sha256 of the bundle's pdiff.json when loaded from a bundle (the provenance of the
+    /// models it writes); None for a generator trained in this process.
+    pub bundle_sha256: Option<String>,
     pub device: Device,
     pub(crate) ae_vs: nn::VarStore,
     pub(crate) ae: Autoencoder,
@@ -95,6 +98,7 @@ impl Generator {
             history: TrainHistory::default(),
             sources: Vec::new(),
             warnings: Vec::new(),
+            bundle_sha256: None,
             device,
             ae_vs,
             ae,

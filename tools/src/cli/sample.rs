@@ -1,9 +1,11 @@
-//! `pdiff sample`: N parameter sets from a bundle into safetensors files.
+//! `pdiff sample`: N parameter sets from a bundle into safetensors files or ONNX Runtime
+//! adapters.
 use crate::args::{ForceArg, RuntimeArgs, SamplerArgs};
 use crate::progress::Progress;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use pdiff_core::adapter::NameMap;
 use pdiff_core::diffusion::{ClipCount, Conditioning};
-use pdiff_core::generate::{ModelSource, SampleRequest};
+use pdiff_core::generate::{ModelFormat, ModelSource, SampleRequest, WriteOptions};
 use pdiff_core::output::{self, OutputKind};
 use pdiff_core::runtime::Sampler;
 use pdiff_core::training::DeviceChoice;
@@ -33,8 +35,22 @@ pub struct SampleArgs {
     guidance: f32,
     #[arg(long)]
     out: PathBuf,
+    /// The files written: gen_XXXX.safetensors, or gen_XXXX.onnx_adapter (ONNX Runtime's
+    /// adapter format, with provenance.json beside them).
+    #[arg(long, value_enum, default_value_t = FormatArg::Safetensors)]
+    format: FormatArg,
+    /// onnx-adapter: name a tensor as the host graph's input does instead of the layout's
+    /// name (LAYOUT_NAME=HOST_NAME, repeatable or comma-separated).
+    #[arg(long = "adapter-name", value_delimiter = ',', value_name = "LAYOUT=HOST")]
+    adapter_names: Vec<String>,
     #[command(flatten)]
     force: ForceArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FormatArg {
+    Safetensors,
+    OnnxAdapter,
 }
 
 pub fn run(a: SampleArgs, progress: &mut Progress) -> Result<()> {
@@ -44,17 +60,25 @@ pub fn run(a: SampleArgs, progress: &mut Progress) -> Result<()> {
     let kind = a.sampler.kind();
     let mut request = SampleRequest::new(a.n).seed(a.seed).sampler(kind);
     request.condition = a.condition.as_deref().map(|values| Conditioning { values, guidance: a.guidance });
+    let format = match a.format {
+        FormatArg::Safetensors => ModelFormat::Safetensors,
+        FormatArg::OnnxAdapter => ModelFormat::OnnxAdapter,
+    };
+    let write = WriteOptions { if_foreign: a.force.policy(), format, names: NameMap::parse(&a.adapter_names)? };
+    if format == ModelFormat::Safetensors && !write.names.is_empty() {
+        return Err(pdiff_core::Error::invalid("adapter-name", "renames adapter parameters: it needs --format onnx-adapter"));
+    }
     output::check_output_dir(&a.out, OutputKind::Samples, a.force.policy())?;
     let mut on_step = |i, t| progress.update("sample", i, t, None);
     let ((files, clipped), latent_dim, backend) = match a.runtime.options() {
         Some(opts) => {
             let s = Sampler::open(&a.bundle, &opts)?;
             eprintln!("backend: {} ({})", s.backend_name(), s.backend().detail);
-            (s.sample_to_dir(&request, &a.out, a.force.policy(), &mut on_step)?, s.manifest().latent_dim, s.backend_name().to_string())
+            (s.sample_to_dir_with(&request, &a.out, &write, &mut on_step)?, s.manifest().latent_dim, s.backend_name().to_string())
         }
         None => {
             let g = Generator::load_bundle(&a.bundle, DeviceChoice::Auto)?;
-            (g.sample_to_dir(&request, &a.out, a.force.policy(), &mut on_step)?, g.latent_dim(), "tch".to_string())
+            (g.sample_to_dir_with(&request, &a.out, &write, &mut on_step)?, g.latent_dim(), "tch".to_string())
         }
     };
     progress.finish();

@@ -1,9 +1,57 @@
-//! Generated models as safetensors files: `gen_XXXX.safetensors` in an output directory of kind
-//! samples ([`crate::output::OutputDir`]).
-use crate::error::Result;
+//! Generated models as files in an output directory of kind samples
+//! ([`crate::output::OutputDir`]): `gen_XXXX.safetensors`, or `gen_XXXX.onnx_adapter` (ONNX
+//! Runtime's adapter format, [`crate::adapter`]) with `provenance.json` beside them.
+use crate::adapter::{model_adapter, AdapterVersions, NameMap};
+use crate::error::{Error, Result};
+use crate::generate::Provenance;
 use crate::output::{IfForeign, OutputDir, OutputKind};
 use crate::params::Layout;
 use std::path::{Path, PathBuf};
+
+/// The file format of generated models.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// `gen_XXXX.safetensors`: the layout's tensors (f32), the provenance in `__metadata__`.
+    #[default]
+    Safetensors,
+    /// `gen_XXXX.onnx_adapter`: ONNX Runtime's adapter format, a FLOAT parameter per tensor,
+    /// the model index as its `adapter_version`; the rest of the provenance, which the format
+    /// has no room for, in `provenance.json`.
+    OnnxAdapter,
+}
+
+impl ModelFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ModelFormat::Safetensors => "safetensors",
+            ModelFormat::OnnxAdapter => crate::adapter::EXTENSION,
+        }
+    }
+}
+
+impl std::str::FromStr for ModelFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "safetensors" => Ok(ModelFormat::Safetensors),
+            "onnx-adapter" => Ok(ModelFormat::OnnxAdapter),
+            _ => Err(Error::invalid("format", format!("'{s}' (expected safetensors or onnx-adapter)"))),
+        }
+    }
+}
+
+/// How generated models are written ([`super::ModelSource::sample_to_dir_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub if_foreign: IfForeign,
+    pub format: ModelFormat,
+    /// Adapter parameter names where the host graph names the tensors differently
+    /// (onnx-adapter only; safetensors files keep the layout's names).
+    pub names: NameMap,
+}
+
+/// The name of provenance file written beside adapters.
+pub const PROVENANCE_FILE: &str = "provenance.json";
 
 /// Write rows of a [n, D] matrix as `gen_XXXX.safetensors` into `dir`, one output of kind
 /// samples ([`crate::output::OutputDir`]): a previous one is replaced atomically, files
@@ -16,33 +64,76 @@ pub fn write_models(layout: &Layout, rows: &[f32], dir: &Path, if_foreign: IfFor
     out.commit()
 }
 
-/// Generated models written one by one as `gen_XXXX.safetensors` into an output directory of
-/// kind samples: the caller holds one model (or a chunk) at a time, so writing N models needs
-/// memory for one, not N. Nothing is visible at `dir` before [`ModelWriter::commit`]; dropped
-/// without it, nothing is left behind.
+/// Generated models written one by one into an output directory of kind samples: the caller
+/// holds one model (or a chunk) at a time, so writing N models needs memory for one, not N.
+/// Nothing is visible at `dir` before [`ModelWriter::commit`]; dropped without it, nothing is
+/// left behind.
 pub struct ModelWriter<'a> {
     out: OutputDir,
     layout: &'a Layout,
+    options: WriteOptions,
+    /// The request's provenance, its first model and the generator's condition width.
+    provenance: Option<(Provenance<'a>, usize, Option<usize>)>,
     files: Vec<PathBuf>,
+    /// File name and model index of each file written (for provenance.json).
+    written: Vec<(String, usize)>,
 }
 
 impl<'a> ModelWriter<'a> {
     /// Check the destination (a refusal comes before any sampling) and open the staging
-    /// directory.
+    /// directory; safetensors files without provenance.
     pub fn begin(dir: &Path, layout: &'a Layout, if_foreign: IfForeign) -> Result<Self> {
-        Ok(ModelWriter { out: OutputDir::begin(dir, OutputKind::Samples, if_foreign)?, layout, files: Vec::new() })
+        Self::begin_with(dir, layout, WriteOptions { if_foreign, ..WriteOptions::default() }, None)
     }
 
-    /// Write model `index` (its D floats) as `gen_{index:04}.safetensors`.
+    /// [`ModelWriter::begin`] in a format, with the request's provenance (`first`: its first
+    /// model; `width`: the generator's condition width C).
+    pub fn begin_with(dir: &Path, layout: &'a Layout, options: WriteOptions, provenance: Option<(Provenance<'a>, usize, Option<usize>)>) -> Result<Self> {
+        options.names.check(layout)?;
+        if options.format == ModelFormat::Safetensors && !options.names.is_empty() {
+            return Err(Error::invalid("adapter name", "renaming tensors applies to onnx-adapter output only"));
+        }
+        Ok(ModelWriter {
+            out: OutputDir::begin(dir, OutputKind::Samples, options.if_foreign)?,
+            layout,
+            options,
+            provenance,
+            files: Vec::new(),
+            written: Vec::new(),
+        })
+    }
+
+    /// Write the request's model `index` (its D floats) as `gen_{index:04}.<extension>`; its
+    /// provenance names it by its index among all models of the seed (the request's first
+    /// model plus `index`).
     pub fn write(&mut self, index: usize, row: &[f32]) -> Result<()> {
-        let name = format!("gen_{index:04}.safetensors");
-        self.layout.save_safetensors(row, &self.out.path().join(&name))?;
-        self.files.push(self.out.dest().join(name));
+        let name = format!("gen_{index:04}.{}", self.options.format.extension());
+        let model = index + self.provenance.as_ref().map(|(_, first, _)| *first).unwrap_or(0);
+        let bytes = match self.options.format {
+            ModelFormat::Safetensors => {
+                let metadata = self.provenance.as_ref().map(|(p, first, width)| p.metadata(model, *first, *width));
+                self.layout.to_safetensors_with(row, metadata.as_ref())?
+            }
+            ModelFormat::OnnxAdapter => {
+                let adapter_version = i32::try_from(model)
+                    .map_err(|_| Error::invalid("n", format!("model index {model} does not fit the adapter format's 32-bit adapter_version")))?;
+                model_adapter(self.layout, row, &self.options.names, AdapterVersions { adapter_version, model_version: 0 })?
+            }
+        };
+        crate::files::write_atomic(&self.out.path().join(&name), &bytes)?;
+        self.files.push(self.out.dest().join(&name));
+        self.written.push((name, model));
         Ok(())
     }
 
-    /// Put the models in place; returns their final paths in the order written.
+    /// Put the models in place; returns their final paths in the order written. Adapters get
+    /// `provenance.json` beside them.
     pub fn commit(self) -> Result<Vec<PathBuf>> {
+        if let (ModelFormat::OnnxAdapter, Some((p, first, width))) = (self.options.format, &self.provenance) {
+            let doc = p.document(&self.written, *first, *width);
+            let text = serde_json::to_vec_pretty(&doc).map_err(|e| Error::invalid("provenance", e.to_string()))?;
+            crate::files::write_atomic(&self.out.path().join(PROVENANCE_FILE), &text)?;
+        }
         self.out.commit()?;
         Ok(self.files)
     }

@@ -5,9 +5,11 @@
 //! host's own tensors, safetensors files. Every way gives the same models for the same request,
 //! bit for bit, and reports how many generated latents the decoder had to clip.
 mod files;
+mod provenance;
 mod sinks;
 
-pub use files::{write_models, ModelWriter};
+pub use files::{write_models, ModelFormat, ModelWriter, WriteOptions, PROVENANCE_FILE};
+pub use provenance::Provenance;
 pub use sinks::{check_sinks, TensorSink};
 
 use crate::diffusion::{
@@ -125,6 +127,17 @@ pub trait ModelSource {
     /// C, for a generator conditioned on C values.
     fn condition_dim(&self) -> Option<usize>;
 
+    /// The sha256 of the bundle's pdiff.json, for a generator read from a bundle: recorded in
+    /// the files it writes.
+    fn bundle_sha256(&self) -> Option<&str> {
+        None
+    }
+
+    /// The provenance of `request`'s models from this source.
+    fn provenance<'r>(&'r self, request: &SampleRequest<'r>) -> Provenance<'r> {
+        Provenance { bundle_sha256: self.bundle_sha256(), seed: request.seed, sampler: request.sampler, condition: request.condition }
+    }
+
     /// Generate the request's models at once.
     fn sample(&self, request: &SampleRequest<'_>, on_step: OnStep<'_>) -> Result<Samples>;
 
@@ -200,13 +213,22 @@ pub trait ModelSource {
         )
     }
 
-    /// Generate and write `gen_XXXX.safetensors` files (the layout's tensor names) into `dir`,
-    /// one output of kind samples ([`ModelWriter`]): a refusal comes before any sampling; models
-    /// are generated and written in chunks of about 16 MiB of parameters, so memory does not
-    /// grow with n. Returns the files' final paths and the clip count.
+    /// Generate and write `gen_XXXX.safetensors` files (the layout's tensor names, the
+    /// provenance in `__metadata__`) into `dir`: [`ModelSource::sample_to_dir_with`] with the
+    /// default format.
     fn sample_to_dir(&self, request: &SampleRequest<'_>, dir: &Path, if_foreign: IfForeign, on_step: OnStep<'_>) -> Result<(Vec<PathBuf>, ClipCount)> {
+        self.sample_to_dir_with(request, dir, &WriteOptions { if_foreign, ..WriteOptions::default() }, on_step)
+    }
+
+    /// Generate and write one file per model (`gen_XXXX.safetensors` or `.onnx_adapter`, see
+    /// [`ModelFormat`]) into `dir`, one output of kind samples ([`ModelWriter`]): a refusal
+    /// comes before any sampling; models are generated and written in chunks of about 16 MiB
+    /// of parameters, so memory does not grow with n. Every file records its provenance.
+    /// Returns the files' final paths and the clip count.
+    fn sample_to_dir_with(&self, request: &SampleRequest<'_>, dir: &Path, options: &WriteOptions, on_step: OnStep<'_>) -> Result<(Vec<PathBuf>, ClipCount)> {
         request.validate(self.condition_dim())?;
-        let mut out = ModelWriter::begin(dir, self.layout(), if_foreign)?;
+        let provenance = (self.provenance(request), request.first, self.condition_dim());
+        let mut out = ModelWriter::begin_with(dir, self.layout(), options.clone(), Some(provenance))?;
         let clipped = self.sample_chunks(
             request,
             self.rows_within(TO_DIR_CHUNK_BYTES),

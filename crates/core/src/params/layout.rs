@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Below this a tensor's std is treated as this value (a constant tensor must not divide by 0).
@@ -120,6 +121,12 @@ impl Layout {
 
     /// Serialize one flat vector as safetensors bytes with the original tensor names (f32).
     pub fn to_safetensors(&self, flat: &[f32]) -> Result<Vec<u8>> {
+        self.to_safetensors_with(flat, None)
+    }
+
+    /// [`Layout::to_safetensors`] with a `__metadata__` map (e.g. the model's provenance),
+    /// written in key order: the same model gives the same bytes.
+    pub fn to_safetensors_with(&self, flat: &[f32], metadata: Option<&BTreeMap<String, String>>) -> Result<Vec<u8>> {
         if flat.len() != self.param_count() {
             return Err(Error::invalid("parameters", format!("vector has {} values, layout needs {}", flat.len(), self.param_count())));
         }
@@ -130,11 +137,36 @@ impl Layout {
                 (t.name.clone(), safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytes).expect("shape matches"))
             })
             .collect();
-        safetensors::serialize(views, None).map_err(|e| Error::invalid("safetensors", e.to_string()))
+        let bytes = safetensors::serialize(views, None).map_err(|e| Error::invalid("safetensors", e.to_string()))?;
+        match metadata {
+            Some(m) => Ok(with_metadata(&bytes, m)),
+            None => Ok(bytes),
+        }
     }
 
     /// Write one flat vector as a safetensors file (atomically).
     pub fn save_safetensors(&self, flat: &[f32], path: &Path) -> Result<()> {
         crate::files::write_atomic(path, &self.to_safetensors(flat)?)
     }
+}
+
+/// Safetensors bytes (as `safetensors::serialize` writes them, without metadata) with a
+/// `__metadata__` entry added to the header. The safetensors crate takes metadata as a HashMap
+/// and writes it in the map's random order; here the header is written again with the
+/// metadata's keys sorted, so that a file's bytes depend on its content alone. Tensor offsets
+/// are relative to the data, which is unchanged; the header is padded with spaces to a
+/// multiple of 8 bytes, as the crate does.
+fn with_metadata(bytes: &[u8], metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let (header, data) = (&bytes[8..8 + n], &bytes[8 + n..]);
+    let header = std::str::from_utf8(header).expect("safetensors writes UTF-8").trim_end();
+    let body = header.strip_prefix('{').expect("a JSON object");
+    let meta = serde_json::to_string(metadata).expect("strings serialize");
+    let mut new_header = format!("{{\"__metadata__\":{meta},{body}").into_bytes();
+    new_header.resize(new_header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + new_header.len() + data.len());
+    out.extend_from_slice(&(new_header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&new_header);
+    out.extend_from_slice(data);
+    out
 }

@@ -157,6 +157,8 @@ pub fn explain_cuda_failure(message: &str, preload: &CudaPreload) -> String {
 /// An exported generator served by ONNX Runtime.
 pub struct Sampler {
     manifest: Manifest,
+    /// The sha256 of the bundle's pdiff.json ([`Bundle::manifest_sha256`]).
+    manifest_sha256: String,
     layout: Layout,
     decoder: SessionPool,
     denoiser: SessionPool,
@@ -241,7 +243,7 @@ impl Sampler {
             None => None,
         };
         let layout = bundle.manifest.layout();
-        Ok(Sampler { manifest: bundle.manifest, layout, decoder, denoiser, whole_loop, backend })
+        Ok(Sampler { manifest: bundle.manifest, manifest_sha256: bundle.manifest_sha256, layout, decoder, denoiser, whole_loop, backend })
     }
 
     /// The CUDA attempt: `Err(reason)` when CUDA cannot even be tried (this ONNX Runtime lacks
@@ -356,6 +358,10 @@ impl Sampler {
 impl ModelSource for Sampler {
     fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    fn bundle_sha256(&self) -> Option<&str> {
+        Some(&self.manifest_sha256)
     }
 
     fn condition_dim(&self) -> Option<usize> {
