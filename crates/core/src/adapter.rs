@@ -289,10 +289,11 @@ pub fn read_adapter(bytes: &[u8], what: &str) -> Result<AdapterContents> {
     for (i, p) in params.iter().enumerate() {
         // SAFETY: each field verified with the type read here.
         let name = unsafe { p.get::<ForwardsUOffset<&str>>(parameter_table::NAME, None) }.ok_or_else(|| bad(format!("parameter {i} has no name")))?;
-        let dims = unsafe { p.get::<ForwardsUOffset<Vector<'_, i64>>>(parameter_table::DIMS, None) }.ok_or_else(|| bad(format!("parameter '{name}' has no dims")))?;
+        let dims =
+            unsafe { p.get::<ForwardsUOffset<Vector<'_, i64>>>(parameter_table::DIMS, None) }.ok_or_else(|| bad(format!("parameter '{name}' has no dims")))?;
         let data_type = unsafe { p.get::<i32>(parameter_table::DATA_TYPE, Some(0)) }.unwrap_or(0);
-        let raw =
-            unsafe { p.get::<ForwardsUOffset<Vector<'_, u8>>>(parameter_table::RAW_DATA, None) }.ok_or_else(|| bad(format!("parameter '{name}' has no raw_data")))?;
+        let raw = unsafe { p.get::<ForwardsUOffset<Vector<'_, u8>>>(parameter_table::RAW_DATA, None) }
+            .ok_or_else(|| bad(format!("parameter '{name}' has no raw_data")))?;
         let dims: Vec<i64> = dims.iter().collect();
         let size = element_size(data_type).ok_or_else(|| bad(format!("parameter '{name}': data_type {data_type} is not a tensor element type")))?;
         let numel = dims.iter().try_fold(1u64, |acc, &d| u64::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
