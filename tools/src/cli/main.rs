@@ -8,6 +8,7 @@ mod collect;
 mod demo;
 mod eval;
 mod export;
+mod onnx;
 mod progress;
 mod sample;
 mod train;
@@ -37,8 +38,11 @@ enum Command {
     Train(train::TrainCommandArgs),
     /// Re-export a generator (a bundle) as a fresh, verified bundle.
     Export(export::ExportArgs),
-    /// Sample N parameter sets from a bundle into safetensors files (ONNX Runtime by default).
+    /// Sample N parameter sets from a bundle into safetensors files or ONNX Runtime adapters
+    /// (ONNX Runtime by default).
     Sample(sample::SampleArgs),
+    /// Prepare a host's ONNX model for adapters (`pdiff onnx expose`).
+    Onnx(onnx::OnnxArgs),
     /// Benchmarks: sampling (the default), sweep, scale.
     Bench(bench::BenchArgs),
     /// Evaluate checkpoints (and generated models) on a reference task.
@@ -62,6 +66,7 @@ fn main() {
         Command::Train(a) => train::run(a, &mut progress),
         Command::Export(a) => export::run(a),
         Command::Sample(a) => sample::run(a, &mut progress),
+        Command::Onnx(a) => onnx::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Ablation(a) => ablation::run(a, &mut progress),

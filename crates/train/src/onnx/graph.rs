@@ -48,7 +48,7 @@ pub enum Dim {
     Named(&'static str),
 }
 
-fn value_info(name: &str, elem: DataType, dims: &[Dim]) -> ValueInfoProto {
+pub(crate) fn value_info(name: &str, elem: DataType, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| Dimension {

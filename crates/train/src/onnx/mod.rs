@@ -5,6 +5,7 @@
 //!   Latent de-standardization, the decoder, unpadding and per-tensor de-normalization are
 //!   all inside the graph, so a host needs nothing of this library.
 //! - `denoiser.onnx`: x f32[B, d], t i64[B] -> eps f32[B, d], time embedding inside.
+pub mod expose;
 pub mod external;
 pub mod graph;
 
