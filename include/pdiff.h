@@ -996,6 +996,28 @@ pdiff_status pdiff_sampler_sample(const pdiff_sampler *sampler, const pdiff_samp
 pdiff_status pdiff_sampler_sample_tensors(const pdiff_sampler *sampler, const pdiff_sample_options *options, size_t n, const pdiff_tensor_buffer *buffers, size_t buffer_count);
 
 /**
+ * Generate model `model_index` of `options`' request (the model `pdiff_sampler_sample` gives
+ * at row `model_index` for the same options, bit for bit) as an ONNX Runtime adapter
+ * (`.onnx_adapter` format, docs/api.md "Adapters") in the host's `buffer[0..capacity]`, ready
+ * for ONNX Runtime's `CreateLoraAdapterFromArray`: a FLOAT parameter per tensor, named as
+ * `pdiff_sampler_tensor_info` names it, with its shape; the model index is the adapter's
+ * `adapter_version`.
+ *
+ * Size query, then fill: `*size` always receives the adapter's exact size in bytes (the same
+ * for every model of this sampler). With `buffer` NULL and `capacity` 0 the call only reports
+ * it (`PDIFF_OK`, nothing sampled); a `capacity` below it is `PDIFF_ERR_BUFFER_TOO_SMALL`
+ * (naming both sizes) before any work, and nothing is written to `buffer`. On success the
+ * first `*size` bytes of `buffer` hold the adapter. `options` as in `pdiff_sampler_sample`
+ * (seed, sampler, condition for this one model, progress, clip count).
+ *
+ * Thread-safe: several threads may sample from one sampler at once (into distinct buffers).
+ *
+ * Ownership: `sampler` and `options` are borrowed for the call; `buffer` is caller-owned
+ * memory of `capacity` bytes; `size` is a caller-owned `size_t`.
+ */
+pdiff_status pdiff_sampler_sample_adapter(const pdiff_sampler *sampler, const pdiff_sample_options *options, size_t model_index, uint8_t *buffer, size_t capacity, size_t *size);
+
+/**
  * Generate `n` candidates (as `pdiff_sampler_sample` with the same options would), score each
  * with `score` (called n times, in order, on the calling thread), and copy the best one (the
  * first of the highest score) into `out[0..D]`. The paper picks the best of 100.

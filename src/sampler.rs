@@ -8,6 +8,7 @@ use crate::enums::{pdiff_provider, pdiff_sampler_kind, pdiff_whole_loop};
 use crate::handles::{Handle, HandleOut};
 use crate::options::{options_arg, options_struct};
 use crate::status::{pdiff_status, Failure, FfiResult};
+use pdiff_core::adapter::{adapter_size, NameMap};
 use pdiff_core::diffusion::{ClipCount, Conditioning};
 use pdiff_core::generate::{ModelSource, SampleRequest, TensorSink};
 use pdiff_core::runtime::{RuntimeOptions, Sampler};
@@ -537,6 +538,60 @@ pub unsafe extern "C" fn pdiff_sampler_sample_tensors(
         let mut sinks: Vec<TensorSink<'_>> =
             resolved.iter().map(|&(tensor, p, len)| TensorSink { tensor, out: unsafe { std::slice::from_raw_parts_mut(p, len) } }).collect();
         let clipped = s.inner.sample_into_tensors(&request, &mut sinks, &mut opts.on_step())?;
+        opts.report(clipped);
+        Ok(())
+    })
+}
+
+/// Generate model `model_index` of `options`' request (the model `pdiff_sampler_sample` gives
+/// at row `model_index` for the same options, bit for bit) as an ONNX Runtime adapter
+/// (`.onnx_adapter` format, docs/api.md "Adapters") in the host's `buffer[0..capacity]`, ready
+/// for ONNX Runtime's `CreateLoraAdapterFromArray`: a FLOAT parameter per tensor, named as
+/// `pdiff_sampler_tensor_info` names it, with its shape; the model index is the adapter's
+/// `adapter_version`.
+///
+/// Size query, then fill: `*size` always receives the adapter's exact size in bytes (the same
+/// for every model of this sampler). With `buffer` NULL and `capacity` 0 the call only reports
+/// it (`PDIFF_OK`, nothing sampled); a `capacity` below it is `PDIFF_ERR_BUFFER_TOO_SMALL`
+/// (naming both sizes) before any work, and nothing is written to `buffer`. On success the
+/// first `*size` bytes of `buffer` hold the adapter. `options` as in `pdiff_sampler_sample`
+/// (seed, sampler, condition for this one model, progress, clip count).
+///
+/// Thread-safe: several threads may sample from one sampler at once (into distinct buffers).
+///
+/// Ownership: `sampler` and `options` are borrowed for the call; `buffer` is caller-owned
+/// memory of `capacity` bytes; `size` is a caller-owned `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn pdiff_sampler_sample_adapter(
+    sampler: *const pdiff_sampler,
+    options: *const pdiff_sample_options,
+    model_index: usize,
+    buffer: *mut u8,
+    capacity: usize,
+    size: *mut usize,
+) -> pdiff_status {
+    ffi_call!(pdiff_sampler_sample_adapter, || {
+        let s = unsafe { pdiff_sampler::borrow(sampler, "sampler") }?;
+        nonnull!(size, "size");
+        let opts = unsafe { options_arg(options, "options") }?;
+        let request = unsafe { opts.request(1) }?.starting_at(model_index);
+        let names = NameMap::default();
+        let need = adapter_size(s.inner.layout(), &names)?;
+        // SAFETY: `size` is non-NULL and points to the caller's size_t (its promise).
+        unsafe { *size = need };
+        if buffer.is_null() && capacity == 0 {
+            return Ok(());
+        }
+        nonnull!(buffer, "buffer");
+        if capacity < need {
+            return Err(Failure::new(pdiff_status::PDIFF_ERR_BUFFER_TOO_SMALL, format!("capacity is {capacity} bytes, the adapter needs {need}")));
+        }
+        let (bytes, clipped) = s.inner.sample_adapter(&request, &names, &mut opts.on_step())?;
+        if bytes.len() != need {
+            return Err(Failure::new(pdiff_status::PDIFF_ERR_RUNTIME, format!("the adapter is {} bytes, {need} were announced", bytes.len())));
+        }
+        // SAFETY: `buffer` holds `capacity` >= need bytes (the caller's promise, checked size).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buffer, need) };
         opts.report(clipped);
         Ok(())
     })

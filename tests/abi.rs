@@ -151,6 +151,12 @@ fn every_function_reports_under_its_own_name_once() {
     status_fails_as!(pdiff_sampler_sample, pdiff_sampler_sample(null(), null(), 1, out.as_mut_ptr(), 4), PDIFF_ERR_NULL_POINTER, "sampler is NULL");
     status_fails_as!(pdiff_sampler_sample_tensors, pdiff_sampler_sample_tensors(null(), null(), 1, null(), 0), PDIFF_ERR_NULL_POINTER, "sampler is NULL");
     status_fails_as!(
+        pdiff_sampler_sample_adapter,
+        pdiff_sampler_sample_adapter(null(), null(), 0, null_mut(), 0, null_mut()),
+        PDIFF_ERR_NULL_POINTER,
+        "sampler is NULL"
+    );
+    status_fails_as!(
         pdiff_sampler_best_of_n,
         pdiff_sampler_best_of_n(null(), null(), 1, None, null_mut(), out.as_mut_ptr(), 4, null_mut(), null_mut()),
         PDIFF_ERR_NULL_POINTER,

@@ -511,6 +511,21 @@ public:
         return run(options, progress, [&](const pdiff_sample_options* o) { return pdiff_sampler_sample_tensors(h, o, n, c.data(), c.size()); });
     }
 
+    /// Model `model_index` of these options' request (the row sample() gives there, bit for
+    /// bit) as ONNX Runtime adapter bytes (pdiff_sampler_sample_adapter), ready for
+    /// Ort::LoraAdapter::CreateLoraAdapterFromArray: a FLOAT parameter per tensor, named as
+    /// layout() names it. The clip count goes to `options.clipped` when set.
+    std::vector<std::uint8_t> sample_adapter(size_t model_index, const pdiff_sample_options& options = sample_options(),
+                                             const SampleProgress& progress = SampleProgress()) const {
+        const pdiff_sampler* h = checked();
+        size_t size = 0;
+        detail::check(pdiff_sampler_sample_adapter(h, &options, model_index, nullptr, 0, &size));
+        std::vector<std::uint8_t> out(size);
+        run(options, progress, [&](const pdiff_sample_options* o) { return pdiff_sampler_sample_adapter(h, o, model_index, out.data(), out.size(), &size); });
+        out.resize(size);
+        return out;
+    }
+
     /// Generate `n` candidates (as sample() with the same options), score each with `score`
     /// (called n times, in order, on this thread; higher is better, NaN ranks last) and copy
     /// the best into `out[0..out_len]` (D floats). Returns {index, score, clip count} in a Best

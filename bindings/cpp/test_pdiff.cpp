@@ -297,6 +297,18 @@ static void sampler_tests(const std::string& bundle, const std::string& tmp) {
     std::vector<float> d1 = s.sample(1, pdiff::ddpm(5));
     CHECK(d1.size() == D && all_finite(d1), "DDPM");
 
+    // One model as an ONNX Runtime adapter: identifier TORT, model 1's tensors inside.
+    {
+        std::vector<std::uint8_t> ad = s.sample_adapter(1, opts);
+        CHECK(ad.size() > D * sizeof(float) && std::memcmp(ad.data() + 4, "TORT", 4) == 0, "adapter of " << ad.size() << " bytes");
+        const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(a.data() + D);
+        bool found = false;
+        for (size_t i = 0; i + ROWS * COLS * sizeof(float) <= ad.size() && !found; i++) {
+            found = std::memcmp(ad.data() + i, w, ROWS * COLS * sizeof(float)) == 0;
+        }
+        CHECK(found, "model 1's tensor w in its adapter bit for bit");
+    }
+
     // Straight into the host's tensors: the same bits as sample(), by name and by index.
     {
         std::vector<float> w(3 * ROWS * COLS, -1.0f), bias(3 * ROWS, -1.0f);

@@ -812,6 +812,38 @@ static void sampler_tests(const char *bundle, const char *tmp, int with_threads,
         CHECK(memcmp(w, w2, sizeof w) == 0, "refused calls wrote nothing");
     }
 
+    /* One model as an ONNX Runtime adapter in a host buffer: size query, a buffer too small
+     * refused untouched, then the bytes: the identifier ONNX Runtime checks at 4..8, and each
+     * tensor's floats of pdiff_sampler_sample's model 2 (same options) at an 8-aligned offset. */
+    {
+        size_t size = 0, size2 = 0;
+        CHECK_OK(pdiff_sampler_sample_adapter(s, &so, 2, NULL, 0, &size));
+        CHECK(size > D * sizeof(float) && size < D * sizeof(float) + 1024, "adapter size %zu for D = %d", size, D);
+        unsigned char *buf = malloc(size + 8);
+        memset(buf, 0xAB, size + 8);
+        CHECK_FAILS(pdiff_sampler_sample_adapter(s, &so, 2, buf, size - 1, &size2), PDIFF_ERR_BUFFER_TOO_SMALL);
+        CHECK(last_error_says("the adapter needs") && size2 == size, "too small: both sizes said, the size reported");
+        CHECK(buf[0] == 0xAB && buf[size - 2] == 0xAB, "too small: nothing written");
+        CHECK_OK(pdiff_sampler_sample_adapter(s, &so, 2, buf, size + 8, &size2));
+        CHECK(size2 == size && memcmp(buf + 4, "TORT", 4) == 0 && buf[size] == 0xAB, "adapter written: %zu bytes, identifier TORT", size2);
+        const float *model = a + 2 * D;
+        const struct { const float *values; size_t len; } tensors[2] = {{model, ROWS * COLS}, {model + ROWS * COLS, ROWS}};
+        for (int t = 0; t < 2; t++) {
+            size_t bytes = tensors[t].len * sizeof(float), found = 0, at = 0;
+            for (size_t i = 0; i + bytes <= size; i++) {
+                if (memcmp(buf + i, tensors[t].values, bytes) == 0) {
+                    found++;
+                    at = i;
+                }
+            }
+            CHECK(found == 1 && at % 8 == 0, "tensor %d of model 2 found once (%zu), 8-aligned (at %zu)", t, found, at);
+        }
+        CHECK_FAILS(pdiff_sampler_sample_adapter(s, &so, 2, buf, size, NULL), PDIFF_ERR_NULL_POINTER);
+        CHECK(last_error_says("size is NULL"), "NULL size named");
+        CHECK_FAILS(pdiff_sampler_sample_adapter(s, &so, 2, NULL, size, &size2), PDIFF_ERR_NULL_POINTER);
+        free(buf);
+    }
+
     if (with_ddpm) {
         pdiff_sample_options ddpm = so;
         ddpm.sampler = PDIFF_SAMPLER_DDPM;

@@ -810,6 +810,26 @@ class Sampler(_Handle):
         del names
         return call.result(status)
 
+    def sample_adapter(self, model_index: int = 0, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
+                       condition=None, guidance: float = 1.0, progress: Optional[SampleProgressFn] = None) -> bytes:
+        """Model ``model_index`` of a request (row ``model_index`` of :meth:`sample` with the
+        same arguments, bit for bit) as ONNX Runtime adapter bytes (the ``.onnx_adapter``
+        format; docs/api.md, "Adapters"): a FLOAT parameter per tensor of :attr:`layout`, named
+        as it names them; the model index is the adapter's ``adapter_version``. Write them to a
+        file for ``onnxruntime.LoraAdapter().Load`` or pass them to ONNX Runtime's
+        ``CreateLoraAdapterFromArray``. ``condition``: C floats for this model. Other arguments
+        as in :meth:`sample`."""
+        if not isinstance(model_index, (int, np.integer)) or isinstance(model_index, bool) or model_index < 0:
+            raise _invalid(f"model_index must be an int >= 0, not {model_index!r}")
+        call = _SampleCall(seed, sampler, steps, condition, guidance, progress)
+        size = ffi.new("size_t *")
+        with self._borrow() as h:
+            _check(lib.pdiff_sampler_sample_adapter(h, call.options, int(model_index), ffi.NULL, 0, size))
+            buf = ffi.new("uint8_t[]", max(int(size[0]), 1))
+            status = lib.pdiff_sampler_sample_adapter(h, call.options, int(model_index), buf, int(size[0]), size)
+        call.result(status)
+        return bytes(ffi.buffer(buf, int(size[0])))
+
     def sample_named(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
                      condition=None, guidance: float = 1.0, progress: Optional[SampleProgressFn] = None,
                      return_clipped: bool = False):

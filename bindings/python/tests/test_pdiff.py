@@ -626,6 +626,21 @@ def test_sample_named(sampler):
         assert np.array_equal(model["w"].ravel(), row[: ROWS * COLS]) and np.array_equal(model["b"], row[ROWS * COLS:])
 
 
+def test_sample_adapter_is_read_by_onnxruntime(sampler, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    flat = sampler.sample(3, seed=9, steps=10)
+    data = sampler.sample_adapter(2, seed=9, steps=10)
+    assert isinstance(data, bytes) and data[4:8] == b"TORT"
+    (tmp_path / "m2.onnx_adapter").write_bytes(data)
+    fmt = ort.AdapterFormat.read_adapter(str(tmp_path / "m2.onnx_adapter"))
+    assert fmt.get_adapter_version() == 2
+    params = {k: v.numpy() for k, v in fmt.get_parameters().items()}
+    assert np.array_equal(params["w"].ravel().view(np.uint32), flat[2, : ROWS * COLS].view(np.uint32))
+    assert np.array_equal(params["b"].view(np.uint32), flat[2, ROWS * COLS:].view(np.uint32))
+    with pytest.raises(pdiff.InvalidArgumentError, match="model_index"):
+        sampler.sample_adapter(-1)
+
+
 def test_sample_into_caller_arrays(sampler, tmp_path):
     from safetensors.numpy import load_file
 

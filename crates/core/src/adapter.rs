@@ -165,6 +165,12 @@ pub fn model_adapter(layout: &Layout, flat: &[f32], names: &NameMap, versions: A
     Ok(b.finished_data().to_vec())
 }
 
+/// The exact size in bytes of every adapter [`model_adapter`] writes for `layout` and `names`:
+/// it depends on the names and shapes only, never on the values (a host sizes its buffer once).
+pub fn adapter_size(layout: &Layout, names: &NameMap) -> Result<usize> {
+    Ok(model_adapter(layout, &vec![0.0; layout.param_count()], names, AdapterVersions::default())?.len())
+}
+
 /// An upper bound on the bytes [`model_adapter`] writes (exactly enough to allocate once).
 pub fn adapter_size_bound(layout: &Layout, names: &NameMap) -> usize {
     let per_tensor: usize = layout.tensors.iter().map(|t| names.host_name(&t.name).len() + 8 * t.shape.len() + 4 * t.numel() + 96).sum();

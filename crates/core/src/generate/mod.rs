@@ -12,6 +12,7 @@ pub use files::{write_models, ModelFormat, ModelWriter, WriteOptions, PROVENANCE
 pub use provenance::Provenance;
 pub use sinks::{check_sinks, TensorSink};
 
+use crate::adapter::{AdapterVersions, NameMap};
 use crate::diffusion::{
     check_condition_len, count_outside_clip, sample_latents, ClipCount, Conditioning, DecoderBackend, DenoiserBackend, SamplerKind, Schedule,
 };
@@ -211,6 +212,29 @@ pub trait ModelSource {
             },
             on_step,
         )
+    }
+
+    /// Generate one model (`request.n` must be 1; its index is `request.first`) as ONNX
+    /// Runtime adapter bytes ([`crate::adapter::model_adapter`]: the model index as the
+    /// adapter_version), ready for `CreateLoraAdapterFromArray`. Returns the bytes and the clip
+    /// count.
+    fn sample_adapter(&self, request: &SampleRequest<'_>, names: &NameMap, on_step: OnStep<'_>) -> Result<(Vec<u8>, ClipCount)> {
+        request.validate(self.condition_dim())?;
+        if request.n != 1 {
+            return Err(Error::invalid("n", format!("an adapter holds one model, {} were asked for", request.n)));
+        }
+        names.check(self.layout())?;
+        let adapter_version = i32::try_from(request.first)
+            .map_err(|_| Error::invalid("model index", format!("{} does not fit the adapter format's 32-bit adapter_version", request.first)))?;
+        let samples = self.sample(request, on_step)?;
+        let row = samples.params.row(0);
+        let bytes = crate::adapter::model_adapter(
+            self.layout(),
+            row.as_slice().expect("standard layout"),
+            names,
+            AdapterVersions { adapter_version, model_version: 0 },
+        )?;
+        Ok((bytes, samples.clipped))
     }
 
     /// Generate and write `gen_XXXX.safetensors` files (the layout's tensor names, the
