@@ -11,6 +11,7 @@
 //!   the benchmark over D (`pdiff bench scale`); [`ablation`]: the ablations;
 //! - [`ort_library`]: where the command line finds ONNX Runtime on a development machine.
 pub mod ablation;
+pub mod adapters;
 pub mod bench;
 pub mod demo;
 pub mod eval;

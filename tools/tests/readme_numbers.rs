@@ -690,3 +690,55 @@ fn readme_headline_table_matches_the_result_files() {
     ];
     p.assert_table("## Results", expected);
 }
+
+const ADAPTERS: &str = "docs/results/adapters.md";
+
+#[test]
+fn adapters_page_matches_its_result_files() {
+    use pdiff_tools::adapters::AdapterReport;
+    let p = page(ADAPTERS);
+    let r: AdapterReport = json("docs/results/adapters-cpu.json");
+    let py: serde_json::Value = json("docs/results/adapters-python-host.json");
+    assert_eq!(r.host_accuracies.len(), r.models);
+    assert_eq!(r.tools_accuracies.len(), r.models);
+    let equal = r.host_accuracies.iter().zip(&r.tools_accuracies).filter(|(a, b)| a == b).count();
+    assert_eq!(equal, r.equal_accuracies, "the report's count of equal accuracies");
+    p.assert_contains(&format!("Machine: {}.", r.machine));
+    p.assert_contains(&format!(
+        "{} of {} accuracies equal the tools' evaluation (libtorch) of the same models; logits within {:.2e} absolute, {:.2e} relative",
+        r.equal_accuracies, r.models, r.max_abs_logit_diff, r.max_rel_logit_diff
+    ));
+    assert_eq!(py["models"].as_u64(), Some(r.models as u64));
+    p.assert_contains(&format!(
+        "The Python host ({}, `onnxruntime.LoraAdapter` and `RunOptions.add_active_adapter`, one session): {} of {} equal the tools' evaluation",
+        py["host"].as_str().unwrap(),
+        py["equal_to_tools"],
+        py["models"]
+    ));
+    let t = &r.timings;
+    let rows = [("plain model", &t.plain_run), ("exposed, no adapter", &t.exposed_run), ("exposed, with an adapter", &t.adapter_run)]
+        .iter()
+        .map(|(name, l)| row(&[name.to_string(), format!("{:.3}", l.p50_ms), format!("{:.3}", l.p99_ms)]))
+        .collect();
+    p.assert_table("## A Run with an adapter", rows);
+    p.assert_contains(&format!("{} runs of each", t.runs));
+    p.assert_contains(&format!("adapter Run p50 / plain Run p50: {:.2} (target: at most 1.5)", t.adapter_over_plain_p50));
+    p.assert_contains(&format!(
+        "{:.0} models/s in one session (each model's adapter loaded from memory, one image), {:.1} models/s with a session per model",
+        t.one_session_models_per_s, t.session_per_model_models_per_s
+    ));
+    match &r.conditional {
+        Some(c) => p.assert_contains(&format!(
+            "task {} ({} requests, {}, guidance {}): p50 {:.2} ms, p99 {:.2} ms (targets: 15 ms and 30 ms); the first request's model classifies the task's test split at {} through the host, {} through the tools",
+            c.task,
+            c.requests,
+            c.sampler,
+            c.guidance,
+            c.p50_ms,
+            c.p99_ms,
+            acc(c.host_accuracy),
+            acc(c.tools_accuracy)
+        )),
+        None => p.assert_contains("not measured"),
+    }
+}

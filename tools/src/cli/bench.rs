@@ -2,7 +2,7 @@
 //! latency, memory, accuracy), `sweep` (throughput of the ONNX Runtime sampler over batch sizes
 //! and concurrent callers) and `scale` (training and sampling as D grows). Each writes a JSON
 //! report that replaces only a previous report of its kind, unless --force.
-use crate::args::{PresetArg, RuntimeArgs, TrainArgs};
+use crate::args::{PresetArg, RuntimeArgs, SamplerArgs, TrainArgs};
 use clap::{Args, Subcommand};
 use pdiff_core::diffusion::SamplerKind;
 use pdiff_core::model::Preset;
@@ -34,6 +34,10 @@ enum BenchMode {
     /// D, the preset chosen for D: time per step, generator parameters, peak RSS, bundle size,
     /// models/s; a PNG plot beside --out.
     Scale(ScaleArgs),
+    /// ONNX Runtime adapters on mnist-cnn-bn: the reference host (one session, every model's
+    /// adapter in turn) against the tools' evaluation, and a Run with an adapter against the
+    /// plain model's, adapters activated per second against a session per model.
+    Adapters(AdaptersArgs),
 }
 
 /// Where a report goes.
@@ -84,6 +88,49 @@ struct SamplingArgs {
     checkpoints: Option<PathBuf>,
     #[command(flatten)]
     train: TrainArgs,
+    #[command(flatten)]
+    report: ReportOut,
+}
+
+#[derive(Args)]
+struct AdaptersArgs {
+    /// A generator trained on mnist-cnn-bn's checkpoints (its last two BatchNorm layers).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// The task's checkpoints: the first one's fixed part is the network the host serves.
+    #[arg(long)]
+    checkpoints: PathBuf,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(short = 'n', long, default_value_t = 100, value_parser = crate::args::models)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    /// Also write the models, the adapters and the test split there, for another host
+    /// (scripts/adapter_host.py).
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+    /// A conditional generator trained on mnist-tasks: also time the whole conditional request
+    /// (sample one model for a task's condition, its adapter in memory, one image).
+    #[arg(long)]
+    tasks_bundle: Option<PathBuf>,
+    /// The task asked for by the conditional requests (its 10-character code; a held-out
+    /// task of the tasks generator).
+    #[arg(long, default_value = "0110100101")]
+    task_code: String,
+    /// Classifier-free guidance of the conditional requests (2: what the tasks demo chose).
+    #[arg(long, default_value_t = 2.0)]
+    guidance: f32,
+    /// Whole conditional requests timed.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    requests: u64,
+    /// Timed single-image runs per case and round (5 rounds, interleaved).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    runs: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     #[command(flatten)]
     report: ReportOut,
 }
@@ -143,7 +190,69 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Some(BenchMode::Sampling(s)) => sampling(s),
         Some(BenchMode::Sweep(s)) => sweep(s),
         Some(BenchMode::Scale(s)) => scale(s),
+        Some(BenchMode::Adapters(s)) => adapters(s),
     }
+}
+
+fn adapters(a: AdaptersArgs) -> Result<()> {
+    let out = a.report.path("adapters.json");
+    let report_kind = "pdiff bench adapters report";
+    output::check_output_file(&out, a.report.policy(), report_kind, pdiff_tools::adapters::is_report)?;
+    let opts = a.runtime.options().unwrap_or_default();
+    let checkpoint = pdiff_core::params::list_checkpoints(&a.checkpoints)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::invalid("checkpoints", format!("{}: no *.safetensors checkpoint", a.checkpoints.display())))?;
+    let task = zoo::cnn_bn::CnnBn::new(a.data.as_deref())?;
+    let bench = pdiff_tools::adapters::AdapterBench {
+        checkpoint: &checkpoint,
+        bundle: &a.bundle,
+        n: a.n,
+        seed: a.seed,
+        sampler: a.sampler.kind(),
+        runs: a.runs as usize,
+        runtime: &opts,
+        artifacts: a.artifacts.as_deref(),
+    };
+    let mut r = pdiff_tools::adapters::run(&task, &bench, &mut |w| eprintln!("bench: {w}"))?;
+    match &a.tasks_bundle {
+        Some(bundle) => {
+            let tasks = zoo::mnist_tasks::MnistTasks::new(a.data.as_deref())?;
+            let c = pdiff_tools::adapters::ConditionalBench {
+                bundle,
+                task_code: &a.task_code,
+                requests: a.requests as usize,
+                sampler: a.sampler.kind(),
+                guidance: a.guidance,
+                runtime: &opts,
+            };
+            r.conditional = Some(pdiff_tools::adapters::conditional(&tasks, &c, &mut |w| eprintln!("bench: {w}"))?);
+        }
+        None => eprintln!("SKIPPED: the whole conditional request (no --tasks-bundle: a generator trained on mnist-tasks is needed)"),
+    }
+    let json = serde_json::to_vec_pretty(&r).expect("an adapters report serializes");
+    output::write_output_file(&out, &json, a.report.policy(), report_kind, pdiff_tools::adapters::is_report)?;
+    println!("machine: {}", r.machine);
+    println!(
+        "reference host ({} models, one ONNX Runtime session, {} test images): {} of {} accuracies equal the tools' evaluation; logits within {:.3e} abs, {:.3e} relative",
+        r.models, r.test_images, r.equal_accuracies, r.models, r.max_abs_logit_diff, r.max_rel_logit_diff
+    );
+    let t = &r.timings;
+    for (name, l) in [("plain model", &t.plain_run), ("exposed, no adapter", &t.exposed_run), ("exposed, adapter", &t.adapter_run)] {
+        println!("one image, {name:<20} p50 {:.3} ms, p99 {:.3} ms ({} runs)", l.p50_ms, l.p99_ms, t.runs);
+    }
+    println!("adapter Run p50 / plain Run p50: {:.2}", t.adapter_over_plain_p50);
+    if let Some(c) = &r.conditional {
+        println!(
+            "whole conditional request (task {}, {}, guidance {}, {} requests): p50 {:.3} ms, p99 {:.3} ms; its model on the task's test split: host {:.4}, tools {:.4}",
+            c.task, c.sampler, c.guidance, c.requests, c.p50_ms, c.p99_ms, c.host_accuracy, c.tools_accuracy
+        );
+    }
+    println!(
+        "models/s: {:.1} in one session (adapter from memory + one image), {:.1} with a session per model",
+        t.one_session_models_per_s, t.session_per_model_models_per_s
+    );
+    Ok(())
 }
 
 /// `values` as counts, each at most once.

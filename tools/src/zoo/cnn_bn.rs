@@ -107,6 +107,48 @@ impl CnnBn {
         *self.base.lock().unwrap() = Some(Base { tensors, pooled_train, pooled_test });
         Ok(())
     }
+
+    /// The network's logits [N, 10] on a split with the modelled subset `flat` (the task's
+    /// evaluation: [`Task::predict`] takes their argmax).
+    pub fn logits(&self, layout: &Layout, flat: &[f32], train: bool) -> Result<Vec<f32>> {
+        Vec::<f32>::try_from(&self.logits_tensor(layout, flat, train)?.flatten(0, -1)).torch()
+    }
+
+    /// A split's images as the network takes them, [N, 784] row-major.
+    pub fn images(&self, train: bool) -> Result<Vec<f32>> {
+        Vec::<f32>::try_from(&self.data.split(train).images.flatten(0, -1)).torch()
+    }
+
+    /// The base network as ONNX ([`super::cnn_bn_onnx`]): what a host serves, with the
+    /// checkpoint it was loaded from (collect or [`Task::load_base`] first).
+    pub fn onnx_model(&self) -> Result<Vec<u8>> {
+        let guard = self.base.lock().unwrap();
+        let base = guard.as_ref().ok_or_else(|| Error::invalid("mnist-cnn-bn", "no base checkpoint loaded (collect or load_base first)"))?;
+        super::cnn_bn_onnx::network(&base.tensors, BN_EPS as f32)
+    }
+
+    fn logits_tensor(&self, layout: &Layout, flat: &[f32], train: bool) -> Result<Tensor> {
+        let guard = self.base.lock().unwrap();
+        let base = guard.as_ref().ok_or_else(|| Error::invalid("mnist-cnn-bn", "no base checkpoint loaded (collect or load_base first)"))?;
+        let get = |name: &str| -> Result<Tensor> {
+            let t = layout.get(name).ok_or_else(|| Error::invalid("layout", format!("mnist-cnn-bn needs tensor '{name}'")))?;
+            Ok(Tensor::from_slice(&flat[t.offset..t.offset + t.numel()]))
+        };
+        let b = |n: &str| &base.tensors[n];
+        let (hmax, hmin) = if train { &base.pooled_train } else { &base.pooled_test };
+        let pred = tch::no_grad(|| -> Result<Tensor> {
+            let shape = [1, -1, 1, 1];
+            let scale = get("bn2.weight")? / (b("bn2.running_var") + BN_EPS).sqrt();
+            let shift = get("bn2.bias")? - b("bn2.running_mean") * &scale;
+            let positive: Tensor = scale.ge(0.0).to_kind(Kind::Float).view(shape);
+            let pooled: Tensor = hmax * &positive + hmin * (1.0 - &positive);
+            let h: Tensor = (pooled * scale.view(shape) + shift.view(shape)).relu();
+            let h = h.conv2d(b("conv3.weight"), Some(b("conv3.bias")), [1, 1], [1, 1], [1, 1], 1);
+            let h = bn_eval(&h, &get("bn3.weight")?, &get("bn3.bias")?, b("bn3.running_mean"), b("bn3.running_var")).relu().max_pool2d_default(2);
+            Ok(h.flatten(1, -1).linear(b("fc.weight"), Some(b("fc.bias"))))
+        })?;
+        Ok(pred)
+    }
 }
 
 fn bn_eval(x: &Tensor, w: &Tensor, b: &Tensor, rm: &Tensor, rv: &Tensor) -> Tensor {
@@ -180,26 +222,8 @@ impl Task for CnnBn {
     }
 
     fn predict(&self, layout: &Layout, flat: &[f32], train: bool) -> Result<Vec<i64>> {
-        let guard = self.base.lock().unwrap();
-        let base = guard.as_ref().ok_or_else(|| Error::invalid("mnist-cnn-bn", "no base checkpoint loaded (collect or load_base first)"))?;
-        let get = |name: &str| -> Result<Tensor> {
-            let t = layout.get(name).ok_or_else(|| Error::invalid("layout", format!("mnist-cnn-bn needs tensor '{name}'")))?;
-            Ok(Tensor::from_slice(&flat[t.offset..t.offset + t.numel()]))
-        };
-        let b = |n: &str| &base.tensors[n];
-        let (hmax, hmin) = if train { &base.pooled_train } else { &base.pooled_test };
-        let pred = tch::no_grad(|| -> Result<Tensor> {
-            let shape = [1, -1, 1, 1];
-            let scale = get("bn2.weight")? / (b("bn2.running_var") + BN_EPS).sqrt();
-            let shift = get("bn2.bias")? - b("bn2.running_mean") * &scale;
-            let positive: Tensor = scale.ge(0.0).to_kind(Kind::Float).view(shape);
-            let pooled: Tensor = hmax * &positive + hmin * (1.0 - &positive);
-            let h: Tensor = (pooled * scale.view(shape) + shift.view(shape)).relu();
-            let h = h.conv2d(b("conv3.weight"), Some(b("conv3.bias")), [1, 1], [1, 1], [1, 1], 1);
-            let h = bn_eval(&h, &get("bn3.weight")?, &get("bn3.bias")?, b("bn3.running_mean"), b("bn3.running_var")).relu().max_pool2d_default(2);
-            Ok(h.flatten(1, -1).linear(b("fc.weight"), Some(b("fc.bias"))).argmax(1, false))
-        })?;
-        Vec::<i64>::try_from(&pred).torch()
+        let logits = self.logits_tensor(layout, flat, train)?;
+        Vec::<i64>::try_from(&logits.argmax(1, false)).torch()
     }
 
     fn labels(&self, train: bool) -> &[i64] {

@@ -249,6 +249,16 @@ impl MnistTasks {
             .collect()
     }
 
+    /// A split's images as the network takes them, [N, 784] row-major.
+    pub fn images(&self, train: bool) -> Result<Vec<f32>> {
+        Vec::<f32>::try_from(&self.data.split(train).images.flatten(0, -1)).torch()
+    }
+
+    /// A split's binary labels under `task` (1: the image's digit is in the task's set).
+    pub fn task_labels(&self, task: DigitSet, train: bool) -> Result<Vec<i64>> {
+        Vec::<i64>::try_from(&self.labels(task, train)).torch()
+    }
+
     /// Number of TEST images (accuracies are multiples of one over it).
     pub fn test_len(&self) -> usize {
         self.data.test.len()

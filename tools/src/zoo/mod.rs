@@ -1,7 +1,9 @@
 //! Reference tasks shipped with the tools (docs/design.md, "The tools"): data, the networks whose parameters are
 //! modelled, checkpoint collection and the evaluation of a flat parameter vector.
 pub mod cnn_bn;
+pub mod cnn_bn_onnx;
 pub mod mlp3;
+pub mod mlp_onnx;
 pub mod mnist;
 pub mod mnist_tasks;
 

@@ -2,9 +2,11 @@
 //! linked at build time, and no libtorch is involved). A [`Sampler`] is `Send + Sync`: several
 //! threads sample from one sampler in parallel (each graph keeps a small pool of sessions), and
 //! the sampler loop itself is the shared one of [`crate::diffusion`].
+mod host;
 mod library;
 mod session;
 
+pub use host::{AdapterHost, HostAdapter};
 pub use library::{cuda_library_dirs, init, library_path, preload_cuda_libraries, CudaPreload};
 
 use crate::bundle::{Bundle, Manifest};

@@ -87,3 +87,27 @@ pub fn expose(model: &[u8], what: &str, layout: &Layout, names: &NameMap, bundle
     m.metadata_props.push(StringStringEntryProto { key: Some(EXPOSED_KEY.into()), value: Some(bundle_sha256.into()) });
     Ok(Exposed { bytes: m.encode_to_vec(), added, kept })
 }
+
+/// The host model `model` with the initializers of `layout` (named through `names`) holding
+/// `flat`'s values instead: what a host without adapters builds for each generated model (a
+/// session per model). Each tensor is checked as in [`expose`].
+pub fn with_values(model: &[u8], what: &str, layout: &Layout, names: &NameMap, flat: &[f32]) -> Result<Vec<u8>> {
+    names.check(layout)?;
+    if flat.len() != layout.param_count() {
+        return Err(Error::invalid("parameters", format!("vector has {} values, layout needs {}", flat.len(), layout.param_count())));
+    }
+    let bad = |message: String| Error::invalid(format!("host model {what}"), message);
+    let mut m = ModelProto::decode(model).map_err(|e| bad(format!("not an ONNX model ({e})")))?;
+    let graph = m.graph.as_mut().ok_or_else(|| bad("has no graph".into()))?;
+    for (t, values) in layout.split(flat) {
+        let host = names.host_name(&t.name);
+        let init = graph.initializer.iter_mut().find(|i| i.name.as_deref() == Some(host)).ok_or_else(|| bad(format!("has no initializer '{host}'")))?;
+        let want: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        if init.dims != want || init.data_type != Some(DataType::Float as i32) {
+            return Err(bad(format!("initializer '{host}' is not FLOAT {want:?}")));
+        }
+        init.float_data.clear();
+        init.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+    Ok(m.encode_to_vec())
+}

@@ -124,6 +124,21 @@ impl GraphBuilder {
         name
     }
 
+    /// A float initializer under exactly `name` (a host model's weights keep their names, which
+    /// adapters address); the caller keeps names unique.
+    pub fn f32_named(&mut self, name: &str, dims: &[i64], data: &[f32]) -> String {
+        assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "initializer {name}");
+        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers.push(TensorProto {
+            name: Some(name.to_string()),
+            dims: dims.to_vec(),
+            data_type: Some(DataType::Float as i32),
+            raw_data: Some(raw),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// A float scalar initializer (shape []).
     pub fn f32_scalar(&mut self, hint: &str, value: f32) -> String {
         self.f32(hint, &[], &[value])
