@@ -157,6 +157,27 @@ fn demo_writes_the_task_layout_and_results() {
     let manifest = json(&out.join("generator").join("pdiff.json"));
     assert_eq!(manifest["condition"]["dim"], 10);
 
+    // A host asks the generator for a held-out task's condition and classifies at once: the
+    // model's adapter made in memory, active in one ONNX Runtime session over the task's MLP
+    // (every tensor exposed), the task's test split through the host and through the tools.
+    {
+        let _guard = torch_lock();
+        let tasks = MnistTasks::new(None).expect("MNIST (scripts/setup.sh installs it)");
+        let rt = pdiff_core::runtime::RuntimeOptions { provider: pdiff_core::runtime::Provider::Cpu, intra_threads: Some(1), ..Default::default() };
+        let bundle = out.join("generator");
+        let c = pdiff_tools::adapters::ConditionalBench {
+            bundle: &bundle,
+            task_code: &heldout[0],
+            requests: 3,
+            sampler: pdiff_core::diffusion::SamplerKind::Ddim { steps: 10 },
+            guidance: 2.0,
+            runtime: &rt,
+        };
+        let r = pdiff_tools::adapters::conditional(&tasks, &c, &mut |_| {}).unwrap();
+        assert_eq!(r.host_accuracy, r.tools_accuracy, "task {}: the host and the tools classify the test split alike", heldout[0]);
+        assert!(r.p50_ms > 0.0 && r.p99_ms >= r.p50_ms, "{r:?}");
+    }
+
     // Per held-out task: code, and best/mean/median/min summaries.
     for (h, code) in res["heldout"].as_array().unwrap().iter().zip(&heldout) {
         assert_eq!(h["code"].as_str().unwrap(), code);
