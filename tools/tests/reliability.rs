@@ -188,7 +188,7 @@ fn empty_directory() {
         let c = d.join("ckpt");
         std::fs::create_dir_all(&c).unwrap();
         let (o, out) = train(&c, &[]);
-        assert_error(&o, &["K = 0"]);
+        assert_error(&o, &["ckpt", "no *.safetensors checkpoint in this directory"]);
         assert_nothing_written(&out);
     });
 }

@@ -15,6 +15,7 @@
 //!   bundle records it
 //! - [`external_data`]: which tensors of an ONNX graph keep their bytes in an external file
 //! - [`adapter`]: ONNX Runtime's adapter format (`.onnx_adapter`), written and read back
+//! - [`peft`]: Hugging Face PEFT adapter directories (`adapter_config.json` + weights)
 //! - [`generate`]: one sampling request, the [`generate::ModelSource`] trait, the ways out
 //!   (arrays, host buffers and tensors, safetensors files)
 //! - [`bundle`]: the exported directory (manifest, hashes, verified reads, atomic write)
@@ -31,6 +32,7 @@ pub mod limits;
 pub mod model;
 pub mod output;
 pub mod params;
+pub mod peft;
 pub mod runtime;
 pub mod training;
 

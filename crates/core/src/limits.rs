@@ -14,6 +14,8 @@ pub const MAX_CHECKPOINT_BYTES: u64 = 32 << 30;
 pub const MAX_SAFETENSORS_HEADER_BYTES: u64 = 100_000_000;
 /// A conditions file (JSON or CSV).
 pub const MAX_CONDITIONS_BYTES: u64 = 256 << 20;
+/// A PEFT adapter configuration template (`adapter_config.json`).
+pub const MAX_PEFT_CONFIG_BYTES: u64 = 1 << 20;
 /// A bundle's manifest (`pdiff.json`).
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 /// One ONNX graph: protobuf's own limit on one message is 2 GiB; larger weights live in

@@ -491,7 +491,13 @@ fn peek_dir_reads_the_headers_only() {
     let (file, msg, _) = checkpoint_err(pdiff_core::params::peek_dir(dir.path(), &Selection::AllFloat));
     assert_eq!(file, dir.path().join("a.safetensors"));
     assert!(msg.contains("header length"), "{msg}");
+    // One checkpoint in a directory is counted (K >= 2 is checked over all directories); none
+    // is refused, naming the directory.
     let one = tempfile::tempdir().unwrap();
     good_checkpoints(one.path(), 1);
-    assert!(invalid_err(pdiff_core::params::peek_dir(one.path(), &Selection::AllFloat)).1.contains("K = 1"));
+    assert_eq!(pdiff_core::params::peek_dir(one.path(), &Selection::AllFloat).unwrap().1, 1);
+    assert!(invalid_err(pdiff_core::params::check_k(1)).1.contains("K = 1"));
+    let empty = tempfile::tempdir().unwrap();
+    let msg = invalid_err(pdiff_core::params::peek_dir(empty.path(), &Selection::AllFloat)).1;
+    assert!(msg.contains("no *.safetensors") && msg.contains(&empty.path().display().to_string()), "{msg}");
 }

@@ -1,5 +1,5 @@
-//! `pdiff sample`: N parameter sets from a bundle into safetensors files or ONNX Runtime
-//! adapters.
+//! `pdiff sample`: N parameter sets from a bundle into safetensors files, ONNX Runtime
+//! adapters or PEFT adapter directories.
 use crate::args::{ForceArg, RuntimeArgs, SamplerArgs};
 use crate::progress::Progress;
 use clap::{Args, ValueEnum};
@@ -7,6 +7,7 @@ use pdiff_core::adapter::NameMap;
 use pdiff_core::diffusion::{ClipCount, Conditioning};
 use pdiff_core::generate::{ModelFormat, ModelSource, SampleRequest, WriteOptions};
 use pdiff_core::output::{self, OutputKind};
+use pdiff_core::peft::PeftConfig;
 use pdiff_core::runtime::Sampler;
 use pdiff_core::training::DeviceChoice;
 use pdiff_core::Result;
@@ -35,14 +36,18 @@ pub struct SampleArgs {
     guidance: f32,
     #[arg(long)]
     out: PathBuf,
-    /// The files written: gen_XXXX.safetensors, or gen_XXXX.onnx_adapter (ONNX Runtime's
-    /// adapter format, with provenance.json beside them).
+    /// The files written: gen_XXXX.safetensors, gen_XXXX.onnx_adapter (ONNX Runtime's
+    /// adapter format, with provenance.json beside them), or gen_XXXX/ PEFT adapter
+    /// directories (adapter_config.json from --peft-config + adapter_model.safetensors).
     #[arg(long, value_enum, default_value_t = FormatArg::Safetensors)]
     format: FormatArg,
     /// onnx-adapter: name a tensor as the host graph's input does instead of the layout's
     /// name (LAYOUT_NAME=HOST_NAME, repeatable or comma-separated).
     #[arg(long = "adapter-name", value_delimiter = ',', value_name = "LAYOUT=HOST")]
     adapter_names: Vec<String>,
+    /// peft: the adapter_config.json written into every directory (e.g. a source adapter's).
+    #[arg(long = "peft-config", value_name = "FILE")]
+    peft_config: Option<PathBuf>,
     #[command(flatten)]
     force: ForceArg,
 }
@@ -51,6 +56,7 @@ pub struct SampleArgs {
 enum FormatArg {
     Safetensors,
     OnnxAdapter,
+    Peft,
 }
 
 pub fn run(a: SampleArgs, progress: &mut Progress) -> Result<()> {
@@ -63,11 +69,20 @@ pub fn run(a: SampleArgs, progress: &mut Progress) -> Result<()> {
     let format = match a.format {
         FormatArg::Safetensors => ModelFormat::Safetensors,
         FormatArg::OnnxAdapter => ModelFormat::OnnxAdapter,
+        FormatArg::Peft => ModelFormat::Peft,
     };
-    let write = WriteOptions { if_foreign: a.force.policy(), format, names: NameMap::parse(&a.adapter_names)? };
-    if format == ModelFormat::Safetensors && !write.names.is_empty() {
+    if format != ModelFormat::OnnxAdapter && !a.adapter_names.is_empty() {
         return Err(pdiff_core::Error::invalid("adapter-name", "renames adapter parameters: it needs --format onnx-adapter"));
     }
+    let peft_config = match (format, &a.peft_config) {
+        (ModelFormat::Peft, Some(path)) => Some(PeftConfig::read(path)?),
+        (ModelFormat::Peft, None) => {
+            return Err(pdiff_core::Error::invalid("peft-config", "--format peft needs --peft-config adapter_config.json (e.g. one of the source adapters')"))
+        }
+        (_, Some(_)) => return Err(pdiff_core::Error::invalid("peft-config", "an adapter_config.json is written with --format peft only")),
+        (_, None) => None,
+    };
+    let write = WriteOptions { if_foreign: a.force.policy(), format, names: NameMap::parse(&a.adapter_names)?, peft_config };
     output::check_output_dir(&a.out, OutputKind::Samples, a.force.policy())?;
     let mut on_step = |i, t| progress.update("sample", i, t, None);
     let ((files, clipped), latent_dim, backend) = match a.runtime.options() {

@@ -3,7 +3,7 @@ use crate::args::{ForceArg, TrainArgs};
 use crate::progress::Progress;
 use clap::Args;
 use pdiff_core::output::{self, OutputKind};
-use pdiff_core::params::{list_checkpoints, peek_dir, ParamSet, Selection};
+use pdiff_core::params::{check_k, list_checkpoints, peek_dir, ParamSet, Selection};
 use pdiff_core::training::TrainConfig;
 use pdiff_core::Result;
 use pdiff_train::Generator;
@@ -86,5 +86,6 @@ fn plan(dirs: &[PathBuf], selection: &Selection, train: &TrainArgs) -> Result<(T
         config = Some(c);
         paths.extend(list_checkpoints(dir)?);
     }
+    check_k(k)?;
     Ok((config.expect("clap requires at least one --checkpoints"), paths))
 }

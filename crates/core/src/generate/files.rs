@@ -1,11 +1,13 @@
 //! Generated models as files in an output directory of kind samples
 //! ([`crate::output::OutputDir`]): `gen_XXXX.safetensors`, or `gen_XXXX.onnx_adapter` (ONNX
-//! Runtime's adapter format, [`crate::adapter`]) with `provenance.json` beside them.
+//! Runtime's adapter format, [`crate::adapter`]) with `provenance.json` beside them, or
+//! `gen_XXXX/` PEFT adapter directories ([`crate::peft`]).
 use crate::adapter::{model_adapter, AdapterVersions, NameMap};
 use crate::error::{Error, Result};
 use crate::generate::Provenance;
 use crate::output::{IfForeign, OutputDir, OutputKind};
 use crate::params::Layout;
+use crate::peft::PeftConfig;
 use std::path::{Path, PathBuf};
 
 /// The file format of generated models.
@@ -18,13 +20,19 @@ pub enum ModelFormat {
     /// the model index as its `adapter_version`; the rest of the provenance, which the format
     /// has no room for, in `provenance.json`.
     OnnxAdapter,
+    /// `gen_XXXX/`: a Hugging Face PEFT adapter directory, `adapter_config.json` (the
+    /// configuration given in [`WriteOptions::peft_config`]) and `adapter_model.safetensors`
+    /// (the layout's tensors, the provenance in `__metadata__`).
+    Peft,
 }
 
 impl ModelFormat {
-    pub fn extension(self) -> &'static str {
+    /// The name of model `index`'s file (or, for PEFT, directory).
+    pub fn entry_name(self, index: usize) -> String {
         match self {
-            ModelFormat::Safetensors => "safetensors",
-            ModelFormat::OnnxAdapter => crate::adapter::EXTENSION,
+            ModelFormat::Safetensors => format!("gen_{index:04}.safetensors"),
+            ModelFormat::OnnxAdapter => format!("gen_{index:04}.{}", crate::adapter::EXTENSION),
+            ModelFormat::Peft => format!("gen_{index:04}"),
         }
     }
 }
@@ -35,7 +43,8 @@ impl std::str::FromStr for ModelFormat {
         match s {
             "safetensors" => Ok(ModelFormat::Safetensors),
             "onnx-adapter" => Ok(ModelFormat::OnnxAdapter),
-            _ => Err(Error::invalid("format", format!("'{s}' (expected safetensors or onnx-adapter)"))),
+            "peft" => Ok(ModelFormat::Peft),
+            _ => Err(Error::invalid("format", format!("'{s}' (expected safetensors, onnx-adapter or peft)"))),
         }
     }
 }
@@ -48,6 +57,8 @@ pub struct WriteOptions {
     /// Adapter parameter names where the host graph names the tensors differently
     /// (onnx-adapter only; safetensors files keep the layout's names).
     pub names: NameMap,
+    /// The `adapter_config.json` of every PEFT adapter directory (peft only, and required there).
+    pub peft_config: Option<PeftConfig>,
 }
 
 /// The name of provenance file written beside adapters.
@@ -93,6 +104,17 @@ impl<'a> ModelWriter<'a> {
         if options.format == ModelFormat::Safetensors && !options.names.is_empty() {
             return Err(Error::invalid("adapter name", "renaming tensors applies to onnx-adapter output only"));
         }
+        match (options.format, &options.peft_config) {
+            (ModelFormat::Peft, None) => return Err(Error::invalid("peft config", "PEFT adapter directories need an adapter_config.json to write into each")),
+            (ModelFormat::Peft, Some(_)) => {
+                if !options.names.is_empty() {
+                    return Err(Error::invalid("adapter name", "renaming tensors applies to onnx-adapter output only"));
+                }
+                crate::peft::check_layout(layout)?;
+            }
+            (_, Some(_)) => return Err(Error::invalid("peft config", "an adapter_config.json applies to peft output only")),
+            (_, None) => {}
+        }
         Ok(ModelWriter {
             out: OutputDir::begin(dir, OutputKind::Samples, options.if_foreign)?,
             layout,
@@ -107,12 +129,26 @@ impl<'a> ModelWriter<'a> {
     /// provenance names it by its index among all models of the seed (the request's first
     /// model plus `index`).
     pub fn write(&mut self, index: usize, row: &[f32]) -> Result<()> {
-        let name = format!("gen_{index:04}.{}", self.options.format.extension());
+        let name = self.options.format.entry_name(index);
         let model = index + self.provenance.as_ref().map(|(_, first, _)| *first).unwrap_or(0);
+        let safetensors = |row: &[f32]| {
+            let metadata = self.provenance.as_ref().map(|(p, first, width)| p.metadata(model, *first, *width));
+            self.layout.to_safetensors_with(row, metadata.as_ref())
+        };
         let bytes = match self.options.format {
-            ModelFormat::Safetensors => {
-                let metadata = self.provenance.as_ref().map(|(p, first, width)| p.metadata(model, *first, *width));
-                self.layout.to_safetensors_with(row, metadata.as_ref())?
+            ModelFormat::Safetensors => safetensors(row)?,
+            ModelFormat::Peft => {
+                // Each directory is a complete output of its own (its marker lists its two
+                // files), so that a later run recognizes it as the library's and replaces it.
+                let config = self.options.peft_config.as_ref().map(PeftConfig::as_bytes).unwrap_or_default();
+                let weights = safetensors(row)?;
+                crate::output::write_output_dir(&self.out.path().join(&name), OutputKind::Samples, IfForeign::Refuse, |dir| {
+                    crate::files::write_atomic(&dir.join(crate::peft::CONFIG_FILE), config)?;
+                    crate::files::write_atomic(&dir.join(crate::peft::WEIGHTS_FILE), &weights)
+                })?;
+                self.files.push(self.out.dest().join(&name));
+                self.written.push((name, model));
+                return Ok(());
             }
             ModelFormat::OnnxAdapter => {
                 let adapter_version = i32::try_from(model)

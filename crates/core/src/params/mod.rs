@@ -318,6 +318,14 @@ impl ParamSet {
     }
 }
 
+/// Refuse fewer than 2 checkpoints in all (a distribution needs at least two samples).
+pub fn check_k(k: usize) -> Result<()> {
+    if k < 2 {
+        return Err(too_few_checkpoints(k));
+    }
+    Ok(())
+}
+
 fn too_few_checkpoints(k: usize) -> Error {
     Error::invalid("checkpoints", format!("K = {k}: at least 2 checkpoints are needed to learn a distribution"))
 }
@@ -390,11 +398,13 @@ fn read_header(path: &Path) -> Result<Vec<StoredTensor>> {
 /// alone: no tensor data is read (the layout's normalization stats are left neutral). A caller
 /// checks with it what a training run would need (`train::check_memory`) before loading
 /// checkpoints that may not even fit in memory. The layout comes from the first file, as in
-/// [`ParamSet::load`]; the other files are checked by the full load.
+/// [`ParamSet::load`]; the other files are checked by the full load. One directory may hold a
+/// single checkpoint (a PEFT adapter directory holds one `adapter_model.safetensors`): K >= 2 is
+/// the caller's check over all its directories ([`check_k`]); an empty directory is refused.
 pub fn peek_dir(dir: &Path, selection: &Selection) -> Result<(Layout, usize)> {
     let paths = list_checkpoints(dir)?;
-    if paths.len() < 2 {
-        return Err(too_few_checkpoints(paths.len()));
+    if paths.is_empty() {
+        return Err(Error::invalid("checkpoints", format!("{}: no *.safetensors checkpoint in this directory", dir.display())));
     }
     let layout = select_layout(&paths[0], read_header(&paths[0])?, selection)?;
     Ok((layout, paths.len()))
