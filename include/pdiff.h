@@ -370,7 +370,7 @@ typedef int (*pdiff_progress_fn)(void *user_data, const char *stage, size_t step
  * in `explicit_fields`.
  *
  * Layouts (the `struct_size` values accepted): up to `user_data` (the first); up to
- * `reconstruction_weighting`; the whole struct.
+ * `reconstruction_weighting`; up to `explicit_fields`; the whole struct.
  */
 typedef struct {
     /**
@@ -437,6 +437,14 @@ typedef struct {
      * `PDIFF_ERR_INVALID_ARGUMENT`.
      */
     uint64_t explicit_fields;
+    /**
+     * Threads libtorch computes with while this training runs on the CPU (the fourth layout;
+     * default 0: the cores this process may run on, from its affinity mask).
+     * The host's own libtorch thread count is restored when the call returns. At most 1024.
+     * Hosts on machines whose cores are shared should also start with `OMP_WAIT_POLICY=passive`
+     * in their environment (docs/api.md, "Threads").
+     */
+    size_t threads;
 } pdiff_train_options;
 #endif
 

@@ -51,7 +51,7 @@ const EXPLICIT_BITS: [(u64, &str); 6] = [
 /// in `explicit_fields`.
 ///
 /// Layouts (the `struct_size` values accepted): up to `user_data` (the first); up to
-/// `reconstruction_weighting`; the whole struct.
+/// `reconstruction_weighting`; up to `explicit_fields`; the whole struct.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct pdiff_train_options {
@@ -89,6 +89,12 @@ pub struct pdiff_train_options {
     /// learning rate of 0 is `PDIFF_ERR_INVALID_ARGUMENT` naming the field. An unknown bit is
     /// `PDIFF_ERR_INVALID_ARGUMENT`.
     pub explicit_fields: u64,
+    /// Threads libtorch computes with while this training runs on the CPU (the fourth layout;
+    /// default 0: the cores this process may run on, from its affinity mask).
+    /// The host's own libtorch thread count is restored when the call returns. At most 1024.
+    /// Hosts on machines whose cores are shared should also start with `OMP_WAIT_POLICY=passive`
+    /// in their environment (docs/api.md, "Threads").
+    pub threads: usize,
 }
 
 impl Default for pdiff_train_options {
@@ -109,11 +115,12 @@ impl Default for pdiff_train_options {
             latent_noise: 0.0,
             reconstruction_weighting: pdiff_reconstruction_weighting::PDIFF_RECONSTRUCTION_UNIFORM as i32,
             explicit_fields: 0,
+            threads: 0,
         }
     }
 }
 
-options_struct!(pdiff_train_options, [latent_noise, explicit_fields]);
+options_struct!(pdiff_train_options, [latent_noise, explicit_fields, threads]);
 
 impl pdiff_train_options {
     /// Whether the host gave field `bit` itself: nonzero, or explicit.
@@ -159,6 +166,7 @@ impl pdiff_train_options {
         }
         c.reconstruction_weighting = pdiff_reconstruction_weighting::try_from(self.reconstruction_weighting)?.into();
         c.seed = self.seed;
+        c.threads = self.threads;
         c.device = pdiff_device::try_from(self.device)?.choice(self.device_index);
         c.validate()?;
         Ok(c)

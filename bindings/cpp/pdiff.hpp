@@ -4,7 +4,7 @@
 //   #include <pdiff.hpp>          // includes pdiff.h; link with -lpdiff
 //
 //   auto ds  = pdiff::Dataset::from_memory({{"w", {4, 8}}, {"b", {4}}}, data);   // K x D floats
-//   auto to  = pdiff::train_options();  to.seed = 3;
+//   auto to  = pdiff::train_options();  to.seed = 3;  // to.threads: libtorch threads (0: cores available)
 //   auto gen = pdiff::Generator::train(ds, to, [](const std::string&, size_t, size_t, double) {
 //       return true;                                                            // false: cancel
 //   });

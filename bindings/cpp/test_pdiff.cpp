@@ -182,7 +182,7 @@ static void dataset_tests(const std::vector<float>& data) {
 static pdiff::Generator training_tests(const std::vector<float>& data, const std::string& tmp) {
     auto ds = pdiff::Dataset::from_memory(LAYOUT, data);
     pdiff_train_options o = c_test_options();
-    CHECK(o.struct_size == sizeof(pdiff_train_options) && o.preset == PDIFF_PRESET_AUTO, "train defaults");
+    CHECK(o.struct_size == sizeof(pdiff_train_options) && o.preset == PDIFF_PRESET_AUTO && o.threads == 0, "train defaults");
 
     // Errors become exceptions with the right status.
     pdiff_train_options wrong = o;

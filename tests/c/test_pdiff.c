@@ -357,7 +357,7 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     CHECK_FAILS(pdiff_train_options_default(NULL), PDIFF_ERR_NULL_POINTER);
     CHECK_OK(pdiff_train_options_default(&opts));
     CHECK(opts.struct_size == sizeof opts, "struct_size %zu", opts.struct_size);
-    CHECK(opts.preset == PDIFF_PRESET_AUTO && opts.device == PDIFF_DEVICE_AUTO && opts.progress == NULL, "defaults");
+    CHECK(opts.preset == PDIFF_PRESET_AUTO && opts.device == PDIFF_DEVICE_AUTO && opts.progress == NULL && opts.threads == 0, "defaults");
     small_training(&opts);
 
     pdiff_generator *gen = NULL;
@@ -410,6 +410,10 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     wrong = opts;
     wrong.latent_noise = -1.0;
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    wrong = opts;
+    wrong.threads = 1025;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_says("threads"), "too many threads names the field");
     CHECK_FAILS(pdiff_generator_train(NULL, &opts, &gen), PDIFF_ERR_NULL_POINTER);
     CHECK_FAILS(pdiff_generator_train(ds, &opts, NULL), PDIFF_ERR_NULL_POINTER);
 
@@ -427,6 +431,13 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
     cancel_calls = 0;
     CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_CANCELLED);
     CHECK(cancel_calls == 1, "older layout: trained until cancelled, %d calls", cancel_calls);
+    /* The layout before threads: the field (garbage here) is never read. */
+    wrong.struct_size = offsetof(pdiff_train_options, threads);
+    wrong.explicit_fields = 0;
+    wrong.threads = (size_t)-1;
+    cancel_calls = 0;
+    CHECK_FAILS(pdiff_generator_train(ds, &wrong, &gen), PDIFF_ERR_CANCELLED);
+    CHECK(cancel_calls == 1, "layout before threads: trained until cancelled, %d calls", cancel_calls);
 
     if (!train) {
         pdiff_dataset_free(ds);
@@ -466,6 +477,7 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
         quiet.progress = NULL;
         quiet.latent_noise = 0.0;
         quiet.explicit_fields = PDIFF_TRAIN_EXPLICIT_LATENT_NOISE;
+        quiet.threads = 1; /* one libtorch thread: recorded in the manifest */
         pdiff_generator *qg = NULL;
         snprintf(dir, sizeof dir, "%s/quiet-bundle", tmp);
         snprintf(manifest, sizeof manifest, "%s/pdiff.json", dir);
@@ -473,6 +485,7 @@ static int dataset_and_training(const char *bundle, const char *tmp, int train) 
         if (qg) {
             CHECK_OK(pdiff_generator_export(qg, dir));
             CHECK(file_contains(manifest, "\"latent_noise\": 0.0,"), "explicit latent_noise 0 in the manifest");
+            CHECK(file_contains(manifest, "\"threads\": 1"), "threads in the manifest");
             pdiff_generator_free(qg);
         }
         /* A host built against the first layout (no latent_noise, reconstruction_weighting)

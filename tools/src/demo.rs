@@ -106,7 +106,7 @@ pub fn run(opts: &DemoOptions, progress: &mut DemoProgress<'_>) -> Result<DemoRe
         k: set.k(),
         n_generated: opts.n,
         device: device_name(g.device),
-        torch_threads: tch::get_num_threads().max(0) as usize,
+        torch_threads: pdiff_train::training_threads(&g.config),
         preset: g.config.preset.to_string(),
         preset_auto: g.config.preset_auto,
         sampler: opts.sampler.label(),

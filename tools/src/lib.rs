@@ -8,7 +8,8 @@
 //!   [`report`]: report.md and its plots;
 //! - [`demo`]: the end-to-end job; [`tasks_demo`], [`tasks_results`], [`tasks_report`]: the
 //!   conditional one (mnist-tasks); [`bench`]: the sampling benchmark and its sweep; [`scale`]:
-//!   the benchmark over D (`pdiff bench scale`); [`ablation`]: the ablations;
+//!   the benchmark over D (`pdiff bench scale`); [`train_bench`]: training against the machine's
+//!   matmul peak (`pdiff bench train`); [`ablation`]: the ablations;
 //! - [`ort_library`]: where the command line finds ONNX Runtime on a development machine.
 pub mod ablation;
 pub mod adapters;
@@ -22,5 +23,6 @@ pub mod scale;
 pub mod tasks_demo;
 pub mod tasks_report;
 pub mod tasks_results;
+pub mod train_bench;
 pub mod yardsticks;
 pub mod zoo;

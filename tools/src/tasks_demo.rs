@@ -444,7 +444,7 @@ pub fn run(opts: &TasksDemoOptions, progress: &mut TasksProgress<'_>) -> Result<
         seen_tasks: split.seen.iter().map(|t| t.code()).collect(),
         heldout_tasks: split.heldout.iter().map(|t| t.code()).collect(),
         device: device_name(g.device),
-        torch_threads: tch::get_num_threads().max(0) as usize,
+        torch_threads: pdiff_train::training_threads(&g.config),
         preset: g.config.preset.to_string(),
         target: format!("{:?}", g.target()).to_lowercase(),
         sampler: opts.sampler.label(),

@@ -554,7 +554,7 @@ class Dataset(_Handle):
 
 ProgressFn = Callable[[str, int, int, float], Optional[bool]]
 
-_TRAIN_FIELDS = ("seed", "device_index")
+_TRAIN_FIELDS = ("seed", "device_index", "threads")
 # Numeric options whose 0 the C struct reads as "the preset's" unless the field's
 # PDIFF_TRAIN_EXPLICIT_* bit is set: a value passed here is always explicit.
 _EXPLICIT_TRAIN_FIELDS = ("ae_steps", "diffusion_steps", "batch_size", "ae_lr", "diffusion_lr", "latent_noise")
@@ -572,7 +572,8 @@ class Generator(_Handle):
         ``preset`` ("auto", the default: chosen by D | "compact" | "paper" | "chunked"),
         ``reconstruction_weighting`` ("uniform", the default | "per-tensor"), ``latent_noise``,
         ``ae_steps``, ``diffusion_steps``, ``batch_size``, ``ae_lr``, ``diffusion_lr``, ``seed``, ``device`` ("auto" | "cpu" | "cuda" | "cuda:N"),
-        ``device_index``. A number given is used as given, 0 included: ``latent_noise=0``
+        ``device_index``, ``threads`` (libtorch's threads while training on the CPU; 0, the default:
+        the cores this process may run on). A number given is used as given, 0 included: ``latent_noise=0``
         trains without latent noise, while 0 steps, a batch of 0 or a learning rate of 0 raise
         :class:`InvalidArgumentError`.
 

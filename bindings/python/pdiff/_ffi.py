@@ -196,10 +196,29 @@ LIBRARY_PATH = _find_library()
 HEADER_PATH = _find_header(LIBRARY_PATH)
 CDEF = header_to_cdef(HEADER_PATH.read_text(encoding="utf-8"), PREDEFINED)
 
+
+
+def _dlopen(path):
+    """Load libpdiff with ``OMP_WAIT_POLICY=passive`` in the environment while it loads, unless
+    the user set it or ``GOMP_SPINCOUNT``. A full build loads libtorch and its OpenMP runtime
+    (libgomp), which reads the variable once, when it is loaded: with the default policy its
+    threads spin at every barrier, and a training next to another busy process crawls
+    (docs/api.md, "Threads"). The environment is restored afterwards. It has no effect when
+    libgomp was already loaded (``import torch`` before ``import pdiff``)."""
+    lend = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    if lend:
+        os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        return ffi.dlopen(path)
+    finally:
+        if lend:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 ffi = cffi.FFI()
 ffi.cdef(CDEF)
 try:
-    lib = ffi.dlopen(LIBRARY_PATH)
+    lib = _dlopen(LIBRARY_PATH)
 except OSError as e:
     raise ImportError(f"cannot load libpdiff ({LIBRARY_PATH}): {e}; set $PDIFF_LIB") from e
 

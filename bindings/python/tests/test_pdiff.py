@@ -460,6 +460,17 @@ def test_train_reconstruction_options(data, tmp_path):
 
 
 @needs_training
+def test_train_threads(data, tmp_path):
+    """``threads`` reaches the training config (recorded in the bundle when set; 0, the default,
+    is not written)."""
+    ds = pdiff.Dataset.from_memory(LAYOUT, data)
+    pdiff.Generator.train(ds, threads=1, **C_TEST_OPTIONS).export(tmp_path / "one")
+    assert json.loads((tmp_path / "one" / "pdiff.json").read_text())["training"]["threads"] == 1
+    pdiff.Generator.train(ds, **C_TEST_OPTIONS).export(tmp_path / "default")
+    assert "threads" not in json.loads((tmp_path / "default" / "pdiff.json").read_text())["training"]
+
+
+@needs_training
 @pytest.mark.parametrize(
     "options, error",
     [
@@ -474,6 +485,8 @@ def test_train_reconstruction_options(data, tmp_path):
         (dict(ae_lr=0.0), pdiff.InvalidArgumentError),  # given, so explicit: no preset's value
         (dict(ae_steps=0), pdiff.InvalidArgumentError),
         (dict(batch_size=0), pdiff.InvalidArgumentError),
+        (dict(threads=-1), pdiff.InvalidArgumentError),
+        (dict(threads=1025), pdiff.InvalidArgumentError),
         (dict(epochs=3), TypeError),
     ],
 )

@@ -82,7 +82,19 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     pub seed: u64,
     pub device: DeviceChoice,
+    /// libtorch's intra-op threads while this run trains on the CPU; 0 (the default): the cores
+    /// this process may run on (`sched_getaffinity`), see `pdiff_train::torch::training_threads`.
+    /// A setting of the run, not of the model: not written into bundles when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub threads: usize,
 }
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// The most intra-op threads a training run may ask for.
+pub const MAX_TRAIN_THREADS: usize = 1024;
 
 impl TrainConfig {
     pub fn new(preset: Preset) -> Self {
@@ -120,6 +132,7 @@ impl TrainConfig {
             schedule: Schedule::default(),
             seed: 0,
             device: DeviceChoice::Auto,
+            threads: 0,
         }
     }
 
@@ -132,6 +145,9 @@ impl TrainConfig {
         self.schedule.validate()?;
         if self.batch_size == 0 {
             return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        if self.threads > MAX_TRAIN_THREADS {
+            return Err(Error::invalid("threads", format!("{} (at most {MAX_TRAIN_THREADS}; 0: the cores available)", self.threads)));
         }
         for (name, v) in [("ae_lr", self.ae_lr), ("diffusion_lr", self.diffusion_lr)] {
             if !(v > 0.0 && v.is_finite()) {

@@ -3,7 +3,7 @@
 //! bounds, then the latent DDPM on standardized latents.
 use crate::generator::{Generator, LATENT_CLIP_MARGIN, LATENT_STD_FLOOR};
 use crate::nets::{Autoencoder, ConditionBatch};
-use crate::torch::{check_memory_on, libtorch_rng, resolve_device, tensor_to_vec, torch_boundary, TorchResult};
+use crate::torch::{check_memory_on, libtorch_rng, resolve_device, tensor_to_vec, torch_boundary, training_threads, IntraOpThreads, TorchResult};
 use pdiff_core::error::{Error, Result};
 use pdiff_core::model::ChunkedSpec;
 use pdiff_core::params::ParamSet;
@@ -31,6 +31,8 @@ impl Generator {
         // Refuse sizes that cannot fit before allocating anything.
         check_memory_on(set.layout.param_count(), set.k(), config, device)?;
         let _one_at_a_time = libtorch_rng();
+        // The thread count is the training's, not the host's: restored when training ends.
+        let _threads = IntraOpThreads::set(training_threads(config));
         torch_boundary("training", || Self::train_on(set, config, device, progress))
     }
 

@@ -15,4 +15,4 @@ pub mod onnx;
 pub mod torch;
 
 pub use generator::{Generator, LATENT_CLIP_MARGIN, LATENT_STD_FLOOR};
-pub use torch::{check_memory, device_name, resolve_device, torch_boundary, TorchResult};
+pub use torch::{available_cores, check_memory, device_name, resolve_device, torch_boundary, training_threads, TorchResult};

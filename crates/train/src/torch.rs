@@ -53,6 +53,54 @@ pub(crate) fn libtorch_rng() -> std::sync::MutexGuard<'static, ()> {
     RNG.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The CPU cores this process may run on: its affinity mask (`sched_getaffinity`, which
+/// `taskset`, cgroup cpusets and container limits narrow), at least 1. Not the machine's core
+/// count: a process given 2 of 64 cores that starts 64 threads only makes them wait for each other.
+pub fn available_cores() -> usize {
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into the zeroed set;
+    // CPU_COUNT only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            return (libc::CPU_COUNT(&set) as usize).max(1);
+        }
+    }
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The intra-op threads a training with `config` runs with on the CPU: `config.threads`, or when
+/// 0, [`available_cores`].
+pub fn training_threads(config: &TrainConfig) -> usize {
+    if config.threads > 0 {
+        config.threads
+    } else {
+        available_cores()
+    }
+}
+
+/// libtorch's intra-op thread count for the calling thread while this guard lives (libtorch
+/// keeps it per process and per calling thread: `at::set_num_threads`), restored on drop, so a
+/// training's setting does not outlive it in a host process.
+pub(crate) struct IntraOpThreads {
+    previous: i32,
+}
+
+impl IntraOpThreads {
+    pub(crate) fn set(n: usize) -> Self {
+        let previous = tch::get_num_threads();
+        tch::set_num_threads(n.clamp(1, i32::MAX as usize) as i32);
+        IntraOpThreads { previous }
+    }
+}
+
+impl Drop for IntraOpThreads {
+    fn drop(&mut self) {
+        if self.previous > 0 {
+            tch::set_num_threads(self.previous);
+        }
+    }
+}
+
 /// Run libtorch work; a libtorch error becomes `Error::Torch` with libtorch's own message
 /// (prefixed by `what`), never a panic. tch's infallible methods panic on a libtorch error
 /// (CUDA out of memory, a device-side assertion, a shape libtorch refuses); training runs long

@@ -158,6 +158,36 @@ fn memory_check_refuses_absurd_sizes() {
 // 6. Configuration
 // ---------------------------------------------------------------------------------------------
 
+/// A training computes with its own thread count (`threads`, or the cores available when 0)
+/// and gives the caller's back when it returns.
+#[test]
+fn training_threads_are_the_runs_own_and_restored() {
+    let set = trajectory_set();
+    // libtorch keeps the count per calling thread (and a process-wide default): a thread of
+    // our own, whose count is put back at the end.
+    std::thread::spawn(move || {
+        let original = tch::get_num_threads();
+        tch::set_num_threads(3);
+        for (threads, expected) in [(1, 1), (2, 2), (0, pdiff_train::available_cores())] {
+            let mut c = small_config(0);
+            c.threads = threads;
+            assert_eq!(pdiff_train::training_threads(&c), expected);
+            let mut seen = Vec::new();
+            Generator::train(&set, &c, &mut |_| {
+                seen.push(tch::get_num_threads());
+                true
+            })
+            .unwrap();
+            assert!(!seen.is_empty() && seen.iter().all(|&n| n as usize == expected), "threads = {threads}: libtorch used {seen:?}, expected {expected}");
+            assert_eq!(tch::get_num_threads(), 3, "the caller's thread count is restored after threads = {threads}");
+        }
+        tch::set_num_threads(original);
+    })
+    .join()
+    .unwrap();
+    assert!(pdiff_train::available_cores() >= 1);
+}
+
 #[test]
 fn train_config_validation() {
     let base = TrainConfig::new(Preset::Compact);
@@ -183,6 +213,9 @@ fn train_config_validation() {
     assert_eq!(bad(&|c| c.weight_decay = -1.0).0, "weight_decay");
     assert_eq!(bad(&|c| c.ema = Some(1.0)).0, "ema");
     assert_eq!(bad(&|c| c.schedule.timesteps = 1).0, "schedule.timesteps");
+    let (field, msg) = bad(&|c| c.threads = 1025);
+    assert_eq!(field, "threads");
+    assert!(msg.contains("at most 1024"), "{msg}");
     let mut ok = base.clone();
     ok.ema = Some(0.999);
     ok.input_noise = 0.0;

@@ -164,6 +164,10 @@ pub struct TrainArgs {
     /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// libtorch threads while training on the CPU (0: the cores this process may run on).
+    /// (`--threads` is ONNX Runtime's, for sampling.)
+    #[arg(long, default_value_t = 0, value_parser = threads)]
+    pub train_threads: usize,
 }
 
 impl TrainArgs {
@@ -205,6 +209,7 @@ impl TrainArgs {
         }
         c.seed = self.seed;
         c.device = self.device;
+        c.threads = self.train_threads;
         c.validate()?;
         Ok(c)
     }

@@ -1,6 +1,7 @@
 //! `pdiff bench`: sampling (the default: tch and ONNX Runtime, DDPM-1000 and DDIM-50, time,
 //! latency, memory, accuracy), `sweep` (throughput of the ONNX Runtime sampler over batch sizes
-//! and concurrent callers) and `scale` (training and sampling as D grows). Each writes a JSON
+//! and concurrent callers), `scale` (training and sampling as D grows) and `train` (training
+//! against the machine's matmul peak, idle and next to a busy process). Each writes a JSON
 //! report that replaces only a previous report of its kind, unless --force.
 use crate::args::{PresetArg, RuntimeArgs, SamplerArgs, TrainArgs};
 use clap::{Args, Subcommand};
@@ -9,7 +10,7 @@ use pdiff_core::model::Preset;
 use pdiff_core::output::{self, IfForeign};
 use pdiff_core::params::ParamSet;
 use pdiff_core::{Error, Result};
-use pdiff_tools::{bench, scale, zoo};
+use pdiff_tools::{bench, scale, train_bench, zoo};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -38,6 +39,57 @@ enum BenchMode {
     /// adapter in turn) against the tools' evaluation, and a Run with an adapter against the
     /// plain model's, adapters activated per second against a session per model.
     Adapters(AdaptersArgs),
+    /// Training speed against the machine: ms per step of each stage and preset at several D,
+    /// FLOPs per step, GFLOP/s and their fraction of libtorch's matmul peak measured in the same
+    /// run, each idle and next to one busy process (about two minutes).
+    Train(TrainBenchArgs),
+}
+
+#[derive(Args)]
+struct TrainBenchArgs {
+    /// Cases as PRESET:D (compact or chunked), e.g. compact:10000,chunked:1000000.
+    #[arg(long, value_delimiter = ',', value_name = "PRESET:D,...", default_value = "compact:10000,compact:100000,chunked:100000,chunked:1000000", value_parser = train_case)]
+    cases: Vec<(Preset, usize)>,
+    /// Checkpoints per case (synthetic trajectories).
+    #[arg(long, default_value_t = 64, value_parser = crate::args::checkpoints)]
+    k: usize,
+    /// Steps of each stage not counted (first allocations, caches).
+    #[arg(long, default_value_t = 3, value_parser = crate::args::steps)]
+    warmup_steps: usize,
+    /// Steps of each stage timed (their median is reported).
+    #[arg(long, default_value_t = 20, value_parser = crate::args::steps)]
+    timed_steps: usize,
+    /// Side of the square matrices whose product measures the matmul peak.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(64..=16384))]
+    matmul_n: u64,
+    #[command(flatten)]
+    train: TrainThreadsArg,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    report: ReportOut,
+}
+
+#[derive(Args)]
+struct TrainThreadsArg {
+    /// libtorch threads (0: the training default, the cores this process may run on).
+    #[arg(long, default_value_t = 0, value_parser = crate::args::threads)]
+    train_threads: usize,
+}
+
+/// `PRESET:D` of `--cases`.
+fn train_case(text: &str) -> std::result::Result<(Preset, usize), String> {
+    let (preset, d) = text.split_once(':').ok_or_else(|| format!("'{text}' is not PRESET:D"))?;
+    let preset = match preset.trim() {
+        "compact" => Preset::Compact,
+        "chunked" => Preset::Chunked,
+        other => return Err(format!("'{other}': the bench measures compact or chunked")),
+    };
+    let d: usize = d.trim().parse().map_err(|_| format!("'{d}' is not a whole number"))?;
+    if !(16..=pdiff_core::limits::MAX_PARAMS).contains(&d) {
+        return Err(format!("D = {d} is not in 16 ..= {}", pdiff_core::limits::MAX_PARAMS));
+    }
+    Ok((preset, d))
 }
 
 /// Where a report goes.
@@ -191,6 +243,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Some(BenchMode::Sweep(s)) => sweep(s),
         Some(BenchMode::Scale(s)) => scale(s),
         Some(BenchMode::Adapters(s)) => adapters(s),
+        Some(BenchMode::Train(t)) => train(t),
     }
 }
 
@@ -407,6 +460,55 @@ fn scale(a: ScaleArgs) -> Result<()> {
     } else {
         println!("written: {}", png.display());
     }
+    Ok(())
+}
+
+fn train(a: TrainBenchArgs) -> Result<()> {
+    let out = a.report.path("train-bench.json");
+    output::check_output_file(&out, a.report.policy(), train_bench::REPORT_KIND, train_bench::is_report)?;
+    let opts = train_bench::TrainBenchOptions {
+        cases: a.cases,
+        k: a.k,
+        warmup_steps: a.warmup_steps,
+        timed_steps: a.timed_steps,
+        threads: a.train.train_threads,
+        matmul_n: a.matmul_n as usize,
+        seed: a.seed,
+    };
+    let report = train_bench::run(&opts, &mut |what| eprintln!("bench: {what}"))?;
+    let json = serde_json::to_vec_pretty(&report).expect("a train bench report serializes");
+    output::write_output_file(&out, &json, a.report.policy(), train_bench::REPORT_KIND, train_bench::is_report)?;
+    println!(
+        "machine: {} ({} cores available, {} libtorch threads, OMP_WAIT_POLICY={}), K = {}",
+        report.machine,
+        report.cores,
+        report.threads,
+        report.omp_wait_policy.as_deref().unwrap_or("unset"),
+        report.k
+    );
+    println!(
+        "matmul peak ({n} x {n}, best of {}): {:.1} GFLOP/s idle, {:.1} next to a busy process",
+        report.matmul.runs,
+        report.matmul.idle_gflops_per_second,
+        report.matmul.busy_gflops_per_second,
+        n = report.matmul.n
+    );
+    println!("{:>9} {:>8} {:>11} {:>5} {:>7} {:>10} {:>12} {:>8} {:>7}", "D", "preset", "stage", "load", "rows", "ms/step", "MFLOP/step", "GFLOP/s", "% peak");
+    for r in &report.rows {
+        println!(
+            "{:>9} {:>8} {:>11} {:>5} {:>7} {:>10.2} {:>12.1} {:>8.2} {:>6.1}%",
+            r.param_count,
+            r.preset,
+            r.stage,
+            r.condition,
+            r.rows_per_step,
+            r.ms_per_step,
+            r.flops_per_step / 1e6,
+            r.gflops_per_second,
+            100.0 * r.fraction_of_peak
+        );
+    }
+    println!("written: {}", out.display());
     Ok(())
 }
 

@@ -43,7 +43,7 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Prepare a host's ONNX model for adapters (`pdiff onnx expose`).
     Onnx(onnx::OnnxArgs),
-    /// Benchmarks: sampling (the default), sweep, scale.
+    /// Benchmarks: sampling (the default), sweep, scale, adapters, train.
     Bench(bench::BenchArgs),
     /// Evaluate checkpoints (and generated models) on a reference task.
     Eval(eval::EvalArgs),
@@ -53,7 +53,36 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// libtorch computes with libgomp (OpenMP) threads. When a core is taken by another process,
+/// libgomp's default wait policy makes a thread that reaches a barrier spin for its partner
+/// (a `make demo` trained 2.6x as long next to one busy process). libgomp reads
+/// `OMP_WAIT_POLICY` once, in its ELF initializer, which runs when libtorch is loaded: before
+/// `main`, so setting the variable now is too late for this process. Nor can an executable's
+/// `.preinit_array` set it: it runs before libc's own initializer, which then sets `environ`
+/// back to the environment the process was started with (glibc's `__libc_init_first`;
+/// measured: libgomp still reported `GOMP_SPINCOUNT = '300000'`). So when the user has set
+/// neither `OMP_WAIT_POLICY` nor `GOMP_SPINCOUNT`, `pdiff` starts itself again (same process,
+/// same arguments: `execve`) with `OMP_WAIT_POLICY=passive`, under which waiting threads sleep
+/// (`GOMP_SPINCOUNT = '0'`). If that exec fails, it runs on with libgomp's default. Only the
+/// commands that train or collect with libtorch do this (a start costs about 0.2 s more):
+/// `collect`, `train`, `demo`, `ablation`, `bench`.
+fn run_with_passive_openmp_wait() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os("GOMP_SPINCOUNT").is_some() {
+        return;
+    }
+    let trains = std::env::args_os().nth(1).is_some_and(|c| ["collect", "train", "demo", "ablation", "bench"].iter().any(|t| c == *t));
+    if !trains {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| "pdiff".into());
+    // Returns only when the exec failed.
+    let _ = std::process::Command::new("/proc/self/exe").arg0(argv0).args(args).env("OMP_WAIT_POLICY", "passive").exec();
+}
+
 fn main() {
+    run_with_passive_openmp_wait();
     // Usage errors exit 1 like every other error (docs/reliability.md); help and version 0.
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let _ = e.print();
