@@ -10,6 +10,7 @@ use pdiff_tools::bench::BenchReport;
 use pdiff_tools::results::DemoResults;
 use pdiff_tools::scale::ScaleReport;
 use pdiff_tools::tasks_demo::TasksResults;
+use pdiff_tools::train_bench::TrainBenchReport;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -42,6 +43,7 @@ const WIDE: &str = "docs/results/mnist-mlp-wide.md";
 const ABLATIONS: &str = "docs/results/ablations.md";
 const SCALE: &str = "docs/results/scale.md";
 const BENCH: &str = "docs/results/bench.md";
+const TRAIN_BENCH: &str = "docs/results/train-bench.md";
 const RESULTS_INDEX: &str = "docs/results/README.md";
 
 /// Runs of whitespace as one space: a sentence may be wrapped anywhere in the page.
@@ -323,6 +325,55 @@ fn bench_page_matches_its_result_file() {
         t.diffusion_ms_per_step,
         t.peak_rss_mib.unwrap_or(f64::NAN)
     ));
+}
+
+#[test]
+fn train_bench_page_matches_its_result_file() {
+    let p = page(TRAIN_BENCH);
+    let r: TrainBenchReport = json("docs/results/train-bench-cpu.json");
+    assert!(r.train_bench);
+    let rows = r
+        .rows
+        .iter()
+        .map(|x| {
+            row(&[
+                thousands(x.param_count),
+                x.preset.clone(),
+                x.stage.clone(),
+                x.condition.clone(),
+                thousands(x.rows_per_step),
+                format!("{:.2}", x.ms_per_step),
+                format!("{:.1}", x.flops_per_step / 1e6),
+                format!("{:.2}", x.gflops_per_second),
+                format!("{:.1}%", 100.0 * x.fraction_of_peak),
+            ])
+        })
+        .collect();
+    p.assert_table("## Each stage against the matmul peak", rows);
+    p.assert_contains(&format!(
+        "matmul peak ({n} x {n}, best of {}): {:.1} GFLOP/s idle, {:.1} GFLOP/s next to the busy process",
+        r.matmul.runs,
+        r.matmul.idle_gflops_per_second,
+        r.matmul.busy_gflops_per_second,
+        n = r.matmul.n
+    ));
+    p.assert_contains(&format!(
+        "K = {}, {} warm-up and {} timed steps per stage, {} libtorch threads on {} cores, OMP_WAIT_POLICY={}",
+        r.k,
+        r.warmup_steps,
+        r.timed_steps,
+        r.threads,
+        r.cores,
+        r.omp_wait_policy.as_deref().unwrap_or("unset")
+    ));
+    let find = |preset: &str, d: usize, stage: &str, condition: &str| {
+        r.rows
+            .iter()
+            .find(|x| x.preset == preset && x.d_requested == d && x.stage == stage && x.condition == condition)
+            .unwrap_or_else(|| panic!("{preset} {d} {stage} {condition}"))
+    };
+    let target = find("chunked", 1_000_000, "autoencoder", "idle");
+    p.assert_contains(&format!("the chunked autoencoder's step at D = 10^6 reaches {:.1}% of the peak (the target is 30%)", 100.0 * target.fraction_of_peak));
 }
 
 #[test]
