@@ -2,6 +2,7 @@
 #   make demo   set everything up, then run the mnist-mlp3 demo into demo-out/
 #   make test   set everything up, then run the whole test suite
 #   make test-peft   PEFT's own loader on generated adapter directories (own venv, ~4.8 GB)
+#   make test-torch   the Python binding's PyTorch tests, in a venv with torch from PyPI (4.8 GB)
 # Deploying (docs/api.md, "Deploying"):
 #   make install PREFIX=/opt/pdiff         full build (training with libtorch, and sampling)
 #   make install-serve PREFIX=/opt/pdiff   serve-only build (sampling; no libtorch)
@@ -18,7 +19,7 @@ SERVE_TARGET := target/serve
 # Where the full build's libtorch is (pdiff.pc passes it to the linker): the one setup.sh chose.
 TORCH_LIBDIR ?= $(shell sed -n 's/^LIBTORCH = "\(.*\)"/\1\/lib/p' .cargo/config.toml 2>/dev/null)
 
-.PHONY: setup build lib lib-serve demo test test-peft fuzz install install-serve uninstall clean
+.PHONY: setup build lib lib-serve demo test test-peft test-torch fuzz install install-serve uninstall clean
 
 setup:
 	bash scripts/setup.sh
@@ -35,6 +36,9 @@ test: setup
 
 test-peft: setup
 	bash scripts/test-peft.sh
+
+test-torch: setup
+	bash scripts/test-torch.sh
 
 fuzz: setup
 	bash scripts/fuzz.sh 600

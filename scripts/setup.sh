@@ -93,6 +93,8 @@ esac
 # Building the Python binding offline (pip install --no-build-isolation bindings/python) needs a
 # setuptools that builds wheels by itself; a no-op once it is there.
 "$VENV/bin/pip" install -q "setuptools>=77"
+# mypy: its stubtest checks the Python binding's type stubs (bindings/python/tests/test_torch.py).
+"$VENV/bin/pip" install -q "mypy>=1.10"
 
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 TORCH_DIR="$SITE/torch"

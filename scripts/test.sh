@@ -174,6 +174,7 @@ target/test_pdiff_cpp --bundle "$tmp/bundle" --expect "$tmp/c_samples.f32" --out
 py_test() {  # LIBRARY EXPECT_TRAINING(1|0) [VAR=VALUE...]
   local library=$1 training=$2; shift 2
   (cd "$tmp" && env PYTHONPATH="$tmp/pysite" PDIFF_TEST_INSTALLED=1 PDIFF_TEST_TRAINING="$training" \
+      PDIFF_TEST_STUBTEST=1 \
       PDIFF_LIB="$library" PDIFF_TEST_C_BUNDLE="$tmp/bundle" PDIFF_TEST_C_SAMPLES="$tmp/c_samples.f32" \
       PDIFF_TEST_CPP_SAMPLES="$tmp/cpp_samples.f32" "$@" \
       "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/bindings/python/tests")

@@ -3,6 +3,7 @@
     import numpy as np, pdiff
 
     ds = pdiff.Dataset.from_memory([("w", (4, 8)), ("b", (4,))], checkpoints)   # [K, D] floats
+    ds = pdiff.Dataset.from_state_dicts([m.state_dict() for m in models], select=["*.norm*"])
     gen = pdiff.Generator.train(ds, ae_steps=1000, diffusion_steps=3000, seed=0,
                                 progress=lambda stage, step, total, loss: True)  # False: cancel
     gen.export("bundle")
@@ -11,6 +12,8 @@
     params, clipped = s.sample(100, seed=7, progress=lambda step, total: True,  # False: cancel
                                return_clipped=True)               # clipped: ClipCount(latents, values)
     models = s.sample_named(10, seed=7)                            # [{"w": (4, 8), "b": (4,)}]
+    sds = s.sample_state_dicts(10, seed=7)                         # [{"w": torch.Tensor, ...}]
+    s.sample_into_module(model, seed=7)                            # into model's own tensors
     best, index, score = s.best_of_n(100, lambda p: -float(p @ p), seed=7)
 
 Every failing call raises a subclass of :class:`pdiff.Error` carrying ``status`` (a
@@ -21,7 +24,7 @@ raise :class:`NullPointerError`). The low-level layer (``pdiff._ffi.ffi`` / ``pd
 is generated from include/pdiff.h at import time.
 
 A serve-only libpdiff (built without libtorch) has no training: :func:`has_training` is then
-False and ``Dataset.from_memory`` / ``Dataset.load_dir`` / ``Generator.train`` raise
+False and ``Dataset.from_memory`` / ``from_state_dicts`` / ``load_dir`` / ``Generator.train`` raise
 :class:`TrainingUnavailableError`; :class:`Sampler` works with either build.
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from . import _state_dicts
 from ._ffi import HAS_TRAINING, HEADER_ABI_VERSION, LIBRARY_PATH, ffi, lib
 
 __all__ = [
@@ -500,6 +504,23 @@ class Dataset(_Handle):
         return cls(ffi.gc(out[0], lib.pdiff_dataset_free))
 
     @classmethod
+    def from_state_dicts(cls, state_dicts, select: Union[None, str, Sequence[str]] = None,
+                         conditions=None) -> "Dataset":
+        """K checkpoints given as PyTorch state dicts (``model.state_dict()``) or dicts of numpy
+        arrays: a sequence of them, or a mapping {checkpoint name: state dict} whose names the
+        errors quote. ``select``: the tensors to take, exact names or globs (each must match a
+        tensor); None: every floating-point tensor (integer buffers such as BatchNorm's
+        ``num_batches_tracked`` are left out). Tensors keep their names, in the first state
+        dict's order; any floating dtype and device, converted to float32. Every checkpoint
+        must have the selected tensors with the first one's shapes (and, without ``select``,
+        no other floating-point tensor): :class:`InvalidArgumentError` naming the checkpoint
+        and the tensor otherwise, and for a selected tensor that is not floating-point.
+        ``conditions`` as in :meth:`from_memory`."""
+        _require_training("Dataset.from_state_dicts")
+        layout, data = _state_dicts.flatten(state_dicts, select)
+        return cls.from_memory(layout, data, conditions)
+
+    @classmethod
     def load_dir(cls, path, patterns: Union[None, str, Sequence[str]] = None, conditions_file=None) -> "Dataset":
         """Every ``*.safetensors`` file of ``path`` (sorted by name) as one checkpoint; ``patterns``
         selects tensors (exact names or globs; None: every floating-point tensor).
@@ -844,6 +865,42 @@ class Sampler(_Handle):
             for row in flat
         ]
         return (models, clipped) if return_clipped else models
+
+    def sample_state_dicts(self, n: int, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
+                           condition=None, guidance: float = 1.0, progress: Optional[SampleProgressFn] = None,
+                           return_clipped: bool = False, as_torch: Optional[bool] = None):
+        """As :meth:`sample`, as ``n`` state dicts {tensor name: tensor of its shape}, ready for
+        ``model.load_state_dict(sd, strict=False)`` (the tensors the bundle does not generate
+        stay as they are). ``as_torch``: torch tensors (True), numpy arrays (False), or torch
+        tensors when torch can be imported (None). The tensors of all n dicts are float32
+        views of one [n, D] array. ``return_clipped``: ``(dicts, ClipCount)``."""
+        torch = None if as_torch is False else _state_dicts.import_torch(required=bool(as_torch))
+        flat, clipped = self.sample(n, seed=seed, sampler=sampler, steps=steps, condition=condition, guidance=guidance,
+                                    progress=progress, return_clipped=True)
+        models = _state_dicts.rows_to_state_dicts(flat, self.layout, torch)
+        return (models, clipped) if return_clipped else models
+
+    def sample_into_module(self, model, seed: int = 0, sampler="ddim", steps: Optional[int] = 50,
+                           condition=None, guidance: float = 1.0,
+                           progress: Optional[SampleProgressFn] = None) -> ClipCount:
+        """Generate one model into a ``torch.nn.Module``'s own parameters and buffers, by name:
+        each tensor of :attr:`layout` must be one of ``model.state_dict()``'s, floating-point
+        and of the layout's shape, else :class:`InvalidArgumentError` naming it, before
+        anything is written. The module's other tensors are left as they are; its dtypes and
+        devices are kept (values converted from float32). The values are those
+        ``sample(1, ...)`` gives. Other arguments as in :meth:`sample`; returns the call's
+        :class:`ClipCount`."""
+        import torch
+
+        layout = self.layout
+        targets = _state_dicts.module_targets(model, layout)
+        buffers = {t.name: np.empty(t.shape, dtype=np.float32) for t in layout}
+        clipped = self.sample_into(buffers, 1, seed=seed, sampler=sampler, steps=steps, condition=condition,
+                                   guidance=guidance, progress=progress)
+        with torch.no_grad():  # copy_ bumps the version counters autograd checks
+            for name, target in targets.items():
+                target.copy_(torch.from_numpy(buffers[name]))
+        return clipped
 
     def best_of_n(self, n: int, score_fn: Callable[[np.ndarray], float], seed: int = 0, sampler="ddim",
                   steps: Optional[int] = 50, condition=None, guidance: float = 1.0,
