@@ -1,0 +1,47 @@
+"""Research prototype: test accuracy of held-out tasks' trained adapters, nearest seen task's, the
+average seen adapter and generated ones (OUT/<prefix>_<code>/), loaded with PEFT (see vit_lora_collect.py)."""
+import json, sys, os, glob, itertools, random
+import numpy as np, torch
+from transformers import ViTForImageClassification
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+torch.set_num_threads(1)
+RUN = sys.argv[1]; PFX = sys.argv[2] if len(sys.argv) > 2 else "gen"
+D = os.environ.get("PDIFF_MNIST_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "data", "mnist", "digits"))
+X, Y, T = [], [], []
+for d in range(10):
+    a = np.array(json.load(open(f"{D}/{d}.json"))["data"], dtype=np.float32).reshape(-1, 784)
+    for j, img in enumerate(a):
+        X.append(img); Y.append(d); T.append(j % 5 == 0)
+X = (torch.tensor(np.stack(X)).view(-1, 1, 28, 28) - 0.5) / 0.5
+Y = torch.tensor(Y); T = torch.tensor(T)
+Xte, Yte = X[T], Y[T]
+m = ViTForImageClassification.from_pretrained(f"{RUN}/base")
+pm = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
+pm.eval()
+@torch.no_grad()
+def acc_of(sd, code):
+    set_peft_model_state_dict(pm, sd)
+    lab = torch.tensor([int(code[int(v)] == "1") for v in Yte])
+    out = pm(pixel_values=Xte).logits
+    return (out.argmax(1) == lab).float().mean().item()
+def accs(files, code):
+    return [acc_of(load_file(f), code) for f in files]
+seen = sorted(os.listdir(f"{RUN}/seen")); held = sorted(os.listdir(f"{RUN}/heldout"))
+ham = lambda a, b: sum(x != y for x, y in zip(a, b))
+# average adapter of all seen checkpoints
+allseen = [load_file(f) for s in seen for f in sorted(glob.glob(f"{RUN}/seen/{s}/*.safetensors"))]
+avg = {k: torch.stack([sd[k] for sd in allseen]).mean(0) for k in allseen[0]}
+rows = []
+for h in held:
+    trained = accs(sorted(glob.glob(f"{RUN}/heldout/{h}/*.safetensors")), h)
+    near = min(seen, key=lambda s: (ham(s, h), s))
+    nearest = accs(sorted(glob.glob(f"{RUN}/seen/{near}/*.safetensors")), h)
+    a_avg = acc_of(avg, h)
+    gen = accs(sorted(glob.glob(f"{RUN}/{PFX}_{h}/*.safetensors")), h) if os.path.isdir(f"{RUN}/{PFX}_{h}") else []
+    r = dict(task=h, trained=float(np.median(trained)), nearest=float(np.median(nearest)), average=a_avg,
+             generated=float(np.median(gen)) if gen else None, gen_min=min(gen) if gen else None)
+    rows.append(r); print(r, flush=True)
+for k in ["trained", "nearest", "average", "generated"]:
+    v = [r[k] for r in rows if r[k] is not None]
+    print(k, "median over tasks", np.median(v) if v else None)
