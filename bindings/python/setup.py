@@ -2,13 +2,18 @@
 
 The installed package must carry the C declarations it parses at import time, so building it
 copies the repository's include/pdiff.h and include/pdiff_features.h (pdiff.h includes it) into
-pdiff/include/. They are read from the checkout at build time, never kept as a second copy
+pdiff/include/. With $PDIFF_WHEEL_LIBRARY (a serve-only libpdiff.so: `make wheel`), the library
+is copied into pdiff/lib/ as well, the wheel is a platform wheel (py3-none-<platform>, for
+auditwheel to give its manylinux tag) and it depends on onnxruntime, whose libonnxruntime the
+package hands to the library at import (pdiff/_ffi.py). They are read from the checkout at build time, never kept as a second copy
 here; an sdist carries them in pdiff/include/ for a wheel built from it later.
 """
+import os
 import shutil
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_py import build_py
 from setuptools.command.sdist import sdist
 from setuptools.errors import SetupError
@@ -34,6 +39,12 @@ def header_dir() -> Path:
     return source
 
 
+# The library to bundle; None for the pure-Python package that finds an installed libpdiff.
+BUNDLED = os.environ.get("PDIFF_WHEEL_LIBRARY") or None
+if BUNDLED is not None and not Path(BUNDLED).is_file():
+    raise SetupError(f"$PDIFF_WHEEL_LIBRARY={BUNDLED} is not a file (build it: make lib-serve)")
+
+
 def copy_headers(dest: Path) -> None:
     source = header_dir()
     dest.mkdir(parents=True, exist_ok=True)
@@ -51,10 +62,28 @@ class BuildPyWithHeaders(build_py):
         super().run()
         if self._copies_headers():
             copy_headers(Path(self.build_lib) / PACKAGE_INCLUDE)
+            if BUNDLED is not None:
+                (Path(self.build_lib) / "pdiff" / "lib").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(BUNDLED, Path(self.build_lib) / "pdiff" / "lib" / "libpdiff.so")
 
     def get_outputs(self, include_bytecode=True):
         extra = [str(Path(self.build_lib) / PACKAGE_INCLUDE / h) for h in HEADERS] if self._copies_headers() else []
+        if self._copies_headers() and BUNDLED is not None:
+            extra.append(str(Path(self.build_lib) / "pdiff" / "lib" / "libpdiff.so"))
         return super().get_outputs(include_bytecode) + extra
+
+
+class BinaryDistribution(Distribution):
+    def has_ext_modules(self):
+        # A bundled libpdiff.so makes the wheel platform-specific (not a Python extension: cffi
+        # loads it in ABI mode, so any Python 3 takes it).
+        return BUNDLED is not None
+
+
+class BdistWheel(bdist_wheel):
+    def get_tag(self):
+        python, abi, platform = super().get_tag()
+        return ("py3", "none", platform) if BUNDLED is not None else (python, abi, platform)
 
 
 class SdistWithHeaders(sdist):
@@ -63,4 +92,8 @@ class SdistWithHeaders(sdist):
         copy_headers(Path(base_dir) / PACKAGE_INCLUDE)
 
 
-setup(cmdclass={"build_py": BuildPyWithHeaders, "sdist": SdistWithHeaders})
+setup(
+    cmdclass={"build_py": BuildPyWithHeaders, "sdist": SdistWithHeaders, "bdist_wheel": BdistWheel},
+    distclass=BinaryDistribution,
+    install_requires=["numpy", "cffi"] + (["onnxruntime>=1.30"] if BUNDLED is not None else []),
+)

@@ -12,7 +12,9 @@ is its ``PDIFF_CAPABILITY_TRAIN`` bit.
 
 Where things are found (first match wins):
 
-- libpdiff.so: ``$PDIFF_LIB``; else ``<sys.prefix>/lib/libpdiff.so`` (``make install
+- libpdiff.so: ``$PDIFF_LIB``; else the one inside the package (``pdiff/lib/``, a wheel built by
+  ``make wheel``: ONNX Runtime then comes from the onnxruntime wheel, ``$PDIFF_ORT_LIB`` unless
+  set); else ``<sys.prefix>/lib/libpdiff.so`` (``make install
   PREFIX=$VIRTUAL_ENV``); else, only when this package is imported from a source checkout, the
   checkout's ``target/release/libpdiff.so``; else the system loader
   (``ctypes.util.find_library("pdiff")``, then ``libpdiff.so`` through ld.so's search path).
@@ -24,6 +26,7 @@ Where things are found (first match wins):
 from __future__ import annotations
 
 import ctypes.util
+import importlib.util
 import os
 import re
 import sys
@@ -162,11 +165,15 @@ def header_to_cdef(text: str, defines: Iterable[str] = ()) -> str:
     return cdef
 
 
+# The serve-only libpdiff.so a wheel built by `make wheel` carries (bindings/python/setup.py).
+_BUNDLED_LIBRARY = _PACKAGE_DIR / "lib" / "libpdiff.so"
+
+
 def _find_library() -> str:
     env = os.environ.get("PDIFF_LIB")
     if env:
         return env
-    candidates = [Path(sys.prefix) / "lib" / "libpdiff.so"]
+    candidates = [_BUNDLED_LIBRARY, Path(sys.prefix) / "lib" / "libpdiff.so"]
     if _CHECKOUT is not None:
         candidates.append(_CHECKOUT / "target" / "release" / "libpdiff.so")
     for c in candidates:
@@ -192,7 +199,25 @@ def _find_header(library: str) -> Path:
     raise ImportError("pdiff.h not found (set $PDIFF_HEADER); looked at: " + ", ".join(map(str, candidates)))
 
 
+def _onnxruntime_library() -> Optional[str]:
+    """libonnxruntime.so inside the installed onnxruntime wheel (found without importing it)."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for directory in spec.submodule_search_locations:
+        found = sorted((Path(directory) / "capi").glob("libonnxruntime.so*"))
+        if found:
+            return str(found[0])
+    return None
+
+
 LIBRARY_PATH = _find_library()
+# The bundled library has no other way to find ONNX Runtime: the wheel depends on onnxruntime,
+# whose library the engine is told about (unless the user chose one).
+if LIBRARY_PATH == str(_BUNDLED_LIBRARY) and not os.environ.get("PDIFF_ORT_LIB") and not os.environ.get("ORT_DYLIB_PATH"):
+    _ort = _onnxruntime_library()
+    if _ort is not None:
+        os.environ["PDIFF_ORT_LIB"] = _ort
 HEADER_PATH = _find_header(LIBRARY_PATH)
 CDEF = header_to_cdef(HEADER_PATH.read_text(encoding="utf-8"), PREDEFINED)
 

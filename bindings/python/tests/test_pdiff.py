@@ -238,6 +238,21 @@ def test_imports_the_installed_package():
     assert importlib.metadata.version("pdiff") == version_in(ROOT / "Cargo.toml")
 
 
+def test_the_wheel_uses_its_own_library_and_onnxruntime():
+    """A wheel of `make wheel`, installed with nothing else: its bundled serve-only libpdiff,
+    and libonnxruntime from the onnxruntime wheel it depends on."""
+    if os.environ.get("PDIFF_TEST_WHEEL") != "1":
+        pytest.skip("PDIFF_TEST_WHEEL=1 not set: not the wheel in a fresh venv")
+    package = pathlib.Path(pdiff.__file__).resolve().parent
+    assert "PDIFF_LIB" not in os.environ
+    assert _ffi.LIBRARY_PATH == str(package / "lib" / "libpdiff.so") and not pdiff.has_training()
+    import onnxruntime
+
+    ort_dir = pathlib.Path(onnxruntime.__file__).resolve().parent
+    assert pathlib.Path(os.environ["PDIFF_ORT_LIB"]).resolve().parent == ort_dir / "capi"
+    assert importlib.metadata.requires("pdiff") == ["numpy", "cffi", "onnxruntime>=1.30"]
+
+
 def test_package_version_is_the_library_version():
     assert version_in(ROOT / "bindings" / "python" / "pyproject.toml") == version_in(ROOT / "Cargo.toml")
 
@@ -275,6 +290,7 @@ def test_library_lookup_order(monkeypatch, tmp_path):
         return path
 
     monkeypatch.setattr(_ffi.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(_ffi, "_BUNDLED_LIBRARY", tmp_path / "pkg" / "lib" / "libpdiff.so")
     checkout = tmp_path / "checkout"
     checkout_lib = fake_lib(checkout / "target" / "release" / "libpdiff.so")
     monkeypatch.setattr(_ffi, "_CHECKOUT", checkout)
@@ -285,6 +301,9 @@ def test_library_lookup_order(monkeypatch, tmp_path):
     assert _ffi._find_library() == str(checkout_lib)
     prefix_lib = fake_lib(tmp_path / "venv" / "lib" / "libpdiff.so")  # make install PREFIX=$VIRTUAL_ENV
     assert _ffi._find_library() == str(prefix_lib)
+    bundled = fake_lib(tmp_path / "pkg" / "lib" / "libpdiff.so")  # a wheel's own library comes first
+    assert _ffi._find_library() == str(bundled)
+    bundled.unlink()
     prefix_lib.unlink()
     # an installed package never takes a checkout's build: the loader's search path decides
     monkeypatch.setattr(_ffi, "_CHECKOUT", None)
