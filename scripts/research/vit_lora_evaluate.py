@@ -42,6 +42,5 @@ for h in held:
     r = dict(task=h, trained=float(np.median(trained)), nearest=float(np.median(nearest)), average=a_avg,
              generated=float(np.median(gen)) if gen else None, gen_min=min(gen) if gen else None)
     rows.append(r); print(r, flush=True)
-for k in ["trained", "nearest", "average", "generated"]:
-    v = [r[k] for r in rows if r[k] is not None]
-    print(k, "median over tasks", np.median(v) if v else None)
+medians = {k: float(np.median([r[k] for r in rows if r[k] is not None])) for k in ["trained", "nearest", "average", "generated"] if any(r[k] is not None for r in rows)}
+print(json.dumps({"tasks": rows, "median_over_tasks": medians}, indent=1))

@@ -793,3 +793,19 @@ fn adapters_page_matches_its_result_files() {
         None => p.assert_contains("not measured"),
     }
 }
+
+/// The LoRA task-family prototype's table in docs/decisions.md: each row's medians are those of
+/// its result file (docs/results/research/vit-lora-run<N>.json, scripts/research).
+#[test]
+fn lora_prototype_table_matches_its_result_files() {
+    let path = "docs/decisions.md";
+    let text = read(path);
+    let rows = table_after(path, &text, "## 2026-12-08: a LoRA task family for conditional PEFT adapters (prototype, targets not met yet)");
+    assert_eq!(rows.len(), 3, "{path}: one row per prototype run");
+    for (i, cells) in rows.iter().enumerate() {
+        let r: serde_json::Value = json(&format!("docs/results/research/vit-lora-run{}.json", i + 1));
+        let m = &r["median_over_tasks"];
+        let want: Vec<String> = ["trained", "nearest", "average", "generated"].iter().map(|k| format!("{:.3}", m[*k].as_f64().unwrap())).collect();
+        assert_eq!(cells[1..].to_vec(), want, "{path}, prototype row {}: the page (left) vs the result file (right)", i + 1);
+    }
+}
