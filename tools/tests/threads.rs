@@ -57,6 +57,13 @@ fn train_threads_are_bounded() {
         assert!(err.contains(words), "{value}: {err}");
         assert!(!out.exists());
     }
+    for (value, words) in [("0", "0 is not in 1 ..= 1024"), ("1025", "1025 is not in 1 ..= 1024")] {
+        let o = pdiff_env(&["train", "--checkpoints", dir.path().to_str().unwrap(), "--out", out.to_str().unwrap(), "--timesteps-per-row", value], &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{value}: {err}");
+        assert!(err.contains(words), "{value}: {err}");
+        assert!(!out.exists());
+    }
 }
 
 /// The multiply-adds of one forward pass, counted by hand for the presets' networks.

@@ -87,7 +87,25 @@ pub struct TrainConfig {
     /// A setting of the run, not of the model: not written into bundles when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub threads: usize,
+    /// Diffusion training: each latent drawn for a step is used this many times, each with its
+    /// own timestep and noise (a batch of `batch_size` x this rows). The diffusion stage is bound
+    /// by per-step overhead, so R rows per latent cost far less than R steps: fewer steps at a
+    /// larger R see as many (latent, timestep) pairs (measured: docs/api.md, `--timesteps-per-row`). Default 1
+    /// (the published results); not written into bundles when 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub timesteps_per_row: usize,
 }
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+/// The most timesteps per latent a diffusion step may draw.
+pub const MAX_TIMESTEPS_PER_ROW: usize = 1024;
 
 fn is_zero(v: &usize) -> bool {
     *v == 0
@@ -133,6 +151,7 @@ impl TrainConfig {
             seed: 0,
             device: DeviceChoice::Auto,
             threads: 0,
+            timesteps_per_row: 1,
         }
     }
 
@@ -145,6 +164,9 @@ impl TrainConfig {
         self.schedule.validate()?;
         if self.batch_size == 0 {
             return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        if !(1..=MAX_TIMESTEPS_PER_ROW).contains(&self.timesteps_per_row) {
+            return Err(Error::invalid("timesteps_per_row", format!("{} (must be in 1 ..= {MAX_TIMESTEPS_PER_ROW})", self.timesteps_per_row)));
         }
         if self.threads > MAX_TRAIN_THREADS {
             return Err(Error::invalid("threads", format!("{} (at most {MAX_TRAIN_THREADS}; 0: the cores available)", self.threads)));

@@ -151,9 +151,15 @@ impl Generator {
         for step in 0..config.diffusion_steps {
             opt.set_lr(cosine_lr(config.diffusion_lr, step, config.diffusion_steps));
             let idx = Tensor::randint(k, [batch], (Kind::Int64, device));
+            // Each drawn latent `timesteps_per_row` times (1: the batch as drawn, the same draws
+            // as before the option existed).
+            let (idx, rows) = match config.timesteps_per_row as i64 {
+                1 => (idx, batch),
+                r => (idx.repeat([r]), batch * r),
+            };
             let x0 = z0.index_select(0, &idx);
             // Every sample gets its own timestep.
-            let t = Tensor::randint(timesteps, [batch], (Kind::Int64, device));
+            let t = Tensor::randint(timesteps, [rows], (Kind::Int64, device));
             let eps = Tensor::randn_like(&x0);
             let xt = &x0 * sqrt_ab.index_select(0, &t).unsqueeze(1) + &eps * sqrt_1mab.index_select(0, &t).unsqueeze(1);
             let mask;
@@ -161,7 +167,7 @@ impl Generator {
             let cond = match &conditions {
                 Some(all) => {
                     values = all.index_select(0, &idx);
-                    mask = Tensor::rand([batch], (Kind::Float, device)).ge(config.condition_dropout).to_kind(Kind::Float);
+                    mask = Tensor::rand([rows], (Kind::Float, device)).ge(config.condition_dropout).to_kind(Kind::Float);
                     Some(ConditionBatch { values: &values, mask: &mask })
                 }
                 None => None,

@@ -158,6 +158,26 @@ fn memory_check_refuses_absurd_sizes() {
 // 6. Configuration
 // ---------------------------------------------------------------------------------------------
 
+/// Several timesteps per drawn latent: the diffusion stage trains on batch x R rows per step
+/// (a different run than R = 1, reproducible per seed), and R = 1 is the run without the option.
+#[test]
+fn timesteps_per_row() {
+    let set = trajectory_set();
+    let mut c = small_config(5);
+    let (base, _) = train(&set, &c);
+    c.timesteps_per_row = 1;
+    let (one, _) = train(&set, &c);
+    assert_eq!(base.history.diffusion_loss, one.history.diffusion_loss);
+    c.timesteps_per_row = 4;
+    let (four, _) = train(&set, &c);
+    let (again, _) = train(&set, &c);
+    assert_eq!(four.history.diffusion_loss, again.history.diffusion_loss);
+    assert_ne!(four.history.diffusion_loss, base.history.diffusion_loss);
+    assert_eq!(four.history.ae_loss, base.history.ae_loss, "the autoencoder does not change");
+    assert_eq!(four.history.diffusion_loss.len(), c.diffusion_steps);
+    assert!(four.history.diffusion_loss.iter().all(|l| l.is_finite()));
+}
+
 /// A training computes with its own thread count (`threads`, or the cores available when 0)
 /// and gives the caller's back when it returns.
 #[test]
@@ -213,6 +233,8 @@ fn train_config_validation() {
     assert_eq!(bad(&|c| c.weight_decay = -1.0).0, "weight_decay");
     assert_eq!(bad(&|c| c.ema = Some(1.0)).0, "ema");
     assert_eq!(bad(&|c| c.schedule.timesteps = 1).0, "schedule.timesteps");
+    assert_eq!(bad(&|c| c.timesteps_per_row = 0).0, "timesteps_per_row");
+    assert_eq!(bad(&|c| c.timesteps_per_row = 1025).0, "timesteps_per_row");
     let (field, msg) = bad(&|c| c.threads = 1025);
     assert_eq!(field, "threads");
     assert!(msg.contains("at most 1024"), "{msg}");

@@ -168,6 +168,9 @@ pub struct TrainArgs {
     /// (`--threads` is ONNX Runtime's, for sampling.)
     #[arg(long, default_value_t = 0, value_parser = threads)]
     pub train_threads: usize,
+    /// Diffusion training: timesteps (each with its own noise) per drawn latent and step (1).
+    #[arg(long, value_parser = timesteps_per_row)]
+    pub timesteps_per_row: Option<usize>,
 }
 
 impl TrainArgs {
@@ -210,6 +213,7 @@ impl TrainArgs {
         c.seed = self.seed;
         c.device = self.device;
         c.threads = self.train_threads;
+        c.timesteps_per_row = self.timesteps_per_row.unwrap_or(c.timesteps_per_row);
         c.validate()?;
         Ok(c)
     }
@@ -270,6 +274,11 @@ pub fn batch(text: &str) -> std::result::Result<usize, String> {
 /// Threads: 0 (the library's default) ..= 1024.
 pub fn threads(text: &str) -> std::result::Result<usize, String> {
     bounded(text, 0, 1024)
+}
+
+/// Timesteps per drawn latent: 1 ..= the library's limit.
+pub fn timesteps_per_row(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 1, pdiff_core::training::MAX_TIMESTEPS_PER_ROW)
 }
 
 /// Checkpoints to collect: 2 ..= the library's limit.
