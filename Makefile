@@ -2,7 +2,9 @@
 #   make demo   set everything up, then run the mnist-mlp3 demo into demo-out/
 #   make test   set everything up, then run the whole test suite
 #   make test-peft   PEFT's own loader on generated adapter directories (own venv, ~4.8 GB)
-#   make wheel   target/wheels/pdiff-*.whl: the Python package with the serve-only library inside
+#   make wheel   target/wheels/pdiff-*.whl (serve-only library inside) and target/wheels-train/
+#                pdiff-*.whl (training library, linking the installed torch wheel's libtorch)
+#   make test-wheels   the training wheel in a fresh venv (torch from PyPI, ~4.8 GB)
 #   make test-torch   the Python binding's PyTorch tests, in a venv with torch from PyPI (4.8 GB)
 # Deploying (docs/api.md, "Deploying"):
 #   make install PREFIX=/opt/pdiff         full build (training with libtorch, and sampling)
@@ -20,7 +22,7 @@ SERVE_TARGET := target/serve
 # Where the full build's libtorch is (pdiff.pc passes it to the linker): the one setup.sh chose.
 TORCH_LIBDIR ?= $(shell sed -n 's/^LIBTORCH = "\(.*\)"/\1\/lib/p' .cargo/config.toml 2>/dev/null)
 
-.PHONY: setup build lib lib-serve wheel demo test test-peft test-torch fuzz install install-serve uninstall clean
+.PHONY: setup build lib lib-serve wheel demo test test-peft test-torch test-wheels fuzz install install-serve uninstall clean
 
 setup:
 	bash scripts/setup.sh
@@ -29,10 +31,15 @@ setup:
 build: setup
 	cargo build --release --workspace
 
-# The pdiff wheel (pip install target/wheels/pdiff-*.whl): serve-only libpdiff.so inside, ONNX
-# Runtime from the onnxruntime wheel it depends on; manylinux tag by auditwheel (scripts/wheel.sh).
+# The pdiff wheels (pip install target/wheels/pdiff-*.whl): serve-only libpdiff.so inside, ONNX
+# Runtime from the onnxruntime wheel it depends on; the training one's library has its RUNPATH
+# into the torch wheel it depends on. manylinux tags by auditwheel (scripts/wheel.sh).
 wheel: setup
-	bash scripts/wheel.sh
+	bash scripts/wheel.sh serve
+	bash scripts/wheel.sh train
+
+test-wheels: setup
+	bash scripts/test-wheels.sh
 
 demo: build
 	./target/release/pdiff demo --task mnist-mlp3 --out demo-out

@@ -185,14 +185,14 @@ py_test "$ROOT/$SERVE_LIB" 0
 # The wheel (make wheel: the serve-only library inside, scripts/wheel.sh) in a FRESH venv: pip
 # installs it and its dependencies from PyPI (onnxruntime, numpy, cffi), and the binding's tests
 # run there with no $PDIFF_LIB / $PDIFF_ORT_LIB and no LD_LIBRARY_PATH.
-bash scripts/wheel.sh "$tmp/wheels"
+bash scripts/wheel.sh serve "$tmp/wheels"
 wheel=$(ls "$tmp"/wheels/pdiff-*.whl)
 "${PYTHON:-python3.11}" -m venv "$tmp/wheel-venv"
 start=$(date +%s)
 "$tmp/wheel-venv/bin/pip" install -q "$wheel"
 echo "wheel: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) KiB, installed with its dependencies in $(($(date +%s) - start)) s"
 "$tmp/wheel-venv/bin/pip" install -q pytest "mypy>=1.10" safetensors  # the tests' own needs
-(cd "$tmp" && env -u LD_LIBRARY_PATH -u PDIFF_ORT_LIB PDIFF_TEST_INSTALLED=1 PDIFF_TEST_TRAINING=0 PDIFF_TEST_WHEEL=1 \
+(cd "$tmp" && env -u LD_LIBRARY_PATH -u PDIFF_ORT_LIB PDIFF_TEST_INSTALLED=1 PDIFF_TEST_TRAINING=0 PDIFF_TEST_WHEEL=serve \
     PDIFF_TEST_STUBTEST=1 PDIFF_TEST_C_BUNDLE="$tmp/bundle" PDIFF_TEST_C_SAMPLES="$tmp/c_samples.f32" \
     PDIFF_TEST_CPP_SAMPLES="$tmp/cpp_samples.f32" \
     "$tmp/wheel-venv/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/bindings/python/tests")

@@ -41,6 +41,9 @@ def header_dir() -> Path:
 
 # The library to bundle; None for the pure-Python package that finds an installed libpdiff.
 BUNDLED = os.environ.get("PDIFF_WHEEL_LIBRARY") or None
+# The training wheel's library links the torch wheel's libtorch (RUNPATH into site-packages/torch/lib,
+# scripts/wheel.sh): it depends on exactly the torch it was built against.
+TORCH = os.environ.get("PDIFF_WHEEL_TORCH") or None
 if BUNDLED is not None and not Path(BUNDLED).is_file():
     raise SetupError(f"$PDIFF_WHEEL_LIBRARY={BUNDLED} is not a file (build it: make lib-serve)")
 
@@ -95,5 +98,6 @@ class SdistWithHeaders(sdist):
 setup(
     cmdclass={"build_py": BuildPyWithHeaders, "sdist": SdistWithHeaders, "bdist_wheel": BdistWheel},
     distclass=BinaryDistribution,
-    install_requires=["numpy", "cffi"] + (["onnxruntime>=1.30"] if BUNDLED is not None else []),
+    install_requires=["numpy", "cffi"] + (["onnxruntime>=1.30"] if BUNDLED is not None else [])
+    + ([f"torch=={TORCH}"] if TORCH else []),
 )

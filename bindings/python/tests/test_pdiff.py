@@ -24,6 +24,7 @@ the C++ test, when given). Without them, both C programs are compiled and run he
 """
 import ctypes
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -241,16 +242,25 @@ def test_imports_the_installed_package():
 def test_the_wheel_uses_its_own_library_and_onnxruntime():
     """A wheel of `make wheel`, installed with nothing else: its bundled serve-only libpdiff,
     and libonnxruntime from the onnxruntime wheel it depends on."""
-    if os.environ.get("PDIFF_TEST_WHEEL") != "1":
-        pytest.skip("PDIFF_TEST_WHEEL=1 not set: not the wheel in a fresh venv")
+    variant = os.environ.get("PDIFF_TEST_WHEEL")
+    if variant not in ("serve", "train"):
+        pytest.skip("PDIFF_TEST_WHEEL=serve|train not set: not a wheel in a fresh venv")
     package = pathlib.Path(pdiff.__file__).resolve().parent
-    assert "PDIFF_LIB" not in os.environ
-    assert _ffi.LIBRARY_PATH == str(package / "lib" / "libpdiff.so") and not pdiff.has_training()
+    assert "PDIFF_LIB" not in os.environ and "LD_LIBRARY_PATH" not in os.environ
+    assert _ffi.LIBRARY_PATH == str(package / "lib" / "libpdiff.so")
+    assert pdiff.has_training() is (variant == "train")
     import onnxruntime
 
     ort_dir = pathlib.Path(onnxruntime.__file__).resolve().parent
     assert pathlib.Path(os.environ["PDIFF_ORT_LIB"]).resolve().parent == ort_dir / "capi"
-    assert importlib.metadata.requires("pdiff") == ["numpy", "cffi", "onnxruntime>=1.30"]
+    requires = ["numpy", "cffi", "onnxruntime>=1.30"]
+    if variant == "train":
+        requires.append("torch==" + importlib.metadata.version("torch").split("+")[0])
+        # libtorch is the installed torch wheel's, found through the library's RUNPATH
+        maps = pathlib.Path("/proc/self/maps").read_text()
+        torch_lib = pathlib.Path(importlib.util.find_spec("torch").origin).resolve().parent / "lib"
+        assert str(torch_lib / "libtorch_cpu.so") in maps
+    assert importlib.metadata.requires("pdiff") == requires
 
 
 def test_package_version_is_the_library_version():
