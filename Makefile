@@ -1,7 +1,7 @@
 # libpdiff: the two commands of the README.
 #   make demo   set everything up, then run the mnist-mlp3 demo into demo-out/
 #   make test   set everything up, then run the whole test suite
-#   make test-peft   PEFT's own loader on generated adapter directories (own venv, ~4.8 GB)
+#   make test-peft   PEFT's own loader on generated adapter directories (target/torch-venv, ~4.8 GB)
 #   make wheel   target/wheels/pdiff-*.whl (serve-only library inside) and target/wheels-train/
 #                pdiff-*.whl (training library, linking the installed torch wheel's libtorch)
 #   make test-wheels   the training wheel in a fresh venv (torch from PyPI, ~4.8 GB)

@@ -3,7 +3,7 @@
 32, 2 layers) pretrained on "digit < 5"; tasks: mnist-tasks' 5-of-10 digit sets (condition = 10
 bits), a seeded shuffle, 8 held out, 48 seen; per task, K checkpoints of a LoRA (r 4, alpha 8,
 q_proj/v_proj, modules_to_save classifier) fine-tuned from a shared LoRA trained jointly on the
-seen tasks only. Needs torch, transformers, peft (the .venv-peft of scripts/test-peft.sh).
+seen tasks only. Needs torch, transformers, peft (target/torch-venv after make test-peft).
 Usage: python vit_lora_collect.py OUT STEPS K LORA_LR_SCALE SHARED_STEPS   (run 3: OUT 300 10 0.05 1500)
 then:  pdiff train --checkpoints OUT/seen/<code>/ ... --conditions OUT/conditions.json --out OUT/gen
        pdiff sample --bundle OUT/gen -n 20 --condition <bits> --out OUT/gen1_<code>   (each held-out code)
