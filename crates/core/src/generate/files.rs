@@ -101,17 +101,12 @@ impl<'a> ModelWriter<'a> {
     /// model; `width`: the generator's condition width C).
     pub fn begin_with(dir: &Path, layout: &'a Layout, options: WriteOptions, provenance: Option<(Provenance<'a>, usize, Option<usize>)>) -> Result<Self> {
         options.names.check(layout)?;
-        if options.format == ModelFormat::Safetensors && !options.names.is_empty() {
+        if options.format != ModelFormat::OnnxAdapter && !options.names.is_empty() {
             return Err(Error::invalid("adapter name", "renaming tensors applies to onnx-adapter output only"));
         }
         match (options.format, &options.peft_config) {
             (ModelFormat::Peft, None) => return Err(Error::invalid("peft config", "PEFT adapter directories need an adapter_config.json to write into each")),
-            (ModelFormat::Peft, Some(_)) => {
-                if !options.names.is_empty() {
-                    return Err(Error::invalid("adapter name", "renaming tensors applies to onnx-adapter output only"));
-                }
-                crate::peft::check_layout(layout)?;
-            }
+            (ModelFormat::Peft, Some(_)) => crate::peft::check_layout(layout)?,
             (_, Some(_)) => return Err(Error::invalid("peft config", "an adapter_config.json applies to peft output only")),
             (_, None) => {}
         }
@@ -125,38 +120,36 @@ impl<'a> ModelWriter<'a> {
         })
     }
 
-    /// Write the request's model `index` (its D floats) as `gen_{index:04}.<extension>`; its
+    /// Write the request's model `index` (its D floats) as [`ModelFormat::entry_name`]; its
     /// provenance names it by its index among all models of the seed (the request's first
     /// model plus `index`).
     pub fn write(&mut self, index: usize, row: &[f32]) -> Result<()> {
         let name = self.options.format.entry_name(index);
+        let path = self.out.path().join(&name);
         let model = index + self.provenance.as_ref().map(|(_, first, _)| *first).unwrap_or(0);
-        let safetensors = |row: &[f32]| {
+        let safetensors = || {
             let metadata = self.provenance.as_ref().map(|(p, first, width)| p.metadata(model, *first, *width));
             self.layout.to_safetensors_with(row, metadata.as_ref())
         };
-        let bytes = match self.options.format {
-            ModelFormat::Safetensors => safetensors(row)?,
+        match self.options.format {
+            ModelFormat::Safetensors => crate::files::write_atomic(&path, &safetensors()?)?,
             ModelFormat::Peft => {
                 // Each directory is a complete output of its own (its marker lists its two
                 // files), so that a later run recognizes it as the library's and replaces it.
                 let config = self.options.peft_config.as_ref().map(PeftConfig::as_bytes).unwrap_or_default();
-                let weights = safetensors(row)?;
-                crate::output::write_output_dir(&self.out.path().join(&name), OutputKind::Samples, IfForeign::Refuse, |dir| {
+                let weights = safetensors()?;
+                crate::output::write_output_dir(&path, OutputKind::Samples, IfForeign::Refuse, |dir| {
                     crate::files::write_atomic(&dir.join(crate::peft::CONFIG_FILE), config)?;
                     crate::files::write_atomic(&dir.join(crate::peft::WEIGHTS_FILE), &weights)
                 })?;
-                self.files.push(self.out.dest().join(&name));
-                self.written.push((name, model));
-                return Ok(());
             }
             ModelFormat::OnnxAdapter => {
                 let adapter_version = i32::try_from(model)
                     .map_err(|_| Error::invalid("n", format!("model index {model} does not fit the adapter format's 32-bit adapter_version")))?;
-                model_adapter(self.layout, row, &self.options.names, AdapterVersions { adapter_version, model_version: 0 })?
+                let bytes = model_adapter(self.layout, row, &self.options.names, AdapterVersions { adapter_version, model_version: 0 })?;
+                crate::files::write_atomic(&path, &bytes)?;
             }
-        };
-        crate::files::write_atomic(&self.out.path().join(&name), &bytes)?;
+        }
         self.files.push(self.out.dest().join(&name));
         self.written.push((name, model));
         Ok(())
