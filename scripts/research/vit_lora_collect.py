@@ -13,19 +13,12 @@ nearest seen 0.725, average adapter 0.472."""
 import json, sys, time, itertools, random, os
 import numpy as np, torch
 from transformers import ViTConfig, ViTForImageClassification
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from peft import get_peft_model, get_peft_model_state_dict
+from vit_lora_common import lora_config, mnist
 from safetensors.torch import save_file
 torch.set_num_threads(1)
 OUT = sys.argv[1]; STEPS = int(sys.argv[2]); K = int(sys.argv[3])
-D = os.environ.get("PDIFF_MNIST_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "data", "mnist", "digits"))
-X, Y, T = [], [], []
-for d in range(10):
-    a = np.array(json.load(open(f"{D}/{d}.json"))["data"], dtype=np.float32).reshape(-1, 784)
-    for j, img in enumerate(a):
-        X.append(img); Y.append(d); T.append(j % 5 == 0)
-X = (torch.tensor(np.stack(X)).view(-1, 1, 28, 28) - 0.5) / 0.5
-Y = torch.tensor(Y); T = torch.tensor(T)
-Xtr, Ytr, Xte, Yte = X[~T], Y[~T], X[T], Y[T]
+Xtr, Ytr, Xte, Yte = mnist()
 cfg = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 def batches(seed, bs=128):
@@ -56,7 +49,7 @@ LORA_LR = float(sys.argv[4]); SHARED = int(sys.argv[5])
 # shared LoRA: trained jointly on the seen tasks (one head per seen task), never on held-out tasks
 m = ViTForImageClassification.from_pretrained(f"{OUT}/base")
 torch.manual_seed(123)
-pm = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
+pm = get_peft_model(m, lora_config())
 masks = torch.tensor([[int(c) for c in code(S)] for S in seen])  # [48, 10]
 heads = torch.nn.Linear(32, 2 * len(seen))
 lora = [p for n, p in pm.named_parameters() if p.requires_grad and "lora_" in n]
@@ -74,7 +67,7 @@ shared = {n: p.detach().clone() for n, p in pm.named_parameters() if "lora_" in 
 for kind, S in [("heldout", S) for S in held] + [("seen", S) for S in seen]:
     Sset = set(S); fS = lambda y, Sset=Sset: torch.tensor([int(int(v) in Sset) for v in y])
     m = ViTForImageClassification.from_pretrained(f"{OUT}/base")
-    pm = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
+    pm = get_peft_model(m, lora_config())
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if n in shared: p.copy_(shared[n])

@@ -3,21 +3,14 @@ average seen adapter and generated ones (OUT/<prefix>_<code>/), loaded with PEFT
 import json, sys, os, glob, itertools, random
 import numpy as np, torch
 from transformers import ViTForImageClassification
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from peft import get_peft_model, set_peft_model_state_dict
+from vit_lora_common import lora_config, mnist
 from safetensors.torch import load_file
 torch.set_num_threads(1)
 RUN = sys.argv[1]; PFX = sys.argv[2] if len(sys.argv) > 2 else "gen"
-D = os.environ.get("PDIFF_MNIST_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "data", "mnist", "digits"))
-X, Y, T = [], [], []
-for d in range(10):
-    a = np.array(json.load(open(f"{D}/{d}.json"))["data"], dtype=np.float32).reshape(-1, 784)
-    for j, img in enumerate(a):
-        X.append(img); Y.append(d); T.append(j % 5 == 0)
-X = (torch.tensor(np.stack(X)).view(-1, 1, 28, 28) - 0.5) / 0.5
-Y = torch.tensor(Y); T = torch.tensor(T)
-Xte, Yte = X[T], Y[T]
+_, _, Xte, Yte = mnist()
 m = ViTForImageClassification.from_pretrained(f"{RUN}/base")
-pm = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
+pm = get_peft_model(m, lora_config())
 pm.eval()
 @torch.no_grad()
 def acc_of(sd, code):
